@@ -1,0 +1,104 @@
+"""Core benchmarks: pointer-op cost on a VirtualWorker, and a tutorial-style MLP epoch through
+pointers against plain PyTorch doing the same work in the same run.
+
+Run: python benchmarks/bench_core.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tether as sy
+from tether.datasets import MNIST
+
+
+def op_cost_us(serialize: bool, n: int = 20_000) -> tuple[float, float]:
+    """Microseconds per pipelined `ptr + 1`, and per blocking round trip (`(ptr + 1).get()`)."""
+    worker = sy.VirtualWorker(id=f"bench-{serialize}", serialize=serialize)
+    x = torch.ones(4).send(worker)
+    y = x
+    start = time.perf_counter()
+    for _ in range(n):
+        y = x + 1
+    worker.flush()
+    pipelined = (time.perf_counter() - start) / n * 1e6
+    start = time.perf_counter()
+    for _ in range(n // 10):
+        (x + 1).get()
+    blocking = (time.perf_counter() - start) / (n // 10) * 1e6
+    del y
+    return pipelined, blocking
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10))
+
+
+def _batches(batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    train = MNIST(train=True)
+    data = (train.data.float() / 255 - 0.5) / 0.5
+    return list(zip(data.split(batch_size), train.targets.split(batch_size), strict=True))
+
+
+def plain_epoch(batches: list) -> float:
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    start = time.perf_counter()
+    for data, target in batches:
+        opt.zero_grad()
+        F.cross_entropy(model(data), target).backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def pointer_epoch(batches: list, serialize: bool) -> float:
+    """The tutorial's loop: model.send, forward, loss, backward, step, model.get per batch."""
+    torch.manual_seed(0)
+    worker = sy.VirtualWorker(id="bob", serialize=serialize)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    remote = [(d.send(worker), t.send(worker)) for d, t in batches]
+    worker.flush()
+    start = time.perf_counter()
+    for data, target in remote:
+        model.send(data.location)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(data), target)
+        loss.backward()
+        opt.step()
+        model.get()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3, help="best of N epochs")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    for serialize in (True, False):
+        pipelined, blocking = op_cost_us(serialize)
+        label = "serialization on " if serialize else "serialization off"
+        print(f"pointer op, {label}: {pipelined:6.1f} us pipelined, {blocking:6.1f} us blocking "
+              "round trip")
+    batches = _batches()
+    plain_epoch(batches)  # warm up
+    plain = min(plain_epoch(batches) for _ in range(args.repeats))
+    print(f"MLP 784-500-10, 1 epoch on {sum(len(t) for _, t in batches)} MNIST images, "
+          f"batch 64, best of {args.repeats}:")
+    print(f"  plain PyTorch                   {plain * 1e3:8.1f} ms")
+    for serialize in (True, False):
+        pointer_epoch(batches, serialize)
+        spent = min(pointer_epoch(batches, serialize) for _ in range(args.repeats))
+        label = "on " if serialize else "off"
+        print(f"  tether pointers, serialization {label} {spent * 1e3:8.1f} ms   "
+              f"ratio {spent / plain:.2f}x (target <= 1.5x with serialization on)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""tether: train and analyse PyTorch models on data you cannot see.
+
+`import tether as sy` gives the names the PySyft tutorials use: `TorchHook`, `VirtualWorker`,
+`tensor.send(worker)`, `ptr.get()`, `model.send(worker)` / `model.get()`.
+"""
+
+from tether import errors
+from tether.errors import (
+    NotAllowedError,
+    ObjectNotFoundError,
+    PermissionDeniedError,
+    RemoteError,
+    TetherError,
+    WireError,
+    WorkerMismatchError,
+)
+from tether.hook import TorchHook, install
+from tether.pointer import Pointer, PointerTensor
+from tether.workers import VirtualWorker
+
+install()
+
+__all__ = [
+    "NotAllowedError",
+    "ObjectNotFoundError",
+    "PermissionDeniedError",
+    "Pointer",
+    "PointerTensor",
+    "RemoteError",
+    "TetherError",
+    "TorchHook",
+    "VirtualWorker",
+    "WireError",
+    "WorkerMismatchError",
+    "errors",
+]

@@ -1,0 +1,213 @@
+"""The scientist's side of one worker: queues commands, sends them, and reads the replies.
+
+Commands are queued and sent in frames without waiting (object ids are chosen here, so a
+command can name the result of one not yet run). Only a sync — `.get()`, a shape not yet
+known, `flush()` — waits for replies. A command that failed remotely raises at the next sync,
+naming the command, the worker and the original error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from tether import errors
+from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value
+
+if TYPE_CHECKING:
+    from tether.pointer import Pointer
+
+Replies = Callable[[], list]
+
+# Flush the queue once it holds this many commands, so memory stays bounded in long loops.
+MAX_QUEUED = 256
+
+_ERROR_KINDS: dict[str, type[errors.RemoteError]] = {
+    "ObjectNotFoundError": errors.ObjectNotFoundError,
+    "PermissionDeniedError": errors.PermissionDeniedError,
+}
+_LOCAL_KINDS: dict[str, type[errors.TetherError]] = {
+    "NotAllowedError": errors.NotAllowedError,
+    "LimitError": errors.LimitError,
+    "WireError": errors.WireError,
+}
+
+
+class Transport(Protocol):
+    """Carries a list of commands to a node; returns a function that waits for the replies."""
+
+    def exchange(self, commands: list) -> Replies: ...
+
+    def close(self) -> None: ...
+
+
+class Client:
+    """Talks to one worker for one scientist."""
+
+    def __init__(self, worker: Any, transport: Transport) -> None:
+        self.worker = worker
+        self.transport = transport
+        self._ids = itertools.count(1)
+        self._queue: list = []
+        self._inflight: deque[tuple[list, Replies]] = deque()
+        self._meta: dict[int, list] = {}
+        self._values: dict[int, Any] = {}
+        self._errors: list[errors.TetherError] = []
+        self._released: list[int] = []
+        self._lock = threading.RLock()
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.worker, "id", self.worker))
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    # ---- queueing ----------------------------------------------------------------------------
+
+    def submit(self, command: Any, *, flush: bool = False) -> None:
+        """Queue a command; send the queue now if asked (commands carrying tensors are sent at
+        once, so the values sent are the values at the time of the call)."""
+        with self._lock:
+            self._queue.append(command)
+            if flush or len(self._queue) >= MAX_QUEUED:
+                self._send_queue()
+
+    def release(self, obj_id: int) -> None:
+        """The last pointer to `obj_id` is gone: free it with the next frame. Safe from `__del__`."""
+        self._released.append(obj_id)
+        self._meta.pop(obj_id, None)
+
+    def flush(self) -> None:
+        """Send what is queued and wait for every reply; raise the first remote error."""
+        with self._lock:
+            self._send_queue()
+            self._drain()
+            self._raise_errors()
+
+    def _send_queue(self) -> None:
+        if self._released:
+            released = []
+            while self._released:  # pop() is atomic: __del__ may append from another thread
+                released.append(self._released.pop())
+            self._queue.append(Delete(released))
+        if not self._queue:
+            return
+        commands, self._queue = self._queue, []
+        self._inflight.append((commands, self.transport.exchange(commands)))
+
+    def _drain(self) -> None:
+        while self._inflight:
+            commands, wait = self._inflight.popleft()
+            try:
+                replies = wait()
+            except errors.TetherError as exc:
+                self._inflight.clear()
+                raise exc
+            self._read(commands, replies)
+
+    def _read(self, commands: list, replies: list) -> None:
+        if len(replies) == 1 and len(commands) > 1 and isinstance(replies[0], Failure):
+            replies = replies * len(commands)  # the whole frame was refused
+        for command, reply in zip(commands, replies, strict=False):
+            if isinstance(reply, Done):
+                out = command.out if isinstance(command, Call) else getattr(command, "id", None)
+                if out is not None and reply.meta is not None:
+                    self._meta[out] = reply.meta
+            elif isinstance(reply, Value):
+                self._values[id(command)] = reply.value
+            elif isinstance(reply, Failure):
+                self._errors.append(self._error(command, reply))
+
+    def _error(self, command: Any, failure: Failure) -> errors.TetherError:
+        op = {Call: lambda c: c.op, Put: lambda c: "send", Get: lambda c: "get",
+              Delete: lambda c: "free"}.get(type(command), lambda c: "?")(command)
+        text = f"{op} on worker {self.name!r} failed: {failure.kind}: {failure.message}"
+        local = _LOCAL_KINDS.get(failure.kind)
+        if local is not None:
+            return local(text)
+        cls = _ERROR_KINDS.get(failure.kind, errors.RemoteError)
+        return cls(text, op=op, worker=self.name, kind=failure.kind)
+
+    def _raise_errors(self) -> None:
+        if not self._errors:
+            return
+        first, more = self._errors[0], len(self._errors) - 1
+        self._errors.clear()
+        if more:
+            first.args = (f"{first.args[0]} (and {more} later command(s) failed too)",)
+        raise first
+
+    # ---- what pointers ask for ----------------------------------------------------------------
+
+    def put(self, value: Any, kind: str) -> Pointer:
+        """Send a local value; the pointer to it."""
+        from tether.pointer import Pointer
+
+        obj_id = self.new_id()
+        self.submit(Put(obj_id, value), flush=_carries_tensor(value))
+        self._meta[obj_id] = _local_meta(value)
+        return Pointer(self, obj_id, kind)
+
+    def call(self, op: str, args: list, kwargs: dict | None = None, *, kind: str | None = "tensor",
+             flush: bool = False) -> Pointer | None:
+        """Queue a remote call; a pointer to its result (None when `kind` is None: no result)."""
+        from tether.pointer import Pointer
+
+        obj_id = None if kind is None else self.new_id()
+        self.submit(Call(op, args, kwargs or {}, obj_id), flush=flush)
+        return None if obj_id is None else Pointer(self, obj_id, kind)
+
+    def get(self, obj_ids: list[int], *, delete: bool, name: str = "", reason: str = "") -> list:
+        """Fetch values in one round trip (and free them remotely when `delete`)."""
+        with self._lock:
+            gets = [Get(i, name, reason) for i in obj_ids]
+            self._queue.extend(gets)
+            if delete:
+                self._queue.append(Delete(list(obj_ids)))
+            self.flush()
+            return [self._values.pop(id(g)) for g in gets]
+
+    def meta(self, obj_id: int) -> list:
+        """What the worker said of an object (kind, shape, dtype); waits for it if needed."""
+        found = self._meta.get(obj_id)
+        if found is None:
+            self.flush()
+            found = self._meta.get(obj_id)
+            if found is None:
+                raise errors.ObjectNotFoundError(
+                    f"worker {self.name!r} holds no object {obj_id} (freed, moved or never made)",
+                    op="meta", worker=self.name)
+        return found
+
+    def known_meta(self, obj_id: int) -> list | None:
+        return self._meta.get(obj_id)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def ref(pointer: Pointer) -> Ref:
+    return Ref(pointer.id)
+
+
+def _carries_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_carries_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_carries_tensor(v) for v in value.values())
+    return False
+
+
+def _local_meta(value: Any) -> list:
+    if isinstance(value, torch.Tensor):
+        return ["tensor", list(value.shape), str(value.dtype).removeprefix("torch."),
+                value.requires_grad]
+    return ["object", type(value).__name__]

@@ -1,0 +1,327 @@
+"""What tether adds to torch: `Tensor.send`, `Module.send/get/location`, remote optimizer steps,
+and gradients that flow back across `move(..., requires_grad=True)`.
+
+`model.send(worker)` swaps the module's parameters for pointers *in place*, so optimizers made
+before it keep working: their `step()` and `zero_grad()` run on a mirror of the optimizer kept
+on the worker (so its state — momentum, Adam moments — stays where that worker trains).
+Each parameter keeps its copy on each worker it visited; sending it again transfers nothing
+when neither side changed since the last `model.get()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from tether import errors
+from tether.client import Client
+from tether.node.allowlist import ALLOWLIST
+from tether.pointer import Pointer, remote_call
+from tether.wire import Ref
+
+_MAX_EDGES = 4096
+
+
+def client_of(worker: Any) -> Client:
+    """The client for a worker handle (VirtualWorker, network worker, Duet...)."""
+    client = getattr(worker, "client", None)
+    if not isinstance(client, Client):
+        raise TypeError(f"expected a worker (VirtualWorker, WebsocketClientWorker, ...), "
+                        f"got {type(worker).__name__}")
+    return client
+
+
+# ---- tensors --------------------------------------------------------------------------------
+
+
+def send_tensor(tensor: torch.Tensor, worker: Any, requires_grad: bool | None = None) -> Pointer:
+    """`tensor.send(worker)`: a pointer to a copy of the tensor on the worker."""
+    if isinstance(worker, list | tuple):
+        raise TypeError("send to one worker at a time (federate() splits data across several)")
+    value = tensor.detach()
+    wants_grad = tensor.requires_grad if requires_grad is None else requires_grad
+    if wants_grad and (value.is_floating_point() or value.is_complex()):
+        value.requires_grad_(True)
+    return client_of(worker).put(value, "tensor")
+
+
+@dataclass
+class _Edge:
+    """An activation moved with requires_grad=True: its gradient at `dst` flows back to `src`."""
+
+    src: Pointer
+    dst: Pointer
+
+
+_EDGES: list[_Edge] = []
+
+
+def move_pointer(pointer: Pointer, worker: Any, requires_grad: bool = False) -> Pointer:
+    """Move a remote tensor to another worker. With requires_grad=True the moved copy is a
+    leaf that requires grad, and backward() on the far side sends its gradient back here."""
+    target = client_of(worker)
+    if target is pointer.client:
+        return pointer
+    if not requires_grad:
+        return send_tensor(pointer.get(), worker, requires_grad=False)
+    value = pointer.get(delete=False)
+    moved = send_tensor(value, worker, requires_grad=True)
+    _EDGES.append(_Edge(pointer, moved))
+    del _EDGES[:-_MAX_EDGES]
+    return moved
+
+
+def backward_across(client: Client) -> None:
+    """After backward() ran on `client`'s worker: send the gradients of activations that were
+    moved there back to where they came from, and continue backward there (recursively)."""
+    arrived = [e for e in _EDGES if e.dst.client is client]
+    if not arrived:
+        return
+    _EDGES[:] = [e for e in _EDGES if e.dst.client is not client]
+    grads = client.get([remote_call("torch.Tensor.grad", [e.dst], {}).id for e in arrived],
+                       delete=True)
+    for edge, grad in zip(reversed(arrived), reversed(grads), strict=True):
+        if grad is None:
+            continue
+        remote_call("torch.Tensor.backward", [edge.src, grad.detach()], {})
+        backward_across(edge.src.client)
+
+
+# ---- modules --------------------------------------------------------------------------------
+
+
+@dataclass
+class _RemoteCopy:
+    """A local tensor's copy on one worker. `synced`: (local version, local data pointer, the
+    copy's use count) when both last held the same values; None when unknown."""
+
+    pointer: Pointer
+    synced: tuple | None = None
+
+
+@dataclass
+class _Remotes:
+    """Per local parameter or buffer (by identity): its copies, one per worker, and the worker
+    whose copy its module uses now (`sent_to`)."""
+
+    copies: dict[int, dict[Client, _RemoteCopy]] = field(default_factory=dict)
+    sent_to: dict[int, Client] = field(default_factory=dict)
+
+    def of(self, tensor: torch.Tensor) -> dict[Client, _RemoteCopy]:
+        key = id(tensor)
+        found = self.copies.get(key)
+        if found is None:
+            found = self.copies[key] = {}
+            weakref.finalize(tensor, self._forget, key)
+        return found
+
+    def _forget(self, key: int) -> None:
+        self.copies.pop(key, None)
+        self.sent_to.pop(key, None)
+
+
+_REMOTES = _Remotes()
+
+
+def _tables(module: nn.Module) -> list[tuple[nn.Module, dict]]:
+    return [(m, table) for m in module.modules() for table in (m._parameters, m._buffers)]
+
+
+def module_location(module: nn.Module) -> Any:
+    """The worker a sent module is on, or None when it is local."""
+    client = module.__dict__.get("_tether_client")
+    return client.worker if client is not None else None
+
+
+def send_module(module: nn.Module, worker: Any) -> nn.Module:
+    """`model.send(worker)`: the module's parameters and buffers become pointers, in place."""
+    client = client_of(worker)
+    current = module.__dict__.get("_tether_client")
+    if current is client:
+        return module
+    if current is not None:
+        get_module(module)
+    for owner, table in _tables(module):
+        locals_ = owner.__dict__.setdefault("_tether_locals", {})
+        for name, local in table.items():
+            if local is None:
+                continue
+            copies = _REMOTES.of(local)
+            copy = copies.get(client)
+            if copy is None:
+                copy = copies[client] = _RemoteCopy(send_tensor(local, worker))
+            elif copy.synced != (local._version, local.data_ptr(), copy.pointer._touches):
+                remote_call("tether.assign", [copy.pointer, local.detach()], {})
+            locals_[id(table), name] = local
+            table[name] = copy.pointer
+            _REMOTES.sent_to[id(local)] = client
+    for m in module.modules():
+        m.__dict__["_tether_client"] = client
+    return module
+
+
+def get_module(module: nn.Module) -> nn.Module:
+    """`model.get()`: fetch the trained values into the module's own tensors (one round trip).
+    The worker keeps its copy, so sending the module there again costs nothing."""
+    client = module.__dict__.get("_tether_client")
+    if client is None:
+        return module
+    slots = []
+    for owner, table in _tables(module):
+        locals_ = owner.__dict__.get("_tether_locals", {})
+        for name, value in table.items():
+            if isinstance(value, Pointer):
+                slots.append((table, name, locals_.pop((id(table), name)), value))
+    values = client.get([pointer.id for *_, pointer in slots], delete=False)
+    for (table, name, local, pointer), value in zip(slots, values, strict=True):
+        local.data = value.detach()  # adopt the fetched memory: no further copy
+        table[name] = local
+        _REMOTES.sent_to.pop(id(local), None)
+        _REMOTES.of(local)[client].synced = (local._version, local.data_ptr(), pointer._touches)
+    for m in module.modules():
+        m.__dict__.pop("_tether_client", None)
+    return module
+
+
+def move_module(module: nn.Module, worker: Any) -> nn.Module:
+    return send_module(module, worker)
+
+
+# ---- optimizers -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Mirror:
+    pointer: Pointer
+    param_ids: list[int]
+    hyperparameters: list[dict]
+
+
+_MIRRORS: dict[int, dict[Client, _Mirror]] = {}
+
+
+def _where(optimizer: torch.optim.Optimizer) -> Client | None:
+    """The worker all of the optimizer's parameters are on; None when they are all here."""
+    places = {_REMOTES.sent_to.get(id(p)) for g in optimizer.param_groups for p in g["params"]}
+    if len(places) > 1:
+        names = sorted("here" if c is None else repr(c.name) for c in places)
+        raise errors.WorkerMismatchError(
+            f"{type(optimizer).__name__} holds parameters on {', '.join(names)}: "
+            "one optimizer steps parameters on one worker (tether.federated.Optims keeps one "
+            "per worker)")
+    return places.pop() if places else None
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, torch.Tensor) else value
+
+
+def _mirror(optimizer: torch.optim.Optimizer, client: Client) -> _Mirror:
+    path = f"torch.optim.{type(optimizer).__name__}"
+    if getattr(torch.optim, type(optimizer).__name__, None) is not type(optimizer) or (
+            path not in ALLOWLIST):
+        raise errors.NotAllowedError(
+            f"{type(optimizer).__qualname__} cannot step remote parameters: tether mirrors only "
+            "the optimizers of torch.optim listed in its allowlist")
+    groups = optimizer.param_groups
+    pointers = [[_REMOTES.of(p)[client].pointer for p in g["params"]] for g in groups]
+    ids = [p.id for ps in pointers for p in ps]
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    plain = [{k: _plain(v) for k, v in h.items()} for h in hyper]
+    mirrors = _MIRRORS.get(id(optimizer))
+    if mirrors is None:
+        mirrors = _MIRRORS[id(optimizer)] = {}
+        weakref.finalize(optimizer, _MIRRORS.pop, id(optimizer), None)
+    mirror = mirrors.get(client)
+    if mirror is None or mirror.param_ids != ids:
+        spec = [{"params": [Ref(p.id) for p in ps], **h}
+                for ps, h in zip(pointers, hyper, strict=True)]
+        pointer = client.call(path, [spec], kind="optimizer")
+        mirror = mirrors[client] = _Mirror(pointer, ids, plain)
+    elif plain != mirror.hyperparameters:
+        client.call("tether.optim.set_hyperparameters", [Ref(mirror.pointer.id), hyper],
+                    kind=None)
+        mirror.hyperparameters = plain
+    return mirror
+
+
+def _wrap_step(cls: type[torch.optim.Optimizer]) -> None:
+    original = cls.step
+    if getattr(original, "_tether", False):
+        return
+
+    @functools.wraps(original)
+    def step(self: torch.optim.Optimizer, closure: Any = None) -> Any:
+        client = _where(self)
+        if client is None:
+            return original(self, closure) if closure is not None else original(self)
+        if closure is not None:
+            raise errors.NotAllowedError("a closure cannot run on a worker; call step() without")
+        client.call("torch.optim.Optimizer.step", [Ref(_mirror(self, client).pointer.id)],
+                    kind=None)
+        return None
+
+    step._tether = True  # type: ignore[attr-defined]
+    cls.step = step
+
+
+def _wrap_zero_grad() -> None:
+    original = torch.optim.Optimizer.zero_grad
+    if getattr(original, "_tether", False):
+        return
+
+    @functools.wraps(original)
+    def zero_grad(self: torch.optim.Optimizer, set_to_none: bool = True) -> None:
+        client = _where(self)
+        if client is None:
+            return original(self, set_to_none)
+        client.call("torch.optim.Optimizer.zero_grad", [Ref(_mirror(self, client).pointer.id)],
+                    {"set_to_none": set_to_none}, kind=None)
+        return None
+
+    zero_grad._tether = True  # type: ignore[attr-defined]
+    torch.optim.Optimizer.zero_grad = zero_grad
+
+
+# ---- installing -----------------------------------------------------------------------------
+
+
+class _Location:
+    """`module.location`, unless the module has its own attribute of that name."""
+
+    def __get__(self, module: nn.Module | None, owner: type) -> Any:
+        if module is None:
+            return self
+        for table in (module._parameters, module._buffers, module._modules):
+            if "location" in table:
+                return table["location"]
+        return module_location(module)
+
+
+def install() -> None:
+    """Teach torch the tether methods. Idempotent; draws nothing from torch's RNG."""
+    torch.Tensor.send = send_tensor
+    torch.Tensor.move = send_tensor
+    nn.Module.send = send_module
+    nn.Module.get = get_module
+    nn.Module.move = move_module
+    nn.Module.location = _Location()
+    for path in ALLOWLIST:
+        module, _, name = path.rpartition(".")
+        if module == "torch.optim" and name[:1].isupper():
+            _wrap_step(getattr(torch.optim, name))
+    _wrap_zero_grad()
+
+
+class TorchHook:
+    """`hook = sy.TorchHook(torch)`, as in the tutorials. tether hooks torch on import; this
+    object is kept so tutorial code runs unchanged, and is accepted by `VirtualWorker`."""
+
+    def __init__(self, torch_module: Any = torch) -> None:
+        install()
+        self.torch = torch_module

@@ -1,0 +1,299 @@
+"""The Node: the one place where remote commands run.
+
+A node takes a frame, decodes it, checks each command against the allowlist and the policies
+of the objects it names, runs it on the sending client's store and answers with one reply per
+command. Nothing a peer sends can make it raise: every failure becomes a `Failure` reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tether.errors import LimitError, NotAllowedError, WireError
+from tether.node.allowlist import Entry, resolve
+from tether.node.store import Privacy, Store, Stored
+from tether.wire import (
+    Call,
+    Delete,
+    Done,
+    Failure,
+    Get,
+    Parts,
+    Put,
+    Ref,
+    Value,
+    decode,
+    decode_parts,
+    encode_parts,
+)
+
+log = logging.getLogger(__name__)
+
+# Paths that change their first argument in place: refused on the owner's data.
+_IN_PLACE = {"operator.setitem", "tether.assign", "torch.Tensor.backward"}
+_WIRE_LEAVES = (torch.Tensor, type(None), bool, int, float, str, bytes, complex, slice,
+                torch.dtype, torch.device)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may make a node do. Sizes in bytes; elements of a single result."""
+
+    max_elements: int = 2**28
+    max_stored_bytes: int = 8 * 2**30
+    max_frame_bytes: int = 2**31
+
+
+@dataclass(frozen=True)
+class Request:
+    """A client asking for an object that its policy keeps on the node."""
+
+    client: str
+    obj_id: int
+    stored: Stored
+    name: str
+    reason: str
+
+
+class _Refused(Exception):
+    """A command broke a rule; becomes a Failure of the given kind."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Node:
+    """Executes commands for its clients against their stores.
+
+    `release_derived`: whether results computed from private data may be fetched without a
+    request (True suits federated learning, where model updates and losses are meant to leave;
+    Duet sets False). `on_request` decides requests for private objects; default: deny.
+    """
+
+    def __init__(self, name: str, *, limits: Limits | None = None, release_derived: bool = True,
+                 on_request: Callable[[Request], bool] | None = None) -> None:
+        self.name = name
+        self.limits = limits or Limits()
+        self.release_derived = release_derived
+        self.on_request = on_request or (lambda request: False)
+        self.published: dict[str, Stored] = {}
+        self._stores: dict[str, Store] = {}
+        self._lock = threading.Lock()
+
+    # ---- what the owner does -----------------------------------------------------------------
+
+    def publish(self, key: str, value: Any, *, private: bool = True, tags: tuple[str, ...] = (),
+                description: str = "") -> None:
+        """Expose `value` to clients under `key` (they reach it with `worker.published(key)`).
+        Private values can be computed on but not fetched; nobody may change them in place."""
+        privacy = Privacy.PRIVATE if private else Privacy.PUBLIC
+        self.published[key] = Stored(value, privacy, readonly=True, tags=tuple(tags),
+                                     description=description)
+
+    def store(self, client: str = "local") -> Store:
+        """The store of one client (made on first use)."""
+        with self._lock:
+            found = self._stores.get(client)
+            if found is None:
+                found = self._stores[client] = Store(self.limits.max_stored_bytes)
+            return found
+
+    def forget(self, client: str) -> None:
+        """Drop everything a client stored (it disconnected)."""
+        with self._lock:
+            store = self._stores.pop(client, None)
+        if store is not None:
+            store.clear()
+
+    # ---- what a client does ------------------------------------------------------------------
+
+    def handle(self, frame: bytes | bytearray | memoryview, client: str = "local") -> memoryview:
+        """Answer one frame of commands with one frame of replies."""
+        return self._answer(decode, frame, client).join()
+
+    def handle_parts(self, parts: Parts, client: str = "local") -> Parts:
+        """Answer an unjoined frame (in-process) with an unjoined reply. The reply's buffers
+        are views of stored tensors: read them before the next command runs."""
+        return self._answer(decode_parts, parts, client)
+
+    def _answer(self, decoder: Callable[[Any], list], data: Any, client: str) -> Parts:
+        try:
+            commands = decoder(data)
+        except WireError as exc:
+            return encode_parts([Failure("WireError", str(exc))])
+        return encode_parts(self.execute(commands, client))
+
+    def execute(self, commands: list, client: str = "local") -> list:
+        """Run decoded commands in order; one reply each. Never raises."""
+        store = self.store(client)
+        return [self._execute_one(cmd, store, client) for cmd in commands]
+
+    def _execute_one(self, cmd: Any, store: Store, client: str) -> Any:
+        try:
+            if isinstance(cmd, Call):
+                return self._call(cmd, store)
+            if isinstance(cmd, Put):
+                store.put(cmd.id, Stored(cmd.value))
+                return Done(_meta(cmd.value))
+            if isinstance(cmd, Get):
+                return self._get(cmd, store, client)
+            if isinstance(cmd, Delete):
+                for obj_id in cmd.ids:
+                    store.delete(obj_id)
+                return Done()
+            return Failure("WireError", f"{type(cmd).__name__} is not a command")
+        except _Refused as exc:
+            failure = Failure(exc.kind, str(exc))
+        except MemoryError as exc:
+            failure = Failure(LimitError.__name__, str(exc) or "out of memory")
+        except Exception as exc:  # a failing op is reported, never fatal
+            failure = Failure(type(exc).__name__, str(exc))
+        if isinstance(cmd, Call | Put):
+            out = cmd.out if isinstance(cmd, Call) else cmd.id
+            if out is not None:
+                store.mark_failed(out, f"{getattr(cmd, 'op', 'put')}: {failure.message}")
+        return failure
+
+    def _call(self, cmd: Call, store: Store) -> Done:
+        entry = resolve(cmd.op)
+        if entry is None:
+            raise _Refused(NotAllowedError.__name__, _not_allowed(cmd.op))
+        inputs: list[Stored] = []
+        args = tuple(self._resolve(a, store, inputs) for a in cmd.args)
+        kwargs = {k: self._resolve(v, store, inputs) for k, v in cmd.kwargs.items()}
+        self._check(entry, args, kwargs, inputs)
+        result = entry.fn(*args, **kwargs)
+        _check_result_size(entry.path, result, self.limits.max_elements)
+        if cmd.out is None:
+            return Done()
+        privacy = max((s.privacy for s in inputs), default=Privacy.PUBLIC)
+        privacy = Privacy.DERIVED if privacy == Privacy.PRIVATE else privacy
+        readonly = _shares_memory(result, [s.value for s in inputs if s.readonly])
+        store.put(cmd.out, Stored(result, privacy, readonly))
+        return Done(_meta(result))
+
+    def _check(self, entry: Entry, args: tuple, kwargs: dict, inputs: list[Stored]) -> None:
+        if entry.self_type is not None and not (args and isinstance(args[0], entry.self_type)):
+            got = type(args[0]).__name__ if args else "nothing"
+            raise _Refused("TypeError", f"{entry.path} needs a {entry.self_type.__name__} "
+                                        f"as its first argument, got {got}")
+        if (entry.path.endswith("_") or entry.path in _IN_PLACE) and args and any(
+                s.readonly and s.value is args[0] for s in inputs):
+            raise _Refused(NotAllowedError.__name__,
+                           f"{entry.path} would change the owner's data in place; copy it first")
+        if entry.guard is not None:
+            try:
+                elements = entry.guard(args, kwargs)
+            except Exception as exc:
+                raise _Refused(LimitError.__name__, f"{entry.path}: cannot bound the size of its "
+                                                    f"result ({exc})") from None
+            if elements > self.limits.max_elements:
+                raise _Refused(LimitError.__name__, _too_big(entry.path, elements,
+                                                             self.limits.max_elements))
+
+    def _resolve(self, value: Any, store: Store, inputs: list[Stored]) -> Any:
+        """Replace Refs by the objects they name (collecting those objects' policies)."""
+        if isinstance(value, Ref):
+            stored = self._lookup(value.id, store)
+            inputs.append(stored)
+            return stored.value
+        if isinstance(value, list):
+            return [self._resolve(v, store, inputs) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self._resolve(v, store, inputs) for v in value)
+        if isinstance(value, dict):
+            return {k: self._resolve(v, store, inputs) for k, v in value.items()}
+        return value
+
+    def _lookup(self, obj_id: int, store: Store) -> Stored:
+        stored = store.objects.get(obj_id)
+        if stored is not None:
+            return stored
+        why = store.failed.get(obj_id)
+        detail = f" (the command that was to make it failed: {why})" if why else (
+            " (it was freed, moved with .get(), or never sent)")
+        raise _Refused("ObjectNotFoundError", f"object {obj_id} is not on worker "
+                                              f"{self.name!r}{detail}")
+
+    def _get(self, cmd: Get, store: Store, client: str) -> Value:
+        stored = self._lookup(cmd.id, store)
+        if not self._may_release(stored, cmd, client):
+            raise _Refused("PermissionDeniedError",
+                           f"object {cmd.id} on worker {self.name!r} is private: its owner has "
+                           "not accepted a request for it")
+        _check_wire_value(stored.value)
+        return Value(stored.value)
+
+    def _may_release(self, stored: Stored, cmd: Get, client: str) -> bool:
+        if stored.privacy == Privacy.PUBLIC:
+            return True
+        if stored.privacy == Privacy.DERIVED and self.release_derived:
+            return True
+        return bool(self.on_request(Request(client, cmd.id, stored, cmd.name, cmd.reason)))
+
+
+def _not_allowed(op: Any) -> str:
+    name = op if isinstance(op, str) else repr(op)
+    if isinstance(op, str) and "__" in op:
+        return f"{name!r} is refused: dunder names are never remote-callable"
+    return f"{name!r} is not in the allowlist (see tether/node/allowlist.py)"
+
+
+def _too_big(path: str, elements: int, limit: int) -> str:
+    return f"{path} would allocate {elements:,} elements; this node allows {limit:,} per result"
+
+
+def _check_result_size(path: str, result: Any, limit: int) -> None:
+    """Catch views (expand, ...) whose size the guards did not bound, before anything uses them."""
+    tensors = result if isinstance(result, list | tuple) else (result,)
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.numel() > limit:
+            raise _Refused(LimitError.__name__, _too_big(path, t.numel(), limit))
+
+
+def _shares_memory(result: Any, protected: list[Any]) -> bool:
+    if not protected:
+        return False
+    results = result if isinstance(result, list | tuple) else (result,)
+    owned = {t.untyped_storage().data_ptr() for t in protected if isinstance(t, torch.Tensor)}
+    return any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in owned
+               for t in results) or any(r is p for r in results for p in protected)
+
+
+def _meta(value: Any) -> list:
+    """What the client may know of a stored object without fetching it: its kind and shape."""
+    if isinstance(value, torch.Tensor):
+        return ["tensor", list(value.shape), str(value.dtype).removeprefix("torch."),
+                value.requires_grad]
+    if isinstance(value, torch.nn.Module):
+        return ["module", type(value).__name__]
+    if isinstance(value, torch.optim.Optimizer):
+        return ["optimizer", type(value).__name__]
+    if isinstance(value, list | tuple):
+        return ["object", type(value).__name__, len(value)]
+    return ["object", type(value).__name__]
+
+
+def _check_wire_value(value: Any, depth: int = 0) -> None:
+    """Only plain data leaves a node: tensors, scalars, and containers of them."""
+    if depth > 32:
+        raise _Refused("TypeError", "value is nested too deeply to send")
+    if isinstance(value, _WIRE_LEAVES):
+        return
+    if isinstance(value, list | tuple):
+        for v in value:
+            _check_wire_value(v, depth + 1)
+        return
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        for v in value.values():
+            _check_wire_value(v, depth + 1)
+        return
+    hint = "; fetch its state_dict() instead" if isinstance(value, torch.nn.Module) else ""
+    raise _Refused("TypeError", f"a {type(value).__name__} cannot leave the node as data{hint}")

@@ -1,0 +1,322 @@
+"""Pointers: local handles to objects that live on a worker.
+
+A pointer behaves like the object it names: operators, Tensor methods and torch functions
+(through `__torch_function__`) on it run remotely and give pointers to their results at once.
+Only `.get()` and what needs the worker's answer (`.shape` of a result not yet seen) wait.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tether import errors
+from tether.node.allowlist import ALLOWLIST, PATH_OF
+from tether.wire import Ref
+
+if TYPE_CHECKING:
+    from tether.client import Client
+
+# The namespace in which a pointer's methods are looked up, by the kind of object it names.
+_NAMESPACES = {"tensor": "torch.Tensor", "module": "torch.nn.Module",
+               "optimizer": "torch.optim.Optimizer"}
+# Methods and attributes that give Python values, not tensors.
+_SCALAR_RESULTS = {
+    "item", "tolist", "numel", "dim", "size", "nelement", "element_size", "is_contiguous",
+    "is_floating_point", "is_complex", "equal", "allclose", "shape", "dtype", "requires_grad",
+    "is_leaf", "ndim", "device", "is_tensor", "get_default_dtype", "is_grad_enabled",
+    "is_available", "device_count", "training", "stride",
+}
+# Calls whose result is None (or self): nothing to store.
+_NO_RESULT = {
+    "torch.Tensor.backward", "torch.optim.Optimizer.step", "torch.optim.Optimizer.zero_grad",
+    "torch.nn.Module.zero_grad", "tether.assign", "tether.optim.set_hyperparameters",
+    "operator.setitem", "torch.autograd.backward",
+}
+
+
+class Pointer:
+    """A handle to an object on a worker. Free it by dropping it: the worker forgets the object
+    once the last pointer to it is garbage-collected."""
+
+    __slots__ = ("__weakref__", "_client", "_kind", "_live", "_touches", "id")
+
+    def __init__(self, client: Client, obj_id: int, kind: str = "tensor") -> None:
+        self._client = client
+        self.id = obj_id
+        self._kind = kind
+        self._live = True
+        self._touches = 0  # how many commands have named this object (see hook.py)
+
+    def __del__(self) -> None:
+        if getattr(self, "_live", False):
+            try:
+                self._client.release(self.id)
+            except Exception:  # interpreter shutdown: nothing left to free
+                pass
+
+    # ---- where it is --------------------------------------------------------------------------
+
+    @property
+    def location(self) -> Any:
+        """The worker that holds the object."""
+        return self._client.worker
+
+    @property
+    def id_at_location(self) -> int:
+        return self.id
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    @property
+    def kind(self) -> str:
+        meta = self._client.known_meta(self.id)
+        return meta[0] if meta else self._kind
+
+    # ---- what is known locally ----------------------------------------------------------------
+
+    def _tensor_meta(self) -> list:
+        meta = self._client.meta(self.id)
+        if meta[0] != "tensor":
+            raise AttributeError(f"the object on {self._client.name!r} is a {meta[1]}, "
+                                 "not a tensor")
+        return meta
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self._tensor_meta()[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self._tensor_meta()[2])
+
+    @property
+    def requires_grad(self) -> bool:
+        return bool(self._tensor_meta()[3])
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        self._client.call("torch.Tensor.requires_grad_", [Ref(self.id), bool(value)], kind=None)
+        meta = self._client.known_meta(self.id)
+        if meta is not None:
+            meta[3] = bool(value) and meta[2].startswith(("float", "complex", "bfloat"))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def size(self, dim: int | None = None) -> torch.Size | int:
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def __len__(self) -> int:
+        meta = self._client.meta(self.id)
+        if meta[0] == "tensor":
+            if not meta[1]:
+                raise TypeError("len() of a 0-d tensor")
+            return meta[1][0]
+        if len(meta) > 2:
+            return meta[2]
+        raise TypeError(f"the {meta[1]} on {self._client.name!r} has no length")
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __bool__(self) -> bool:
+        raise TypeError("the truth of a remote value is not known here: .get() it first")
+
+    def __repr__(self) -> str:
+        meta = self._client.known_meta(self.id) if self._live else None
+        where = f"on {self._client.name} (id {self.id})"
+        if not self._live:
+            return f"<Pointer, spent by .get() or .move(), {where}>"
+        if meta is None:
+            return f"<Pointer to a {self._kind} {where}>"
+        if meta[0] == "tensor":
+            return f"<Pointer to Tensor{list(meta[1])} {meta[2]} {where}>"
+        return f"<Pointer to {meta[1]} {where}>"
+
+    # ---- fetching -----------------------------------------------------------------------------
+
+    def get(self, *, delete: bool = True, name: str = "", reason: str = "") -> Any:
+        """Bring the value here. By default the worker then forgets it and this pointer is spent.
+        Raises PermissionDeniedError when the object's policy keeps it on the worker."""
+        self._check_live()
+        value = self._client.get([self.id], delete=delete, name=name, reason=reason)[0]
+        if delete:
+            self._live = False
+        return value
+
+    def copy(self) -> Pointer:
+        """A pointer to a new, independent copy of the tensor on the same worker."""
+        if self.kind != "tensor":
+            raise TypeError(f"only tensors are copied remotely; this is a {self.kind}")
+        return remote_call("torch.Tensor.clone", [self], {})
+
+    def move(self, worker: Any, requires_grad: bool = False) -> Pointer:
+        """Move the object to another worker (through here); this pointer is spent."""
+        from tether.hook import move_pointer
+
+        return move_pointer(self, worker, requires_grad=requires_grad)
+
+    def send(self, worker: Any, requires_grad: bool = False) -> Pointer:
+        return self.move(worker, requires_grad=requires_grad)
+
+    def _check_live(self) -> None:
+        if not self._live:
+            raise errors.ObjectNotFoundError(
+                f"this pointer to object {self.id} on {self._client.name!r} was spent by .get() "
+                "or .move(); keep the returned value or pointer instead",
+                op="use", worker=self._client.name)
+
+    # ---- remote calls -------------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        namespace = _NAMESPACES.get(self.kind)
+        path = f"{namespace}.{name}" if namespace else None
+        entry = ALLOWLIST.get(path) if path else None
+        if entry is None:
+            raise AttributeError(f"{path or name!r} is not a remote attribute tether allows "
+                                 f"(pointer to a {self.kind} on {self._client.name!r})")
+        if isinstance(entry.fn, operator.attrgetter):
+            return remote_call(path, [self], {})
+        return _RemoteMethod(self, path)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return remote_call("torch.nn.Module.call", [self, *args], kwargs)
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        path = PATH_OF.get(id(func))
+        if path is None:
+            name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
+            found: list = []
+            _to_wire([list(args), kwargs or {}], name, found, count=False)
+            where = f" on worker {found[0].name!r}" if found else ""
+            raise errors.NotAllowedError(
+                f"{name} is not in tether's allowlist, so it cannot run{where} "
+                "(add it to tether/node/allowlist.py, with a test, if it is safe)")
+        return remote_call(path, list(args), kwargs or {})
+
+
+class _RemoteMethod:
+    """`ptr.view` before it is called: calling it queues `torch.Tensor.view(ptr, ...)`."""
+
+    __slots__ = ("path", "pointer")
+
+    def __init__(self, pointer: Pointer, path: str) -> None:
+        self.pointer = pointer
+        self.path = path
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return remote_call(self.path, [self.pointer, *args], kwargs)
+
+
+def remote_call(path: str, args: list, kwargs: dict) -> Any:
+    """Run `path` where the pointers among its arguments live; a pointer to the result.
+    Local tensors among the arguments travel with the command."""
+    found: list[Client] = []
+    wire_args = [_to_wire(a, path, found) for a in args]
+    wire_kwargs = {k: _to_wire(v, path, found) for k, v in kwargs.items()}
+    if not found:
+        raise TypeError(f"{path} got no pointer, so there is no worker to run it on")
+    client = found[0]
+    in_place = path.endswith("_") or path in _NO_RESULT
+    kind = None if in_place else _result_kind(path, args)
+    result = client.call(path, wire_args, wire_kwargs, kind=kind,
+                         flush=any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())))
+    if path.endswith("_") and isinstance(args[0], Pointer):
+        return args[0]
+    return result
+
+
+def _to_wire(value: Any, path: str, found: list, count: bool = True) -> Any:
+    """Pointers become Refs (all on one worker, collected in `found`); the rest is as is."""
+    if isinstance(value, Pointer):
+        value._check_live()
+        if not found:
+            found.append(value._client)
+        elif value._client is not found[0]:
+            raise errors.WorkerMismatchError(
+                f"{path} mixes objects on {found[0].name!r} and {value._client.name!r}; "
+                f".move() one of them to the other worker first")
+        value._touches += count
+        return Ref(value.id)
+    if isinstance(value, list | tuple):
+        items = [_to_wire(v, path, found, count) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        return {k: _to_wire(v, path, found, count) for k, v in value.items()}
+    if isinstance(value, torch.nn.Module):
+        raise TypeError(f"{path} got a local {type(value).__name__}: send it to the worker first")
+    return value
+
+
+def _result_kind(path: str, args: list) -> str:
+    """What a call will most likely give, so methods on its pointer resolve without waiting."""
+    module, _, name = path.rpartition(".")
+    if module == "torch.nn" and name[:1].isupper():
+        return "module"
+    if module == "torch.optim" and name[:1].isupper():
+        return "optimizer"
+    if name in _SCALAR_RESULTS or module == "builtins":
+        return "object"
+    if module.startswith(("torch", "tether")):
+        return "tensor"
+    tensor_args = any(isinstance(a, torch.Tensor) or (isinstance(a, Pointer) and a.kind == "tensor")
+                      for a in args)
+    return "tensor" if tensor_args else "object"
+
+
+def _operator(name: str, reflected: bool = False):
+    path = f"operator.{name}"
+
+    def method(self: Pointer, other: Any) -> Any:
+        return remote_call(path, [other, self] if reflected else [self, other], {})
+
+    return method
+
+
+def _unary(name: str):
+    path = f"operator.{name}"
+    return lambda self: remote_call(path, [self], {})
+
+
+def _in_place(name: str):
+    path = f"torch.Tensor.{name}"
+    return lambda self, other: remote_call(path, [self, other], {})
+
+
+for _dunder, _name in {
+    "add": "add", "sub": "sub", "mul": "mul", "truediv": "truediv", "floordiv": "floordiv",
+    "mod": "mod", "pow": "pow", "matmul": "matmul", "and": "and_", "or": "or_", "xor": "xor",
+    "lshift": "lshift", "rshift": "rshift",
+}.items():
+    setattr(Pointer, f"__{_dunder}__", _operator(_name))
+    setattr(Pointer, f"__r{_dunder}__", _operator(_name, reflected=True))
+for _dunder in ("eq", "ne", "lt", "le", "gt", "ge"):
+    setattr(Pointer, f"__{_dunder}__", _operator(_dunder))
+for _dunder in ("neg", "pos", "abs", "invert"):
+    setattr(Pointer, f"__{_dunder}__", _unary(_dunder))
+for _dunder, _name in {"iadd": "add_", "isub": "sub_", "imul": "mul_", "itruediv": "div_"}.items():
+    setattr(Pointer, f"__{_dunder}__", _in_place(_name))
+Pointer.__getitem__ = _operator("getitem")  # type: ignore[method-assign]
+Pointer.__setitem__ = lambda self, key, value: remote_call(  # type: ignore[method-assign]
+    "operator.setitem", [self, key, value], {})
+Pointer.__hash__ = object.__hash__  # type: ignore[method-assign]
+
+PointerTensor = Pointer  # the name PySyft users know

@@ -1,0 +1,349 @@
+"""Frames: versioned msgpack headers with tensors carried out of band as raw bytes.
+
+Layout (all integers little-endian)::
+
+    b"TT" | version u8 | reserved u8 | n_buffers u32 | header_len u32
+    | n_buffers x u64 buffer lengths | header (msgpack) | padding to 8 | buffers, each padded to 8
+
+Every length is checked against the frame before anything is allocated, so a decoder never
+allocates more than the frame it was given justifies. Every failure is a `WireError`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+import torch
+
+from tether.errors import WireError
+from tether.wire import messages as m
+
+MAGIC = b"TT"
+VERSION = 1
+_PREFIX = struct.Struct("<2sBBII")
+_MAX_DIMS = 64
+_MAX_DIM = 2**62
+_MAX_ID = 2**64 - 1
+
+# msgpack extension codes
+_TENSOR, _REF, _TUPLE, _SLICE, _DTYPE, _ELLIPSIS, _COMPLEX, _DEVICE, _MEMFMT = range(1, 10)
+
+
+_DTYPE_NAMES = (
+    "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
+    "float16", "bfloat16", "float32", "float64", "complex32", "complex64", "complex128",
+    "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+    "float4_e2m1fn_x2",
+)
+
+
+# Every dtype CPU tensors have as plain bytes; quantized ones need scales and do not travel.
+DTYPES: dict[str, torch.dtype] = {n: getattr(torch, n) for n in _DTYPE_NAMES if hasattr(torch, n)}
+_MEMORY_FORMATS = {
+    "contiguous_format": torch.contiguous_format,
+    "channels_last": torch.channels_last,
+    "channels_last_3d": torch.channels_last_3d,
+    "preserve_format": torch.preserve_format,
+}
+_MEMFMT_NAMES = {v: k for k, v in _MEMORY_FORMATS.items()}
+
+_TAGS: dict[type, int] = {cls: i for i, cls in enumerate(m.MESSAGE_TYPES)}
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(cls.__dataclass_fields__) for cls in m.MESSAGE_TYPES
+}
+
+
+# ---- encoding -------------------------------------------------------------------------------
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's elements as contiguous bytes (zero-copy when already contiguous on CPU)."""
+    t = tensor.detach()
+    if t.layout != torch.strided:
+        raise TypeError(f"only dense tensors travel; got layout {t.layout}")
+    if t.is_quantized:
+        raise TypeError(f"quantized tensors ({t.dtype}) do not travel; dequantize first")
+    t = t.cpu().resolve_conj().resolve_neg().contiguous()
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+@dataclass(frozen=True)
+class Parts:
+    """An encoded frame before it is joined: `head` (prefix, buffer lengths, msgpack header)
+    and the tensors' bytes as views of the sender's memory. A transport that can write several
+    buffers at once sends these without joining them; in-process decoding copies each tensor
+    once, straight out of the sender's memory."""
+
+    head: bytes
+    buffers: list[memoryview]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.head) + _pad(len(self.head)) + sum(b.nbytes + _pad(b.nbytes)
+                                                           for b in self.buffers)
+
+    def join(self) -> memoryview:
+        """The contiguous frame (a writable, 64-byte aligned buffer)."""
+        out = np.empty(self.nbytes, dtype=np.uint8)  # not zero-filled: every byte is set below
+        out[: len(self.head)] = np.frombuffer(self.head, dtype=np.uint8)
+        pos = len(self.head)
+        for buf in self.buffers:
+            out[pos : pos + _pad(pos)] = 0
+            pos += _pad(pos)
+            out[pos : pos + buf.nbytes] = np.frombuffer(buf, dtype=np.uint8)
+            pos += buf.nbytes
+        out[pos:] = 0
+        return memoryview(out)
+
+
+def encode(messages: list) -> memoryview:
+    """Encode a list of messages into one contiguous frame."""
+    return encode_parts(messages).join()
+
+
+def encode_parts(messages: list) -> Parts:
+    """Encode a list of messages, leaving the tensors' bytes where they are."""
+    buffers: list[memoryview] = []
+
+    def default(obj: Any) -> msgpack.ExtType:
+        if isinstance(obj, torch.Tensor):
+            buffers.append(tensor_bytes(obj))
+            meta = [str(obj.dtype).removeprefix("torch."), list(obj.shape), obj.requires_grad,
+                    len(buffers) - 1]
+            return msgpack.ExtType(_TENSOR, msgpack.packb(meta))
+        if isinstance(obj, m.Ref):
+            return msgpack.ExtType(_REF, obj.id.to_bytes(8, "little"))
+        if isinstance(obj, tuple):  # torch.Size too
+            return msgpack.ExtType(_TUPLE, _pack(list(obj)))
+        if isinstance(obj, slice):
+            return msgpack.ExtType(_SLICE, _pack([obj.start, obj.stop, obj.step]))
+        if isinstance(obj, torch.dtype):
+            return msgpack.ExtType(_DTYPE, str(obj).removeprefix("torch.").encode())
+        if obj is Ellipsis:
+            return msgpack.ExtType(_ELLIPSIS, b"")
+        if isinstance(obj, complex):
+            return msgpack.ExtType(_COMPLEX, struct.pack("<dd", obj.real, obj.imag))
+        if isinstance(obj, torch.device):
+            return msgpack.ExtType(_DEVICE, str(obj).encode())
+        if isinstance(obj, torch.memory_format):
+            return msgpack.ExtType(_MEMFMT, _MEMFMT_NAMES[obj].encode())
+        tag = _TAGS.get(type(obj))
+        if tag is not None:
+            raise TypeError(f"{type(obj).__name__} may only appear at the top of a frame")
+        raise TypeError(f"cannot send a {type(obj).__name__} to a worker")
+
+    def _pack(obj: Any) -> bytes:
+        return msgpack.packb(obj, default=default, use_bin_type=True, strict_types=True)
+
+    body = [[_TAGS[type(msg)], *(getattr(msg, f) for f in _FIELDS[type(msg)])]
+            for msg in messages]
+    header = _pack(body)
+    lengths = struct.pack(f"<{len(buffers)}Q", *(b.nbytes for b in buffers))
+    return Parts(_PREFIX.pack(MAGIC, VERSION, 0, len(buffers), len(header)) + lengths + header,
+                 buffers)
+
+
+def _pad(n: int) -> int:
+    return -n % 8
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+
+def decode(frame: bytes | bytearray | memoryview) -> list:
+    """Decode one frame into its messages, or raise `WireError` saying what was wrong.
+    Tensors share the frame's memory when it is writable (no copy)."""
+    return _guarded(_decode_frame, memoryview(frame).cast("B"))
+
+
+def decode_parts(parts: Parts) -> list:
+    """Decode a frame that was never joined (in-process); tensors are copied out."""
+    return _guarded(_decode_parts, parts)
+
+
+def _guarded(decoder: Callable[[Any], list], data: Any) -> list:
+    try:
+        return decoder(data)
+    except WireError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error,
+            RecursionError, msgpack.UnpackException, RuntimeError, AttributeError) as exc:
+        raise WireError(f"malformed frame: {type(exc).__name__}: {exc}") from None
+
+
+def _read_prefix(view: memoryview, available: int) -> tuple[tuple[int, ...], int, int]:
+    """Check the prefix; the buffer lengths, and where the header starts and ends."""
+    if len(view) < _PREFIX.size:
+        raise WireError(f"frame of {len(view)} bytes is shorter than the {_PREFIX.size}-byte prefix")
+    magic, version, _, n_buffers, header_len = _PREFIX.unpack_from(view)
+    if magic != MAGIC:
+        raise WireError("not a tether frame (bad magic bytes)")
+    if version != VERSION:
+        raise WireError(f"frame version {version} is not supported (this side speaks {VERSION})")
+    pos = _PREFIX.size
+    if n_buffers * 8 + header_len > available - pos:
+        raise WireError("frame announces more buffers or header than it holds")
+    lengths = struct.unpack_from(f"<{n_buffers}Q", view, pos)
+    pos += n_buffers * 8
+    return lengths, pos, pos + header_len
+
+
+def _decode_frame(view: memoryview) -> list:
+    lengths, start, end = _read_prefix(view, len(view))
+    pos = end + _pad(end)
+    offsets = []
+    for n in lengths:
+        offsets.append(pos)
+        pos += n + _pad(n)
+    if pos != len(view):
+        raise WireError(f"buffer lengths add up to {pos} bytes but the frame has {len(view)}")
+    buffers = [view[o : o + n] for o, n in zip(offsets, lengths, strict=True)]
+    return _decode_body(view[start:end], buffers, copy=False)
+
+
+def _decode_parts(parts: Parts) -> list:
+    head = memoryview(parts.head).cast("B")
+    lengths, start, end = _read_prefix(head, len(head))
+    if end != len(head) or list(lengths) != [b.nbytes for b in parts.buffers]:
+        raise WireError("frame head does not match its buffers")
+    return _decode_body(head[start:end], [b.cast("B") for b in parts.buffers], copy=True)
+
+
+def _decode_body(header: memoryview, buffers: list[memoryview], copy: bool) -> list:
+    used: set[int] = set()
+    body = _unpack(header, _ext_hook(buffers, used, copy))
+    if len(used) != len(buffers):
+        raise WireError("frame carries buffers that no tensor uses")
+    if not isinstance(body, list):
+        raise WireError("frame body is not a list of messages")
+    return [_message(item) for item in body]
+
+
+def _unpack(data: memoryview | bytes, ext_hook: Callable) -> Any:
+    return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=True,
+                           use_list=True)
+
+
+def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
+              ) -> Callable[[int, bytes], Any]:
+    def hook(code: int, data: bytes) -> Any:
+        if code == _TENSOR:
+            return _tensor(_unpack(data, hook), buffers, used, copy)
+        if code == _REF:
+            if len(data) != 8:
+                raise WireError("a reference must be 8 bytes")
+            return m.Ref(int.from_bytes(data, "little"))
+        if code == _TUPLE:
+            items = _unpack(data, hook)
+            if not isinstance(items, list):
+                raise WireError("a tuple must hold a list")
+            return tuple(items)
+        if code == _SLICE:
+            parts = _unpack(data, hook)
+            if not (isinstance(parts, list) and len(parts) == 3
+                    and all(p is None or type(p) is int for p in parts)):
+                raise WireError("a slice must be three integers or nulls")
+            return slice(*parts)
+        if code == _DTYPE:
+            return _lookup(DTYPES, data, "dtype")
+        if code == _ELLIPSIS:
+            return Ellipsis
+        if code == _COMPLEX:
+            return complex(*struct.unpack("<dd", data))
+        if code == _DEVICE:
+            name = data.decode()
+            if name.split(":")[0] not in {"cpu", "cuda", "mps", "meta"}:
+                raise WireError(f"unknown device {name!r}")
+            return torch.device(name)
+        if code == _MEMFMT:
+            return _lookup(_MEMORY_FORMATS, data, "memory format")
+        raise WireError(f"unknown extension type {code}")
+
+    return hook
+
+
+def _lookup(table: dict, data: bytes, what: str) -> Any:
+    name = data.decode(errors="replace")
+    if name not in table:
+        raise WireError(f"unknown {what} {name!r}")
+    return table[name]
+
+
+def _tensor(meta: Any, buffers: list[memoryview], used: set[int], copy: bool) -> torch.Tensor:
+    if not (isinstance(meta, list) and len(meta) == 4):
+        raise WireError("tensor header must be [dtype, shape, requires_grad, buffer]")
+    dtype_name, shape, requires_grad, index = meta
+    dtype = DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+    if dtype is None:
+        raise WireError(f"unknown tensor dtype {dtype_name!r}")
+    if not (isinstance(shape, list) and len(shape) <= _MAX_DIMS
+            and all(type(d) is int and 0 <= d < _MAX_DIM for d in shape)):
+        raise WireError(f"bad tensor shape {shape!r}")
+    if type(index) is not int or not 0 <= index < len(buffers) or index in used:
+        raise WireError(f"tensor names buffer {index!r}, which is missing or used twice")
+    used.add(index)
+    buf = buffers[index]
+    numel = math.prod(shape)
+    if numel * dtype.itemsize != buf.nbytes:
+        raise WireError(f"tensor of shape {shape} and dtype {dtype_name} needs "
+                        f"{numel * dtype.itemsize} bytes, its buffer has {buf.nbytes}")
+    if numel == 0:
+        t = torch.empty(shape, dtype=dtype)
+    elif buf.readonly:  # torch may not alias read-only memory: one copy
+        t = torch.frombuffer(bytearray(buf), dtype=dtype, count=numel).view(shape)
+    else:
+        t = torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
+        t = t.clone() if copy else t
+    if requires_grad is True and (dtype.is_floating_point or dtype.is_complex):
+        t.requires_grad_(True)
+    return t
+
+
+def _message(item: Any) -> Any:
+    if not (isinstance(item, list) and item and type(item[0]) is int):
+        raise WireError("a message must be [tag, fields...]")
+    tag = item[0]
+    if not 0 <= tag < len(m.MESSAGE_TYPES):
+        raise WireError(f"unknown message tag {tag}")
+    cls = m.MESSAGE_TYPES[tag]
+    fields = _FIELDS[cls]
+    if len(item) != len(fields) + 1:
+        raise WireError(f"{cls.__name__} needs {len(fields)} fields, got {len(item) - 1}")
+    msg = cls(*item[1:])
+    _VALIDATORS[cls](msg)
+    return msg
+
+
+def _is_id(x: Any) -> bool:
+    return type(x) is int and 0 <= x <= _MAX_ID
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise WireError(what)
+
+
+_VALIDATORS: dict[type, Callable[[Any], None]] = {
+    m.Put: lambda msg: _check(_is_id(msg.id), "Put.id must be an unsigned 64-bit integer"),
+    m.Call: lambda msg: _check(
+        isinstance(msg.op, str) and isinstance(msg.args, list) and isinstance(msg.kwargs, dict)
+        and (msg.out is None or _is_id(msg.out)),
+        "Call needs op: str, args: list, kwargs: map, out: id or null"),
+    m.Get: lambda msg: _check(
+        _is_id(msg.id) and isinstance(msg.name, str) and isinstance(msg.reason, str),
+        "Get needs id, name: str, reason: str"),
+    m.Delete: lambda msg: _check(
+        isinstance(msg.ids, list) and all(_is_id(i) for i in msg.ids), "Delete needs a list of ids"),
+    m.Done: lambda msg: _check(msg.meta is None or isinstance(msg.meta, list),
+                               "Done.meta must be a list or null"),
+    m.Value: lambda msg: None,
+    m.Failure: lambda msg: _check(
+        isinstance(msg.kind, str) and isinstance(msg.message, str)
+        and isinstance(msg.details, dict), "Failure needs kind: str, message: str, details: map"),
+}

@@ -1,0 +1,89 @@
+"""The messages a client and a node exchange: plain data, nothing executable.
+
+A frame carries a list of messages. Commands go from client to node; the node answers each
+command of a frame with one reply, in order, in one frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """Names an object in the receiving node's store (the ids are chosen by the client)."""
+
+    id: int
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Put:
+    """Store `value` under `id`."""
+
+    id: int
+    value: Any
+
+
+@dataclass(slots=True)
+class Call:
+    """Call the allowlisted `op` on `args`/`kwargs` (which may hold Refs); store the result
+    under `out` (None: discard it, as for in-place methods)."""
+
+    op: str
+    args: list
+    kwargs: dict
+    out: int | None
+
+
+@dataclass(slots=True)
+class Get:
+    """Send back the value stored under `id`, if its policy lets it leave.
+
+    `name` and `reason` travel with a request for approval where the policy asks for one."""
+
+    id: int
+    name: str = ""
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Delete:
+    """Forget these ids (the client dropped its last pointer to them)."""
+
+    ids: list[int]
+
+
+# ---- replies --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Done:
+    """The command succeeded. `meta` describes the stored result: for a tensor
+    `[shape, dtype, requires_grad]`, otherwise `[type name]`; None when nothing was stored."""
+
+    meta: list | None = None
+
+
+@dataclass(slots=True)
+class Value:
+    """The value a Get asked for."""
+
+    value: Any
+
+
+@dataclass(slots=True)
+class Failure:
+    """The command failed. `kind` names the error class, `message` says what happened."""
+
+    kind: str
+    message: str
+    details: dict = field(default_factory=dict)
+
+
+COMMANDS = (Put, Call, Get, Delete)
+REPLIES = (Done, Value, Failure)
+MESSAGE_TYPES: tuple[type, ...] = COMMANDS + REPLIES

@@ -1,0 +1,88 @@
+"""Virtual workers: a Node in this process, reached through the real wire format by default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tether.client import Client, Replies
+from tether.node import Limits, Node, Store
+from tether.wire import Call, Put, Value, decode_parts, encode_parts
+
+
+class InProcessTransport:
+    """Hands frames to a Node in the same process. With `serialize=False` the messages skip the
+    codec (tensors are still copied, so neither side sees the other's later changes)."""
+
+    def __init__(self, node: Node, client_name: str = "local", serialize: bool = True) -> None:
+        self.node = node
+        self.client_name = client_name
+        self.serialize = serialize
+
+    def exchange(self, commands: list) -> Replies:
+        if self.serialize:
+            reply = self.node.handle_parts(encode_parts(commands), self.client_name)
+            replies = decode_parts(reply)
+        else:
+            replies = [_copy_tensors_in(r) for r in
+                       self.node.execute([_copy_tensors_in(c) for c in commands],
+                                         self.client_name)]
+        return lambda: replies
+
+    def close(self) -> None:
+        self.node.forget(self.client_name)
+
+
+def _copy_tensors_in(message: Any) -> Any:
+    if isinstance(message, Put):
+        return Put(message.id, _copy(message.value))
+    if isinstance(message, Call):
+        return Call(message.op, _copy(message.args), _copy(message.kwargs), message.out)
+    if isinstance(message, Value):
+        return Value(_copy(message.value))
+    return message
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone().requires_grad_(value.requires_grad)
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
+
+
+class VirtualWorker:
+    """A worker in this process: `sy.VirtualWorker(hook, id="bob")` or `VirtualWorker("bob")`.
+
+    Every message goes through the real encoder and decoder unless `serialize=False`, so what
+    works here works over the network."""
+
+    def __init__(self, hook: Any = None, id: str | None = None, *, serialize: bool = True,
+                 limits: Limits | None = None, release_derived: bool = True) -> None:
+        if isinstance(hook, str) and id is None:
+            hook, id = None, hook
+        self.id = id or "worker"
+        self.node = Node(self.id, limits=limits, release_derived=release_derived)
+        self.client = Client(self, InProcessTransport(self.node, "local", serialize))
+
+    @property
+    def store(self) -> Store:
+        """The objects this worker holds for us (after running everything queued)."""
+        self.client.flush()
+        return self.node.store("local")
+
+    def flush(self) -> None:
+        """Run everything queued; raise the first remote error."""
+        self.client.flush()
+
+    def publish(self, key: str, value: Any, **policy: Any) -> None:
+        """As the owner: make `value` reachable under `key` (private unless private=False)."""
+        self.node.publish(key, value, **policy)
+
+    def __repr__(self) -> str:
+        return f"<VirtualWorker {self.id!r}>"
