@@ -81,7 +81,7 @@ workers = ["bob", "alice"]
 optims = Optims(workers, optim=optim.Adam(params=model.parameters(), lr=0.1))
 
 
-def train():  # noqa: F811  (the tutorial redefines train)
+def train():
     # Training Logic
     for _ in range(10):
         # NEW) iterate through each worker's dataset

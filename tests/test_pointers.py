@@ -29,7 +29,8 @@ def test_operators_functions_and_methods_run_remotely(bob):
         "add": (pa + pb, a + b), "radd": (2 + pa, 2 + a), "sub": (pa - 1, a - 1),
         "rsub": (1 - pa, 1 - a), "mul": (pa * pb, a * b), "div": (pa / 2, a / 2),
         "pow": (pa ** 2, a ** 2), "neg": (-pa, -a), "abs": (abs(pa), abs(a)),
-        "matmul": (pa @ pb.t(), a @ b.t()), "gt": (pa > pb, a > b), "getitem": (pa[1:, ::2], a[1:, ::2]),
+        "matmul": (pa @ pb.t(), a @ b.t()), "gt": (pa > pb, a > b),
+        "getitem": (pa[1:, ::2], a[1:, ::2]),
         "torch.add": (torch.add(pa, pb, alpha=2), torch.add(a, b, alpha=2)),
         "torch.cat": (torch.cat([pa, pb], dim=1), torch.cat([a, b], dim=1)),
         "F.relu": (F.relu(pa), F.relu(a)), "view": (pa.view(-1), a.view(-1)),
@@ -108,7 +109,8 @@ def test_learning_rate_changes_reach_the_remote_optimizer(bob):
     model, twin = nn.Linear(3, 1), nn.Linear(3, 1)
     twin.load_state_dict(model.state_dict())
     opt, twin_opt = (torch.optim.SGD(m.parameters(), lr=1.0) for m in (model, twin))
-    schedules = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5) for o in (opt, twin_opt)]
+    schedules = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5)
+                 for o in (opt, twin_opt)]
     x = torch.randn(4, 3)
     px = x.send(bob)
     for _ in range(3):
@@ -140,7 +142,7 @@ def test_one_optimizer_cannot_span_two_workers(bob, alice):
     a, b = nn.Linear(2, 2), nn.Linear(2, 2)
     opt = torch.optim.SGD([*a.parameters(), *b.parameters()], lr=0.1)
     a.send(bob), b.send(alice)
-    with pytest.raises(errors.WorkerMismatchError, match="bob.*alice|alice.*bob"):
+    with pytest.raises(errors.WorkerMismatchError, match=r"bob.*alice|alice.*bob"):
         opt.step()
 
 
@@ -198,3 +200,25 @@ def test_worker_accepts_hook_or_name():
     hook = sy.TorchHook(torch)
     assert sy.VirtualWorker(hook, id="bob").id == "bob"
     assert sy.VirtualWorker("alice").id == "alice"
+
+
+def test_a_worker_never_trains_on_a_stale_copy_of_the_model(make_worker):
+    """Workers keep their copy of each parameter; a send must refresh it whenever the local
+    values changed — by training elsewhere, or by the user — even if memory is recycled."""
+    joe, jane = make_worker("joe"), make_worker("jane")
+    model = nn.Linear(64, 32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 64)
+    inputs = {joe: x.send(joe), jane: x.send(jane)}
+    for step, worker in enumerate([joe] * 3 + [jane] * 3 + [joe] * 3 + [jane] * 3 * 40):
+        if step % 7 == 0:
+            with torch.no_grad():
+                model.bias.add_(0.01)  # the user changes the weights locally
+        expected = model.weight.detach().clone(), model.bias.detach().clone()
+        model.send(worker)
+        assert torch.equal(model.weight.copy().get(), expected[0]), step
+        assert torch.equal(model.bias.copy().get(), expected[1]), step
+        opt.zero_grad()
+        model(inputs[worker]).sum().backward()
+        opt.step()
+        model.get()

@@ -4,7 +4,7 @@
 `tensor.send(worker)`, `ptr.get()`, `model.send(worker)` / `model.get()`.
 """
 
-from tether import errors
+from tether import datasets, errors, transforms
 from tether.errors import (
     NotAllowedError,
     ObjectNotFoundError,
@@ -14,6 +14,7 @@ from tether.errors import (
     WireError,
     WorkerMismatchError,
 )
+from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
 from tether.hook import TorchHook, install
 from tether.pointer import Pointer, PointerTensor
 from tether.workers import VirtualWorker
@@ -21,8 +22,11 @@ from tether.workers import VirtualWorker
 install()
 
 __all__ = [
+    "FederatedDataLoader",
+    "FederatedDataset",
     "NotAllowedError",
     "ObjectNotFoundError",
+    "Optims",
     "PermissionDeniedError",
     "Pointer",
     "PointerTensor",
@@ -32,5 +36,8 @@ __all__ = [
     "VirtualWorker",
     "WireError",
     "WorkerMismatchError",
+    "datasets",
     "errors",
+    "federate",
+    "transforms",
 ]

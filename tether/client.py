@@ -79,7 +79,7 @@ class Client:
                 self._send_queue()
 
     def release(self, obj_id: int) -> None:
-        """The last pointer to `obj_id` is gone: free it with the next frame. Safe from `__del__`."""
+        """The last pointer to `obj_id` is gone: free it with the next frame (safe in __del__)."""
         self._released.append(obj_id)
         self._meta.pop(obj_id, None)
 

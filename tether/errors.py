@@ -1,4 +1,4 @@
-"""Every error tether raises on purpose derives from `TetherError`, so callers can catch one type."""
+"""Every error tether raises on purpose derives from `TetherError`: callers catch one type."""
 
 from __future__ import annotations
 

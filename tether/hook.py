@@ -97,11 +97,36 @@ def backward_across(client: Client) -> None:
 
 @dataclass
 class _RemoteCopy:
-    """A local tensor's copy on one worker. `synced`: (local version, local data pointer, the
-    copy's use count) when both last held the same values; None when unknown."""
+    """A local tensor's copy on one worker, and `synced`: the state in which both last held the
+    same values (None: unknown, so sending must transfer)."""
 
     pointer: Pointer
-    synced: tuple | None = None
+    synced: _Sync | None = None
+
+
+@dataclass(frozen=True)
+class _Sync:
+    """The local tensor's storage, version and view, and the copy's use count, when they last
+    agreed. Holding the storage keeps its memory from being reused for another tensor, so
+    `matches` cannot mistake a new tensor at a recycled address for the old one."""
+
+    storage: torch.UntypedStorage
+    version: int
+    view: tuple
+    touches: int
+
+    @staticmethod
+    def of(local: torch.Tensor, pointer: Pointer) -> _Sync:
+        return _Sync(local.untyped_storage(), local._version, _view(local), pointer._touches)
+
+    def matches(self, local: torch.Tensor, pointer: Pointer) -> bool:
+        return (self.storage.data_ptr() == local.untyped_storage().data_ptr()
+                and self.version == local._version and self.view == _view(local)
+                and self.touches == pointer._touches)
+
+
+def _view(t: torch.Tensor) -> tuple:
+    return t.storage_offset(), tuple(t.shape), t.stride(), t.dtype
 
 
 @dataclass
@@ -155,7 +180,7 @@ def send_module(module: nn.Module, worker: Any) -> nn.Module:
             copy = copies.get(client)
             if copy is None:
                 copy = copies[client] = _RemoteCopy(send_tensor(local, worker))
-            elif copy.synced != (local._version, local.data_ptr(), copy.pointer._touches):
+            elif copy.synced is None or not copy.synced.matches(local, copy.pointer):
                 remote_call("tether.assign", [copy.pointer, local.detach()], {})
             locals_[id(table), name] = local
             table[name] = copy.pointer
@@ -182,7 +207,8 @@ def get_module(module: nn.Module) -> nn.Module:
         local.data = value.detach()  # adopt the fetched memory: no further copy
         table[name] = local
         _REMOTES.sent_to.pop(id(local), None)
-        _REMOTES.of(local)[client].synced = (local._version, local.data_ptr(), pointer._touches)
+        for other, copy in _REMOTES.of(local).items():  # the others now hold older values
+            copy.synced = _Sync.of(local, pointer) if other is client else None
     for m in module.modules():
         m.__dict__.pop("_tether_client", None)
     return module
@@ -311,11 +337,19 @@ def install() -> None:
     nn.Module.get = get_module
     nn.Module.move = move_module
     nn.Module.location = _Location()
+    torch.utils.data.Dataset.federate = _federate
     for path in ALLOWLIST:
         module, _, name = path.rpartition(".")
         if module == "torch.optim" and name[:1].isupper():
             _wrap_step(getattr(torch.optim, name))
     _wrap_zero_grad()
+
+
+def _federate(dataset: torch.utils.data.Dataset, workers: Any, **options: Any) -> Any:
+    """`dataset.federate((joe, jane))` on any torch Dataset (see tether.federated.federate)."""
+    from tether.federated.dataset import federate
+
+    return federate(dataset, workers, **options)
 
 
 class TorchHook:

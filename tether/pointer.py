@@ -7,6 +7,7 @@ Only `.get()` and what needs the worker's answer (`.shape` of a result not yet s
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +53,8 @@ class Pointer:
 
     def __del__(self) -> None:
         if getattr(self, "_live", False):
-            try:
+            with contextlib.suppress(Exception):  # at interpreter shutdown there is nothing to free
                 self._client.release(self.id)
-            except Exception:  # interpreter shutdown: nothing left to free
-                pass
 
     # ---- where it is --------------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
-"""Federated learning: per-worker optimizers, federated datasets and loaders, partitioners."""
+"""Federated learning: federated datasets and loaders, per-worker optimizers, partitioners."""
 
+from tether.federated.dataloader import FederatedDataLoader
+from tether.federated.dataset import FederatedDataset, WorkerData, federate
 from tether.federated.floptimizer import Optims
 
-__all__ = ["Optims"]
+__all__ = ["FederatedDataLoader", "FederatedDataset", "Optims", "WorkerData", "federate"]

@@ -67,13 +67,12 @@ def _randint(args: tuple, kwargs: dict) -> int:
 
 
 def _range(args: tuple, kwargs: dict) -> int:
+    """torch.arange(end), (start, end) or (start, end, step), positional or by keyword."""
     nums = [a for a in args if isinstance(a, int | float)]
-    if len(nums) == 1:
-        start, end, step = 0, nums[0], 1
-    else:
-        start, end, step = (nums + [1])[:3] if len(nums) >= 2 else (0, 0, 1)
+    start, end, step = {0: (0, 0, 1), 1: (0, *nums, 1), 2: (*nums, 1)}.get(len(nums), nums[:3])
+    start, end = kwargs.get("start", start), kwargs.get("end", end)
     step = kwargs.get("step", step)
-    return abs(int((end - start) / step)) + 1 if step else 0
+    return int(abs((end - start) / step)) + 1 if step else 0
 
 
 def _steps(args: tuple, kwargs: dict) -> int:

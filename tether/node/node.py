@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -35,6 +35,8 @@ from tether.wire import (
 
 log = logging.getLogger(__name__)
 
+# The op a client uses to reach what the owner published (handled here: it needs the node).
+PUBLISHED = "tether.published"
 # Paths that change their first argument in place: refused on the owner's data.
 _IN_PLACE = {"operator.setitem", "tether.assign", "torch.Tensor.backward"}
 _WIRE_LEAVES = (torch.Tensor, type(None), bool, int, float, str, bytes, complex, slice,
@@ -162,6 +164,8 @@ class Node:
         return failure
 
     def _call(self, cmd: Call, store: Store) -> Done:
+        if cmd.op == PUBLISHED:
+            return self._published(cmd, store)
         entry = resolve(cmd.op)
         if entry is None:
             raise _Refused(NotAllowedError.__name__, _not_allowed(cmd.op))
@@ -178,6 +182,18 @@ class Node:
         readonly = _shares_memory(result, [s.value for s in inputs if s.readonly])
         store.put(cmd.out, Stored(result, privacy, readonly))
         return Done(_meta(result))
+
+    def _published(self, cmd: Call, store: Store) -> Done:
+        """A pointer to what the owner published under a key: same object, same policy."""
+        key = cmd.args[0] if len(cmd.args) == 1 and not cmd.kwargs else None
+        if not isinstance(key, str) or cmd.out is None:
+            raise _Refused("TypeError", f"{PUBLISHED} takes one key (a string) and an output id")
+        stored = self.published.get(key)
+        if stored is None:
+            raise _Refused("KeyError", f"worker {self.name!r} publishes nothing under {key!r}; "
+                                       f"it has {sorted(self.published)}")
+        store.put(cmd.out, replace(stored))
+        return Done(_meta(stored.value))
 
     def _check(self, entry: Entry, args: tuple, kwargs: dict, inputs: list[Stored]) -> None:
         if entry.self_type is not None and not (args and isinstance(args[0], entry.self_type)):

@@ -180,7 +180,7 @@ def _guarded(decoder: Callable[[Any], list], data: Any) -> list:
 def _read_prefix(view: memoryview, available: int) -> tuple[tuple[int, ...], int, int]:
     """Check the prefix; the buffer lengths, and where the header starts and ends."""
     if len(view) < _PREFIX.size:
-        raise WireError(f"frame of {len(view)} bytes is shorter than the {_PREFIX.size}-byte prefix")
+        raise WireError(f"frame of {len(view)} bytes is shorter than the prefix ({_PREFIX.size})")
     magic, version, _, n_buffers, header_len = _PREFIX.unpack_from(view)
     if magic != MAGIC:
         raise WireError("not a tether frame (bad magic bytes)")
@@ -339,7 +339,8 @@ _VALIDATORS: dict[type, Callable[[Any], None]] = {
         _is_id(msg.id) and isinstance(msg.name, str) and isinstance(msg.reason, str),
         "Get needs id, name: str, reason: str"),
     m.Delete: lambda msg: _check(
-        isinstance(msg.ids, list) and all(_is_id(i) for i in msg.ids), "Delete needs a list of ids"),
+        isinstance(msg.ids, list) and all(_is_id(i) for i in msg.ids),
+        "Delete needs a list of ids"),
     m.Done: lambda msg: _check(msg.meta is None or isinstance(msg.meta, list),
                                "Done.meta must be a list or null"),
     m.Value: lambda msg: None,

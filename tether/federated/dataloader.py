@@ -1,0 +1,55 @@
+"""`FederatedDataLoader`: batches of a federated dataset, cut where the data lives."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from tether.federated.dataset import FederatedDataset
+from tether.pointer import Pointer
+
+
+class FederatedDataLoader:
+    """Yields `(data_ptr, target_ptr)` batches worker by worker; `data_ptr.location` is the
+    worker holding the batch. Each batch is cut on the worker in one command per tensor, so
+    an epoch costs a few commands per batch, never one per sample.
+
+    Shuffling draws each epoch's order from torch's global RNG, as `DataLoader` does (pass a
+    `generator` to keep it apart)."""
+
+    def __init__(self, federated_dataset: FederatedDataset, batch_size: int = 8,
+                 shuffle: bool = False, drop_last: bool = False,
+                 generator: torch.Generator | None = None) -> None:
+        if not isinstance(federated_dataset, FederatedDataset):
+            raise TypeError("FederatedDataLoader takes a FederatedDataset: "
+                            "call dataset.federate((worker, ...)) first")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.federated_dataset = federated_dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = generator
+
+    def _batches(self, size: int) -> int:
+        return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
+
+    def __len__(self) -> int:
+        return sum(self._batches(p.size) for p in self.federated_dataset.datasets.values())
+
+    def __iter__(self) -> Iterator[tuple[Pointer, Pointer]]:
+        for part in self.federated_dataset.datasets.values():
+            order = torch.randperm(part.size, generator=self._epoch_generator()) \
+                if self.shuffle else None
+            for b in range(self._batches(part.size)):
+                start, stop = b * self.batch_size, min((b + 1) * self.batch_size, part.size)
+                index = slice(start, stop) if order is None else order[start:stop]
+                yield part.data[index], part.targets[index]
+
+    def _epoch_generator(self) -> torch.Generator:
+        if self.generator is not None:
+            return self.generator
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        return torch.Generator().manual_seed(seed)

@@ -1,0 +1,258 @@
+"""RFC 6455 framing for tether frames, written for bulk speed.
+
+The `websockets` library does the HTTP handshake (see server.py and client.py); the message
+framing is here because that library copies each large message four or five times (stream
+buffer, slice, unmask, assembly), which on this class of machine costs more than the network.
+Here a large payload is received straight into its final buffer (`recv_into`), unmasked in place
+as it arrives, and decoded without a copy; sending writes the codec's parts without joining them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+
+from tether.wire import Parts
+
+OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+_DATA_OPS = {OP_CONTINUATION, OP_TEXT, OP_BINARY}
+_CONTROL_OPS = {OP_CLOSE, OP_PING, OP_PONG}
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED = 1003
+CLOSE_TOO_BIG = 1009
+
+# Frames that fit in the reader's staging buffer are copied out of it; larger payloads are
+# received straight into their own buffer.
+STAGING_BYTES = 256 * 1024
+_SMALL_XOR = 1024
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the websocket protocol or a limit; close the connection with `code`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def header(opcode: int, length: int, *, fin: bool = True, mask: bytes | None = None) -> bytes:
+    """The frame header for a payload of `length` bytes (with the masking key, if any)."""
+    first = (0x80 if fin else 0) | opcode
+    masked = 0x80 if mask is not None else 0
+    if length < 126:
+        head = struct.pack("!BB", first, masked | length)
+    elif length < 2**16:
+        head = struct.pack("!BBH", first, masked | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, masked | 127, length)
+    return head + mask if mask is not None else head
+
+
+def close_payload(code: int, reason: str) -> bytes:
+    return struct.pack("!H", code) + reason.encode()[:120]
+
+
+def parse_close(payload: bytes | bytearray) -> tuple[int, str]:
+    """(code, reason) of a close frame; 1005 when it carries no code."""
+    if len(payload) < 2:
+        return 1005, ""
+    return struct.unpack_from("!H", payload)[0], bytes(payload[2:]).decode(errors="replace")
+
+
+def xor_mask(data: memoryview, key: bytes, phase: int = 0,
+             out: memoryview | None = None) -> None:
+    """XOR `data` with the repeating 4-byte `key`, starting `phase` bytes into the key;
+    in place, or into `out` (same length)."""
+    n = len(data)
+    if n == 0:
+        return
+    k = key[phase % 4:] + key[: phase % 4]
+    target = data if out is None else out
+    if n <= _SMALL_XOR:
+        repeated = (k * (n // 4 + 1))[:n]
+        value = int.from_bytes(data, "little") ^ int.from_bytes(repeated, "little")
+        target[:] = value.to_bytes(n, "little")
+        return
+    src = np.frombuffer(data, np.uint8)
+    dst = np.frombuffer(target, np.uint8)
+    whole = n - n % 8
+    np.bitwise_xor(src[:whole].view(np.uint64), np.frombuffer(k * 2, np.uint64)[0],
+                   out=dst[:whole].view(np.uint64))
+    if whole < n:
+        np.bitwise_xor(src[whole:], np.frombuffer(k * 2, np.uint8)[: n - whole], out=dst[whole:])
+
+
+def segments(parts: Parts) -> list[bytes | memoryview]:
+    """The pieces of an encoded frame in order, padding included, as `Parts.join` lays them
+    out; sending them one after the other sends the joined frame without building it."""
+    pieces: list[bytes | memoryview] = [parts.head + bytes(-len(parts.head) % 8)]
+    for buf in parts.buffers:
+        pieces.append(buf)
+        if buf.nbytes % 8:
+            pieces.append(bytes(-buf.nbytes % 8))
+    return pieces
+
+
+class Reader:
+    """Parses the frames a peer sends, incrementally: read into `buffer()`, then report the
+    byte count to `advance()`, which returns the complete events:
+    ("message", writable buffer) | ("ping", bytes) | ("pong", bytes) | ("close", bytes).
+
+    `masked`: whether the peer must mask (it must when it is a client). `max_message`: a
+    message that would grow past it is refused as soon as a frame header announces it, before
+    anything is allocated. Raises ProtocolViolation.
+    """
+
+    def __init__(self, *, masked: bool, max_message: int) -> None:
+        self.masked = masked
+        self.max_message = max_message
+        self._staging = bytearray(STAGING_BYTES)
+        self._view = memoryview(self._staging)
+        self._start = 0
+        self._end = 0
+        self._bulk: memoryview | None = None  # payload being received in place
+        self._bulk_pos = 0
+        self._bulk_key = b""
+        self._bulk_fin = False
+        self._fragments: list[memoryview | bytearray] = []
+        self._message_size = 0
+        self._message_op: int | None = None
+
+    def buffer(self) -> memoryview:
+        """Where the next bytes from the peer go."""
+        if self._bulk is not None:
+            return self._bulk[self._bulk_pos:]
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._staging) or self._start > len(self._staging) // 2:
+            pending = self._end - self._start
+            self._staging[:pending] = self._view[self._start:self._end]
+            self._start, self._end = 0, pending
+        return self._view[self._end:]
+
+    def advance(self, n: int) -> list[tuple[str, object]]:
+        """`n` bytes were written into the last `buffer()`; the events now complete."""
+        events: list[tuple[str, object]] = []
+        if self._bulk is not None:
+            chunk = self._bulk[self._bulk_pos:self._bulk_pos + n]
+            if self.masked:
+                xor_mask(chunk, self._bulk_key, self._bulk_pos)
+            self._bulk_pos += n
+            if self._bulk_pos == len(self._bulk):
+                payload, self._bulk = self._bulk, None
+                self._data(payload, self._bulk_fin, events)
+            return events
+        self._end += n
+        while self._parse_one(events):
+            pass
+        return events
+
+    def _parse_one(self, events: list) -> bool:
+        view, start = self._view, self._start
+        available = self._end - start
+        if available < 2:
+            return False
+        first, second = view[start], view[start + 1]
+        fin, opcode, length = bool(first & 0x80), first & 0x0F, second & 0x7F
+        if first & 0x70:
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension "
+                                                          "was negotiated)")
+        if bool(second & 0x80) != self.masked:
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "client frames must be masked and "
+                                    "server frames must not be" )
+        size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if self.masked else 0)
+        if available < size:
+            return False
+        if length == 126:
+            length = struct.unpack_from("!H", view, start + 2)[0]
+        elif length == 127:
+            length = struct.unpack_from("!Q", view, start + 2)[0]
+        self._check(opcode, fin, length)
+        key = bytes(view[start + size - 4:start + size]) if self.masked else b""
+        body = start + size
+        if opcode in _CONTROL_OPS or size + length <= len(self._staging):
+            if available < size + length:
+                return False
+            payload = bytearray(view[body:body + length])
+            if self.masked:
+                xor_mask(memoryview(payload), key)
+            self._start = body + length
+            if opcode in _CONTROL_OPS:
+                events.append((_CONTROL_NAMES[opcode], bytes(payload)))
+            else:
+                self._data(memoryview(payload), fin, events)
+            return True
+        # A large payload: give it its own buffer (untouched until bytes arrive) and receive
+        # the rest straight into it.
+        target = memoryview(np.empty(length, np.uint8)).cast("B")
+        have = available - size
+        target[:have] = view[body:self._end]
+        if self.masked:
+            xor_mask(target[:have], key)
+        self._start = self._end = 0
+        self._bulk, self._bulk_pos, self._bulk_key, self._bulk_fin = target, have, key, fin
+        return False
+
+    def _check(self, opcode: int, fin: bool, length: int) -> None:
+        if opcode in _CONTROL_OPS:
+            if not fin or length > 125:
+                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR,
+                                        "control frames must be whole and at most 125 bytes")
+            return
+        if opcode not in _DATA_OPS:
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if (opcode == OP_CONTINUATION) != (self._message_op is not None):
+            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "continuation frame out of place")
+        if opcode == OP_TEXT:
+            raise ProtocolViolation(CLOSE_UNSUPPORTED, "tether speaks binary messages only")
+        if self._message_size + length > self.max_message:
+            raise ProtocolViolation(CLOSE_TOO_BIG, f"a message of {self._message_size + length:,}"
+                                    f" bytes exceeds this side's limit of {self.max_message:,}")
+        if self._message_op is None:
+            self._message_op = opcode
+
+    def _data(self, payload: memoryview, fin: bool, events: list) -> None:
+        self._message_size += len(payload)
+        if not fin:
+            self._fragments.append(payload)
+            return
+        if self._fragments:
+            self._fragments.append(payload)
+            whole = np.concatenate([np.frombuffer(f, np.uint8) for f in self._fragments])
+            payload = memoryview(whole).cast("B")
+            self._fragments = []
+        self._message_size = 0
+        self._message_op = None
+        events.append(("message", payload))
+
+
+_CONTROL_NAMES = {OP_CLOSE: "close", OP_PING: "ping", OP_PONG: "pong"}
+
+
+def masked_chunks(pieces: list[bytes | memoryview], key: bytes,
+                  scratch: bytearray) -> Iterator[memoryview]:
+    """The pieces of a payload XORed with `key`, through the reusable `scratch` buffer: each
+    yielded view is valid until the next one is asked for."""
+    out = memoryview(scratch)
+    filled = 0
+    phase = 0
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        while view:
+            n = min(len(view), len(out) - filled)
+            xor_mask(view[:n], key, phase, out[filled:filled + n])
+            filled += n
+            phase = (phase + n) % 4
+            view = view[n:]
+            if filled == len(out):
+                yield out
+                filled = 0
+    if filled:
+        yield out[:filled]

@@ -1,0 +1,453 @@
+"""A Node behind a websocket endpoint: what `tether worker` runs.
+
+One asyncio loop accepts connections, speaks the websocket protocol and enforces the limits;
+commands run in a thread pool, so a slow command never stalls the other clients (or the pings
+that tell a waiting client its worker is alive). Each connection is its own client of the Node,
+with its own store: it sees only its own objects and what the owner published, its frames run
+in the order they came, and its objects are freed when it disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import secrets
+import signal
+import ssl
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from tether.errors import WireError
+from tether.net import frames
+from tether.net.frames import ProtocolViolation, Reader
+from tether.node import Node
+from tether.wire import Failure, Parts, decode, encode_parts
+
+if TYPE_CHECKING:
+    from tether.net.client import WebsocketClientWorker
+
+log = logging.getLogger("tether.net")
+
+WORKER_HEADER = "X-Tether-Worker"
+_MAX_REQUEST = 16 * 1024
+_SMALL_WRITE = 64 * 1024
+_WRITE_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one connection may do to the server. (Stored bytes per client: `Node.limits`.)
+
+    `max_message_bytes`: larger messages are refused from their header, before allocation.
+    `idle_timeout`: seconds without a frame before a connection is closed (its objects freed).
+    """
+
+    max_message_bytes: int = 512 * 2**20
+    idle_timeout: float = 3600.0
+    handshake_timeout: float = 10.0
+
+
+class WorkerServer:
+    """Serves `node` on `host:port` (port 0: any free port; see `.port` after `start()`).
+
+    Clients must present `token` (`Authorization: Bearer <token>` or `?token=` in the URL);
+    a random one is made when none is given. `ssl_context` turns on TLS (`wss://`).
+    """
+
+    def __init__(self, node: Node, *, host: str = "127.0.0.1", port: int = 8777,
+                 token: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                 limits: ServerLimits | None = None, threads: int = 4) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self.token = token or secrets.token_urlsafe(24)
+        self.ssl_context = ssl_context
+        self.limits = limits or ServerLimits()
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._serial = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        return f"{'wss' if self.ssl_context else 'ws'}://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        loop = asyncio.get_running_loop()
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=f"{self.node.name}-node")
+        self._server = await loop.create_server(lambda: _Connection(self, loop), self.host,
+                                                self.port, ssl=self.ssl_context)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("worker %s listening on %s", self.node.name, self.url)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, tell every client the worker is going away, let running commands
+        finish (up to `grace` seconds) and free every client's objects."""
+        if self._server is None:
+            return
+        self._server.close()
+        for conn in list(self._connections):
+            conn.fail(frames.CLOSE_GOING_AWAY, "worker shutting down", warn=False)
+        finished = [conn.finished for conn in self._connections]
+        if finished:
+            await asyncio.wait(finished, timeout=grace)
+        await self._server.wait_closed()
+        self._server = None
+        assert self._pool is not None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped", self.node.name)
+
+    async def serve_until_signal(self) -> None:
+        """Serve until SIGINT or SIGTERM, then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()
+
+    # ---- what connections ask of the server -----------------------------------------------------
+
+    def _authorized(self, request: Request) -> bool:
+        offered = ""
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            offered = value.strip()
+        else:
+            offered = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
+        return hmac.compare_digest(offered.encode(), self.token.encode())
+
+    def _client_name(self, peer: str) -> str:
+        return f"{peer}#{next(self._serial)}"
+
+    def _execute(self, payload: memoryview, client: str) -> Parts:
+        """One frame of commands to one frame of replies (runs in the pool)."""
+        try:
+            commands = decode(payload)
+        except WireError as exc:
+            return encode_parts([Failure("WireError", str(exc))])
+        try:
+            return encode_parts(self.node.execute(commands, client))
+        except Exception as exc:  # a reply that cannot be encoded fails its frame, not the server
+            return encode_parts([Failure(type(exc).__name__, f"could not send the replies: {exc}")])
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One client: handshake, then frames in, commands run in order, replies out."""
+
+    def __init__(self, server: WorkerServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.name = ""
+        self.reader: Reader | None = None
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self._request = bytearray()
+        self._scratch = memoryview(bytearray(4096))
+        self._queue: deque[memoryview] = deque()
+        self._queued_bytes = 0
+        self._reading_paused = False
+        self._task: asyncio.Task | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._closed = False
+        self.close_reason = ""
+        self._last_heard = loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ---- asyncio protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = f"{host}:{port}"
+        transport.set_write_buffer_limits(high=4 * _WRITE_CHUNK)
+        self.server._connections.add(self)
+        self._timer = self.loop.call_later(self.server.limits.handshake_timeout, self._check_idle)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.reader is not None:
+            return self.reader.buffer()
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._last_heard = self.loop.time()
+        if self._closed:
+            return
+        if self.reader is None:
+            self._handshake(bytes(self._scratch[:nbytes]))
+            return
+        try:
+            events = self.reader.advance(nbytes)
+        except ProtocolViolation as exc:
+            self.fail(exc.code, exc.reason)
+            return
+        self._on_events(events)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if not self.close_reason:
+            self.close_reason = f"connection lost: {exc}" if exc else "connection closed"
+
+        self.resume_writing()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._queue.clear()
+        if self._task is None:
+            self._finish()
+
+    # ---- handshake ------------------------------------------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
+        self._request += data
+        end = self._request.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._request) > _MAX_REQUEST:
+                self._refuse("handshake request too large")
+            return
+        head, rest = bytes(self._request[:end + 4]), bytes(self._request[end + 4:])
+        protocol = ServerProtocol(max_size=None, logger=log.getChild("handshake"))
+        protocol.receive_data(head)
+        events = protocol.events_received()
+        request = events[0] if events and isinstance(events[0], Request) else None
+        if request is None:
+            self._refuse("not a websocket handshake")
+            return
+        if not self.server._authorized(request):
+            response = protocol.reject(HTTPStatus.UNAUTHORIZED,
+                                       "tether: missing or wrong access token; pass token=... "
+                                       "or set TETHER_TOKEN\n")
+        else:
+            response = protocol.accept(request)
+            response.headers[WORKER_HEADER] = self.server.node.name
+        protocol.send_response(response)
+        self._write_all(protocol.data_to_send())
+        if response.status_code != 101:
+            reason = "wrong or missing access token" if response.status_code == 401 else (
+                f"bad handshake ({response.status_code} {response.reason_phrase})")
+            self._refuse(reason)
+            return
+        self.name = self.server._client_name(self.peer)
+        self.reader = Reader(masked=True, max_message=self.server.limits.max_message_bytes)
+        log.info("%s: %s connected (client %s)", self.server.node.name, self.peer, self.name)
+        if rest:
+            target = self.reader.buffer()
+            target[:len(rest)] = rest
+            self.buffer_updated(len(rest))
+
+    def _write_all(self, chunks: list[bytes]) -> None:
+        assert self.transport is not None
+        for chunk in chunks:
+            if chunk:
+                self.transport.write(chunk)
+
+    def _refuse(self, reason: str) -> None:
+        log.warning("%s: %s refused: %s", self.server.node.name, self.peer, reason)
+        self._closed = True
+        assert self.transport is not None
+        self.transport.close()
+
+    # ---- frames ---------------------------------------------------------------------------------
+
+    def _on_events(self, events: list[tuple[str, Any]]) -> None:
+        for kind, payload in events:
+            if kind == "message":
+                self._enqueue(payload)
+            elif kind == "ping":
+                self._send_control(frames.OP_PONG, payload)
+            elif kind == "close":
+                code, _ = frames.parse_close(payload)
+                self.fail(frames.CLOSE_NORMAL, f"client closed the connection ({code})",
+                          warn=False)
+                return
+
+    def _send_control(self, opcode: int, payload: bytes) -> None:
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.write(frames.header(opcode, len(payload)) + payload)
+
+    def fail(self, code: int, reason: str, *, warn: bool = True) -> None:
+        """Close the connection, with a close frame saying why once the handshake is done."""
+        if self._closed:
+            return
+        if warn:
+            log.warning("%s: closing %s: %s", self.server.node.name, self.peer, reason)
+        self.close_reason = reason
+        if self.name:
+            self._send_control(frames.OP_CLOSE, frames.close_payload(code, reason))
+        self._closed = True
+        self.reader = None
+        assert self.transport is not None
+        self.transport.close()
+
+    def _enqueue(self, payload: memoryview) -> None:
+        self._queue.append(payload)
+        self._queued_bytes += len(payload)
+        if self._queued_bytes > self.server.limits.max_message_bytes and not self._reading_paused:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        if self._task is None:
+            self._task = self.loop.create_task(self._process())
+
+    def _maybe_resume_reading(self) -> None:
+        if self._reading_paused and self._queued_bytes <= self.server.limits.max_message_bytes:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+
+    async def _process(self) -> None:
+        """Run queued frames one after the other, each reply sent before the next frame runs
+        (a reply may hold views of stored tensors that the next frame could change)."""
+        assert self.server._pool is not None
+        try:
+            while self._queue and not self._closed:
+                payload = self._queue.popleft()
+                self._queued_bytes -= len(payload)
+                self._maybe_resume_reading()
+                parts = await self.loop.run_in_executor(self.server._pool, self.server._execute,
+                                                        payload, self.name)
+                del payload
+                if not self._closed:
+                    await self._send_message(parts)
+        finally:
+            self._task = None
+            if self._closed:
+                self._finish()
+
+    async def _send_message(self, parts: Parts) -> None:
+        assert self.transport is not None
+        pieces = frames.segments(parts)
+        head = frames.header(frames.OP_BINARY, parts.nbytes)
+        if parts.nbytes <= _SMALL_WRITE:
+            self.transport.write(b"".join([head, *pieces]))
+        else:
+            self.transport.write(head + pieces[0])
+            for piece in pieces[1:]:
+                view = memoryview(piece).cast("B")
+                for start in range(0, len(view), _WRITE_CHUNK):
+                    self.transport.write(view[start:start + _WRITE_CHUNK])
+                    if self._writable is not None:
+                        await self._writable
+                    if self._closed:
+                        return
+        if self._writable is not None:
+            await self._writable
+
+    # ---- ending ---------------------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        if self._closed:
+            return
+        if not self.name:
+            self._refuse(f"no handshake within {self.server.limits.handshake_timeout:g} s")
+            return
+        limit = self.server.limits.idle_timeout
+        silent = self.loop.time() - self._last_heard
+        if silent >= limit and self._task is None:
+            self.fail(frames.CLOSE_GOING_AWAY, f"idle for {silent:.0f} s")
+            return
+        self._timer = self.loop.call_later(max(limit - silent, 1.0), self._check_idle)
+
+    def _finish(self) -> None:
+        """After the last command of this connection ran: free its objects."""
+        if self.finished.done():
+            return
+        self.server._connections.discard(self)
+        if self.name:
+            store = self.server.node.store(self.name)
+            count, nbytes = len(store), store.nbytes
+            self.server.node.forget(self.name)
+            log.info("%s: %s disconnected (%s); freed %d objects, %d bytes", self.server.node.name,
+                     self.peer, self.close_reason, count, nbytes)
+        self.finished.set_result(None)
+
+
+class ServerThread:
+    """A WorkerServer on its own event loop in a background thread, for tests and notebooks:
+    `with ServerThread(WorkerServer(node, port=0)) as server: w = server.connect()`."""
+
+    def __init__(self, server: WorkerServer) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name=f"tether-server-{server.node.name}")
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def token(self) -> str:
+        return self.server.token
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def connect(self, **options: Any) -> WebsocketClientWorker:
+        """A client worker connected to this server (host 127.0.0.1 when it listens on all)."""
+        from tether.net.client import connect
+
+        host = "127.0.0.1" if self.server.host in ("0.0.0.0", "::", "") else self.server.host
+        scheme = "wss" if self.server.ssl_context else "ws"
+        return connect(f"{scheme}://{host}:{self.server.port}", token=self.token, **options)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def server_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A TLS context for `wss://` from a certificate chain and its key (PEM files)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+def serve(server: WorkerServer, on_ready: Callable[[WorkerServer], None] | None = None) -> None:
+    """Run `server` in this thread until SIGINT/SIGTERM (what `tether worker` does)."""
+
+    async def main() -> None:
+        await server.start()
+        if on_ready is not None:
+            on_ready(server)
+        await server.serve_until_signal()
+
+    asyncio.run(main())
