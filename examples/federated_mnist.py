@@ -45,7 +45,7 @@ test_loader = torch.utils.data.DataLoader(
 
 class Net(nn.Module):
     def __init__(self):
-        super(Net, self).__init__()  # noqa: UP008 (as in the tutorial)
+        super(Net, self).__init__()
         self.fc1 = nn.Linear(784, 500)
         self.fc2 = nn.Linear(500, 10)
 

@@ -16,7 +16,8 @@ from tether.errors import (
 )
 from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
 from tether.hook import TorchHook, install
-from tether.pointer import Pointer, PointerTensor
+from tether.pointer import Pointer, PointerTensor, get_all
+from tether.split import SplitNN
 from tether.workers import VirtualWorker
 
 install()
@@ -31,6 +32,7 @@ __all__ = [
     "Pointer",
     "PointerTensor",
     "RemoteError",
+    "SplitNN",
     "TetherError",
     "TorchHook",
     "VirtualWorker",
@@ -39,5 +41,6 @@ __all__ = [
     "datasets",
     "errors",
     "federate",
+    "get_all",
     "transforms",
 ]

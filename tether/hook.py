@@ -24,8 +24,6 @@ from tether.node.allowlist import ALLOWLIST
 from tether.pointer import Pointer, remote_call
 from tether.wire import Ref
 
-_MAX_EDGES = 4096
-
 
 def client_of(worker: Any) -> Client:
     """The client for a worker handle (VirtualWorker, network worker, Duet...)."""
@@ -48,48 +46,6 @@ def send_tensor(tensor: torch.Tensor, worker: Any, requires_grad: bool | None = 
     if wants_grad and (value.is_floating_point() or value.is_complex()):
         value.requires_grad_(True)
     return client_of(worker).put(value, "tensor")
-
-
-@dataclass
-class _Edge:
-    """An activation moved with requires_grad=True: its gradient at `dst` flows back to `src`."""
-
-    src: Pointer
-    dst: Pointer
-
-
-_EDGES: list[_Edge] = []
-
-
-def move_pointer(pointer: Pointer, worker: Any, requires_grad: bool = False) -> Pointer:
-    """Move a remote tensor to another worker. With requires_grad=True the moved copy is a
-    leaf that requires grad, and backward() on the far side sends its gradient back here."""
-    target = client_of(worker)
-    if target is pointer.client:
-        return pointer
-    if not requires_grad:
-        return send_tensor(pointer.get(), worker, requires_grad=False)
-    value = pointer.get(delete=False)
-    moved = send_tensor(value, worker, requires_grad=True)
-    _EDGES.append(_Edge(pointer, moved))
-    del _EDGES[:-_MAX_EDGES]
-    return moved
-
-
-def backward_across(client: Client) -> None:
-    """After backward() ran on `client`'s worker: send the gradients of activations that were
-    moved there back to where they came from, and continue backward there (recursively)."""
-    arrived = [e for e in _EDGES if e.dst.client is client]
-    if not arrived:
-        return
-    _EDGES[:] = [e for e in _EDGES if e.dst.client is not client]
-    grads = client.get([remote_call("torch.Tensor.grad", [e.dst], {}).id for e in arrived],
-                       delete=True)
-    for edge, grad in zip(reversed(arrived), reversed(grads), strict=True):
-        if grad is None:
-            continue
-        remote_call("torch.Tensor.backward", [edge.src, grad.detach()], {})
-        backward_across(edge.src.client)
 
 
 # ---- modules --------------------------------------------------------------------------------

@@ -166,9 +166,9 @@ class Pointer:
 
     def move(self, worker: Any, requires_grad: bool = False) -> Pointer:
         """Move the object to another worker (through here); this pointer is spent."""
-        from tether.hook import move_pointer
+        from tether.autograd import move
 
-        return move_pointer(self, worker, requires_grad=requires_grad)
+        return move(self, worker, requires_grad=requires_grad)
 
     def send(self, worker: Any, requires_grad: bool = False) -> Pointer:
         return self.move(worker, requires_grad=requires_grad)
@@ -238,9 +238,28 @@ def remote_call(path: str, args: list, kwargs: dict) -> Any:
     kind = None if in_place else _result_kind(path, args)
     result = client.call(path, wire_args, wire_kwargs, kind=kind,
                          flush=any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())))
+    if path == "torch.Tensor.backward":
+        from tether.autograd import after_backward
+
+        after_backward(client)
     if path.endswith("_") and isinstance(args[0], Pointer):
         return args[0]
     return result
+
+
+def get_all(pointers: list[Pointer]) -> list[Any]:
+    """Fetch several objects of one worker in one round trip; the pointers are spent."""
+    if not pointers:
+        return []
+    client = pointers[0].client
+    if any(p.client is not client for p in pointers):
+        raise errors.WorkerMismatchError("get_all fetches from one worker at a time")
+    for p in pointers:
+        p._check_live()
+    values = client.get([p.id for p in pointers], delete=True)
+    for p in pointers:
+        p._live = False
+    return values
 
 
 def _to_wire(value: Any, path: str, found: list, count: bool = True) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from tether.client import Client, Replies
+from tether.errors import ConnectionLostError
 from tether.node import Limits, Node, Store
 from tether.wire import Call, Put, Value, decode_parts, encode_parts
 
@@ -19,8 +20,11 @@ class InProcessTransport:
         self.node = node
         self.client_name = client_name
         self.serialize = serialize
+        self.closed = False
 
     def exchange(self, commands: list) -> Replies:
+        if self.closed:
+            raise ConnectionLostError(f"worker {self.node.name!r} is gone (it was closed)")
         if self.serialize:
             reply = self.node.handle_parts(encode_parts(commands), self.client_name)
             replies = decode_parts(reply)
@@ -31,6 +35,7 @@ class InProcessTransport:
         return lambda: replies
 
     def close(self) -> None:
+        self.closed = True
         self.node.forget(self.client_name)
 
 
@@ -79,6 +84,10 @@ class VirtualWorker:
     def flush(self) -> None:
         """Run everything queued; raise the first remote error."""
         self.client.flush()
+
+    def close(self) -> None:
+        """Shut the worker down: its objects are freed and further use raises."""
+        self.client.close()
 
     def publish(self, key: str, value: Any, **policy: Any) -> None:
         """As the owner: make `value` reachable under `key` (private unless private=False)."""
