@@ -30,6 +30,7 @@ MAX_QUEUED = 256
 _ERROR_KINDS: dict[str, type[errors.RemoteError]] = {
     "ObjectNotFoundError": errors.ObjectNotFoundError,
     "PermissionDeniedError": errors.PermissionDeniedError,
+    "RequestPendingError": errors.RequestPendingError,
 }
 _LOCAL_KINDS: dict[str, type[errors.TetherError]] = {
     "NotAllowedError": errors.NotAllowedError,
@@ -163,15 +164,19 @@ class Client:
         self.submit(Call(op, args, kwargs or {}, obj_id), flush=flush)
         return None if obj_id is None else Pointer(self, obj_id, kind)
 
-    def get(self, obj_ids: list[int], *, delete: bool, name: str = "", reason: str = "") -> list:
-        """Fetch values in one round trip (and free them remotely when `delete`)."""
+    def get(self, obj_ids: list[int], *, delete: bool, name: str = "", reason: str = "",
+            wait: float = 0.0) -> list:
+        """Fetch values in one round trip (and free them remotely when `delete`). Objects that
+        need the owner's approval file a request and wait up to `wait` seconds for it."""
         with self._lock:
-            gets = [Get(i, name, reason) for i in obj_ids]
+            gets = [Get(i, name, reason, wait) for i in obj_ids]
             self._queue.extend(gets)
-            if delete:
-                self._queue.append(Delete(list(obj_ids)))
             self.flush()
-            return [self._values.pop(id(g)) for g in gets]
+            values = [self._values.pop(id(g)) for g in gets]
+            if delete:  # only once the values are here: a refused get frees nothing
+                for obj_id in obj_ids:
+                    self.release(obj_id)
+            return values
 
     def meta(self, obj_id: int) -> list:
         """What the worker said of an object (kind, shape, dtype); waits for it if needed."""

@@ -37,6 +37,10 @@ class PermissionDeniedError(RemoteError):
     """The object's policy does not let it leave the worker without an accepted request."""
 
 
+class RequestPendingError(PermissionDeniedError):
+    """A request for a private object was filed and waits for the owner's answer."""
+
+
 class WorkerMismatchError(TetherError):
     """One operation mixed pointers that live on different workers."""
 

@@ -149,14 +149,31 @@ class Pointer:
 
     # ---- fetching -----------------------------------------------------------------------------
 
-    def get(self, *, delete: bool = True, name: str = "", reason: str = "") -> Any:
-        """Bring the value here. By default the worker then forgets it and this pointer is spent.
-        Raises PermissionDeniedError when the object's policy keeps it on the worker."""
+    def get(self, request_block: bool = False, name: str = "", reason: str = "",
+            timeout_secs: float = 30.0, *, delete: bool = True) -> Any:
+        """Bring the value here; by default the worker then forgets it and this pointer is spent.
+
+        Where the object's policy asks for the owner's approval, this files a request (with
+        `name` and `reason`). With `request_block=True` it waits up to `timeout_secs` for the
+        answer and returns None if the request is denied or times out; without, it raises
+        PermissionDeniedError (RequestPendingError while the owner has not answered)."""
         self._check_live()
-        value = self._client.get([self.id], delete=delete, name=name, reason=reason)[0]
+        wait = max(float(timeout_secs), 0.0) if request_block else 0.0
+        try:
+            value = self._client.get([self.id], delete=delete, name=name, reason=reason,
+                                     wait=wait)[0]
+        except errors.PermissionDeniedError:
+            if request_block:
+                return None
+            raise
         if delete:
             self._live = False
         return value
+
+    def request(self, name: str = "", reason: str = "") -> str:
+        """Ask the owner for this object without waiting: "pending", "accepted" or "denied".
+        Once accepted, `.get()` brings it (once)."""
+        return remote_call("tether.request", [self, name, reason], {}).get()
 
     def copy(self) -> Pointer:
         """A pointer to a new, independent copy of the tensor on the same worker."""

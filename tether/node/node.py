@@ -17,6 +17,7 @@ import torch
 
 from tether.errors import LimitError, NotAllowedError, WireError
 from tether.node.allowlist import Entry, resolve
+from tether.node.requests import ACCEPTED, PENDING, Request, Requests
 from tether.node.store import Privacy, Store, Stored
 from tether.wire import (
     Call,
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # The op a client uses to reach what the owner published (handled here: it needs the node).
 PUBLISHED = "tether.published"
+# The op a client uses to ask for an object and learn the request's status.
+REQUEST = "tether.request"
 # Paths that change their first argument in place: refused on the owner's data.
 _IN_PLACE = {"operator.setitem", "tether.assign", "torch.Tensor.backward"}
 _WIRE_LEAVES = (torch.Tensor, type(None), bool, int, float, str, bytes, complex, slice,
@@ -52,17 +55,6 @@ class Limits:
     max_frame_bytes: int = 2**31
 
 
-@dataclass(frozen=True)
-class Request:
-    """A client asking for an object that its policy keeps on the node."""
-
-    client: str
-    obj_id: int
-    stored: Stored
-    name: str
-    reason: str
-
-
 class _Refused(Exception):
     """A command broke a rule; becomes a Failure of the given kind."""
 
@@ -75,18 +67,21 @@ class Node:
     """Executes commands for its clients against their stores.
 
     `release_derived`: whether results computed from private data may be fetched without a
-    request (True suits federated learning, where model updates and losses are meant to leave;
-    Duet sets False). `on_request` decides requests for private objects; default: deny.
+    request. True suits federated learning, where model updates and losses are meant to leave
+    (and so, in effect, may anything computed from the data); False is Duet's rule: nothing
+    computed from private data leaves without an accepted request, and error texts from
+    computations on it are withheld. Requests go to `requests` (the owner's desk).
     """
 
     def __init__(self, name: str, *, limits: Limits | None = None, release_derived: bool = True,
-                 on_request: Callable[[Request], bool] | None = None) -> None:
+                 requests: Requests | None = None) -> None:
         self.name = name
         self.limits = limits or Limits()
         self.release_derived = release_derived
-        self.on_request = on_request or (lambda request: False)
+        self.requests = requests or Requests()
         self.published: dict[str, Stored] = {}
         self._stores: dict[str, Store] = {}
+        self._released: set[int] = set()  # accepted requests whose object was handed out
         self._lock = threading.Lock()
 
     # ---- what the owner does -----------------------------------------------------------------
@@ -140,7 +135,7 @@ class Node:
     def _execute_one(self, cmd: Any, store: Store, client: str) -> Any:
         try:
             if isinstance(cmd, Call):
-                return self._call(cmd, store)
+                return self._call(cmd, store, client)
             if isinstance(cmd, Put):
                 store.put(cmd.id, Stored(cmd.value))
                 return Done(_meta(cmd.value))
@@ -163,9 +158,11 @@ class Node:
                 store.mark_failed(out, f"{getattr(cmd, 'op', 'put')}: {failure.message}")
         return failure
 
-    def _call(self, cmd: Call, store: Store) -> Done:
+    def _call(self, cmd: Call, store: Store, client: str) -> Done:
         if cmd.op == PUBLISHED:
             return self._published(cmd, store)
+        if cmd.op == REQUEST:
+            return self._request_status(cmd, store, client)
         entry = resolve(cmd.op)
         if entry is None:
             raise _Refused(NotAllowedError.__name__, _not_allowed(cmd.op))
@@ -173,14 +170,23 @@ class Node:
         args = tuple(self._resolve(a, store, inputs) for a in cmd.args)
         kwargs = {k: self._resolve(v, store, inputs) for k, v in cmd.kwargs.items()}
         self._check(entry, args, kwargs, inputs)
-        result = entry.fn(*args, **kwargs)
+        privacy = min(max((s.privacy for s in inputs), default=Privacy.PUBLIC), Privacy.DERIVED)
+        try:
+            result = entry.fn(*args, **kwargs)
+        except Exception as exc:
+            if privacy and not self.release_derived:
+                log.info("%s failed on private data for a client: %r", entry.path, exc)
+                raise _Refused(type(exc).__name__, f"{entry.path} failed on private data; its "
+                               "owner withholds the details (they are in the node's log)") from None
+            raise
+        if privacy:
+            _taint(entry.path, inputs, store)
         _check_result_size(entry.path, result, self.limits.max_elements)
         if cmd.out is None:
             return Done()
-        privacy = max((s.privacy for s in inputs), default=Privacy.PUBLIC)
-        privacy = Privacy.DERIVED if privacy == Privacy.PRIVATE else privacy
         readonly = _shares_memory(result, [s.value for s in inputs if s.readonly])
-        store.put(cmd.out, Stored(result, privacy, readonly))
+        tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags))
+        store.put(cmd.out, Stored(result, privacy, readonly, tags=tags))
         return Done(_meta(result))
 
     def _published(self, cmd: Call, store: Store) -> Done:
@@ -194,6 +200,22 @@ class Node:
                                        f"it has {sorted(self.published)}")
         store.put(cmd.out, replace(stored))
         return Done(_meta(stored.value))
+
+    def _request_status(self, cmd: Call, store: Store, client: str) -> Done:
+        """File a request for an object (or find this client's last one) without releasing
+        anything; the result is its status."""
+        if len(cmd.args) != 3 or not isinstance(cmd.args[0], Ref) or cmd.out is None or not all(
+                isinstance(a, str) for a in cmd.args[1:]):
+            raise _Refused("TypeError", f"{REQUEST} takes a reference, a name and a reason")
+        stored = self._lookup(cmd.args[0].id, store)
+        get = Get(cmd.args[0].id, cmd.args[1], cmd.args[2])
+        free = stored.privacy == Privacy.PUBLIC or (
+            stored.privacy == Privacy.DERIVED and self.release_derived)
+        granted = any(r.id not in self._released
+                      for r in self.requests.answered(client, get.id, ACCEPTED))
+        status = ACCEPTED if free or granted else self._ask(get, stored, client).status
+        store.put(cmd.out, Stored(status))
+        return Done(_meta(status))
 
     def _check(self, entry: Entry, args: tuple, kwargs: dict, inputs: list[Stored]) -> None:
         if entry.self_type is not None and not (args and isinstance(args[0], entry.self_type)):
@@ -240,19 +262,53 @@ class Node:
 
     def _get(self, cmd: Get, store: Store, client: str) -> Value:
         stored = self._lookup(cmd.id, store)
-        if not self._may_release(stored, cmd, client):
-            raise _Refused("PermissionDeniedError",
-                           f"object {cmd.id} on worker {self.name!r} is private: its owner has "
-                           "not accepted a request for it")
         _check_wire_value(stored.value)
+        free = stored.privacy == Privacy.PUBLIC or (
+            stored.privacy == Privacy.DERIVED and self.release_derived)
+        if not free and not self._release_granted(client, cmd.id):
+            request = self._ask(cmd, stored, client)
+            where = f"object {cmd.id} on worker {self.name!r} is private: request {request.id}"
+            if request.status == PENDING:
+                raise _Refused("RequestPendingError", f"{where} waits for the owner's answer")
+            if request.status != ACCEPTED:
+                raise _Refused("PermissionDeniedError", f"{where} was {request.status}")
+            self._released.add(request.id)
         return Value(stored.value)
 
-    def _may_release(self, stored: Stored, cmd: Get, client: str) -> bool:
-        if stored.privacy == Privacy.PUBLIC:
-            return True
-        if stored.privacy == Privacy.DERIVED and self.release_derived:
-            return True
-        return bool(self.on_request(Request(client, cmd.id, stored, cmd.name, cmd.reason)))
+    def _release_granted(self, client: str, obj_id: int) -> bool:
+        """Whether an accepted request for this object has yet to release it (it does so now,
+        once)."""
+        for request in self.requests.answered(client, obj_id, ACCEPTED):
+            if request.id not in self._released:
+                self._released.add(request.id)
+                return True
+        return False
+
+    def _ask(self, cmd: Get, stored: Stored, client: str) -> Request:
+        """File a request (or find the pending one) and wait up to `cmd.wait` for the answer."""
+        pending = self.requests.answered(client, cmd.id, PENDING)
+        request = pending[0] if pending else self.requests.submit(
+            client, cmd.id, cmd.name, cmd.reason, stored.tags, stored.description, stored.value)
+        if request.status == PENDING and cmd.wait > 0:
+            request.wait(cmd.wait)
+        return request
+
+
+_BACKWARD = {"torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad"}
+
+
+def _taint(path: str, inputs: list[Stored], store: Store) -> None:
+    """A computation on private data may change what it is given (in-place ops, BatchNorm's
+    running statistics, an optimizer's step) and, for backward, every tensor that can hold a
+    gradient: all of those become derived data too."""
+    touched = store.objects.values() if path in _BACKWARD else inputs
+    for stored in touched:
+        if stored.privacy == Privacy.PUBLIC and _mutable(stored.value):
+            stored.privacy = Privacy.DERIVED
+
+
+def _mutable(value: Any) -> bool:
+    return isinstance(value, torch.Tensor | torch.nn.Module | torch.optim.Optimizer | list | dict)
 
 
 def _not_allowed(op: Any) -> str:

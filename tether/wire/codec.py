@@ -30,6 +30,7 @@ _PREFIX = struct.Struct("<2sBBII")
 _MAX_DIMS = 64
 _MAX_DIM = 2**62
 _MAX_ID = 2**64 - 1
+_MAX_WAIT = 24 * 3600.0
 
 # msgpack extension codes
 _TENSOR, _REF, _TUPLE, _SLICE, _DTYPE, _ELLIPSIS, _COMPLEX, _DEVICE, _MEMFMT = range(1, 10)
@@ -336,8 +337,9 @@ _VALIDATORS: dict[type, Callable[[Any], None]] = {
         and (msg.out is None or _is_id(msg.out)),
         "Call needs op: str, args: list, kwargs: map, out: id or null"),
     m.Get: lambda msg: _check(
-        _is_id(msg.id) and isinstance(msg.name, str) and isinstance(msg.reason, str),
-        "Get needs id, name: str, reason: str"),
+        _is_id(msg.id) and isinstance(msg.name, str) and isinstance(msg.reason, str)
+        and isinstance(msg.wait, int | float) and 0 <= msg.wait <= _MAX_WAIT,
+        f"Get needs id, name: str, reason: str, wait: 0 to {_MAX_WAIT} seconds"),
     m.Delete: lambda msg: _check(
         isinstance(msg.ids, list) and all(_is_id(i) for i in msg.ids),
         "Delete needs a list of ids"),

@@ -43,11 +43,13 @@ class Call:
 class Get:
     """Send back the value stored under `id`, if its policy lets it leave.
 
-    `name` and `reason` travel with a request for approval where the policy asks for one."""
+    Where the policy asks for approval, this files a request carrying `name` and `reason`, and
+    waits up to `wait` seconds for the owner's answer (0: do not wait)."""
 
     id: int
     name: str = ""
     reason: str = ""
+    wait: float = 0.0
 
 
 @dataclass(slots=True)

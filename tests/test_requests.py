@@ -1,0 +1,151 @@
+"""Private data leaves a strict (Duet-style) node only through an accepted request, once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tether as sy
+from tether import errors
+from tether.node.node import PUBLISHED
+
+SECRET = torch.tensor([[3.0, 1.0, 4.0], [1.0, 5.0, 9.0]])
+LABELS = torch.tensor([2, 0])
+
+
+@pytest.fixture
+def owner(make_worker):
+    """A strict worker publishing a private dataset tagged 'mnist'."""
+    worker = make_worker("owner")
+    worker.node.release_derived = False
+    worker.publish("secret", SECRET.clone(), tags=("mnist",), description="two rows")
+    worker.publish("labels", LABELS.clone(), tags=("mnist",), description="their labels")
+    return worker
+
+
+def _dataset(worker):
+    return worker.client.call(PUBLISHED, ["secret"]), worker.client.call(PUBLISHED, ["labels"])
+
+
+def _leaks(value) -> bool:
+    """Whether `value` (or its text) carries any of the secret numbers 9 and 5 together."""
+    text = str(value.detach() if isinstance(value, torch.Tensor) else value)
+    return "9" in text and "5" in text
+
+
+def test_nothing_computed_from_private_data_leaves_without_a_request(owner):
+    x, y = _dataset(owner)
+    model = nn.Linear(3, 3).send(owner)
+    output = model(x)
+    loss = F.cross_entropy(output, y)
+    loss.backward()
+    attempts = {"dataset": x, "x + 0": x + 0, "clone": x.clone(), "sum": x.sum(), "x[0]": x[1],
+                "model output": output, "loss": loss, "weight.grad": model.weight.grad,
+                "weight after training on x": model.weight}
+    for what, pointer in attempts.items():
+        with pytest.raises(errors.PermissionDeniedError):
+            pointer.get()
+        assert pointer.get(request_block=True, name=what, timeout_secs=0.05) is None, what
+    for pointer in (x, x.sum(), loss):
+        assert not _leaks(repr(pointer)) and not _leaks(str(pointer))
+    with pytest.raises(errors.RemoteError) as failure:
+        (x @ torch.ones(2, 2)).get()  # the error text of an op on x is withheld
+    assert not _leaks(failure.value) and "withholds" in str(failure.value)
+    # the scientist's own data stays theirs
+    assert torch.equal(torch.ones(2).send(owner).get(), torch.ones(2))
+
+
+def test_an_accepted_request_releases_exactly_that_object_once(owner):
+    x, _ = _dataset(owner)
+    total, other = x.sum(), x.mean()
+    assert total.request(name="total", reason="a sum is fine") == "pending"
+    [request] = list(owner.node.requests)
+    assert (request.name, request.reason, request.status) == ("total", "a sum is fine", "pending")
+    request.accept()
+    assert total.get(delete=False).item() == SECRET.sum().item()
+    with pytest.raises(errors.PermissionDeniedError):
+        total.get()  # released once
+    with pytest.raises(errors.PermissionDeniedError):
+        other.get()  # and nothing else
+    log = owner.node.requests.audit
+    assert [(e["name"], e["decision"], e["by"]) for e in log] == [("total", "accepted", "owner")]
+
+
+def test_handlers_by_name_and_tag_and_which_wins(owner, capsys):
+    x, _ = _dataset(owner)
+    desk = owner.node.requests
+    desk.add_handler(name="loss", action="deny", print_local=True)
+    desk.add_handler(tags=["mnist"], action="accept")
+    desk.add_handler(name="cuda_is_available", action="accept")
+    assert x.sum().get(request_block=True, name="loss") is None  # name beats tag
+    assert "deny" in capsys.readouterr().out  # the owner saw the value it denied
+    assert x.max().get(request_block=True, name="anything").item() == 9.0  # tag matched
+    desk.add_handler(name="loss", tags=["mnist"], action="accept")  # name + tag beats name
+    assert x.min().get(request_block=True, name="loss").item() == 1.0
+    desk.add_handler(name="loss", tags=["mnist"], action="deny")  # equal: the newest wins
+    assert x.min().get(request_block=True, name="loss") is None
+    decisions = [(e["name"], e["decision"]) for e in desk.audit]
+    assert decisions == [("loss", "denied"), ("anything", "accepted"), ("loss", "accepted"),
+                         ("loss", "denied")]
+
+
+def test_handlers_expire_and_requests_time_out(owner):
+    x, _ = _dataset(owner)
+    owner.node.requests.add_handler(name="soon", action="accept", timeout_secs=0.05)
+    time.sleep(0.1)
+    start = time.perf_counter()
+    assert x.sum().get(request_block=True, name="soon", timeout_secs=0.2) is None
+    assert time.perf_counter() - start >= 0.2
+    assert owner.node.requests.audit[-1]["decision"] == "timed out"
+
+
+def test_a_waiting_get_is_woken_by_the_answer_not_by_a_poll(owner):
+    x, _ = _dataset(owner)
+
+    def answer_soon():
+        while not list(owner.node.requests):
+            time.sleep(0.001)
+        owner.node.requests[0].accept()
+
+    threading.Thread(target=answer_soon).start()
+    start = time.perf_counter()
+    assert x.sum().get(request_block=True, name="sum", timeout_secs=10).item() == 23.0
+    assert time.perf_counter() - start < 0.5
+
+
+def test_requests_table_for_the_owner(owner):
+    pytest.importorskip("pandas")
+    x, _ = _dataset(owner)
+    x.sum().request(name="train_size", reason="to plan the epochs")
+    table = owner.node.requests.pandas
+    assert list(table.columns) == ["id", "name", "reason", "requester", "object", "status",
+                                   "time"]
+    assert table.iloc[0]["name"] == "train_size" and table.iloc[0]["status"] == "pending"
+
+
+def test_federated_mode_releases_derived_results_but_not_the_data(make_worker):
+    worker = make_worker("fl")
+    worker.publish("secret", SECRET.clone())
+    x = worker.client.call(PUBLISHED, ["secret"])
+    assert x.sum().get().item() == SECRET.sum().item()
+    with pytest.raises(errors.PermissionDeniedError):
+        x.get()
+
+
+def test_owner_data_cannot_be_changed_in_place(owner):
+    x, _ = _dataset(owner)
+    x.add_(1)
+    x[0].zero_()  # a view of the owner's data is protected too
+    with pytest.raises(errors.NotAllowedError, match="in place"):
+        owner.flush()
+    assert torch.equal(owner.node.published["secret"].value, SECRET)
+
+
+def test_worker_accepts_a_strict_policy_at_creation():
+    worker = sy.VirtualWorker("duet-like", release_derived=False)
+    assert worker.node.release_derived is False
