@@ -81,8 +81,8 @@ def tensors(draw: st.DrawFn) -> torch.Tensor:
 
 
 def _raw(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's values as bytes, whatever its strides and conj/neg bits. Decoded tensors are
-    only read as bytes: kernels of their own dtype may fault on them (see the alignment xfail)."""
+    """The tensor's values as bytes, whatever its strides and conj/neg bits, so that values
+    compare bit for bit (NaNs included)."""
     t = t.detach()
     if not t.is_contiguous() or t.is_conj() or t.is_neg():
         t = torch.empty(t.shape, dtype=t.dtype).copy_(t)
@@ -134,7 +134,7 @@ leaves = st.one_of(
     st.none(), st.booleans(), ints, st.floats(), st.text(), st.binary(),
     st.builds(slice, st.none() | ints, st.none() | ints, st.none() | ints),
     st.just(Ellipsis), st.sampled_from(list(DTYPES.values())), st.complex_numbers(),
-    st.builds(Ref, ids), st.sampled_from([torch.device("cpu"), torch.device("meta")]),
+    st.builds(Ref, ids), st.sampled_from([torch.device("cpu"), torch.device("cuda", 0)]),
     st.sampled_from([torch.contiguous_format, torch.channels_last]), tensors(),
 )
 values = st.recursive(
@@ -147,7 +147,7 @@ kwargs = st.dictionaries(st.text(max_size=8), values, max_size=3)
 messages = st.one_of(
     st.builds(Put, ids, values),
     st.builds(Call, st.text(), st.lists(values, max_size=4), kwargs, st.none() | ids),
-    st.builds(Get, ids, st.text(), st.text()),
+    st.builds(Get, ids, st.text(), st.text(), st.floats(0, 3600) | st.integers(0, 3600)),
     st.builds(Delete, st.lists(ids, max_size=5)),
     st.builds(Done, st.none() | st.lists(values, max_size=4)),
     st.builds(Value, values),
@@ -173,9 +173,9 @@ def frame(header: bytes, buffers: tuple[bytes, ...] = (), *, lengths: tuple[int,
     head = codec._PREFIX.pack(magic, version, 0, len(lengths) if n_buffers is None else n_buffers,
                               len(header) if header_len is None else header_len)
     head += struct.pack(f"<{len(lengths)}Q", *lengths) + header
-    out = head + bytes(-len(head) % 8)
+    out = head + bytes(-len(head) % 64)
     for b in buffers:
-        out += b + bytes(-len(b) % 8)
+        out += b + bytes(-len(b) % 64)
     return out
 
 
@@ -197,9 +197,11 @@ def tensor_meta(dtype: object = "float32", shape: object = (2,), grad: object = 
 
 
 def nested_tuples(depth: int, inner: bytes) -> bytes:
+    """`depth` tuples inside each other, as the codec writes them: arrays led by the mark."""
+    mark = msgpack.packb(msgpack.ExtType(TUPLE, b""))
     data = inner
     for _ in range(depth):
-        data = msgpack.packb(msgpack.ExtType(TUPLE, b"\x91" + data))
+        data = b"\x92" + mark + data
     return data
 
 
@@ -267,7 +269,11 @@ CRAFTED: dict[str, bytes] = {
     "empty message": frame(body([])),
     **{f"tag {tag!r}": frame(body([tag, 1])) for tag in (-1, 7, 2**40, "0", 1.5, True, None)},
     "too few fields": frame(body([0, 1])),
-    "too many fields": frame(body([2, 1, "", "", 4])),
+    "too many fields": frame(body([2, 1, "", "", 0, 5])),
+    "Get wait negative": frame(body([2, 1, "", "", -1])),
+    "Get wait of days": frame(body([2, 1, "", "", 1e9])),
+    "Get wait NaN": frame(body([2, 1, "", "", math.nan])),
+    "Get wait str": frame(body([2, 1, "", "", "1"])),
     "Put id -1": frame(body([0, -1, None])),
     "Put id float": frame(body([0, 1.0, None])),
     "Put id str": frame(body([0, "1", None])),
@@ -344,11 +350,11 @@ def _split(data: bytes) -> tuple[bytes, list[bytes]]:
     lengths = struct.unpack_from(f"<{n}Q", data, codec._PREFIX.size)
     pos = codec._PREFIX.size + 8 * n
     header = data[pos:pos + header_len]
-    pos += header_len + (-(pos + header_len) % 8)
+    pos += header_len + (-(pos + header_len) % 64)
     buffers = []
     for length in lengths:
         buffers.append(data[pos:pos + length])
-        pos += length + (-length % 8)
+        pos += length + (-length % 64)
     return header, buffers
 
 
@@ -427,7 +433,7 @@ def _decode_or_wire_error(data: bytes) -> str:
 
 def test_crafted_frames_raise_wire_error() -> None:
     accepted = {name for name, data in CRAFTED.items() if _decode_or_wire_error(data) == "ok"}
-    assert accepted == {"nested tuples (64)", "ellipsis with payload"}  # valid; ignored junk
+    assert accepted == {"nested tuples (64)"}  # valid: 64 tuples, well within the limits
 
 
 def test_fuzz_decoder() -> None:
@@ -444,7 +450,7 @@ def test_fuzz_decoder() -> None:
             slowest = max(slowest, time.perf_counter() - start)
     finally:
         faulthandler.cancel_dump_traceback_later()
-    assert sum(outcomes.values()) >= 10_000
+    assert sum(outcomes.values()) == len(frames) >= 10_000
     assert outcomes["ok"] >= 1_000 and outcomes["refused"] >= 10_000, outcomes
     assert slowest < 1.0
 
@@ -474,9 +480,6 @@ def test_announced_gigabyte_does_not_raise_rss() -> None:
 # ---- known holes ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tensor_bytes() calls .view(torch.uint8) on a tensor "
-                   "of at most one element whose stride is not 1; contiguous() does not fix such "
-                   "strides, so encode raises RuntimeError")
 @pytest.mark.parametrize("t", [torch.zeros(0, dtype=torch.int16)[::2], torch.zeros(2, 2)[0, ::2],
                                torch.zeros(1, 2, dtype=torch.float64)[..., ::2],
                                torch.ones(1, dtype=torch.complex64).imag],
@@ -486,9 +489,6 @@ def test_strided_single_element_encodes(t: torch.Tensor) -> None:
     assert same(reply.value, t)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: buffers are only 8-byte aligned in a frame and "
-                   "decode aliases them (torch.frombuffer), so a complex128 tensor can start at "
-                   "8 mod 16; torch's vectorised kernels (clone, copy_, add) then SIGSEGV on it")
 @pytest.mark.parametrize("first", [b"", b"\x01"], ids=["alone", "after a byte"])
 def test_decoded_complex128_is_aligned(first: bytes) -> None:
     values = [ext(TENSOR, ["uint8", [1], False, 0])] if first else []
@@ -500,21 +500,19 @@ def test_decoded_complex128_is_aligned(first: bytes) -> None:
         assert reply.value[-1].data_ptr() % 16 == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: nested extension types recurse through msgpack's C "
-                   "unpacker with no depth limit; ~200 nested tuples (a 1 KB frame) overflow an "
-                   "8 MiB C stack and kill the process with SIGSEGV")
 def test_deeply_nested_tuples_do_not_crash() -> None:
     script = textwrap.dedent(f"""
         import threading, msgpack
         from tether.errors import WireError
         from tether.wire import decode
+        mark = msgpack.packb(msgpack.ExtType({TUPLE}, b""))
         data = msgpack.packb(None)
-        for _ in range(400):
-            data = msgpack.packb(msgpack.ExtType({TUPLE}, b"\\x91" + data))
+        for _ in range(5_000):  # far past msgpack's own nesting limit
+            data = b"\\x92" + mark + data
         header = b"\\x91\\x92\\x05" + data
         head = b"TT\\x01\\x00" + (0).to_bytes(4, "little") + len(header).to_bytes(4, "little")
         head += header
-        frame = head + bytes(-len(head) % 8)
+        frame = head + bytes(-len(head) % 64)
         def run():
             try:
                 decode(frame)
@@ -531,9 +529,6 @@ def test_deeply_nested_tuples_do_not_crash() -> None:
     assert done.returncode == 0 and "survived" in done.stdout, done.returncode
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: each nested extension's payload is copied to a new "
-                   "bytes object that stays alive while the inner levels decode, so a frame "
-                   "nested d deep makes the decoder hold ~d copies of itself")
 def test_nested_tuples_allocate_no_more_than_they_carry() -> None:
     data = frame(b"\x91\x92\x05" + nested_tuples(64, msgpack.packb(bytes(2**18))))
     tracemalloc.start()
@@ -545,16 +540,13 @@ def test_nested_tuples_allocate_no_more_than_they_carry() -> None:
     assert peak < 4 * len(data) + 2**20, f"{peak} bytes for a {len(data)}-byte frame"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: one byte of header (0x90, 0x80) becomes an empty "
-                   "list or dict of 56-72 bytes; nothing bounds the count of containers, so a "
-                   "frame costs ~70x its size to decode")
 @pytest.mark.parametrize("item", [b"\x90", b"\x80"], ids=["lists", "maps"])
 def test_empty_containers_allocate_no_more_than_they_carry(item: bytes) -> None:
     count = 100_000
     data = frame(b"\x91\x92\x05\xdd" + count.to_bytes(4, "big") + item * count)
     tracemalloc.start()
     try:
-        assert _decode_or_wire_error(data) == "ok"
+        _decode_or_wire_error(data)  # decoded within budget, or refused
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

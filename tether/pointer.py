@@ -215,6 +215,10 @@ class Pointer:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return remote_call("torch.nn.Module.call", [self, *args], kwargs)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise errors.NotAllowedError("a pointer cannot be pickled or saved (torch.save): "
+                                     ".get() the value first, or keep the pointer in memory")
+
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         path = PATH_OF.get(id(func))

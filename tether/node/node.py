@@ -122,10 +122,18 @@ class Node:
 
     def _answer(self, decoder: Callable[[Any], list], data: Any, client: str) -> Parts:
         try:
-            commands = decoder(data)
+            if isinstance(data, Parts) or len(data) <= self.limits.max_frame_bytes:
+                commands = decoder(data)
+            else:
+                raise WireError(f"frame of {len(data)} bytes is over this node's limit of "
+                                f"{self.limits.max_frame_bytes}")
         except WireError as exc:
             return encode_parts([Failure("WireError", str(exc))])
-        return encode_parts(self.execute(commands, client))
+        replies = self.execute(commands, client)
+        try:
+            return encode_parts(replies)
+        except Exception:  # a value the codec cannot carry: that reply becomes a Failure
+            return encode_parts([_encodable(reply) for reply in replies])
 
     def execute(self, commands: list, client: str = "local") -> list:
         """Run decoded commands in order; one reply each. Never raises."""
@@ -222,10 +230,10 @@ class Node:
             got = type(args[0]).__name__ if args else "nothing"
             raise _Refused("TypeError", f"{entry.path} needs a {entry.self_type.__name__} "
                                         f"as its first argument, got {got}")
-        if (entry.path.endswith("_") or entry.path in _IN_PLACE) and args and any(
-                s.readonly and s.value is args[0] for s in inputs):
+        protected = [s.value for s in inputs if s.readonly]
+        if protected and _would_change(entry.path, args, kwargs, protected):
             raise _Refused(NotAllowedError.__name__,
-                           f"{entry.path} would change the owner's data in place; copy it first")
+                           f"{entry.path} could change the owner's data in place; copy it first")
         if entry.guard is not None:
             try:
                 elements = entry.guard(args, kwargs)
@@ -295,6 +303,28 @@ class Node:
 
 
 _BACKWARD = {"torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad"}
+
+
+def _would_change(path: str, args: tuple, kwargs: dict, protected: list[Any]) -> bool:
+    """In-place ops on it, `out=` into it, or wrapping it into something that changes its
+    contents later (a Parameter an optimizer steps, a list items are set in)."""
+    if path in _WRAPPERS or (path.startswith("torch.optim.") and path.count(".") == 2):
+        return True
+    targets = [args[0]] if args and (path.endswith("_") or path in _IN_PLACE) else []
+    out = kwargs.get("out")
+    targets += list(out) if isinstance(out, list | tuple) else [out] if out is not None else []
+    return any(t is p for t in targets for p in protected)
+
+
+_WRAPPERS = {"torch.nn.Parameter", "builtins.list", "builtins.tuple", "builtins.dict"}
+
+
+def _encodable(reply: Any) -> Any:
+    try:
+        encode_parts([reply])
+    except Exception as exc:
+        return Failure("TypeError", f"the result cannot be sent: {type(exc).__name__}: {exc}")
+    return reply
 
 
 def _taint(path: str, inputs: list[Stored], store: Store) -> None:

@@ -34,6 +34,14 @@ _MAX_WAIT = 24 * 3600.0
 
 # msgpack extension codes
 _TENSOR, _REF, _TUPLE, _SLICE, _DTYPE, _ELLIPSIS, _COMPLEX, _DEVICE, _MEMFMT = range(1, 10)
+# Tuples travel as arrays whose first item is this (empty) extension, so that nesting stays
+# inside msgpack's own bounded stack instead of recursing through extension payloads.
+_TUPLE_MARK = msgpack.ExtType(_TUPLE, b"")
+_ALIGN = 64  # buffers start at multiples of this in a frame: no kernel meets misaligned data
+# Containers a header may hold: a quarter of its bytes (legit headers hold far fewer).
+_CONTAINERS_PER_BYTE = 4
+MAX_FRAME_BYTES = 2**34
+_DEVICE_TYPES = {"cpu", "cuda", "mps"}
 
 
 _DTYPE_NAMES = (
@@ -70,7 +78,11 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
         raise TypeError(f"only dense tensors travel; got layout {t.layout}")
     if t.is_quantized:
         raise TypeError(f"quantized tensors ({t.dtype}) do not travel; dequantize first")
+    if t.device.type == "meta":
+        raise TypeError("a meta tensor has no data to send")
     t = t.cpu().resolve_conj().resolve_neg().contiguous()
+    if t.numel() <= 1:  # contiguous() keeps odd strides on these; bytes need stride 1
+        t = t.as_strided((t.numel(),), (1,))
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
@@ -120,8 +132,8 @@ def encode_parts(messages: list) -> Parts:
             return msgpack.ExtType(_TENSOR, msgpack.packb(meta))
         if isinstance(obj, m.Ref):
             return msgpack.ExtType(_REF, obj.id.to_bytes(8, "little"))
-        if isinstance(obj, tuple):  # torch.Size too
-            return msgpack.ExtType(_TUPLE, _pack(list(obj)))
+        if isinstance(obj, tuple):  # torch.Size too: an array led by the tuple mark
+            return [_TUPLE_MARK, *obj]
         if isinstance(obj, slice):
             return msgpack.ExtType(_SLICE, _pack([obj.start, obj.stop, obj.step]))
         if isinstance(obj, torch.dtype):
@@ -131,6 +143,8 @@ def encode_parts(messages: list) -> Parts:
         if isinstance(obj, complex):
             return msgpack.ExtType(_COMPLEX, struct.pack("<dd", obj.real, obj.imag))
         if isinstance(obj, torch.device):
+            if obj.type not in _DEVICE_TYPES:
+                raise TypeError(f"device {obj} does not travel (only {sorted(_DEVICE_TYPES)})")
             return msgpack.ExtType(_DEVICE, str(obj).encode())
         if isinstance(obj, torch.memory_format):
             return msgpack.ExtType(_MEMFMT, _MEMFMT_NAMES[obj].encode())
@@ -151,7 +165,7 @@ def encode_parts(messages: list) -> Parts:
 
 
 def _pad(n: int) -> int:
-    return -n % 8
+    return -n % _ALIGN
 
 
 # ---- decoding -------------------------------------------------------------------------------
@@ -159,8 +173,12 @@ def _pad(n: int) -> int:
 
 def decode(frame: bytes | bytearray | memoryview) -> list:
     """Decode one frame into its messages, or raise `WireError` saying what was wrong.
-    Tensors share the frame's memory when it is writable (no copy)."""
-    return _guarded(_decode_frame, memoryview(frame).cast("B"))
+    Tensors share the frame's memory when it is writable and aligned (no copy): a transport
+    must hand each frame a buffer of its own."""
+    view = memoryview(frame).cast("B")
+    if len(view) > MAX_FRAME_BYTES:
+        raise WireError(f"frame of {len(view)} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+    return _guarded(_decode_frame, view)
 
 
 def decode_parts(parts: Parts) -> list:
@@ -175,7 +193,8 @@ def _guarded(decoder: Callable[[Any], list], data: Any) -> list:
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error,
             RecursionError, msgpack.UnpackException, RuntimeError, AttributeError) as exc:
-        raise WireError(f"malformed frame: {type(exc).__name__}: {exc}") from None
+        detail = str(exc) or ("nested too deeply" if isinstance(exc, msgpack.StackError) else "")
+        raise WireError(f"malformed frame: {type(exc).__name__}: {detail}") from None
 
 
 def _read_prefix(view: memoryview, available: int) -> tuple[tuple[int, ...], int, int]:
@@ -218,7 +237,8 @@ def _decode_parts(parts: Parts) -> list:
 
 def _decode_body(header: memoryview, buffers: list[memoryview], copy: bool) -> list:
     used: set[int] = set()
-    body = _unpack(header, _ext_hook(buffers, used, copy))
+    body = _unpack(header, _ext_hook(buffers, used, copy),
+                   len(header) // _CONTAINERS_PER_BYTE + 64)
     if len(used) != len(buffers):
         raise WireError("frame carries buffers that no tensor uses")
     if not isinstance(body, list):
@@ -226,27 +246,47 @@ def _decode_body(header: memoryview, buffers: list[memoryview], copy: bool) -> l
     return [_message(item) for item in body]
 
 
-def _unpack(data: memoryview | bytes, ext_hook: Callable) -> Any:
+class _Tuple:
+    """What the tuple mark decodes to, until the array it leads becomes a tuple."""
+
+
+_TUPLE_START = _Tuple()
+
+
+def _unpack(data: memoryview | bytes, ext_hook: Callable, containers: int) -> Any:
+    budget = [containers]
+
+    def count(container: Any) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise WireError(f"frame header holds more than {containers} containers")
+        return container
+
+    def array(items: list) -> list | tuple:
+        count(items)
+        if items and items[0] is _TUPLE_START:
+            return tuple(items[1:])
+        return items
+
     return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=True,
-                           use_list=True)
+                           use_list=True, list_hook=array, object_hook=count)
 
 
 def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
               ) -> Callable[[int, bytes], Any]:
     def hook(code: int, data: bytes) -> Any:
         if code == _TENSOR:
-            return _tensor(_unpack(data, hook), buffers, used, copy)
+            return _tensor(_unpack(data, hook, 2), buffers, used, copy)
         if code == _REF:
             if len(data) != 8:
                 raise WireError("a reference must be 8 bytes")
             return m.Ref(int.from_bytes(data, "little"))
         if code == _TUPLE:
-            items = _unpack(data, hook)
-            if not isinstance(items, list):
-                raise WireError("a tuple must hold a list")
-            return tuple(items)
+            if data:
+                raise WireError("the tuple mark carries no payload")
+            return _TUPLE_START
         if code == _SLICE:
-            parts = _unpack(data, hook)
+            parts = _unpack(data, hook, 1)
             if not (isinstance(parts, list) and len(parts) == 3
                     and all(p is None or type(p) is int for p in parts)):
                 raise WireError("a slice must be three integers or nulls")
@@ -254,12 +294,14 @@ def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
         if code == _DTYPE:
             return _lookup(DTYPES, data, "dtype")
         if code == _ELLIPSIS:
+            if data:
+                raise WireError("Ellipsis carries no payload")
             return Ellipsis
         if code == _COMPLEX:
             return complex(*struct.unpack("<dd", data))
         if code == _DEVICE:
             name = data.decode()
-            if name.split(":")[0] not in {"cpu", "cuda", "mps", "meta"}:
+            if name.split(":")[0] not in _DEVICE_TYPES:
                 raise WireError(f"unknown device {name!r}")
             return torch.device(name)
         if code == _MEMFMT:
@@ -296,14 +338,25 @@ def _tensor(meta: Any, buffers: list[memoryview], used: set[int], copy: bool) ->
                         f"{numel * dtype.itemsize} bytes, its buffer has {buf.nbytes}")
     if numel == 0:
         t = torch.empty(shape, dtype=dtype)
-    elif buf.readonly:  # torch may not alias read-only memory: one copy
-        t = torch.frombuffer(bytearray(buf), dtype=dtype, count=numel).view(shape)
+    elif buf.readonly or _address(buf) % _ALIGN:  # no aliasing read-only or misaligned memory
+        t = torch.frombuffer(_aligned_copy(buf), dtype=dtype, count=numel).view(shape)
     else:
         t = torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
         t = t.clone() if copy else t
     if requires_grad is True and (dtype.is_floating_point or dtype.is_complex):
         t.requires_grad_(True)
     return t
+
+
+def _address(buf: memoryview) -> int:
+    return np.frombuffer(buf, dtype=np.uint8).ctypes.data
+
+
+def _aligned_copy(buf: memoryview) -> memoryview:
+    """The bytes, copied to fresh memory that numpy aligns for any dtype."""
+    out = np.empty(buf.nbytes, dtype=np.uint8)
+    out[:] = np.frombuffer(buf, dtype=np.uint8)
+    return memoryview(out)
 
 
 def _message(item: Any) -> Any:
