@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 Guard = Callable[[tuple, dict], int]
 
 
@@ -36,6 +37,9 @@ class Entry:
 
 
 # ---- allocation guards ----------------------------------------------------------------------
+# Each estimates how many elements a call will allocate, from its arguments, before it runs.
+# Most are arithmetic (microseconds); rare ops with involved shape rules run on the meta
+# device instead, which allocates nothing.
 
 
 def _numel(shape: Any) -> int:
@@ -46,24 +50,29 @@ def _numel(shape: Any) -> int:
     return math.prod(int(d) for d in shape)
 
 
-def _size_args(args: tuple, kwargs: dict) -> int:
-    """Factories: torch.zeros(2, 3) or torch.zeros((2, 3)) or torch.zeros(size=(2, 3))."""
-    if "size" in kwargs:
-        return _numel(kwargs["size"])
-    dims = [a for a in args if isinstance(a, int | tuple | list | torch.Size)]
-    if len(dims) == 1 and not isinstance(dims[0], int):
-        return _numel(dims[0])
-    return math.prod(d for d in dims if isinstance(d, int)) if dims else 1
+def _dims(values: tuple | list) -> list[int]:
+    """Sizes given as varargs ints (`zeros(2, 3)`) or as one sequence (`zeros((2, 3))`)."""
+    if len(values) == 1 and isinstance(values[0], tuple | list | torch.Size):
+        return [int(d) for d in values[0]]
+    return [int(d) for d in values]
 
 
-def _size_after_self(args: tuple, kwargs: dict) -> int:
-    """x.new_zeros(size), x.new_full(size, v): the size comes after self."""
-    return _size_args(args[1:2], kwargs)
+def _factory(args: tuple, kwargs: dict) -> int:
+    """torch.zeros / ones / empty / rand / randn: sizes as varargs, one sequence, or size=."""
+    return _numel(kwargs["size"]) if "size" in kwargs else _numel(_dims(args))
+
+
+def _full(args: tuple, kwargs: dict) -> int:
+    return _numel(kwargs.get("size", args[0] if args else ()))
 
 
 def _randint(args: tuple, kwargs: dict) -> int:
     sizes = [a for a in args if isinstance(a, tuple | list | torch.Size)]
     return _numel(kwargs.get("size", sizes[0] if sizes else ()))
+
+
+def _randperm(args: tuple, kwargs: dict) -> int:
+    return int(kwargs.get("n", args[0] if args else 0))
 
 
 def _range(args: tuple, kwargs: dict) -> int:
@@ -84,6 +93,16 @@ def _eye(args: tuple, kwargs: dict) -> int:
     return n * (args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("m", n))
 
 
+def _new(args: tuple, kwargs: dict) -> int:
+    """x.new_zeros(2, 3) / new_zeros((2, 3)) / new_full((2, 3), v): sizes after self."""
+    if "size" in kwargs:
+        return _numel(kwargs["size"])
+    sizes = args[1:]
+    if sizes and isinstance(sizes[0], tuple | list | torch.Size):
+        return _numel(sizes[0])
+    return _numel(_dims(sizes))
+
+
 def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     found = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
     for a in (*args, *kwargs.values()):
@@ -100,21 +119,28 @@ def _broadcast(args: tuple, kwargs: dict) -> int:
 
 
 def _repeat(args: tuple, kwargs: dict) -> int:
-    reps = args[1:] if len(args) > 2 or isinstance(args[1], int) else args[1]
-    return args[0].numel() * _numel(reps)
+    return args[0].numel() * _numel(_dims(args[1:]) if args[1:] else kwargs.get("dims", ()))
 
 
 def _expand(args: tuple, kwargs: dict) -> int:
-    sizes = args[1:] if len(args) > 2 or isinstance(args[1], int) else args[1]
-    return _numel([abs(int(s)) for s in sizes])
+    return _numel([abs(d) for d in _dims(args[1:])] if args[1:] else kwargs.get("size", ()))
 
 
-def _matmul(args: tuple, kwargs: dict) -> int:
-    a, b = _tensors(args, kwargs)[:2]
+def _matmul_of(a: torch.Tensor, b: torch.Tensor) -> int:
     rows = a.numel() // max(a.shape[-1], 1) if a.dim() else 1
     cols = b.shape[-1] if b.dim() >= 2 else 1
     batch = math.prod(b.shape[:-2]) if b.dim() > 2 else 1
     return rows * cols * batch
+
+
+def _matmul(args: tuple, kwargs: dict) -> int:
+    a, b = _tensors(args, kwargs)[:2]
+    return _matmul_of(a, b)
+
+
+def _addmm(args: tuple, kwargs: dict) -> int:
+    base, a, b = _tensors(args, kwargs)[:3]
+    return max(_matmul_of(a, b), base.numel())
 
 
 def _linear(args: tuple, kwargs: dict) -> int:
@@ -126,6 +152,11 @@ def _product(args: tuple, kwargs: dict) -> int:
     return math.prod(t.numel() for t in _tensors(args, kwargs))
 
 
+def _total(args: tuple, kwargs: dict) -> int:
+    """cat / stack of a list: the sum of the parts (the same part may be listed many times)."""
+    return sum(t.numel() for t in _tensors(args, kwargs))
+
+
 def _unfold(args: tuple, kwargs: dict) -> int:
     x, _, size, step = args[:4]
     return x.numel() * max(int(size), 1) // max(int(step), 1)
@@ -134,6 +165,148 @@ def _unfold(args: tuple, kwargs: dict) -> int:
 def _repeat_interleave(args: tuple, kwargs: dict) -> int:
     reps = args[1] if len(args) > 1 else kwargs.get("repeats", 1)
     return args[0].numel() * (int(reps.max()) if isinstance(reps, torch.Tensor) else int(reps))
+
+
+def _index_select(args: tuple, kwargs: dict) -> int:
+    x, dim = args[0], int(kwargs.get("dim", args[1] if len(args) > 1 else 0))
+    index = kwargs.get("index", args[2] if len(args) > 2 else None)
+    return index.numel() * (x.numel() // max(x.shape[dim], 1))
+
+
+def _pad(args: tuple, kwargs: dict) -> int:
+    x, pad = args[0], kwargs.get("pad", args[1] if len(args) > 1 else ())
+    shape = list(x.shape)
+    for i, (low, high) in enumerate(zip(pad[::2], pad[1::2], strict=True)):
+        shape[-1 - i] += int(low) + int(high)
+    return _numel([max(d, 0) for d in shape])
+
+
+def _largest_value(x: torch.Tensor) -> int:
+    return int(x.max()) + 1 if x.numel() else 0
+
+
+def _one_hot(args: tuple, kwargs: dict) -> int:
+    x = args[0]
+    classes = int(kwargs.get("num_classes", args[1] if len(args) > 1 else -1))
+    return x.numel() * (classes if classes >= 0 else _largest_value(x))
+
+
+def _bincount(args: tuple, kwargs: dict) -> int:
+    minlength = int(kwargs.get("minlength", args[2] if len(args) > 2 else 0))
+    return max(minlength, _largest_value(args[0]))
+
+
+def _histc(args: tuple, kwargs: dict) -> int:
+    return int(kwargs.get("bins", args[1] if len(args) > 1 else 100))
+
+
+def _diag(args: tuple, kwargs: dict) -> int:
+    x = args[0]
+    side = x.numel() + abs(int(kwargs.get("diagonal", args[1] if len(args) > 1 else 0)))
+    return side * side if x.dim() == 1 else x.numel()
+
+
+def _embedding(args: tuple, kwargs: dict) -> int:
+    index, weight = args[0], kwargs.get("weight", args[1] if len(args) > 1 else None)
+    return index.numel() * (weight.shape[-1] if isinstance(weight, torch.Tensor) else 1)
+
+
+def _conv(args: tuple, kwargs: dict) -> int:
+    """An upper bound: stride and kernel only shrink the padded input."""
+    x, w = args[0], kwargs.get("weight", args[1] if len(args) > 1 else None)
+    padding = kwargs.get("padding", args[4] if len(args) > 4 else 0)
+    spatial = list(x.shape[2:]) if x.dim() > w.dim() - 2 else list(x.shape[1:])
+    if isinstance(padding, str):
+        padding = max(w.shape[2:], default=0)
+    pads = list(padding) if isinstance(padding, tuple | list) else [padding] * len(spatial)
+    batch = x.shape[0] if x.dim() == w.dim() else 1
+    return batch * w.shape[0] * _numel([s + 2 * int(p) for s, p in zip(spatial, pads,
+                                                                     strict=False)])
+
+
+def _as_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return torch.empty_like(value, device="meta")
+    if isinstance(value, list | tuple):
+        return type(value)(_as_meta(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _as_meta(v) for k, v in value.items()}
+    return value
+
+
+def _elements(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel()
+    if isinstance(value, list | tuple):
+        return sum(_elements(v) for v in value)
+    return 0
+
+
+def _dry_run(fn: Callable) -> Guard:
+    """Run the op on the meta device: exact output sizes, nothing allocated."""
+
+    def guard(args: tuple, kwargs: dict) -> int:
+        return _elements(fn(*_as_meta(args), **_as_meta(kwargs)))
+
+    return guard
+
+
+def _index(args: tuple, kwargs: dict) -> int:
+    """Basic indexing only makes views; indexing with tensors or lists gathers."""
+    x, key = args[0], args[1]
+    keys = key if isinstance(key, tuple) else (key,)
+    if not any(isinstance(k, torch.Tensor | list) for k in keys):
+        return _elements(x) if isinstance(x, torch.Tensor) else 1
+    return _dry_run(operator.getitem)(args, kwargs) if isinstance(x, torch.Tensor) else 1
+
+
+def _module_call(args: tuple, kwargs: dict) -> int:
+    """A remote module's forward, run with meta parameters and inputs."""
+    module = args[0]
+    meta_state = {k: _as_meta(v) for k, v in [*module.named_parameters(),
+                                              *module.named_buffers()]}
+    return _elements(torch.func.functional_call(module, meta_state, _as_meta(args[1:]),
+                                                _as_meta(kwargs)))
+
+
+def _layer(cls: type) -> Guard:
+    """A layer's parameters and buffers, counted by building it on the meta device."""
+
+    def guard(args: tuple, kwargs: dict) -> int:
+        with torch.device("meta"):
+            layer = cls(*args, **kwargs)
+        return sum(t.numel() for t in (*layer.parameters(), *layer.buffers()))
+
+    return guard
+
+
+def _python_items(args: tuple, kwargs: dict) -> int:
+    """Turning a tensor into Python objects costs ~50 bytes per element, not 4."""
+    return sum(16 * t.numel() for t in args if isinstance(t, torch.Tensor))
+
+
+def _sequence_times(args: tuple, kwargs: dict) -> int:
+    """operator.mul: [0] * n makes n items; otherwise it broadcasts like torch.mul."""
+    a, b = args[:2]
+    for seq, n in ((a, b), (b, a)):
+        if isinstance(seq, list | tuple | str | bytes) and isinstance(n, int):
+            return len(seq) * n
+    return _broadcast(args, kwargs)
+
+
+def _power(args: tuple, kwargs: dict) -> int:
+    """Python ints grow without bound: 10 ** 10**9 is a billion digits."""
+    a, b = args[:2]
+    if isinstance(a, int) and isinstance(b, int):
+        return abs(a).bit_length() * max(b, 0) // 64
+    return _broadcast(args, kwargs)
+
+
+def _shift(args: tuple, kwargs: dict) -> int:
+    a, b = args[:2]
+    if isinstance(a, int) and isinstance(b, int):
+        return (abs(a).bit_length() + max(b, 0)) // 64
+    return _broadcast(args, kwargs)
 
 
 # ---- the table ------------------------------------------------------------------------------
@@ -220,31 +393,55 @@ KLDivLoss CosineSimilarity PairwiseDistance
 
 _OPTIMIZERS = "SGD Adam AdamW Adagrad Adadelta Adamax NAdam RAdam RMSprop Rprop ASGD".split()
 
-_FACTORIES: dict[str, Guard] = {
-    "zeros": _size_args, "ones": _size_args, "empty": _size_args, "full": _size_args,
-    "rand": _size_args, "randn": _size_args, "randint": _randint, "randperm": _size_args,
-    "arange": _range, "linspace": _steps, "logspace": _steps, "eye": _eye,
+# Losses that compare their inputs element by element, broadcasting them (the others, such as
+# nll_loss with class-index targets, never outgrow their input).
+_BROADCASTING_LOSSES = """
+mse_loss l1_loss smooth_l1_loss huber_loss binary_cross_entropy binary_cross_entropy_with_logits
+kl_div poisson_nll_loss soft_margin_loss margin_ranking_loss hinge_embedding_loss
+cosine_similarity pairwise_distance triplet_margin_loss
+""".split()
+_MATMUL_GUARDS: dict[str, Guard] = {
+    "mm": _matmul, "bmm": _matmul, "matmul": _matmul, "mv": _matmul, "dot": _matmul,
+    "addmm": _addmm, "outer": _product, "kron": _product, "diag": _diag, "bincount": _bincount,
+    "repeat_interleave": _repeat_interleave, "index_select": _index_select,
 }
-_GUARDED_TENSOR_METHODS: dict[str, Guard] = {
+_TORCH_GUARDS: dict[str, Guard] = {
+    **{name: _broadcast for name in _ELEMENTWISE_BINARY}, **_MATMUL_GUARDS,
+    "zeros": _factory, "ones": _factory, "empty": _factory, "rand": _factory, "randn": _factory,
+    "full": _full, "randint": _randint, "randperm": _randperm, "arange": _range,
+    "linspace": _steps, "logspace": _steps, "eye": _eye, "tile": _repeat,
+    "cartesian_prod": _product, "broadcast_to": _expand, "cat": _total, "concat": _total,
+    "stack": _total, "hstack": _total, "vstack": _total, "histc": _histc, "dist": _broadcast,
+}
+_TENSOR_GUARDS: dict[str, Guard] = {
+    **{name: _broadcast for name in _ELEMENTWISE_BINARY},
+    **{f"{name}_": _broadcast for name in _ELEMENTWISE_BINARY}, **_MATMUL_GUARDS,
     "repeat": _repeat, "tile": _repeat, "expand": _expand, "unfold": _unfold,
-    "repeat_interleave": _repeat_interleave, "outer": _product, "kron": _product,
-    "new_zeros": _size_after_self, "new_ones": _size_after_self,
-    "new_empty": _size_after_self, "new_full": _size_after_self,
+    "new_zeros": _new, "new_ones": _new, "new_empty": _new, "new_full": _new,
+    "tolist": _python_items,
 }
-_GUARDED_TORCH_FUNCTIONS: dict[str, Guard] = {
-    "tile": _repeat, "repeat_interleave": _repeat_interleave, "outer": _product,
-    "kron": _product, "cartesian_prod": _product, "broadcast_to": _expand,
+_FUNCTIONAL_GUARDS: dict[str, Guard] = {
+    **{name: _broadcast for name in _BROADCASTING_LOSSES}, "linear": _linear,
+    "bilinear": _dry_run(F.bilinear), "conv1d": _conv, "conv2d": _conv, "conv3d": _conv,
+    "conv_transpose1d": _dry_run(F.conv_transpose1d),
+    "conv_transpose2d": _dry_run(F.conv_transpose2d), "pad": _pad, "one_hot": _one_hot,
+    "embedding": _embedding,
 }
-_MATMUL_LIKE = {"mm", "bmm", "matmul", "addmm", "mv", "dot"}
 
 _OPERATORS = """
 add sub mul truediv floordiv mod pow matmul neg pos abs invert and_ or_ xor
 eq ne lt le gt ge getitem setitem lshift rshift
 """.split()
-_BROADCASTING_OPERATORS = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and_",
-                           "or_", "xor", "eq", "ne", "lt", "le", "gt", "ge", "lshift", "rshift"}
+_OPERATOR_GUARDS: dict[str, Guard] = {
+    **{name: _broadcast for name in "add sub truediv floordiv mod and_ or_ xor eq ne lt le gt ge "
+                                    "rshift".split()},
+    "mul": _sequence_times, "pow": _power, "lshift": _shift, "matmul": _matmul,
+    "getitem": _index,
+}
 
 _BUILTINS = "float int bool len abs min max round sum list tuple dict str".split()
+_BUILTIN_GUARDS: dict[str, Guard] = {name: _python_items for name in
+                                     ("list", "tuple", "sum", "min", "max")}
 
 
 def _module_parameters(module: nn.Module, recurse: bool = True) -> list[nn.Parameter]:
@@ -293,30 +490,24 @@ def _build() -> dict[str, Entry]:
         assert "__" not in path, path
         table[path] = Entry(path, fn, self_type, guard)
 
-    for name in _TORCH_FUNCTIONS + _ELEMENTWISE_BINARY:
+    for name in {*_TORCH_FUNCTIONS, *_ELEMENTWISE_BINARY, *_TORCH_GUARDS}:
         if hasattr(torch, name):
-            guard = _broadcast if name in _ELEMENTWISE_BINARY else None
-            add(f"torch.{name}", getattr(torch, name),
-                guard=_matmul if name in _MATMUL_LIKE else guard)
-    for name, guard in {**_FACTORIES, **_GUARDED_TORCH_FUNCTIONS}.items():
-        add(f"torch.{name}", getattr(torch, name), guard=guard)
-    for name in _TENSOR_METHODS + _ELEMENTWISE_BINARY:
+            add(f"torch.{name}", getattr(torch, name), guard=_TORCH_GUARDS.get(name))
+    for name in {*_TENSOR_METHODS, *_ELEMENTWISE_BINARY, *_TENSOR_GUARDS}:
         if hasattr(torch.Tensor, name):
-            guard = _broadcast if name.rstrip("_") in _ELEMENTWISE_BINARY else None
             add(f"torch.Tensor.{name}", getattr(torch.Tensor, name), torch.Tensor,
-                _matmul if name in _MATMUL_LIKE else guard)
-    for name, guard in _GUARDED_TENSOR_METHODS.items():
-        add(f"torch.Tensor.{name}", getattr(torch.Tensor, name), torch.Tensor, guard)
+                _TENSOR_GUARDS.get(name))
     for name in _TENSOR_ATTRIBUTES:
         add(f"torch.Tensor.{name}", _attribute(name), torch.Tensor)
     for name in _FUNCTIONAL:
         if hasattr(F, name):
             add(f"torch.nn.functional.{name}", getattr(F, name),
-                guard=_linear if name == "linear" else None)
+                guard=_FUNCTIONAL_GUARDS.get(name))
     for name in _LAYERS:
-        add(f"torch.nn.{name}", getattr(nn, name))
-    add("torch.nn.Module.call", nn.Module.__call__, nn.Module)
-    add("torch.nn.Module.forward", lambda module, *a, **k: module(*a, **k), nn.Module)
+        add(f"torch.nn.{name}", getattr(nn, name), guard=_layer(getattr(nn, name)))
+    add("torch.nn.Module.call", nn.Module.__call__, nn.Module, _module_call)
+    add("torch.nn.Module.forward", lambda module, *a, **k: module(*a, **k), nn.Module,
+        _module_call)
     add("torch.nn.Module.parameters", _module_parameters, nn.Module)
     add("torch.nn.Module.state_dict", _module_state_dict, nn.Module)
     add("torch.nn.Module.load_state_dict", nn.Module.load_state_dict, nn.Module)
@@ -335,11 +526,9 @@ def _build() -> dict[str, Entry]:
     add("torch.cuda.is_available", torch.cuda.is_available)
     add("torch.cuda.device_count", torch.cuda.device_count)
     for name in _OPERATORS:
-        guard = _broadcast if name in _BROADCASTING_OPERATORS else None
-        add(f"operator.{name}", getattr(operator, name),
-            guard=_matmul if name == "matmul" else guard)
+        add(f"operator.{name}", getattr(operator, name), guard=_OPERATOR_GUARDS.get(name))
     for name in _BUILTINS:
-        add(f"builtins.{name}", getattr(builtins, name))
+        add(f"builtins.{name}", getattr(builtins, name), guard=_BUILTIN_GUARDS.get(name))
     return table
 
 
