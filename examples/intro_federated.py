@@ -8,6 +8,8 @@ from torch import nn, optim
 
 import tether as sy
 
+torch.manual_seed(0)  # not in the tutorial: the same numbers on every run
+
 # ---- Section 2.1: the centralised toy example -----------------------------------------------
 
 # A Toy Dataset

@@ -110,4 +110,4 @@ def test_intro_example_runs_as_written():
     losses = [line for line in done.stdout.splitlines() if line.startswith("tensor(")]
     assert len(losses) == 20 + 20  # the centralised loop, then 10 rounds x 2 workers
     values = [float(line[len("tensor("):].split(",")[0].rstrip(")")) for line in losses]
-    assert values[-1] < values[20]  # the federated loop learned
+    assert sum(values[-2:]) < sum(values[20:22])  # the federated loop learned

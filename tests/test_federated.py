@@ -65,23 +65,26 @@ def test_loader_cuts_batches_remotely_one_command_per_tensor(make_worker):
         submit = worker.client.submit
         worker.client.submit = lambda cmd, _submit=submit, **kw: (sent.append(cmd),
                                                                    _submit(cmd, **kw))[1]
-    seen = [(d.location.id, d.get(), t.get()) for d, t in loader]
+    # a batch is a view of private data and stays private: read it through a computed copy
+    seen = [(d.location.id, (d * 1).get(), (t * 1).get()) for d, t in loader]
     assert [w for w, _, _ in seen] == ["joe"] * 3 + ["jane"] * 3
     assert torch.equal(torch.cat([d for _, d, _ in seen]), data)
     assert torch.equal(torch.cat([t for _, _, t in seen]), labels)
     cuts = [c for c in sent if getattr(c, "op", "") == "operator.getitem"]
     assert len(cuts) == 2 * len(loader)
+    with pytest.raises(errors.PermissionDeniedError):
+        next(iter(loader))[0].get()  # a batch of raw samples does not leave
 
 
 def test_shuffled_loader_is_a_permutation_per_worker(bob):
     data = torch.arange(12.0)
     fed = TensorDataset(data, data).federate([bob])
     gen = torch.Generator().manual_seed(1)
-    order = torch.cat([d.get() for d, _ in sy.FederatedDataLoader(fed, batch_size=5,
-                                                                   shuffle=True, generator=gen)])
+    loader = sy.FederatedDataLoader(fed, batch_size=5, shuffle=True, generator=gen)
+    order = torch.cat([(d * 1).get() for d, _ in loader])
     assert sorted(order.tolist()) == data.tolist() and not torch.equal(order, data)
     dropped = sy.FederatedDataLoader(fed, batch_size=5, drop_last=True)
-    assert len(dropped) == 2 and [len(t.get()) for _, t in dropped] == [5, 5]
+    assert len(dropped) == 2 and [len(t) for _, t in dropped] == [5, 5]
 
 
 def _net() -> nn.Module:

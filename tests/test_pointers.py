@@ -7,6 +7,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import store_of
 from torch import nn
 
 import tether as sy
@@ -162,7 +163,9 @@ def test_errors_name_the_op_the_worker_and_the_cause(bob, alice):
 
 def test_a_pointer_whose_object_is_gone_says_so(bob):
     p = torch.ones(2).send(bob)
-    bob.node.forget("local")  # the worker lost everything (restart, eviction)
+    bob.flush()  # it has arrived
+    for client in bob.node.clients:  # the worker lost everything (restart, eviction)
+        bob.node.forget(client)
     with pytest.raises(errors.ObjectNotFoundError, match=r"operator.mul on worker 'bob'.*object"):
         (p * 2).get()
 
@@ -178,7 +181,7 @@ def test_dropped_pointers_free_their_objects(bob):
         y = x + 1
     del x, y
     gc.collect()
-    assert len(bob.store) == 0
+    assert len(store_of(bob)) == 0
 
 
 def test_hooks_workers_and_pointers_never_draw_from_the_rng():

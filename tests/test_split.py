@@ -30,11 +30,19 @@ def _segments(sizes: list[int]) -> list[nn.Module]:
 
 
 def _recorder(worker) -> list:
-    """Everything the worker's store is ever given, from now on."""
+    """Everything the worker stores for any client, from now on."""
     seen = []
-    store = worker.node.store("local")
-    put = store.put
-    store.put = lambda obj_id, stored: (seen.append(stored.value), put(obj_id, stored))[1]
+    stores = worker.node.store
+
+    def store(client: str = "local"):
+        found = stores(client)
+        if not hasattr(found, "recorded"):
+            put = found.put
+            found.put = lambda obj_id, stored: (seen.append(stored.value), put(obj_id, stored))[1]
+            found.recorded = True
+        return found
+
+    worker.node.store = store
     return seen
 
 

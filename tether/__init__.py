@@ -5,6 +5,7 @@
 """
 
 from tether import datasets, errors, transforms
+from tether.duet import Module, join_duet, launch_duet
 from tether.errors import (
     NotAllowedError,
     ObjectNotFoundError,
@@ -16,15 +17,17 @@ from tether.errors import (
 )
 from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
 from tether.hook import TorchHook, install
+from tether.net import WebsocketClientWorker, connect
 from tether.pointer import Pointer, PointerTensor, get_all
 from tether.split import SplitNN
-from tether.workers import VirtualWorker
+from tether.workers import VirtualWorker, Worker
 
 install()
 
 __all__ = [
     "FederatedDataLoader",
     "FederatedDataset",
+    "Module",
     "NotAllowedError",
     "ObjectNotFoundError",
     "Optims",
@@ -36,11 +39,16 @@ __all__ = [
     "TetherError",
     "TorchHook",
     "VirtualWorker",
+    "WebsocketClientWorker",
     "WireError",
+    "Worker",
     "WorkerMismatchError",
+    "connect",
     "datasets",
     "errors",
     "federate",
     "get_all",
+    "join_duet",
+    "launch_duet",
     "transforms",
 ]

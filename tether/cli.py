@@ -5,9 +5,11 @@ serves a worker; each subcommand is a `_register_*` function that adds its parse
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -40,7 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
                                      "learning on PyTorch: train on data you cannot see.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register_worker(commands)
+    _register(commands, "train", "federated training across network workers",
+              "tether.federated.coordinator")
+    _register(commands, "demo", "the websocket MNIST tutorial end to end, offline",
+              "tether.federated.demo")
+    _register(commands, "network", "where Duet owners and scientists meet (and are relayed)",
+              "tether.duet.network")
     return parser
+
+
+def _register(commands: argparse._SubParsersAction, name: str, summary: str,
+              module_name: str) -> None:
+    """A subcommand whose module has `add_arguments(parser)` and `main(args)`."""
+    module = importlib.import_module(module_name)
+    parser = commands.add_parser(name, help=summary, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    parser.set_defaults(handler=module.main)
 
 
 # ---- tether worker ------------------------------------------------------------------------------
@@ -85,14 +103,14 @@ def _register_worker(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from tether.net import PublishingNode, ServerLimits, WorkerServer, serve, server_ssl_context
+    from tether.net import ServerLimits, WorkerServer, serve, server_ssl_context
     from tether.node import Limits
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if args.keyfile and not args.certfile:
         raise ValueError("--keyfile needs --certfile")
-    node = PublishingNode(args.id, limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB)))
+    node = Node(args.id, limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB)))
     if args.dataset:
         _publish_mnist(node, args)
     generated = not args.token
@@ -103,12 +121,18 @@ def _run_worker(args: argparse.Namespace) -> int:
                             idle_timeout=args.idle_timeout))
 
     def ready(server: WorkerServer) -> None:
-        print(f"worker {args.id} listening on {server.url}")
         if generated:
             print(f"access token: {server.token}  (clients: token=... or TETHER_TOKEN)")
-        sys.stdout.flush()
+        print(f"worker {args.id} listening on {server.url}", flush=True)
 
     serve(server, on_ready=ready)
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for thread in busy:
+        thread.join(timeout=0.5)
+    if any(thread.is_alive() for thread in busy):  # a command outlived the grace period
+        logging.getLogger("tether.net").warning("exiting with commands still running")
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

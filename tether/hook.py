@@ -170,10 +170,6 @@ def get_module(module: nn.Module) -> nn.Module:
     return module
 
 
-def move_module(module: nn.Module, worker: Any) -> nn.Module:
-    return send_module(module, worker)
-
-
 # ---- optimizers -----------------------------------------------------------------------------
 
 
@@ -291,7 +287,7 @@ def install() -> None:
     torch.Tensor.move = send_tensor
     nn.Module.send = send_module
     nn.Module.get = get_module
-    nn.Module.move = move_module
+    nn.Module.move = send_module
     nn.Module.location = _Location()
     torch.utils.data.Dataset.federate = _federate
     for path in ALLOWLIST:
@@ -299,6 +295,9 @@ def install() -> None:
         if module == "torch.optim" and name[:1].isupper():
             _wrap_step(getattr(torch.optim, name))
     _wrap_zero_grad()
+    from tether.duet.owner import install as install_duet_sends
+
+    install_duet_sends()  # tensor.send(duet, pointable=True, ...) publishes on an owner's duet
 
 
 def _federate(dataset: torch.utils.data.Dataset, workers: Any, **options: Any) -> Any:

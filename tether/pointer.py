@@ -22,19 +22,20 @@ if TYPE_CHECKING:
 
 # The namespace in which a pointer's methods are looked up, by the kind of object it names.
 _NAMESPACES = {"tensor": "torch.Tensor", "module": "torch.nn.Module",
-               "optimizer": "torch.optim.Optimizer"}
+               "optimizer": "torch.optim.Optimizer",
+               "scheduler": "torch.optim.lr_scheduler.LRScheduler"}
 # Methods and attributes that give Python values, not tensors.
 _SCALAR_RESULTS = {
     "item", "tolist", "numel", "dim", "size", "nelement", "element_size", "is_contiguous",
     "is_floating_point", "is_complex", "equal", "allclose", "shape", "dtype", "requires_grad",
     "is_leaf", "ndim", "device", "is_tensor", "get_default_dtype", "is_grad_enabled",
-    "is_available", "device_count", "training", "stride",
+    "is_available", "device_count", "training", "stride", "manual_seed",
 }
 # Calls whose result is None (or self): nothing to store.
 _NO_RESULT = {
     "torch.Tensor.backward", "torch.optim.Optimizer.step", "torch.optim.Optimizer.zero_grad",
     "torch.nn.Module.zero_grad", "tether.assign", "tether.optim.set_hyperparameters",
-    "operator.setitem", "torch.autograd.backward",
+    "operator.setitem", "torch.autograd.backward", "torch.optim.lr_scheduler.LRScheduler.step",
 }
 
 
@@ -83,6 +84,11 @@ class Pointer:
         if meta[0] != "tensor":
             raise AttributeError(f"the object on {self._client.name!r} is a {meta[1]}, "
                                  "not a tensor")
+        if meta[1] is None:  # a strict owner keeps the sizes of its data to itself
+            raise errors.PermissionDeniedError(
+                f"the shape of tensor {self.id} on {self._client.name!r} is private to its owner "
+                "(it holds or was computed from their data); compute on it through the pointer",
+                op="shape", worker=self._client.name)
         return meta
 
     @property
@@ -123,9 +129,10 @@ class Pointer:
     def __len__(self) -> int:
         meta = self._client.meta(self.id)
         if meta[0] == "tensor":
-            if not meta[1]:
+            shape = self.shape
+            if not shape:
                 raise TypeError("len() of a 0-d tensor")
-            return meta[1][0]
+            return shape[0]
         if len(meta) > 2:
             return meta[2]
         raise TypeError(f"the {meta[1]} on {self._client.name!r} has no length")
@@ -144,7 +151,8 @@ class Pointer:
         if meta is None:
             return f"<Pointer to a {self._kind} {where}>"
         if meta[0] == "tensor":
-            return f"<Pointer to Tensor{list(meta[1])} {meta[2]} {where}>"
+            shape = "[private shape]" if meta[1] is None else list(meta[1])
+            return f"<Pointer to Tensor{shape} {meta[2]} {where}>"
         return f"<Pointer to {meta[1]} {where}>"
 
     # ---- fetching -----------------------------------------------------------------------------
@@ -246,10 +254,11 @@ class _RemoteMethod:
         return remote_call(self.path, [self.pointer, *args], kwargs)
 
 
-def remote_call(path: str, args: list, kwargs: dict) -> Any:
-    """Run `path` where the pointers among its arguments live; a pointer to the result.
-    Local tensors among the arguments travel with the command."""
-    found: list[Client] = []
+def remote_call(path: str, args: list, kwargs: dict, client: Client | None = None) -> Any:
+    """Run `path` where the pointers among its arguments live (on `client`'s worker when given:
+    calls without pointers, such as `torch.cuda.is_available()`, need it); a pointer to the
+    result. Local tensors among the arguments travel with the command."""
+    found: list[Client] = [] if client is None else [client]
     wire_args = [_to_wire(a, path, found) for a in args]
     wire_kwargs = {k: _to_wire(v, path, found) for k, v in kwargs.items()}
     if not found:
@@ -312,7 +321,9 @@ def _result_kind(path: str, args: list) -> str:
         return "module"
     if module == "torch.optim" and name[:1].isupper():
         return "optimizer"
-    if name in _SCALAR_RESULTS or module == "builtins":
+    if module == "torch.optim.lr_scheduler" and name[:1].isupper():
+        return "scheduler"
+    if name in _SCALAR_RESULTS or module in ("builtins", "tether.data"):
         return "object"
     if module.startswith(("torch", "tether")):
         return "tensor"
@@ -335,9 +346,17 @@ def _unary(name: str):
     return lambda self: remote_call(path, [self], {})
 
 
-def _in_place(name: str):
+def _in_place(name: str, fallback: str):
+    """`ptr += y`: in place on a remote tensor; on a remote Python value (a float, a list), the
+    plain operator gives a new value, as Python does for immutable ones."""
     path = f"torch.Tensor.{name}"
-    return lambda self, other: remote_call(path, [self, other], {})
+
+    def method(self: Pointer, other: Any) -> Any:
+        if self.kind == "tensor":
+            return remote_call(path, [self, other], {})
+        return remote_call(f"operator.{fallback}", [self, other], {})
+
+    return method
 
 
 for _dunder, _name in {
@@ -352,7 +371,7 @@ for _dunder in ("eq", "ne", "lt", "le", "gt", "ge"):
 for _dunder in ("neg", "pos", "abs", "invert"):
     setattr(Pointer, f"__{_dunder}__", _unary(_dunder))
 for _dunder, _name in {"iadd": "add_", "isub": "sub_", "imul": "mul_", "itruediv": "div_"}.items():
-    setattr(Pointer, f"__{_dunder}__", _in_place(_name))
+    setattr(Pointer, f"__{_dunder}__", _in_place(_name, _dunder[1:]))
 Pointer.__getitem__ = _operator("getitem")  # type: ignore[method-assign]
 Pointer.__setitem__ = lambda self, key, value: remote_call(  # type: ignore[method-assign]
     "operator.setitem", [self, key, value], {})

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from tether.client import Client, Replies
 from tether.errors import ConnectionLostError
 from tether.node import Limits, Node, Store
+from tether.node.node import PUBLISHED
+from tether.pointer import Pointer
 from tether.wire import Call, Put, Value, decode_parts, encode_parts
 
 
@@ -61,7 +63,45 @@ def _copy(value: Any) -> Any:
     return value
 
 
-class VirtualWorker:
+class DatasetPointers(NamedTuple):
+    """Pointers to a published dataset's samples and labels."""
+
+    data: Pointer
+    targets: Pointer
+
+
+class Worker:
+    """What every worker handle offers, wherever the worker runs: an `id`, the `client` that
+    talks to it, and pointers to what its owner published."""
+
+    id: str
+    client: Client
+
+    def flush(self) -> None:
+        """Run everything queued; raise the first remote error."""
+        self.client.flush()
+
+    def published(self, key: str, item: int | None = None) -> Pointer:
+        """A pointer to what the owner published under `key` (or to item `item` of it)."""
+        return self.client.call(PUBLISHED, [key] if item is None else [key, item],
+                                kind="object" if item is None else "tensor")
+
+    def dataset(self, key: str) -> DatasetPointers:
+        """Pointers to a dataset published as `(data, targets)`, as `tether worker` does."""
+        return DatasetPointers(self.published(key, 0), self.published(key, 1))
+
+    def close(self) -> None:
+        """Disconnect: the worker frees what this client stored, and further use raises."""
+        self.client.close()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class VirtualWorker(Worker):
     """A worker in this process: `sy.VirtualWorker(hook, id="bob")` or `VirtualWorker("bob")`.
 
     Every message goes through the real encoder and decoder unless `serialize=False`, so what
@@ -80,14 +120,6 @@ class VirtualWorker:
         """The objects this worker holds for us (after running everything queued)."""
         self.client.flush()
         return self.node.store("local")
-
-    def flush(self) -> None:
-        """Run everything queued; raise the first remote error."""
-        self.client.flush()
-
-    def close(self) -> None:
-        """Shut the worker down: its objects are freed and further use raises."""
-        self.client.close()
 
     def publish(self, key: str, value: Any, **policy: Any) -> None:
         """As the owner: make `value` reachable under `key` (private unless private=False)."""

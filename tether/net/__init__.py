@@ -2,13 +2,10 @@
 `WebsocketClientWorker` reach it with the same pointers as a VirtualWorker."""
 
 from tether.net.client import AccessDeniedError, WebsocketClientWorker, WebsocketTransport, connect
-from tether.net.published import DatasetPointers, PublishingNode
 from tether.net.server import ServerLimits, ServerThread, WorkerServer, serve, server_ssl_context
 
 __all__ = [
     "AccessDeniedError",
-    "DatasetPointers",
-    "PublishingNode",
     "ServerLimits",
     "ServerThread",
     "WebsocketClientWorker",

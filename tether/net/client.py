@@ -29,10 +29,9 @@ from tether.client import Client, Replies
 from tether.errors import ConnectionLostError, TetherError, WireError
 from tether.net import frames
 from tether.net.frames import ProtocolViolation, Reader
-from tether.net.published import DatasetPointers, dataset_pointers, published_pointer
 from tether.net.server import WORKER_HEADER
-from tether.pointer import Pointer
-from tether.wire import Parts, decode, encode_parts
+from tether.wire import Parts, encode_parts
+from tether.workers import Worker
 
 DEFAULT_TIMEOUT = 60.0
 _SMALL_FRAME = 64 * 1024
@@ -55,7 +54,7 @@ class WebsocketTransport:
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
                  ssl_context: ssl.SSLContext | None = None,
-                 max_message_bytes: int = 2**40) -> None:
+                 max_message_bytes: int = 2**34) -> None:
         try:
             self._uri = parse_uri(url)
         except InvalidURI as exc:
@@ -68,12 +67,15 @@ class WebsocketTransport:
         self._ssl = ssl_context if ssl_context is not None else (
             ssl.create_default_context() if self._uri.secure else None)
         self._lock = threading.Lock()
+        self.closed = False
         self._link: _Link = self._open()
         self.worker_id: str = self._link.worker_id
 
     def exchange(self, commands: list) -> Replies:
         """Send the commands now; the returned function waits for their replies."""
         with self._lock:
+            if self.closed:
+                raise ConnectionLostError(f"worker {self.worker_id!r} is gone (it was closed)")
             link = self._link
             if link.error is not None and (link.reported or link.outstanding == 0):
                 try:
@@ -84,8 +86,9 @@ class WebsocketTransport:
         return functools.partial(self._wait, link, seq)
 
     def close(self) -> None:
-        """Say goodbye; the worker frees everything this client stored."""
+        """Say goodbye; the worker frees everything this client stored. Further use raises."""
         with self._lock:
+            self.closed = True
             self._link.close()
 
     def _wait(self, link: _Link, seq: int) -> list:
@@ -145,6 +148,9 @@ class _Link:
             if context is not None:
                 sock = context.wrap_socket(sock, server_hostname=uri.host)
             worker_id, early = _handshake(sock, url, uri, token)
+        except OSError as exc:  # TLS refused, mostly: name the address and the reason
+            sock.close()
+            raise ConnectionLostError(f"cannot connect to the worker at {url}: {exc}") from None
         except BaseException:
             sock.close()
             raise
@@ -169,7 +175,7 @@ class _Link:
         return seq
 
     def _write_message(self, parts: Parts) -> None:
-        pieces = frames.segments(parts)
+        pieces = parts.pieces()
         key = os.urandom(4)
         head = frames.header(frames.OP_BINARY, parts.nbytes, mask=key)
         if parts.nbytes <= _SMALL_FRAME:
@@ -192,11 +198,18 @@ class _Link:
                 view = view[self.sock.send(view):]
             if not view:
                 return
-            readable, writable, _ = select.select([self.sock], [self.sock], [], self.timeout)
+            readable, writable = self._poll(self.timeout, write=True)
             if readable:  # take replies in while writing, so the worker never blocks on us
                 self._read(block=False)
             elif not writable:
                 self._lose(f"the worker accepted no data for {self.timeout:g} s")
+
+    def _poll(self, timeout: float, write: bool = False) -> tuple[bool, bool]:
+        """Wait until the socket is readable (or writable, if asked); (readable, writable)."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN | (select.POLLOUT if write else 0))
+        flags = sum(flag for _, flag in poller.poll(timeout * 1000))
+        return bool(flags & ~select.POLLOUT), bool(flags & select.POLLOUT)
 
     def close(self) -> None:
         if self.error is None:
@@ -259,13 +272,13 @@ class _Link:
                 return
         wake = min(max(self._last_heard, self._last_ping) + ping_every,
                    self._last_heard + self.timeout)
-        select.select([self.sock], [], [], max(wake - now, 0.001))
+        self._poll(max(wake - now, 0.001))
 
     def _on_events(self, events: list[tuple[str, Any]]) -> None:
         for kind, payload in events:
             if kind == "message":
                 try:
-                    self.replies[self.received] = decode(payload)
+                    self.replies[self.received] = frames.decode_message(payload)
                 except WireError as exc:
                     self.replies[self.received] = exc
                 self.received += 1
@@ -330,13 +343,14 @@ def _handshake(sock: socket.socket, url: str, uri: Any, token: str) -> tuple[str
     return reply.headers.get(WORKER_HEADER, f"{uri.host}:{uri.port}"), received[end:]
 
 
-class WebsocketClientWorker:
+class WebsocketClientWorker(Worker):
     """A worker on another machine (or process), reached over a websocket:
-    `WebsocketClientWorker(hook, host="localhost", port=8777, id="alice", token=...)`.
+    `WebsocketClientWorker(hook, host="localhost", port=8777, id="alice", token=...)` (the hook
+    is accepted, and not needed, as in the PySyft tutorials; `url=` replaces host and port).
 
     Pointers, models and optimizers work against it as against a VirtualWorker. Objects sent
     over one connection live until it closes; after a lost connection the next use reconnects
-    (as a new client: pointers made before point at nothing).
+    (as a new client: pointers made before point at nothing); after `close()`, use raises.
     """
 
     def __init__(self, hook: Any = None, host: str = "localhost", port: int = 8777,
@@ -347,32 +361,9 @@ class WebsocketClientWorker:
         self.transport = WebsocketTransport(self.url, token, timeout=timeout,
                                             ssl_context=ssl_context)
         self.id = id or self.transport.worker_id
-        self.verbose = verbose
         if verbose:
             print(f"connected to worker {self.transport.worker_id!r} at {self.url}")
         self.client = Client(self, self.transport)
-
-    def flush(self) -> None:
-        """Wait for everything sent; raise the first remote error."""
-        self.client.flush()
-
-    def published(self, key: str) -> Pointer:
-        """A pointer to what the worker's owner published under `key`."""
-        return published_pointer(self.client, key)
-
-    def dataset(self, key: str) -> DatasetPointers:
-        """Pointers `(data, targets)` to a dataset the worker published (`mnist`, ...)."""
-        return dataset_pointers(self.client, key)
-
-    def close(self) -> None:
-        """Disconnect; the worker frees what this client stored."""
-        self.client.close()
-
-    def __enter__(self) -> WebsocketClientWorker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<WebsocketClientWorker {self.id!r} at {self.url}>"

@@ -3,18 +3,25 @@
 The `websockets` library does the HTTP handshake (see server.py and client.py); the message
 framing is here because that library copies each large message four or five times (stream
 buffer, slice, unmask, assembly), which on this class of machine costs more than the network.
-Here a large payload is received straight into its final buffer (`recv_into`), unmasked in place
-as it arrives, and decoded without a copy; sending writes the codec's parts without joining them.
+Here a large payload is received straight into its final buffer (`recv_into`, into recycled
+memory: see BufferPool), unmasked in place as it arrives, and decoded without a copy; sending
+writes the codec's parts without joining them.
 """
 
 from __future__ import annotations
 
+import gc
+import mmap
 import struct
-from collections.abc import Iterator
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from tether.wire import Parts
+from tether.wire import decode
+from tether.wire.codec import ALIGN
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -89,15 +96,84 @@ def xor_mask(data: memoryview, key: bytes, phase: int = 0,
         np.bitwise_xor(src[whole:], np.frombuffer(k * 2, np.uint8)[: n - whole], out=dst[whole:])
 
 
-def segments(parts: Parts) -> list[bytes | memoryview]:
-    """The pieces of an encoded frame in order, padding included, as `Parts.join` lays them
-    out; sending them one after the other sends the joined frame without building it."""
-    pieces: list[bytes | memoryview] = [parts.head + bytes(-len(parts.head) % 8)]
-    for buf in parts.buffers:
-        pieces.append(buf)
-        if buf.nbytes % 8:
-            pieces.append(bytes(-buf.nbytes % 8))
-    return pieces
+class BufferPool:
+    """Memory for large incoming messages, taken back when the tensors decoded from it die and
+    handed out again. Fresh memory costs a page fault per page on first touch (on a VM, often
+    more than moving the bytes does); a worker that receives a model every round, or a client
+    that fetches one, gets memory that is already mapped. Blocks are page-aligned (so decoded
+    tensors use them in place); idle ones are released after `keep_seconds`, or when more than
+    `max_idle_bytes` wait."""
+
+    def __init__(self, max_idle_bytes: int = 2**30, keep_seconds: float = 30.0) -> None:
+        self.max_idle_bytes = max_idle_bytes
+        self.keep_seconds = keep_seconds
+        self._idle: list[tuple[float, mmap.mmap]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def idle_bytes(self) -> int:
+        return sum(len(block) for _, block in self._idle)
+
+    def take(self, n: int) -> memoryview:
+        """A writable buffer of `n` bytes (contents undefined)."""
+        self.trim()
+        with self._lock:
+            fits = [(len(b), i) for i, (_, b) in enumerate(self._idle) if n <= len(b) <= 2 * n]
+            block = self._idle.pop(min(fits)[1])[1] if fits else None
+        if block is None:
+            block = mmap.mmap(-1, max(n, 1))
+            if hasattr(mmap, "MADV_HUGEPAGE"):
+                block.madvise(mmap.MADV_HUGEPAGE)
+        array = np.frombuffer(block, np.uint8)
+        weakref.finalize(array, self._give_back, block).atexit = False
+        return memoryview(array[:n]).cast("B")
+
+    def trim(self) -> None:
+        """Release blocks idle for longer than `keep_seconds`."""
+        self._release(lambda since, now: now - since > self.keep_seconds)
+
+    def _give_back(self, block: mmap.mmap) -> None:
+        with self._lock:
+            self._idle.append((time.monotonic(), block))
+        self._release(lambda since, now: False)
+
+    def _release(self, expired: Callable[[float, float], bool]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            kept, total = [], 0
+            for since, block in sorted(self._idle, key=lambda item: -item[0]):  # newest first
+                if expired(since, now) or total + len(block) > self.max_idle_bytes:
+                    block.close()  # nothing refers to it: its array died
+                else:
+                    kept.append((since, block))
+                    total += len(block)
+            self._idle = kept
+
+
+# Messages at least this large are received into pooled memory.
+POOLED_BYTES = 16 * 2**20
+POOL = BufferPool()
+
+
+def decode_message(payload: memoryview) -> list:
+    """Decode a received message. After a large one, a young-generation collection frees the
+    reference cycle that the codec's decoder leaves around the frame's buffers; until then they
+    keep the message's memory (and its pooled block) alive, whatever happens to its tensors."""
+    try:
+        return decode(payload)
+    finally:
+        if len(payload) >= POOLED_BYTES:
+            gc.collect(0)
+
+
+def receive_buffer(n: int) -> memoryview:
+    """Where a message of `n` bytes is received: aligned as the codec aligns tensors in a frame
+    (so tensors decoded from it use it in place), and pooled when large."""
+    if n >= POOLED_BYTES:
+        return POOL.take(n)
+    raw = np.empty(n + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return memoryview(raw[start:start + n]).cast("B")
 
 
 class Reader:
@@ -123,7 +199,7 @@ class Reader:
         self._bulk_fin = False
         self._fragments: list[memoryview | bytearray] = []
         self._message_size = 0
-        self._message_op: int | None = None
+        self._in_message = False  # between the first and the last frame of a fragmented one
 
     def buffer(self) -> memoryview:
         """Where the next bytes from the peer go."""
@@ -133,7 +209,7 @@ class Reader:
             self._start = self._end = 0
         elif self._end == len(self._staging) or self._start > len(self._staging) // 2:
             pending = self._end - self._start
-            self._staging[:pending] = self._view[self._start:self._end]
+            self._staging[:pending] = bytes(self._view[self._start:self._end])  # may overlap
             self._start, self._end = 0, pending
         return self._view[self._end:]
 
@@ -191,7 +267,11 @@ class Reader:
             return True
         # A large payload: give it its own buffer (untouched until bytes arrive) and receive
         # the rest straight into it.
-        target = memoryview(np.empty(length, np.uint8)).cast("B")
+        try:
+            target = receive_buffer(length)
+        except MemoryError:
+            raise ProtocolViolation(CLOSE_TOO_BIG, f"no memory for a {length:,}-byte message"
+                                    ) from None
         have = available - size
         target[:have] = view[body:self._end]
         if self.masked:
@@ -208,19 +288,18 @@ class Reader:
             return
         if opcode not in _DATA_OPS:
             raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-        if (opcode == OP_CONTINUATION) != (self._message_op is not None):
+        if (opcode == OP_CONTINUATION) != self._in_message:
             raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "continuation frame out of place")
         if opcode == OP_TEXT:
             raise ProtocolViolation(CLOSE_UNSUPPORTED, "tether speaks binary messages only")
         if self._message_size + length > self.max_message:
             raise ProtocolViolation(CLOSE_TOO_BIG, f"a message of {self._message_size + length:,}"
                                     f" bytes exceeds this side's limit of {self.max_message:,}")
-        if self._message_op is None:
-            self._message_op = opcode
 
     def _data(self, payload: memoryview, fin: bool, events: list) -> None:
         self._message_size += len(payload)
         if not fin:
+            self._in_message = True
             self._fragments.append(payload)
             return
         if self._fragments:
@@ -229,7 +308,7 @@ class Reader:
             payload = memoryview(whole).cast("B")
             self._fragments = []
         self._message_size = 0
-        self._message_op = None
+        self._in_message = False
         events.append(("message", payload))
 
 

@@ -1,10 +1,10 @@
 """A Node behind a websocket endpoint: what `tether worker` runs.
 
-One asyncio loop accepts connections, speaks the websocket protocol and enforces the limits;
-commands run in a thread pool, so a slow command never stalls the other clients (or the pings
-that tell a waiting client its worker is alive). Each connection is its own client of the Node,
-with its own store: it sees only its own objects and what the owner published, its frames run
-in the order they came, and its objects are freed when it disconnects.
+One asyncio loop (uvloop's when installed) accepts connections, speaks the websocket protocol
+and enforces the limits; commands run in a thread pool, so a slow command never stalls the other
+clients (or the pings that tell a waiting client its worker is alive). Each connection is its
+own client of the Node, with its own store: it sees only its own objects and what the owner
+published, its frames run in the order they came, and its objects are freed when it disconnects.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.http11 import Request
@@ -32,17 +32,21 @@ from tether.errors import WireError
 from tether.net import frames
 from tether.net.frames import ProtocolViolation, Reader
 from tether.node import Node
-from tether.wire import Failure, Parts, decode, encode_parts
+from tether.wire import Failure, Parts, encode_parts
 
 if TYPE_CHECKING:
     from tether.net.client import WebsocketClientWorker
 
 log = logging.getLogger("tether.net")
+# The websockets library logs every handshake at INFO; this module logs each connection once.
+_handshake_log = log.getChild("handshake")
+_handshake_log.setLevel(logging.WARNING)
 
 WORKER_HEADER = "X-Tether-Worker"
 _MAX_REQUEST = 16 * 1024
 _SMALL_WRITE = 64 * 1024
 _WRITE_CHUNK = 1 << 20
+_READ_AHEAD = 64 * 2**20  # bytes of frames queued behind the running one before reading pauses
 
 
 @dataclass(frozen=True)
@@ -67,16 +71,15 @@ class WorkerServer:
 
     def __init__(self, node: Node, *, host: str = "127.0.0.1", port: int = 8777,
                  token: str | None = None, ssl_context: ssl.SSLContext | None = None,
-                 limits: ServerLimits | None = None, threads: int = 4) -> None:
+                 limits: ServerLimits | None = None) -> None:
         self.node = node
         self.host = host
         self.port = port
         self.token = token or secrets.token_urlsafe(24)
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
-        self._threads = threads
-        self._pool: ThreadPoolExecutor | None = None
         self._server: asyncio.Server | None = None
+        self._trimmer: asyncio.TimerHandle | None = None
         self._connections: set[_Connection] = set()
         self._serial = itertools.count(1)
 
@@ -87,11 +90,17 @@ class WorkerServer:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         loop = asyncio.get_running_loop()
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=f"{self.node.name}-node")
         self._server = await loop.create_server(lambda: _Connection(self, loop), self.host,
                                                 self.port, ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._trim_pool()
         log.info("worker %s listening on %s", self.node.name, self.url)
+
+    def _trim_pool(self) -> None:
+        """Give idle receive buffers back to the system from time to time."""
+        frames.POOL.trim()
+        self._trimmer = asyncio.get_running_loop().call_later(frames.POOL.keep_seconds / 2,
+                                                              self._trim_pool)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, tell every client the worker is going away, let running commands
@@ -99,15 +108,18 @@ class WorkerServer:
         if self._server is None:
             return
         self._server.close()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         for conn in list(self._connections):
             conn.fail(frames.CLOSE_GOING_AWAY, "worker shutting down", warn=False)
         finished = [conn.finished for conn in self._connections]
         if finished:
-            await asyncio.wait(finished, timeout=grace)
+            _, running = await asyncio.wait(finished, timeout=grace)
+            if running:
+                log.warning("worker %s: %d clients' commands still running after %g s",
+                            self.node.name, len(running), grace)
         await self._server.wait_closed()
         self._server = None
-        assert self._pool is not None
-        self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped", self.node.name)
 
     async def serve_until_signal(self) -> None:
@@ -122,13 +134,10 @@ class WorkerServer:
     # ---- what connections ask of the server -----------------------------------------------------
 
     def _authorized(self, request: Request) -> bool:
-        offered = ""
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            offered = value.strip()
-        else:
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":  # browsers cannot set headers: ?token=... then
             offered = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
-        return hmac.compare_digest(offered.encode(), self.token.encode())
+        return hmac.compare_digest(offered.strip().encode(), self.token.encode())
 
     def _client_name(self, peer: str) -> str:
         return f"{peer}#{next(self._serial)}"
@@ -136,7 +145,7 @@ class WorkerServer:
     def _execute(self, payload: memoryview, client: str) -> Parts:
         """One frame of commands to one frame of replies (runs in the pool)."""
         try:
-            commands = decode(payload)
+            commands = frames.decode_message(payload)
         except WireError as exc:
             return encode_parts([Failure("WireError", str(exc))])
         try:
@@ -159,6 +168,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._request = bytearray()
         self._scratch = memoryview(bytearray(4096))
         self._queue: deque[memoryview] = deque()
+        # One thread per client: its commands run in order, and one client waiting (for an
+        # owner's answer, say) never holds up another.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{server.node.name}-client")
         self._queued_bytes = 0
         self._reading_paused = False
         self._task: asyncio.Task | None = None
@@ -171,11 +183,10 @@ class _Connection(asyncio.BufferedProtocol):
     # ---- asyncio protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        host, port = transport.get_extra_info("peername")[:2]
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        host, port = self.transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
-        transport.set_write_buffer_limits(high=4 * _WRITE_CHUNK)
+        self.transport.set_write_buffer_limits(high=4 * _WRITE_CHUNK)
         self.server._connections.add(self)
         self._timer = self.loop.call_later(self.server.limits.handshake_timeout, self._check_idle)
 
@@ -213,7 +224,6 @@ class _Connection(asyncio.BufferedProtocol):
         self._closed = True
         if not self.close_reason:
             self.close_reason = f"connection lost: {exc}" if exc else "connection closed"
-
         self.resume_writing()
         if self._timer is not None:
             self._timer.cancel()
@@ -231,7 +241,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self._refuse("handshake request too large")
             return
         head, rest = bytes(self._request[:end + 4]), bytes(self._request[end + 4:])
-        protocol = ServerProtocol(max_size=None, logger=log.getChild("handshake"))
+        protocol = ServerProtocol(max_size=None, logger=_handshake_log)
         protocol.receive_data(head)
         events = protocol.events_received()
         request = events[0] if events and isinstance(events[0], Request) else None
@@ -254,6 +264,9 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.name = self.server._client_name(self.peer)
         self.reader = Reader(masked=True, max_message=self.server.limits.max_message_bytes)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self.server.limits.idle_timeout, self._check_idle)
         log.info("%s: %s connected (client %s)", self.server.node.name, self.peer, self.name)
         if rest:
             target = self.reader.buffer()
@@ -308,7 +321,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _enqueue(self, payload: memoryview) -> None:
         self._queue.append(payload)
         self._queued_bytes += len(payload)
-        if self._queued_bytes > self.server.limits.max_message_bytes and not self._reading_paused:
+        if self._queued_bytes > _READ_AHEAD and not self._reading_paused:
             self._reading_paused = True
             assert self.transport is not None
             self.transport.pause_reading()
@@ -316,7 +329,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._task = self.loop.create_task(self._process())
 
     def _maybe_resume_reading(self) -> None:
-        if self._reading_paused and self._queued_bytes <= self.server.limits.max_message_bytes:
+        if self._reading_paused and self._queued_bytes <= _READ_AHEAD:
             self._reading_paused = False
             assert self.transport is not None
             self.transport.resume_reading()
@@ -324,13 +337,12 @@ class _Connection(asyncio.BufferedProtocol):
     async def _process(self) -> None:
         """Run queued frames one after the other, each reply sent before the next frame runs
         (a reply may hold views of stored tensors that the next frame could change)."""
-        assert self.server._pool is not None
         try:
             while self._queue and not self._closed:
                 payload = self._queue.popleft()
                 self._queued_bytes -= len(payload)
                 self._maybe_resume_reading()
-                parts = await self.loop.run_in_executor(self.server._pool, self.server._execute,
+                parts = await self.loop.run_in_executor(self._executor, self.server._execute,
                                                         payload, self.name)
                 del payload
                 if not self._closed:
@@ -342,13 +354,13 @@ class _Connection(asyncio.BufferedProtocol):
 
     async def _send_message(self, parts: Parts) -> None:
         assert self.transport is not None
-        pieces = frames.segments(parts)
+        pieces = parts.pieces()
         head = frames.header(frames.OP_BINARY, parts.nbytes)
         if parts.nbytes <= _SMALL_WRITE:
             self.transport.write(b"".join([head, *pieces]))
         else:
-            self.transport.write(head + pieces[0])
-            for piece in pieces[1:]:
+            self.transport.write(head)
+            for piece in pieces:
                 view = memoryview(piece).cast("B")
                 for start in range(0, len(view), _WRITE_CHUNK):
                     self.transport.write(view[start:start + _WRITE_CHUNK])
@@ -356,6 +368,10 @@ class _Connection(asyncio.BufferedProtocol):
                         await self._writable
                     if self._closed:
                         return
+            # The pieces are views of stored tensors, and uvloop sends what it buffered from
+            # where it lies: the next command (which may change them) waits until it is out.
+            while self.transport.get_write_buffer_size() and not self._closed:
+                await asyncio.sleep(0.001)
         if self._writable is not None:
             await self._writable
 
@@ -372,13 +388,14 @@ class _Connection(asyncio.BufferedProtocol):
         if silent >= limit and self._task is None:
             self.fail(frames.CLOSE_GOING_AWAY, f"idle for {silent:.0f} s")
             return
-        self._timer = self.loop.call_later(max(limit - silent, 1.0), self._check_idle)
+        self._timer = self.loop.call_later(max(limit - silent, limit / 10), self._check_idle)
 
     def _finish(self) -> None:
         """After the last command of this connection ran: free its objects."""
         if self.finished.done():
             return
         self.server._connections.discard(self)
+        self._executor.shutdown(wait=False, cancel_futures=True)
         if self.name:
             store = self.server.node.store(self.name)
             count, nbytes = len(store), store.nbytes
@@ -408,7 +425,13 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
+        except BaseException:  # the port is taken, say: leave no loop running behind
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+            raise
         return self
 
     def stop(self) -> None:
@@ -450,4 +473,9 @@ def serve(server: WorkerServer, on_ready: Callable[[WorkerServer], None] | None 
             on_ready(server)
         await server.serve_until_signal()
 
-    asyncio.run(main())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:  # measured here: pipelined ops ~2x faster, a blocking round trip ~25% quicker
+        uvloop.run(main())

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 Guard = Callable[[tuple, dict], int]
 
 
@@ -479,6 +478,35 @@ def _optimizer_zero_grad(optimizer: torch.optim.Optimizer, set_to_none: bool = T
     optimizer.zero_grad(set_to_none)
 
 
+def _scheduler_step(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Step a learning-rate schedule (without the deprecated epoch argument)."""
+    scheduler.step()
+
+
+def _data_loader(dataset: torch.utils.data.Dataset, batch_size: int = 1, shuffle: bool = False,
+                 drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """Batch a dataset where it lives: no worker processes, samplers or collate functions
+    (a peer cannot send code), only the options that are plain values."""
+    if not isinstance(dataset, torch.utils.data.Dataset):
+        raise TypeError(f"DataLoader needs a Dataset, got {type(dataset).__name__}")
+    return torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=bool(shuffle),
+                                       drop_last=bool(drop_last))
+
+
+def _fit(*args: Any, **kwargs: Any) -> dict:
+    """Delegated training on the node's data (tether.federated.training.fit)."""
+    from tether.federated.training import fit
+
+    return fit(*args, **kwargs)
+
+
+def _evaluate(*args: Any, **kwargs: Any) -> dict:
+    """Delegated evaluation on the node's data (tether.federated.training.evaluate)."""
+    from tether.federated.training import evaluate
+
+    return evaluate(*args, **kwargs)
+
+
 def _attribute(name: str) -> Callable[[Any], Any]:
     return operator.attrgetter(name)
 
@@ -523,16 +551,32 @@ def _build() -> dict[str, Entry]:
     add("tether.assign", _assign, torch.Tensor)
     add("torch.autograd.grad", torch.autograd.grad)
     add("torch.autograd.backward", torch.autograd.backward)
+    add("torch.optim.lr_scheduler.StepLR", torch.optim.lr_scheduler.StepLR)
+    add("torch.optim.lr_scheduler.LRScheduler.step", _scheduler_step,
+        torch.optim.lr_scheduler.LRScheduler)
+    add("tether.data.DataLoader", _data_loader)  # torch's own takes processes and callables
+    # Iterating a loader only: iter() of a tensor would hand out rows that share the owner's
+    # memory without the read-only mark; a loader's batches are fresh copies.
+    add("builtins.iter", iter, torch.utils.data.DataLoader)
+    add("builtins.next", next, torch.utils.data.dataloader._BaseDataLoaderIter)
+    # Reseeds the node's global generator (shuffling, dropout): reproducible remote training.
+    add("torch.manual_seed", torch.manual_seed)
     add("torch.cuda.is_available", torch.cuda.is_available)
     add("torch.cuda.device_count", torch.cuda.device_count)
     for name in _OPERATORS:
         add(f"operator.{name}", getattr(operator, name), guard=_OPERATOR_GUARDS.get(name))
     for name in _BUILTINS:
         add(f"builtins.{name}", getattr(builtins, name), guard=_BUILTIN_GUARDS.get(name))
+    add("tether.federated.fit", _fit)
+    add("tether.federated.evaluate", _evaluate)
     return table
 
 
 ALLOWLIST: dict[str, Entry] = _build()
+
+# Calls that read facts about the owner's machine: their results count as the owner's data.
+OWNER_FACTS = frozenset({"torch.cuda.is_available", "torch.cuda.device_count",
+                         "torch.get_default_dtype", "torch.is_grad_enabled"})
 
 # For the client: which path names a torch function it was handed (by identity).
 PATH_OF: dict[int, str] = {id(e.fn): e.path for e in reversed(ALLOWLIST.values())}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tether.errors import LimitError, NotAllowedError, WireError
-from tether.node.allowlist import Entry, resolve
+from tether.node.allowlist import OWNER_FACTS, Entry, resolve
 from tether.node.requests import ACCEPTED, PENDING, Request, Requests
 from tether.node.store import Privacy, Store, Stored
 from tether.wire import (
@@ -102,6 +102,12 @@ class Node:
                 found = self._stores[client] = Store(self.limits.max_stored_bytes)
             return found
 
+    @property
+    def clients(self) -> list[str]:
+        """The clients that have a store here (one per connection)."""
+        with self._lock:
+            return list(self._stores)
+
     def forget(self, client: str) -> None:
         """Drop everything a client stored (it disconnected)."""
         with self._lock:
@@ -179,6 +185,8 @@ class Node:
         kwargs = {k: self._resolve(v, store, inputs) for k, v in cmd.kwargs.items()}
         self._check(entry, args, kwargs, inputs)
         privacy = min(max((s.privacy for s in inputs), default=Privacy.PUBLIC), Privacy.DERIVED)
+        if entry.path in OWNER_FACTS:
+            privacy = Privacy.DERIVED
         try:
             result = entry.fn(*args, **kwargs)
         except Exception as exc:
@@ -193,21 +201,33 @@ class Node:
         if cmd.out is None:
             return Done()
         readonly = _shares_memory(result, [s.value for s in inputs if s.readonly])
+        if readonly and _shares_memory(result, [s.value for s in inputs
+                                                if s.privacy == Privacy.PRIVATE]):
+            privacy = Privacy.PRIVATE  # a view of the owner's data is that data
         tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags))
         store.put(cmd.out, Stored(result, privacy, readonly, tags=tags))
         return Done(_meta(result))
 
     def _published(self, cmd: Call, store: Store) -> Done:
-        """A pointer to what the owner published under a key: same object, same policy."""
-        key = cmd.args[0] if len(cmd.args) == 1 and not cmd.kwargs else None
-        if not isinstance(key, str) or cmd.out is None:
-            raise _Refused("TypeError", f"{PUBLISHED} takes one key (a string) and an output id")
-        stored = self.published.get(key)
+        """What the owner published under a key (or item `index` of it, for a (data, labels)
+        pair): the same object, with the owner's policy."""
+        args = cmd.args
+        if not (1 <= len(args) <= 2 and isinstance(args[0], str) and not cmd.kwargs
+                and (len(args) == 1 or type(args[1]) is int) and cmd.out is not None):
+            raise _Refused("TypeError", f"{PUBLISHED} takes a key and an optional item index")
+        stored = self.published.get(args[0])
         if stored is None:
-            raise _Refused("KeyError", f"worker {self.name!r} publishes nothing under {key!r}; "
-                                       f"it has {sorted(self.published)}")
-        store.put(cmd.out, replace(stored))
-        return Done(_meta(stored.value))
+            keys = ", ".join(sorted(self.published)) or "nothing"
+            raise _Refused("ObjectNotFoundError", f"worker {self.name!r} publishes no "
+                                                  f"{args[0]!r} (it publishes: {keys})")
+        value = stored.value
+        if len(args) == 2:
+            if not (isinstance(value, tuple | list) and -len(value) <= args[1] < len(value)):
+                raise _Refused("ObjectNotFoundError", f"{args[0]!r} on worker {self.name!r} "
+                                                      f"has no item {args[1]}")
+            value = value[args[1]]
+        store.put(cmd.out, replace(stored, value=value))
+        return Done(_meta(value))
 
     def _request_status(self, cmd: Call, store: Store, client: str) -> Done:
         """File a request for an object (or find this client's last one) without releasing
@@ -378,6 +398,8 @@ def _meta(value: Any) -> list:
         return ["module", type(value).__name__]
     if isinstance(value, torch.optim.Optimizer):
         return ["optimizer", type(value).__name__]
+    if isinstance(value, torch.optim.lr_scheduler.LRScheduler):
+        return ["scheduler", type(value).__name__]
     if isinstance(value, list | tuple):
         return ["object", type(value).__name__, len(value)]
     return ["object", type(value).__name__]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PENDING, ACCEPTED, DENIED, TIMED_OUT = "pending", "accepted", "denied", "timed out"
+_DECIDING = threading.Lock()  # an answer, a handler and a timeout may race for one request
 
 
 @dataclass
@@ -41,18 +42,25 @@ class Request:
         self._decide(DENIED, "owner")
 
     def _decide(self, status: str, by: str) -> None:
-        if self.status != PENDING:
+        if not self._settle(status, by):
             raise ValueError(f"request {self.id} was already {self.status} by {self.decided_by}")
-        self.status, self.decided_by = status, by
-        self.value = None  # the decision is made: the node no longer needs a copy here
+
+    def _settle(self, status: str, by: str) -> bool:
+        """Decide, unless it was decided already; whether this call decided it."""
+        with _DECIDING:
+            if self.status != PENDING:
+                return False
+            self.status, self.decided_by = status, by
+            self.value = None  # the decision is made: the node no longer needs a copy here
         if self._desk is not None:
             self._desk._log(self)
         self._decided.set()
+        return True
 
     def wait(self, timeout: float) -> str:
         """Block until decided or `timeout` seconds pass (then it counts as timed out)."""
-        if not self._decided.wait(timeout) and self.status == PENDING:
-            self._decide(TIMED_OUT, "timeout")
+        if not self._decided.wait(timeout):
+            self._settle(TIMED_OUT, "timeout")
         return self.status
 
 
@@ -100,6 +108,10 @@ class Requests:
         handler = Handler(action, name, tuple(tags), timeout_secs, print_local)
         with self._lock:
             self._handlers.append(handler)
+            waiting = [r for r in self._requests
+                       if r.status == PENDING and self._handler_for(r) is handler]
+        for request in waiting:  # requests filed before the handler existed are answered too
+            self._apply(handler, request)
         return handler
 
     def clear_handlers(self) -> None:
@@ -115,12 +127,16 @@ class Requests:
             self._requests.append(request)
             handler = self._handler_for(request)
         if handler is not None:
-            if handler.print_local:
-                self._show(f"[tether] request {request.id} {request.name!r} from "
-                           f"{client}: {handler.action} — the value is {value!r}")
-            request._decide(ACCEPTED if handler.action == "accept" else DENIED,
-                            f"handler {handler.name or handler.tags or '*'}")
+            self._apply(handler, request)
         return request
+
+    def _apply(self, handler: Handler, request: Request) -> None:
+        value = request.value
+        decided = request._settle(ACCEPTED if handler.action == "accept" else DENIED,
+                                  f"handler {handler.name or handler.tags or '*'}")
+        if decided and handler.print_local:
+            self._show(f"[tether] request {request.id} {request.name!r} from "
+                       f"{request.client}: {handler.action} — the value is {value!r}")
 
     def _handler_for(self, request: Request) -> Handler | None:
         now = time.time()

@@ -57,7 +57,8 @@ class Store:
         return len(self.objects)
 
     def put(self, obj_id: int, stored: Stored) -> None:
-        stored.nbytes = tensor_nbytes(stored.value)
+        # what shares the owner's memory costs this client nothing
+        stored.nbytes = 0 if stored.readonly else tensor_nbytes(stored.value)
         old = self.objects.get(obj_id)
         grown = stored.nbytes - (old.nbytes if old else 0)
         if self.nbytes + grown > self.max_bytes:

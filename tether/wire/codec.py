@@ -37,7 +37,7 @@ _TENSOR, _REF, _TUPLE, _SLICE, _DTYPE, _ELLIPSIS, _COMPLEX, _DEVICE, _MEMFMT = r
 # Tuples travel as arrays whose first item is this (empty) extension, so that nesting stays
 # inside msgpack's own bounded stack instead of recursing through extension payloads.
 _TUPLE_MARK = msgpack.ExtType(_TUPLE, b"")
-_ALIGN = 64  # buffers start at multiples of this in a frame: no kernel meets misaligned data
+ALIGN = 64  # buffers start at multiples of this in a frame: no kernel meets misaligned data
 # Containers a header may hold: a quarter of its bytes (legit headers hold far fewer).
 _CONTAINERS_PER_BYTE = 4
 MAX_FRAME_BYTES = 2**34
@@ -101,17 +101,29 @@ class Parts:
         return len(self.head) + _pad(len(self.head)) + sum(b.nbytes + _pad(b.nbytes)
                                                            for b in self.buffers)
 
+    def pieces(self) -> list[bytes | memoryview]:
+        """The frame's pieces in order, padding included: writing them one after the other
+        writes the joined frame without building it."""
+        pieces: list[bytes | memoryview] = [self.head]
+        pos = len(self.head)
+        for buf in self.buffers:
+            if gap := _pad(pos):
+                pieces.append(bytes(gap))
+                pos += gap
+            pieces.append(buf)
+            pos += buf.nbytes
+        if tail := _pad(pos):
+            pieces.append(bytes(tail))
+        return pieces
+
     def join(self) -> memoryview:
         """The contiguous frame (a writable, 64-byte aligned buffer)."""
         out = np.empty(self.nbytes, dtype=np.uint8)  # not zero-filled: every byte is set below
-        out[: len(self.head)] = np.frombuffer(self.head, dtype=np.uint8)
-        pos = len(self.head)
-        for buf in self.buffers:
-            out[pos : pos + _pad(pos)] = 0
-            pos += _pad(pos)
-            out[pos : pos + buf.nbytes] = np.frombuffer(buf, dtype=np.uint8)
-            pos += buf.nbytes
-        out[pos:] = 0
+        pos = 0
+        for piece in self.pieces():
+            size = len(piece) if isinstance(piece, bytes) else piece.nbytes
+            out[pos : pos + size] = np.frombuffer(piece, dtype=np.uint8)
+            pos += size
         return memoryview(out)
 
 
@@ -165,7 +177,7 @@ def encode_parts(messages: list) -> Parts:
 
 
 def _pad(n: int) -> int:
-    return -n % _ALIGN
+    return -n % ALIGN
 
 
 # ---- decoding -------------------------------------------------------------------------------
@@ -272,11 +284,15 @@ def _unpack(data: memoryview | bytes, ext_hook: Callable, containers: int) -> An
                            use_list=True, list_hook=array, object_hook=count)
 
 
+def _no_extensions(code: int, data: bytes) -> Any:
+    raise WireError(f"extension type {code} cannot appear here")
+
+
 def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
               ) -> Callable[[int, bytes], Any]:
     def hook(code: int, data: bytes) -> Any:
         if code == _TENSOR:
-            return _tensor(_unpack(data, hook, 2), buffers, used, copy)
+            return _tensor(_unpack(data, _no_extensions, 2), buffers, used, copy)
         if code == _REF:
             if len(data) != 8:
                 raise WireError("a reference must be 8 bytes")
@@ -286,7 +302,7 @@ def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
                 raise WireError("the tuple mark carries no payload")
             return _TUPLE_START
         if code == _SLICE:
-            parts = _unpack(data, hook, 1)
+            parts = _unpack(data, _no_extensions, 1)
             if not (isinstance(parts, list) and len(parts) == 3
                     and all(p is None or type(p) is int for p in parts)):
                 raise WireError("a slice must be three integers or nulls")
@@ -338,7 +354,7 @@ def _tensor(meta: Any, buffers: list[memoryview], used: set[int], copy: bool) ->
                         f"{numel * dtype.itemsize} bytes, its buffer has {buf.nbytes}")
     if numel == 0:
         t = torch.empty(shape, dtype=dtype)
-    elif buf.readonly or _address(buf) % _ALIGN:  # no aliasing read-only or misaligned memory
+    elif buf.readonly or _address(buf) % ALIGN:  # no aliasing read-only or misaligned memory
         t = torch.frombuffer(_aligned_copy(buf), dtype=dtype, count=numel).view(shape)
     else:
         t = torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)

@@ -1,0 +1,394 @@
+"""`tether network`: where a Duet's owner and scientist find each other.
+
+The owner registers its session's room (the public half of the session id) with the address of
+its worker; a scientist looks the room up and connects to the owner directly or, when it cannot
+reach the owner, through this service, which then pipes the bytes of the scientist's websocket
+to the owner over a connection the owner opened (so an owner behind NAT is reachable). The
+websocket and everything in it stay between the two ends; the service parses only the first
+line of each connection:
+
+    REGISTER <room> <host> <port>  owner: answered OK or ERROR <why>; then the service sends
+                                   RELAY <nonce> for each scientist to relay. The room lives
+                                   as long as this connection.
+    LOOKUP <room>                  scientist: answered OWNER <url>, RELAY (connect through
+                                   the service) or ERROR <why>.
+    ATTACH <room> <nonce>          owner, answering RELAY <nonce>: raw bytes follow.
+    GET /relay/<room> HTTP/1.1     a scientist's websocket handshake, handed to the owner.
+
+The session's secret never appears in this protocol, but it is in the relayed handshake:
+relay through a service you trust, or serve `wss://`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import re
+import secrets
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from tether.errors import ConnectionLostError
+
+log = logging.getLogger("tether.duet.network")
+
+DEFAULT_PORT = 7600
+DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}"
+OPEN_TIMEOUT = 10.0  # seconds to connect, to send the first line, and for an owner to attach
+_MAX_LINE = 1024
+_STREAM_LIMIT = 1 << 20
+_CHUNK = 1 << 20
+_ROOM = re.compile(r"[a-z2-7]{8,64}")
+
+
+def address(url: str) -> tuple[str, int]:
+    """`ws://host:port` to (host, port)."""
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname:
+        raise ValueError(f"{url!r} is not a tether network address: use ws://HOST:PORT")
+    return parts.hostname, parts.port or DEFAULT_PORT
+
+
+def relay_url(network_url: str, room: str) -> str:
+    """Where a scientist's websocket reaches the owner of `room` through the service."""
+    host, port = address(network_url)
+    return f"ws://{host}:{port}/relay/{room}"
+
+
+# ---- the service ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Room:
+    host: str
+    port: int
+    owner_ip: str
+    control: asyncio.StreamWriter
+    pending: dict[str, asyncio.Future] = field(default_factory=dict)
+
+
+class Rendezvous:
+    """The service: rooms, lookups, relays. `port=0` picks a free port (see `.port`)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+        self.host = host
+        self.port = port
+        self.rooms: dict[str, _Room] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port,
+                                                  limit=_STREAM_LIMIT)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("tether network listening on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for room in list(self.rooms.values()):
+                room.control.close()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tasks.add(task := asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            line = await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)
+            words = line.decode("ascii", "replace").split() if len(line) <= _MAX_LINE else []
+            handler = self._handlers().get(words[0] if words else "")
+            if handler is None:
+                writer.write(b"ERROR expected REGISTER, LOOKUP, ATTACH or GET /relay/<room>\n")
+                writer.close()
+                return
+            await handler(words, line, reader, writer)
+        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError,
+                asyncio.CancelledError):  # cancelled: the service stops
+            writer.close()
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
+
+    def _handlers(self) -> dict[str, Callable[..., Awaitable[None]]]:
+        return {"REGISTER": self._register, "LOOKUP": self._lookup, "ATTACH": self._attach,
+                "GET": self._relay}
+
+    async def _register(self, words: list[str], line: bytes, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        if len(words) != 4 or not _ROOM.fullmatch(words[1]) or not words[3].isdigit():
+            writer.write(b"ERROR usage: REGISTER <room> <host> <port>\n")
+            writer.close()
+            return
+        room = words[1]
+        if room in self.rooms:
+            writer.write(b"ERROR this room is taken\n")
+            writer.close()
+            return
+        self.rooms[room] = _Room(words[2], int(words[3]), _peer_ip(writer), writer)
+        writer.write(b"OK\n")
+        log.info("duet %s registered by %s", room, _peer_ip(writer))
+        try:
+            while await reader.read(_MAX_LINE):  # the owner says nothing more; EOF ends it
+                pass
+        finally:
+            entry = self.rooms.pop(room)
+            for future in entry.pending.values():
+                future.cancel()
+            writer.close()
+            log.info("duet %s closed", room)
+
+    async def _lookup(self, words: list[str], line: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        entry = self.rooms.get(words[1]) if len(words) == 2 else None
+        if entry is None:
+            writer.write(b"ERROR no duet with this session id is registered here\n")
+        else:
+            direct = _direct_url(entry, _peer_ip(writer))
+            writer.write(f"OWNER {direct}\n".encode() if direct else b"RELAY\n")
+        await writer.drain()
+        writer.close()
+
+    async def _attach(self, words: list[str], line: bytes, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        entry = self.rooms.get(words[1]) if len(words) == 3 else None
+        future = entry.pending.get(words[2]) if entry else None
+        if future is None or future.done():
+            writer.close()
+            return
+        future.set_result((reader, writer))
+
+    async def _relay(self, words: list[str], line: bytes, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        room = words[1].removeprefix("/relay/").partition("?")[0] if len(words) > 1 else ""
+        entry = self.rooms.get(room) if words[1:2] and words[1].startswith("/relay/") else None
+        if entry is None:
+            await _http_error(writer, 404, "no duet with this session id is registered here")
+            return
+        nonce = secrets.token_hex(16)
+        future = entry.pending[nonce] = asyncio.get_running_loop().create_future()
+        entry.control.write(f"RELAY {nonce}\n".encode())
+        try:
+            owner_reader, owner_writer = await asyncio.wait_for(future, OPEN_TIMEOUT)
+        except (TimeoutError, asyncio.CancelledError):
+            await _http_error(writer, 504, "the duet's owner did not open the relay")
+            return
+        finally:
+            entry.pending.pop(nonce, None)
+        owner_writer.write(line)  # the rest of the handshake follows through the pipe
+        await splice(reader, writer, owner_reader, owner_writer)
+
+
+def _peer_ip(writer: asyncio.StreamWriter) -> str:
+    return str(writer.get_extra_info("peername", ("?",))[0])
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _direct_url(entry: _Room, scientist_ip: str) -> str | None:
+    """The owner's address as the scientist may reach it, or None (relay): a loopback address
+    only serves a scientist on the owner's machine, a wildcard one means the owner's IP."""
+    host = entry.owner_ip if entry.host in ("0.0.0.0", "::", "*") else entry.host
+    if _is_loopback(host) and not (_is_loopback(entry.owner_ip) and _is_loopback(scientist_ip)):
+        return None
+    return f"ws://{f'[{host}]' if ':' in host else host}:{entry.port}"
+
+
+async def _http_error(writer: asyncio.StreamWriter, status: int, text: str) -> None:
+    reason = {404: "Not Found", 504: "Gateway Timeout"}[status]
+    body = f"tether network: {text}\n".encode()
+    writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    writer.close()
+
+
+async def splice(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
+                 b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> None:
+    """Pipe bytes both ways until either side closes (then close both)."""
+    await asyncio.gather(_pipe(a_reader, b_writer), _pipe(b_reader, a_writer))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+# ---- the owner's and the scientist's ends ---------------------------------------------------
+
+
+class OwnerLink:
+    """The owner's connection to the service: keeps its room registered and, for each scientist
+    the service relays, connects the relay to the owner's worker. Runs on its own event loop in
+    a background thread."""
+
+    def __init__(self, network_url: str, room: str, worker_host: str, worker_port: int) -> None:
+        self.network_url = network_url
+        self.room = room
+        self.worker_host = worker_host
+        self.worker_port = worker_port
+        self.lost = threading.Event()  # the service went away: nobody new can find the duet
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name=f"tether-duet-{room}")
+        self._tasks: set[asyncio.Task] = set()
+        self._control: asyncio.StreamWriter | None = None
+        self._closing = False
+
+    def start(self) -> OwnerLink:
+        """Register the room; raises ConnectionLostError naming the service if that fails."""
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._register(), self._loop).result()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+
+    async def _register(self) -> None:
+        host, port = address(self.network_url)
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=_STREAM_LIMIT), OPEN_TIMEOUT)
+            writer.write(f"REGISTER {self.room} {self.worker_host} {self.worker_port}\n".encode())
+            answer = await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionLostError(_unreachable(self.network_url, exc)) from None
+        if answer.strip() != b"OK":
+            writer.close()
+            raise ConnectionLostError(f"the tether network at {self.network_url} refused the "
+                                      f"session: {answer.decode(errors='replace').strip()}")
+        self._control = writer
+        self._spawn(self._listen(reader))
+
+    async def _listen(self, reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(ConnectionError):
+            while line := await reader.readline():
+                words = line.decode("ascii", "replace").split()
+                if len(words) == 2 and words[0] == "RELAY":
+                    self._spawn(self._attach(words[1]))
+        self.lost.set()
+        if not self._closing:
+            log.warning("lost the tether network at %s: new scientists cannot find this duet",
+                        self.network_url)
+
+    async def _attach(self, nonce: str) -> None:
+        host, port = address(self.network_url)
+        try:
+            service = await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
+            service[1].write(f"ATTACH {self.room} {nonce}\n".encode())
+            worker = await asyncio.open_connection(self.worker_host, self.worker_port,
+                                                   limit=_STREAM_LIMIT)
+        except OSError as exc:
+            log.warning("could not open a relay for a scientist: %s", exc)
+            return
+        await splice(*service, *worker)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = self._loop.create_task(coroutine)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        if self._control is not None:
+            self._control.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def lookup(network_url: str, room: str, timeout: float = OPEN_TIMEOUT) -> str | None:
+    """Ask the service how to reach the owner of `room`: its URL, or None to relay."""
+    try:
+        with socket.create_connection(address(network_url), timeout=timeout) as sock:
+            sock.sendall(f"LOOKUP {room}\n".encode())
+            reply = sock.makefile("rb").readline(_MAX_LINE).decode("ascii", "replace").strip()
+    except OSError as exc:
+        raise ConnectionLostError(_unreachable(network_url, exc)) from None
+    verb, _, rest = reply.partition(" ")
+    if verb == "OWNER":
+        return rest
+    if verb == "RELAY":
+        return None
+    raise ConnectionLostError(f"the tether network at {network_url}: "
+                              f"{rest or 'no answer'} (is the owner's launch_duet() running "
+                              "with this network?)")
+
+
+def _unreachable(network_url: str, exc: BaseException) -> str:
+    return (f"no tether network service answers at {network_url} ({exc or type(exc).__name__}):"
+            " start one with `tether network`, pass network_url=..., or use loopback=True on one "
+            "machine")
+
+
+# ---- the command --------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `tether network`."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0: every interface; default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port (0: any free one; default {DEFAULT_PORT})")
+    parser.add_argument("--quiet", action="store_true", help="log only warnings")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the service until SIGINT or SIGTERM."""
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    asyncio.run(_serve(Rendezvous(args.host, args.port)))
+    return 0
+
+
+async def _serve(service: Rendezvous) -> None:
+    await service.start()
+    print(f"tether network listening on {service.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await service.stop()
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="tether network",
+                                      description="Where Duet owners and scientists meet.")
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))

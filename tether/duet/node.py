@@ -1,0 +1,145 @@
+"""The owner's node in a Duet: a strict Node that serves one confirmed scientist.
+
+Knowing the session id lets a client connect (it carries the server's token); it still runs
+nothing until it has said hello with its client id and the owner has confirmed that id. The
+scientist's commands then run under that client id (so requests and the audit log name it),
+and sizes of what the owner holds or derives — tensor shapes, container lengths — are left out
+of the replies: they would tell the scientist, say, how many samples a dataset has.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.errors import PermissionDeniedError
+from tether.node import Node, Privacy, Requests
+from tether.wire import Call, Done, Failure
+
+HELLO = "tether.duet.hello"
+# Where the owner's catalog (id, tags and description of what it published) is published.
+CATALOG = "tether.duet.catalog"
+MAX_HELLO_WAIT = 3600.0
+
+
+@dataclass
+class _Scientist:
+    client_id: str
+    confirmed: threading.Event = field(default_factory=threading.Event)
+
+
+class DuetNode(Node):
+    """A strict node (`release_derived=False`) that runs commands only for the scientist the
+    owner confirmed. `confirm=False` confirms the first scientist who says hello."""
+
+    def __init__(self, name: str, *, confirm: bool = True, requests: Requests | None = None
+                 ) -> None:
+        super().__init__(name, release_derived=False, requests=requests)
+        self.confirm = confirm
+        self.left = threading.Event()  # the confirmed scientist disconnected
+        self._hellos: dict[str, _Scientist] = {}  # connection -> who said hello on it
+        self._scientist: _Scientist | None = None
+        self._changed = threading.Condition()
+        self._closed = False
+
+    # ---- what the owner does -----------------------------------------------------------------
+
+    def wait_for_hello(self, timeout: float) -> bool:
+        """Wait until a scientist has said hello (and waits for confirmation)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: bool(self._hellos), timeout)
+
+    def confirm_client(self, client_id: str) -> bool:
+        """Let the scientist with this client id in; False when no such scientist waits."""
+        with self._changed:
+            if self._scientist is not None:
+                return self._scientist.client_id == client_id
+            for scientist in self._hellos.values():
+                if scientist.client_id == client_id:
+                    self._scientist = scientist
+                    scientist.confirmed.set()
+                    return True
+        return False
+
+    def close(self) -> None:
+        """The duet ends: scientists still waiting for confirmation are told so at once."""
+        with self._changed:
+            self._closed = True
+            waiting = list(self._hellos.values())
+        for scientist in waiting:
+            scientist.confirmed.set()
+
+    @property
+    def client_id(self) -> str | None:
+        """The confirmed scientist's client id."""
+        return self._scientist.client_id if self._scientist else None
+
+    # ---- what a connection does --------------------------------------------------------------
+
+    def execute(self, commands: list, client: str = "local") -> list:
+        scientist = self._hellos.get(client)
+        if scientist is None or scientist is not self._scientist:
+            return [self._hello(cmd, client) if _is_hello(cmd) else _unconfirmed(cmd)
+                    for cmd in commands]
+        store = self.store(scientist.client_id)
+        replies = []
+        for cmd in commands:  # one by one: a later command may replace what this one stored
+            [reply] = super().execute([cmd], scientist.client_id)
+            if isinstance(cmd, Call) and isinstance(reply, Done) and reply.meta:
+                stored = store.objects.get(cmd.out)
+                if stored is None or stored.privacy != Privacy.PUBLIC:
+                    reply.meta = _without_sizes(reply.meta)
+            replies.append(reply)
+        return replies
+
+    def forget(self, client: str) -> None:
+        super().forget(client)
+        with self._changed:
+            scientist = self._hellos.pop(client, None)
+        if scientist is not None and scientist is self._scientist:
+            super().forget(scientist.client_id)
+            self.left.set()
+
+    def _hello(self, cmd: Call, connection: str) -> Done | Failure:
+        """Register the client id said on this connection and wait (up to the wait it asks
+        for) until the owner confirms it."""
+        if not (len(cmd.args) == 2 and isinstance(cmd.args[0], str) and 0 < len(cmd.args[0]) <= 64
+                and isinstance(cmd.args[1], int | float)):
+            return Failure("TypeError", f"{HELLO} takes a client id and a wait in seconds")
+        client_id, wait = cmd.args[0], min(max(float(cmd.args[1]), 0.0), MAX_HELLO_WAIT)
+        with self._changed:
+            if self._scientist is not None:  # one scientist, one connection, per duet
+                return Failure(PermissionDeniedError.__name__,
+                               "this duet already has its scientist")
+            scientist = self._hellos[connection] = _Scientist(client_id)
+            if not self.confirm:
+                self._scientist = scientist
+                scientist.confirmed.set()
+            self._changed.notify_all()
+        if scientist.confirmed.wait(wait) and not self._closed:
+            return Done()
+        if self._closed:
+            return Failure(PermissionDeniedError.__name__, "the owner ended the duet")
+        with self._changed:
+            if self._hellos.get(connection) is scientist and scientist is not self._scientist:
+                del self._hellos[connection]
+        return Failure(PermissionDeniedError.__name__,
+                       f"the owner did not confirm client id {client_id} within {wait:g} s")
+
+
+def _is_hello(cmd: Any) -> bool:
+    return isinstance(cmd, Call) and cmd.op == HELLO
+
+
+def _unconfirmed(cmd: Any) -> Failure:
+    return Failure(PermissionDeniedError.__name__,
+                   "this client is not a confirmed scientist of the duet: join with "
+                   "sy.join_duet(...) and have the owner confirm your client id")
+
+
+def _without_sizes(meta: list) -> list:
+    """Kind and dtype stay (methods resolve by them); shape and length go."""
+    if meta[0] == "tensor":
+        return [meta[0], None, *meta[2:]]
+    return meta[:2]

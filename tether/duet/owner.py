@@ -1,0 +1,131 @@
+"""The data owner's side of a Duet: what `sy.launch_duet()` returns.
+
+The owner's data never leaves this process unless the owner (or a handler the owner added)
+accepts a request for it: `duet.requests` is the desk where requests arrive, `duet.store`
+what the owner published with `obj.send(duet, pointable=True, tags=[...], description=...)`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from tether.duet import catalog
+from tether.duet.node import CATALOG, DuetNode
+from tether.hook import send_tensor
+from tether.net import ServerThread
+from tether.node import Requests
+
+
+class OwnerDuet:
+    """A running Duet, seen from the owner's side; `close()` ends it."""
+
+    def __init__(self, node: DuetNode, server: ServerThread, session_id: str) -> None:
+        self.node = node
+        self.server = server
+        self.session_id = session_id
+        self._entries: list[dict] = []
+        self._closers: list[Callable[[], None]] = [server.stop, node.close]
+        self._publish_catalog()
+
+    @property
+    def requests(self) -> Requests:
+        """The scientist's requests: iterate the pending ones, `[i].accept()`, `.pandas`,
+        `.add_handler(...)`, and the audit log in `.audit`."""
+        return self.node.requests
+
+    @property
+    def store(self) -> OwnerStore:
+        return OwnerStore(self)
+
+    @property
+    def client_id(self) -> str | None:
+        """The confirmed scientist's client id."""
+        return self.node.client_id
+
+    def publish(self, obj: Any, pointable: bool = True, *, tags: list[str] | tuple[str, ...] = (),
+                description: str = "") -> str:
+        """Make `obj` reachable by the scientist through `duet.store` (by position, id or tag);
+        they can compute on it but fetch nothing computed from it without a request. Returns
+        its id. (`obj.send(duet, pointable=True, ...)` calls this.)"""
+        if not pointable:
+            raise ValueError("pointable=False would publish an object the scientist can never "
+                             "reach: keep it local instead")
+        if not all(isinstance(t, str) for t in tags):
+            raise TypeError("tags are strings")
+        value = obj.detach() if isinstance(obj, torch.Tensor) else obj
+        obj_id = secrets.token_hex(6)
+        self.node.publish(obj_id, value, private=True, tags=tuple(tags), description=description)
+        self._entries.append(catalog.entry(obj_id, tuple(tags), description))
+        self._publish_catalog()
+        return obj_id
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Keep serving until the scientist leaves (or `timeout` seconds pass); whether they
+        left."""
+        return self.node.left.wait(timeout)
+
+    def close(self) -> None:
+        """End the duet: the scientist is disconnected and nobody can join any more."""
+        while self._closers:
+            self._closers.pop()()
+
+    def add_closer(self, close: Callable[[], None]) -> None:
+        """Run `close` when the duet ends (before the server stops)."""
+        self._closers.append(close)
+
+    def _publish_catalog(self) -> None:
+        self.node.publish(CATALOG, [dict(e) for e in self._entries], private=False)
+
+    def __enter__(self) -> OwnerDuet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<OwnerDuet {self.node.name} scientist={self.client_id}>"
+
+
+class OwnerStore:
+    """What the owner published: `.pandas`, `len()`, and `[position | id | tag]` gives the
+    owner's own object back."""
+
+    def __init__(self, duet: OwnerDuet) -> None:
+        self._duet = duet
+
+    @property
+    def pandas(self) -> Any:
+        return catalog.table(self._duet._entries)
+
+    def __len__(self) -> int:
+        return len(self._duet._entries)
+
+    def __getitem__(self, key: int | str) -> Any:
+        return self._duet.node.published[catalog.select(self._duet._entries, key)["id"]].value
+
+    def __repr__(self) -> str:
+        return repr(self.pandas)
+
+
+def install() -> None:
+    """`tensor.send(duet, pointable=True, tags=..., description=...)` and the same on a torch
+    Dataset publish on an owner's duet; a tensor sent anywhere else goes as before."""
+    torch.Tensor.send = _sender(send_tensor)  # type: ignore[attr-defined]
+    Dataset.send = _sender(None)  # type: ignore[attr-defined]
+
+
+def _sender(elsewhere: Callable[..., Any] | None) -> Callable[..., Any]:
+    def send(obj: Any, worker: Any, *args: Any, **options: Any) -> Any:
+        if isinstance(worker, OwnerDuet):
+            return worker.publish(obj, *args, **options)
+        if elsewhere is None:
+            raise TypeError(f"a {type(obj).__name__} is sent only to your own duet "
+                            "(sy.launch_duet()), where it is published for the scientist")
+        return elsewhere(obj, worker, *args, **options)
+
+    return send

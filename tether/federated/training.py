@@ -1,0 +1,270 @@
+"""Delegated training: what a worker runs when a coordinator sends it a model and a config.
+
+`fit` and `evaluate` are allowlisted node ops (`tether.federated.fit`, `...evaluate`): the
+coordinator sends a model spec (see modelspec) and a plain-data config, the worker trains on its
+own dataset and answers with weights and metrics. Everything a config names (loss, optimizer,
+its arguments) is checked before any work, and a bad name is refused with the names allowed.
+
+Training is deterministic given the config's seed and leaves the node's global RNG alone: the
+batch order comes from a local generator and dropout and the like draw inside `fork_rng`.
+Batches are cut in one memory layout (canonical NCHW strides), see `canonical`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from tether.federated.modelspec import build
+
+LOSSES = (
+    "nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "poisson_nll_loss",
+    "soft_margin_loss", "multi_margin_loss",
+)
+_NUMBERS = (bool, int, float)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a worker trains: `max_batches` caps the batches of one `fit` (the tutorial's
+    federate_after_n_batches); None trains `epochs` full epochs."""
+
+    loss: str = "nll_loss"
+    optimizer: str = "SGD"
+    optimizer_args: dict[str, Any] = field(default_factory=lambda: {"lr": 0.1})
+    batch_size: int = 32
+    epochs: int = 1
+    max_batches: int | None = None
+    shuffle: bool = True
+    drop_last: bool = False
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, config: Mapping[str, Any] | TrainConfig) -> TrainConfig:
+        """Check a plain-data config; ValueError naming the first thing that is wrong."""
+        if isinstance(config, TrainConfig):
+            return config
+        made = cls(**_known_fields(cls, config, "training config"))
+        _positive("batch_size", made.batch_size)
+        _positive("epochs", made.epochs)
+        if made.max_batches is not None:
+            _positive("max_batches", made.max_batches)
+        _check_type("shuffle", made.shuffle, bool)
+        _check_type("drop_last", made.drop_last, bool)
+        _check_type("seed", made.seed, int)
+        loss_function(made.loss)
+        optimizer_class(made.optimizer, made.optimizer_args)
+        return made
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How an evaluator scores a model: batch size and loss (the mean over samples)."""
+
+    loss: str = "nll_loss"
+    batch_size: int = 1000
+
+    @classmethod
+    def parse(cls, config: Mapping[str, Any] | EvalConfig) -> EvalConfig:
+        if isinstance(config, EvalConfig):
+            return config
+        made = cls(**_known_fields(cls, config, "evaluation config"))
+        _positive("batch_size", made.batch_size)
+        loss_function(made.loss)
+        return made
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _known_fields(cls: type, config: Any, what: str) -> dict[str, Any]:
+    if not isinstance(config, Mapping):
+        raise ValueError(f"a {what} is a mapping, got {type(config).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(str(k) for k in config if k not in names)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; known: {sorted(names)}")
+    return dict(config)
+
+
+def _positive(name: str, value: Any) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_type(name: str, value: Any, kind: type) -> None:
+    if type(value) is not kind:
+        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
+
+
+def loss_function(name: Any) -> Any:
+    """`nll_loss` or `torch.nn.functional.nll_loss`: the allowlisted functional loss."""
+    from tether.node.allowlist import ALLOWLIST
+
+    short = name.removeprefix("torch.nn.functional.") if isinstance(name, str) else None
+    entry = ALLOWLIST.get(f"torch.nn.functional.{short}") if short in LOSSES else None
+    if entry is None:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+    return entry.fn
+
+
+def optimizer_class(name: Any, arguments: Any) -> type[torch.optim.Optimizer]:
+    """`SGD` or `torch.optim.SGD`, with its arguments checked against its signature."""
+    from tether.node.allowlist import ALLOWLIST
+
+    short = name.removeprefix("torch.optim.") if isinstance(name, str) else ""
+    entry = ALLOWLIST.get(f"torch.optim.{short}") if short.isidentifier() else None
+    if entry is None or not isinstance(entry.fn, type):
+        known = sorted(p.removeprefix("torch.optim.") for p, e in ALLOWLIST.items()
+                       if p.startswith("torch.optim.") and isinstance(e.fn, type))
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(known)}")
+    if not isinstance(arguments, Mapping):
+        raise ValueError(f"optimizer_args must be a mapping, got {type(arguments).__name__}")
+    accepted = set(inspect.signature(entry.fn.__init__).parameters) - {"self", "params"}
+    for key, value in arguments.items():
+        if key not in accepted or key.startswith("_"):
+            raise ValueError(f"{short} takes no argument {key!r}; it takes {sorted(accepted)}")
+        values = value if isinstance(value, tuple | list) else (value,)
+        if not all(isinstance(v, _NUMBERS) for v in values) or len(values) > 4:
+            raise ValueError(f"{short} argument {key!r} must be a number (or a few), "
+                             f"got {value!r}")
+    return entry.fn
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def canonical(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor with standard row-major (NCHW) strides. `is_contiguous()` is not enough: a
+    1-channel NHWC image batch also passes it, yet convolutions then take the channels_last
+    kernels (tens of percent faster or slower, depending on the CPU) and the tutorial's `.view`
+    fails on their output. One layout makes timings comparable and the model's code valid."""
+    if tensor.stride() == _row_major(tensor.shape):
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def _row_major(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def batches(data: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
+            generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`(data, targets)` batches for `config.epochs` epochs, at most `config.max_batches`."""
+    n = len(data)
+    size = config.batch_size
+    served = 0
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=generator) if config.shuffle else torch.arange(n)
+        stop = n - n % size if config.drop_last else n
+        for start in range(0, stop, size):
+            if config.max_batches is not None and served == config.max_batches:
+                return
+            index = order[start:start + size]
+            yield data.index_select(0, index), targets.index_select(0, index)
+            served += 1
+
+
+def _check_data(data: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(data, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise ValueError("fit and evaluate take a data tensor and a targets tensor (the pointers "
+                         "a worker's published dataset gives)")
+    if len(data) != len(targets) or len(data) == 0:
+        raise ValueError(f"data has {len(data)} samples and targets {len(targets)}; they must "
+                         "match and not be empty")
+    return canonical(data), canonical(targets)
+
+
+# ---- the ops --------------------------------------------------------------------------------
+
+
+def fit(spec: Any, data: Any, targets: Any, config: Any) -> dict[str, Any]:
+    """Train the model a spec describes on `(data, targets)` as `config` says.
+
+    Returns plain data: `weights` (the state dict after training), `samples` and `batches`
+    used, `losses` (per batch), `epoch_losses` (mean per epoch), `seconds` of training and
+    `build_seconds` spent making the model from its spec."""
+    cfg = TrainConfig.parse(config)
+    loss_fn = loss_function(cfg.loss)
+    optimizer_cls = optimizer_class(cfg.optimizer, cfg.optimizer_args)
+    data, targets = _check_data(data, targets)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    losses: list[float] = []
+    samples = 0
+    with torch.random.fork_rng(devices=[]):  # dropout and the like draw here
+        torch.manual_seed(cfg.seed)
+        start = time.perf_counter()
+        model = build(spec).train()
+        built = time.perf_counter()
+        optimizer = optimizer_cls(model.parameters(), **cfg.optimizer_args)
+        for x, y in batches(data, targets, cfg, generator):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            samples += len(x)
+    seconds = time.perf_counter() - built
+    epoch_ends = _epoch_ends(len(data), cfg, len(losses))
+    return {"weights": _state(model), "samples": samples, "batches": len(losses),
+            "losses": losses, "epoch_losses": _epoch_means(losses, epoch_ends),
+            "seconds": seconds, "build_seconds": built - start}
+
+
+def _epoch_ends(n: int, cfg: TrainConfig, served: int) -> list[int]:
+    per_epoch = n // cfg.batch_size if cfg.drop_last else -(-n // cfg.batch_size)
+    ends = [min((e + 1) * per_epoch, served) for e in range(cfg.epochs)]
+    return sorted({e for e in ends if e > 0})
+
+
+def _epoch_means(losses: list[float], ends: list[int]) -> list[float]:
+    means, begin = [], 0
+    for end in ends:
+        means.append(sum(losses[begin:end]) / (end - begin))
+        begin = end
+    return means
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights, without copying: the model is dropped after `fit`."""
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def evaluate(spec: Any, data: Any, targets: Any, config: Any = None) -> dict[str, Any]:
+    """Score the model a spec describes on `(data, targets)`: `samples`, `correct`,
+    `accuracy`, `loss` (mean per sample), `predicted` (how many predictions per label) and
+    `seconds`."""
+    cfg = EvalConfig.parse(config or {})
+    loss_fn = loss_function(cfg.loss)
+    data, targets = _check_data(data, targets)
+    model = build(spec).eval()
+    correct, total_loss = 0, 0.0
+    predicted: torch.Tensor | None = None
+    start = time.perf_counter()
+    with torch.no_grad():
+        for begin in range(0, len(data), cfg.batch_size):
+            x, y = data[begin:begin + cfg.batch_size], targets[begin:begin + cfg.batch_size]
+            output = model(x)
+            total_loss += loss_fn(output, y, reduction="sum").item()
+            guess = output.argmax(dim=1)
+            correct += int((guess == y).sum())
+            counts = torch.bincount(guess, minlength=output.shape[1])
+            predicted = counts if predicted is None else predicted + counts
+    assert predicted is not None
+    n = len(data)
+    return {"samples": n, "correct": correct, "accuracy": correct / n, "loss": total_loss / n,
+            "predicted": predicted.tolist(), "seconds": time.perf_counter() - start}
