@@ -254,9 +254,15 @@ def _index(args: tuple, kwargs: dict) -> int:
     """Basic indexing only makes views; indexing with tensors or lists gathers."""
     x, key = args[0], args[1]
     keys = key if isinstance(key, tuple) else (key,)
+    if not isinstance(x, torch.Tensor):
+        return 1
     if not any(isinstance(k, torch.Tensor | list) for k in keys):
-        return _elements(x) if isinstance(x, torch.Tensor) else 1
-    return _dry_run(operator.getitem)(args, kwargs) if isinstance(x, torch.Tensor) else 1
+        return x.numel()
+    if isinstance(key, torch.Tensor) and x.dim():  # the common case, a batch: x[indices]
+        if key.dtype == torch.bool:
+            return x.numel()
+        return key.numel() * (x.numel() // max(x.shape[0], 1))
+    return _dry_run(operator.getitem)(args, kwargs)
 
 
 def _module_call(args: tuple, kwargs: dict) -> int:

@@ -33,6 +33,7 @@ from tether.wire import (
     decode_parts,
     encode_parts,
 )
+from tether.wire.codec import DTYPE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,8 @@ class Node:
         if readonly and _shares_memory(result, [s.value for s in inputs
                                                 if s.privacy == Privacy.PRIVATE]):
             privacy = Privacy.PRIVATE  # a view of the owner's data is that data
-        tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags))
+        tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if any(
+            s.tags for s in inputs) else ()
         store.put(cmd.out, Stored(result, privacy, readonly, tags=tags))
         return Done(_meta(result))
 
@@ -392,7 +394,7 @@ def _shares_memory(result: Any, protected: list[Any]) -> bool:
 def _meta(value: Any) -> list:
     """What the client may know of a stored object without fetching it: its kind and shape."""
     if isinstance(value, torch.Tensor):
-        return ["tensor", list(value.shape), str(value.dtype).removeprefix("torch."),
+        return ["tensor", list(value.shape), DTYPE_NAMES.get(value.dtype, str(value.dtype)),
                 value.requires_grad]
     if isinstance(value, torch.nn.Module):
         return ["module", type(value).__name__]

@@ -54,6 +54,7 @@ _DTYPE_NAMES = (
 
 # Every dtype CPU tensors have as plain bytes; quantized ones need scales and do not travel.
 DTYPES: dict[str, torch.dtype] = {n: getattr(torch, n) for n in _DTYPE_NAMES if hasattr(torch, n)}
+DTYPE_NAMES: dict[torch.dtype, str] = {d: n for n, d in DTYPES.items()}
 _MEMORY_FORMATS = {
     "contiguous_format": torch.contiguous_format,
     "channels_last": torch.channels_last,
@@ -137,19 +138,18 @@ def encode_parts(messages: list) -> Parts:
     buffers: list[memoryview] = []
 
     def default(obj: Any) -> msgpack.ExtType:
+        if type(obj) is m.Ref:  # the most common by far
+            return msgpack.ExtType(_REF, obj.id.to_bytes(8, "little"))
         if isinstance(obj, torch.Tensor):
             buffers.append(tensor_bytes(obj))
-            meta = [str(obj.dtype).removeprefix("torch."), list(obj.shape), obj.requires_grad,
-                    len(buffers) - 1]
+            meta = [DTYPE_NAMES[obj.dtype], list(obj.shape), obj.requires_grad, len(buffers) - 1]
             return msgpack.ExtType(_TENSOR, msgpack.packb(meta))
-        if isinstance(obj, m.Ref):
-            return msgpack.ExtType(_REF, obj.id.to_bytes(8, "little"))
         if isinstance(obj, tuple):  # torch.Size too: an array led by the tuple mark
             return [_TUPLE_MARK, *obj]
         if isinstance(obj, slice):
             return msgpack.ExtType(_SLICE, _pack([obj.start, obj.stop, obj.step]))
         if isinstance(obj, torch.dtype):
-            return msgpack.ExtType(_DTYPE, str(obj).removeprefix("torch.").encode())
+            return msgpack.ExtType(_DTYPE, DTYPE_NAMES[obj].encode())
         if obj is Ellipsis:
             return msgpack.ExtType(_ELLIPSIS, b"")
         if isinstance(obj, complex):
