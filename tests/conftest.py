@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +17,7 @@ import tether as sy
 from tether.net import ServerThread, WorkerServer
 from tether.node import Node
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-sample"
+TOKEN = "test-token"
 TRANSPORTS = ["virtual", "virtual-direct", "websocket"]
 
 
@@ -54,6 +60,61 @@ def store_of(worker: sy.Worker):
     worker.flush()
     [client] = worker.node.clients
     return worker.node.store(client)
+
+
+def _die_with_parent() -> None:
+    """A worker started by a test ends when the test run does, even a killed one."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class WorkerProcess:
+    """`tether worker ...` in a child process, as a user starts it."""
+
+    def __init__(self, *args: str, port: int = 0, token: str = TOKEN) -> None:
+        self.args = args
+        self.token = token
+        self.log = Path(tempfile.mkstemp(prefix="tether-worker-", suffix=".log")[1])
+        self.lines: list[str] = []
+        self.port = port
+        self._start()
+
+    def _start(self) -> None:
+        command = [sys.executable, "-m", "tether.cli", "worker", "--port", str(self.port),
+                   "--token", self.token, *self.args]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                                     stderr=self.log.open("a"), preexec_fn=_die_with_parent)
+        watchdog = threading.Timer(60, self.proc.kill)  # a worker that never starts fails the test
+        watchdog.start()
+        try:
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                self.lines.append(line.rstrip("\n"))
+                if " listening on " in line:
+                    self.port = int(line.rsplit(":", 1)[1])
+                    return
+        finally:
+            watchdog.cancel()
+        raise RuntimeError(f"worker exited: {self.log.read_text()}")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def connect(self, **options) -> sy.WebsocketClientWorker:
+        return sy.connect(self.url, token=self.token, **options)
+
+    def rss_kb(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS"))
+                   .split()[1])
+
+    def restart(self) -> None:
+        self.stop(signal.SIGKILL)
+        self._start()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(30)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ VirtualWorker; refusals, hostile frames, isolation, load, and workers that die."
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import random
@@ -13,16 +12,14 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TOKEN, WorkerProcess
 from torch import nn
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
@@ -49,63 +46,6 @@ from tether.net.frames import (
 from tether.node import Node
 from tether.node.node import PUBLISHED
 from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value, decode, encode
-
-TOKEN = "test-token"
-
-
-def _die_with_parent() -> None:
-    """A worker started by a test ends when the test run does, even a killed one."""
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class WorkerProcess:
-    """`tether worker ...` in a child process, as a user starts it."""
-
-    def __init__(self, *args: str, port: int = 0, token: str = TOKEN) -> None:
-        self.args = args
-        self.token = token
-        self.log = Path(tempfile.mkstemp(prefix="tether-worker-", suffix=".log")[1])
-        self.lines: list[str] = []
-        self.port = port
-        self._start()
-
-    def _start(self) -> None:
-        command = [sys.executable, "-m", "tether.cli", "worker", "--port", str(self.port),
-                   "--token", self.token, *self.args]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
-                                     stderr=self.log.open("a"), preexec_fn=_die_with_parent)
-        watchdog = threading.Timer(60, self.proc.kill)  # a worker that never starts fails the test
-        watchdog.start()
-        try:
-            for line in self.proc.stdout:  # type: ignore[union-attr]
-                self.lines.append(line.rstrip("\n"))
-                if " listening on " in line:
-                    self.port = int(line.rsplit(":", 1)[1])
-                    return
-        finally:
-            watchdog.cancel()
-        raise RuntimeError(f"worker exited: {self.log.read_text()}")
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def connect(self, **options) -> WebsocketClientWorker:
-        return connect(self.url, token=self.token, **options)
-
-    def rss_kb(self) -> int:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmRSS"))
-                   .split()[1])
-
-    def restart(self) -> None:
-        self.stop(signal.SIGKILL)
-        self._start()
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(30)
 
 
 @pytest.fixture(scope="module")

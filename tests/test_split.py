@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import WorkerProcess
 from torch import nn, optim
 
 import tether as sy
@@ -154,3 +155,37 @@ def test_split_example_runs():
                           check=True)
     assert "Epoch 0 - Training loss:" in done.stdout
     assert "Test set: Accuracy:" in done.stdout and "/10000" in done.stdout
+
+
+def test_split_training_on_two_worker_processes_matches_the_unsplit_model():
+    """The same exactness with alice and bob as `tether worker` processes on 127.0.0.1."""
+    processes = [WorkerProcess("--id", name, "--quiet") for name in ("alice", "bob")]
+    try:
+        alice, bob = (p.connect(id=name) for p, name in zip(processes, ("alice", "bob"),
+                                                              strict=True))
+        torch.manual_seed(0)
+        segments = _segments([20, 16, 5])
+        whole = copy.deepcopy(nn.Sequential(*segments))
+        x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
+        split = sy.SplitNN(segments, [alice, bob],
+                           [optim.SGD(s.parameters(), lr=0.1) for s in segments])
+        whole_opt = optim.SGD(whole.parameters(), lr=0.1)
+        px, py = x.send(alice), y.send(bob)
+        for step in range(50):
+            split.zero_grads()
+            loss = nn.NLLLoss()(split.forward(px), py)
+            split.backward(loss)
+            split.step()
+            whole_opt.zero_grad()
+            expected = nn.NLLLoss()(whole(x), y)
+            expected.backward()
+            whole_opt.step()
+            assert abs(loss.detach().get().item() - expected.item()) <= 1e-5, step
+        split.get()
+        for mine, theirs in zip(nn.Sequential(*segments).parameters(), whole.parameters(),
+                                strict=True):
+            assert (mine - theirs).abs().max().item() <= 1e-5
+        alice.close(), bob.close()
+    finally:
+        for process in processes:
+            process.stop()
