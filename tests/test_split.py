@@ -52,22 +52,13 @@ def _holds(seen: list, tensor: torch.Tensor) -> bool:
                and torch.equal(v.detach(), tensor) for v in seen)
 
 
-@pytest.mark.parametrize("layout", ["two", "three", "u-shape"])
-def test_split_training_matches_the_unsplit_model(make_worker, layout):
-    """50 steps on fixed data: same losses and weights as the whole model in plain PyTorch."""
-    alice, bob, carol = (make_worker(n) for n in ("alice", "bob", "carol"))
-    sizes, places, data_at, labels_at = {
-        "two": ([20, 16, 5], [alice, bob], alice, bob),
-        "three": ([20, 16, 12, 5], [alice, bob, carol], alice, carol),
-        "u-shape": ([20, 16, 12, 5], [alice, bob, alice], alice, alice),
-    }[layout]
+def _assert_split_matches_whole(sizes: list[int], places: list, data_at, labels_at,
+                                x: torch.Tensor, y: torch.Tensor) -> None:
+    """Train a SplitNN over `places` and the same model whole, 50 steps of SGD on (x, y):
+    the same losses at every step and the same weights at the end."""
     torch.manual_seed(0)
     segments = _segments(sizes)
-    whole = nn.Sequential(*_segments(sizes))
-    whole.load_state_dict(nn.Sequential(*segments).state_dict())
-    x, y = torch.randn(32, sizes[0]), torch.randint(0, sizes[-1], (32,))
-    seen = {w: _recorder(w) for w in (alice, bob, carol)}
-
+    whole = copy.deepcopy(nn.Sequential(*segments))
     split = sy.SplitNN(segments, places, [optim.SGD(s.parameters(), lr=0.1) for s in segments])
     whole_opt = optim.SGD(whole.parameters(), lr=0.1)
     px, py = x.send(data_at), y.send(labels_at)
@@ -81,11 +72,24 @@ def test_split_training_matches_the_unsplit_model(make_worker, layout):
         expected.backward()
         whole_opt.step()
         assert abs(loss.detach().get().item() - expected.item()) <= 1e-5, step
-
     split.get()
     for mine, theirs in zip(nn.Sequential(*segments).parameters(), whole.parameters(),
                             strict=True):
         assert (mine - theirs).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("layout", ["two", "three", "u-shape"])
+def test_split_training_matches_the_unsplit_model(make_worker, layout):
+    """50 steps on fixed data: same losses and weights as the whole model in plain PyTorch."""
+    alice, bob, carol = (make_worker(n) for n in ("alice", "bob", "carol"))
+    sizes, places, data_at, labels_at = {
+        "two": ([20, 16, 5], [alice, bob], alice, bob),
+        "three": ([20, 16, 12, 5], [alice, bob, carol], alice, carol),
+        "u-shape": ([20, 16, 12, 5], [alice, bob, alice], alice, alice),
+    }[layout]
+    x, y = torch.randn(32, sizes[0]), torch.randint(0, sizes[-1], (32,))
+    seen = {w: _recorder(w) for w in (alice, bob, carol)}
+    _assert_split_matches_whole(sizes, places, data_at, labels_at, x, y)
 
     # who saw what: the data and labels stayed where they were sent
     for worker in (alice, bob, carol):
@@ -163,28 +167,8 @@ def test_split_training_on_two_worker_processes_matches_the_unsplit_model():
     try:
         alice, bob = (p.connect(id=name) for p, name in zip(processes, ("alice", "bob"),
                                                               strict=True))
-        torch.manual_seed(0)
-        segments = _segments([20, 16, 5])
-        whole = copy.deepcopy(nn.Sequential(*segments))
-        x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
-        split = sy.SplitNN(segments, [alice, bob],
-                           [optim.SGD(s.parameters(), lr=0.1) for s in segments])
-        whole_opt = optim.SGD(whole.parameters(), lr=0.1)
-        px, py = x.send(alice), y.send(bob)
-        for step in range(50):
-            split.zero_grads()
-            loss = nn.NLLLoss()(split.forward(px), py)
-            split.backward(loss)
-            split.step()
-            whole_opt.zero_grad()
-            expected = nn.NLLLoss()(whole(x), y)
-            expected.backward()
-            whole_opt.step()
-            assert abs(loss.detach().get().item() - expected.item()) <= 1e-5, step
-        split.get()
-        for mine, theirs in zip(nn.Sequential(*segments).parameters(), whole.parameters(),
-                                strict=True):
-            assert (mine - theirs).abs().max().item() <= 1e-5
+        _assert_split_matches_whole([20, 16, 5], [alice, bob], alice, bob,
+                                    torch.randn(32, 20), torch.randint(0, 5, (32,)))
         alice.close(), bob.close()
     finally:
         for process in processes:
