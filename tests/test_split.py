@@ -161,15 +161,18 @@ def test_split_example_runs():
     assert "Test set: Accuracy:" in done.stdout and "/10000" in done.stdout
 
 
-def test_split_training_on_two_worker_processes_matches_the_unsplit_model():
-    """The same exactness with alice and bob as `tether worker` processes on 127.0.0.1."""
-    processes = [WorkerProcess("--id", name, "--quiet") for name in ("alice", "bob")]
+def test_split_training_on_worker_processes_matches_the_unsplit_model():
+    """The same exactness, 2 and 3 segments, with the workers as `tether worker` processes."""
+    names = ("alice", "bob", "carol")
+    processes = [WorkerProcess("--id", name, "--quiet") for name in names]
     try:
-        alice, bob = (p.connect(id=name) for p, name in zip(processes, ("alice", "bob"),
-                                                              strict=True))
+        alice, bob, carol = (p.connect(id=n) for p, n in zip(processes, names, strict=True))
         _assert_split_matches_whole([20, 16, 5], [alice, bob], alice, bob,
                                     torch.randn(32, 20), torch.randint(0, 5, (32,)))
-        alice.close(), bob.close()
+        _assert_split_matches_whole([20, 16, 12, 5], [alice, bob, carol], alice, carol,
+                                    torch.randn(32, 20), torch.randint(0, 5, (32,)))
+        for worker in (alice, bob, carol):
+            worker.close()
     finally:
         for process in processes:
             process.stop()
