@@ -37,8 +37,16 @@ def client_of(worker: Any) -> Client:
 # ---- tensors --------------------------------------------------------------------------------
 
 
-def send_tensor(tensor: torch.Tensor, worker: Any, requires_grad: bool | None = None) -> Pointer:
-    """`tensor.send(worker)`: a pointer to a copy of the tensor on the worker."""
+def send_tensor(tensor: torch.Tensor, worker: Any, *args: Any, requires_grad: bool | None = None,
+                **options: Any) -> Any:
+    """`tensor.send(worker)`: a pointer to a copy of the tensor on the worker. A destination that
+    keeps what is sent to it (an owner's duet publishes it) receives it with the options."""
+    receive = getattr(worker, "receive", None)
+    if receive is not None:
+        return receive(tensor, *args, **options)
+    if args or options:
+        raise TypeError(f"send to a worker takes requires_grad= only, got "
+                        f"{[*map(repr, args), *options]}")
     if isinstance(worker, list | tuple):
         raise TypeError("send to one worker at a time (federate() splits data across several)")
     value = tensor.detach()
@@ -290,14 +298,12 @@ def install() -> None:
     nn.Module.move = send_module
     nn.Module.location = _Location()
     torch.utils.data.Dataset.federate = _federate
+    torch.utils.data.Dataset.send = _send_dataset
     for path in ALLOWLIST:
         module, _, name = path.rpartition(".")
         if module == "torch.optim" and name[:1].isupper():
             _wrap_step(getattr(torch.optim, name))
     _wrap_zero_grad()
-    from tether.duet.owner import install as install_duet_sends
-
-    install_duet_sends()  # tensor.send(duet, pointable=True, ...) publishes on an owner's duet
 
 
 def _federate(dataset: torch.utils.data.Dataset, workers: Any, **options: Any) -> Any:
@@ -305,6 +311,18 @@ def _federate(dataset: torch.utils.data.Dataset, workers: Any, **options: Any) -
     from tether.federated.dataset import federate
 
     return federate(dataset, workers, **options)
+
+
+def _send_dataset(dataset: torch.utils.data.Dataset, destination: Any, *args: Any,
+                  **options: Any) -> Any:
+    """`dataset.send(duet, pointable=True, tags=...)`: only a destination that keeps what it is
+    sent takes a whole dataset (workers get theirs through federate())."""
+    receive = getattr(destination, "receive", None)
+    if receive is None:
+        raise TypeError(f"a {type(dataset).__name__} is sent only to your own duet "
+                        "(sy.launch_duet()), where it is published for the scientist; "
+                        "use dataset.federate(workers) for workers")
+    return receive(dataset, *args, **options)
 
 
 class TorchHook:

@@ -12,11 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from tether.duet import catalog
 from tether.duet.node import CATALOG, DuetNode
-from tether.hook import send_tensor
 from tether.net import ServerThread
 from tether.node import Requests
 
@@ -64,6 +62,8 @@ class OwnerDuet:
         self._publish_catalog()
         return obj_id
 
+    receive = publish  # what `obj.send(duet, ...)` calls (see tether.hook.send_tensor)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Keep serving until the scientist leaves (or `timeout` seconds pass); whether they
         left."""
@@ -110,22 +110,3 @@ class OwnerStore:
 
     def __repr__(self) -> str:
         return repr(self.pandas)
-
-
-def install() -> None:
-    """`tensor.send(duet, pointable=True, tags=..., description=...)` and the same on a torch
-    Dataset publish on an owner's duet; a tensor sent anywhere else goes as before."""
-    torch.Tensor.send = _sender(send_tensor)  # type: ignore[attr-defined]
-    Dataset.send = _sender(None)  # type: ignore[attr-defined]
-
-
-def _sender(elsewhere: Callable[..., Any] | None) -> Callable[..., Any]:
-    def send(obj: Any, worker: Any, *args: Any, **options: Any) -> Any:
-        if isinstance(worker, OwnerDuet):
-            return worker.publish(obj, *args, **options)
-        if elsewhere is None:
-            raise TypeError(f"a {type(obj).__name__} is sent only to your own duet "
-                            "(sy.launch_duet()), where it is published for the scientist")
-        return elsewhere(obj, worker, *args, **options)
-
-    return send

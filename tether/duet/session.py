@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from tether.duet.network import DEFAULT_URL, OwnerLink, lookup, relay_url
 from tether.duet.node import HELLO, DuetNode
-from tether.duet.owner import OwnerDuet, install
+from tether.duet.owner import OwnerDuet
 from tether.duet.scientist import ScientistDuet
 from tether.errors import ConnectionLostError, TetherError
 from tether.net import ServerThread, WebsocketTransport, WorkerServer
@@ -105,7 +105,6 @@ def start_duet(network_url: str | None = None, *, loopback: bool = False, confir
                host: str = "127.0.0.1", port: int = 0) -> OwnerDuet:
     """launch_duet() without the waiting: serve, and register the session (or leave the
     loopback beacon); the scientist can join from now on."""
-    install()
     session = SessionId.new()
     node = DuetNode(f"duet-{session.room}", confirm=confirm)
     server = ServerThread(WorkerServer(node, host=host, port=port, token=session.secret)).start()

@@ -30,7 +30,7 @@ from tether.errors import ConnectionLostError, TetherError, WireError
 from tether.net import frames
 from tether.net.frames import ProtocolViolation, Reader
 from tether.net.server import WORKER_HEADER
-from tether.wire import Parts, encode_parts
+from tether.wire import Parts, decode, encode_parts
 from tether.workers import Worker
 
 DEFAULT_TIMEOUT = 60.0
@@ -278,7 +278,7 @@ class _Link:
         for kind, payload in events:
             if kind == "message":
                 try:
-                    self.replies[self.received] = frames.decode_message(payload)
+                    self.replies[self.received] = decode(payload)
                 except WireError as exc:
                     self.replies[self.received] = exc
                 self.received += 1

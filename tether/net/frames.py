@@ -10,7 +10,6 @@ writes the codec's parts without joining them.
 
 from __future__ import annotations
 
-import gc
 import mmap
 import struct
 import threading
@@ -20,7 +19,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from tether.wire import decode
 from tether.wire.codec import ALIGN
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -153,17 +151,6 @@ class BufferPool:
 # Messages at least this large are received into pooled memory.
 POOLED_BYTES = 16 * 2**20
 POOL = BufferPool()
-
-
-def decode_message(payload: memoryview) -> list:
-    """Decode a received message. After a large one, a young-generation collection frees the
-    reference cycle that the codec's decoder leaves around the frame's buffers; until then they
-    keep the message's memory (and its pooled block) alive, whatever happens to its tensors."""
-    try:
-        return decode(payload)
-    finally:
-        if len(payload) >= POOLED_BYTES:
-            gc.collect(0)
 
 
 def receive_buffer(n: int) -> memoryview:

@@ -28,11 +28,10 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from tether.errors import WireError
 from tether.net import frames
 from tether.net.frames import ProtocolViolation, Reader
 from tether.node import Node
-from tether.wire import Failure, Parts, encode_parts
+from tether.wire import Parts
 
 if TYPE_CHECKING:
     from tether.net.client import WebsocketClientWorker
@@ -143,15 +142,8 @@ class WorkerServer:
         return f"{peer}#{next(self._serial)}"
 
     def _execute(self, payload: memoryview, client: str) -> Parts:
-        """One frame of commands to one frame of replies (runs in the pool)."""
-        try:
-            commands = frames.decode_message(payload)
-        except WireError as exc:
-            return encode_parts([Failure("WireError", str(exc))])
-        try:
-            return encode_parts(self.node.execute(commands, client))
-        except Exception as exc:  # a reply that cannot be encoded fails its frame, not the server
-            return encode_parts([Failure(type(exc).__name__, f"could not send the replies: {exc}")])
+        """One frame of commands to one frame of replies (runs in the client's thread)."""
+        return self.node.answer(payload, client)
 
 
 class _Connection(asyncio.BufferedProtocol):

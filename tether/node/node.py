@@ -120,7 +120,12 @@ class Node:
 
     def handle(self, frame: bytes | bytearray | memoryview, client: str = "local") -> memoryview:
         """Answer one frame of commands with one frame of replies."""
-        return self._answer(decode, frame, client).join()
+        return self.answer(frame, client).join()
+
+    def answer(self, frame: bytes | bytearray | memoryview, client: str = "local") -> Parts:
+        """`handle`, leaving the reply unjoined for a transport that writes buffers as they are.
+        The reply's buffers are views of stored tensors: send them before the next frame runs."""
+        return self._answer(decode, frame, client)
 
     def handle_parts(self, parts: Parts, client: str = "local") -> Parts:
         """Answer an unjoined frame (in-process) with an unjoined reply. The reply's buffers
