@@ -117,8 +117,8 @@ class _Remotes:
 _REMOTES = _Remotes()
 
 
-def _tables(module: nn.Module) -> list[tuple[nn.Module, dict]]:
-    return [(m, table) for m in module.modules() for table in (m._parameters, m._buffers)]
+def _tables(modules: list[nn.Module]) -> list[tuple[nn.Module, dict]]:
+    return [(m, table) for m in modules for table in (m._parameters, m._buffers)]
 
 
 def module_location(module: nn.Module) -> Any:
@@ -135,7 +135,8 @@ def send_module(module: nn.Module, worker: Any) -> nn.Module:
         return module
     if current is not None:
         get_module(module)
-    for owner, table in _tables(module):
+    modules = list(module.modules())
+    for owner, table in _tables(modules):
         locals_ = owner.__dict__.setdefault("_tether_locals", {})
         for name, local in table.items():
             if local is None:
@@ -149,7 +150,7 @@ def send_module(module: nn.Module, worker: Any) -> nn.Module:
             locals_[id(table), name] = local
             table[name] = copy.pointer
             _REMOTES.sent_to[id(local)] = client
-    for m in module.modules():
+    for m in modules:
         m.__dict__["_tether_client"] = client
     return module
 
@@ -160,8 +161,9 @@ def get_module(module: nn.Module) -> nn.Module:
     client = module.__dict__.get("_tether_client")
     if client is None:
         return module
+    modules = list(module.modules())
     slots = []
-    for owner, table in _tables(module):
+    for owner, table in _tables(modules):
         locals_ = owner.__dict__.get("_tether_locals", {})
         for name, value in table.items():
             if isinstance(value, Pointer):
@@ -173,7 +175,7 @@ def get_module(module: nn.Module) -> nn.Module:
         _REMOTES.sent_to.pop(id(local), None)
         for other, copy in _REMOTES.of(local).items():  # the others now hold older values
             copy.synced = _Sync.of(local, pointer) if other is client else None
-    for m in module.modules():
+    for m in modules:
         m.__dict__.pop("_tether_client", None)
     return module
 
@@ -237,9 +239,14 @@ def _mirror(optimizer: torch.optim.Optimizer, client: Client) -> _Mirror:
 
 
 def _wrap_step(cls: type[torch.optim.Optimizer]) -> None:
+    """Route `step()` to the worker when the parameters are there. The wrapper goes outside
+    torch's profiling wrapper (installed here as torch would on first use), so a remote step
+    costs no local profiler record; step hooks run only where the step runs locally."""
     original = cls.step
     if getattr(original, "_tether", False):
         return
+    if not getattr(original, "hooked", False):
+        original = torch.optim.Optimizer.profile_hook_step(original)
 
     @functools.wraps(original)
     def step(self: torch.optim.Optimizer, closure: Any = None) -> Any:
@@ -253,6 +260,7 @@ def _wrap_step(cls: type[torch.optim.Optimizer]) -> None:
         return None
 
     step._tether = True  # type: ignore[attr-defined]
+    step.hooked = True  # type: ignore[attr-defined]  # torch must not wrap it again
     cls.step = step
 
 

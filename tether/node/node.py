@@ -43,6 +43,7 @@ PUBLISHED = "tether.published"
 REQUEST = "tether.request"
 # Paths that change their first argument in place: refused on the owner's data.
 _IN_PLACE = {"operator.setitem", "tether.assign", "torch.Tensor.backward"}
+_SCALARS = frozenset((int, float, bool, str, type(None)))
 _WIRE_LEAVES = (torch.Tensor, type(None), bool, int, float, str, bytes, complex, slice,
                 torch.dtype, torch.device)
 
@@ -187,12 +188,17 @@ class Node:
         if entry is None:
             raise _Refused(NotAllowedError.__name__, _not_allowed(cmd.op))
         inputs: list[Stored] = []
-        args = tuple(self._resolve(a, store, inputs) for a in cmd.args)
-        kwargs = {k: self._resolve(v, store, inputs) for k, v in cmd.kwargs.items()}
-        self._check(entry, args, kwargs, inputs)
-        privacy = min(max((s.privacy for s in inputs), default=Privacy.PUBLIC), Privacy.DERIVED)
-        if entry.path in OWNER_FACTS:
-            privacy = Privacy.DERIVED
+        args = tuple([self._resolve(a, store, inputs) for a in cmd.args])
+        kwargs = {k: self._resolve(v, store, inputs) for k, v in cmd.kwargs.items()
+                  } if cmd.kwargs else {}
+        privacy, protected, tagged = Privacy.PUBLIC, [], False  # one pass over the inputs
+        for stored in inputs:
+            privacy = max(privacy, stored.privacy)
+            tagged = tagged or bool(stored.tags)
+            if stored.readonly:
+                protected.append(stored.value)
+        self._check(entry, args, kwargs, protected)
+        privacy = Privacy.DERIVED if privacy or entry.path in OWNER_FACTS else Privacy.PUBLIC
         try:
             result = entry.fn(*args, **kwargs)
         except Exception as exc:
@@ -206,12 +212,11 @@ class Node:
         _check_result_size(entry.path, result, self.limits.max_elements)
         if cmd.out is None:
             return Done()
-        readonly = _shares_memory(result, [s.value for s in inputs if s.readonly])
+        readonly = _shares_memory(result, protected)
         if readonly and _shares_memory(result, [s.value for s in inputs
                                                 if s.privacy == Privacy.PRIVATE]):
             privacy = Privacy.PRIVATE  # a view of the owner's data is that data
-        tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if any(
-            s.tags for s in inputs) else ()
+        tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if tagged else ()
         store.put(cmd.out, Stored(result, privacy, readonly, tags=tags))
         return Done(_meta(result))
 
@@ -252,12 +257,13 @@ class Node:
         store.put(cmd.out, Stored(status))
         return Done(_meta(status))
 
-    def _check(self, entry: Entry, args: tuple, kwargs: dict, inputs: list[Stored]) -> None:
+    def _check(self, entry: Entry, args: tuple, kwargs: dict, protected: list) -> None:
+        """Refuse a call on the wrong type, one that could change the owner's data (the
+        `protected` inputs), or one whose result would be too large."""
         if entry.self_type is not None and not (args and isinstance(args[0], entry.self_type)):
             got = type(args[0]).__name__ if args else "nothing"
             raise _Refused("TypeError", f"{entry.path} needs a {entry.self_type.__name__} "
                                         f"as its first argument, got {got}")
-        protected = [s.value for s in inputs if s.readonly]
         if protected and _would_change(entry.path, args, kwargs, protected):
             raise _Refused(NotAllowedError.__name__,
                            f"{entry.path} could change the owner's data in place; copy it first")
@@ -273,6 +279,8 @@ class Node:
 
     def _resolve(self, value: Any, store: Store, inputs: list[Stored]) -> Any:
         """Replace Refs by the objects they name (collecting those objects' policies)."""
+        if type(value) in _SCALARS:
+            return value
         if isinstance(value, Ref):
             stored = self._lookup(value.id, store)
             inputs.append(stored)

@@ -11,7 +11,9 @@ allocates more than the frame it was given justifies. Every failure is a `WireEr
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +44,9 @@ ALIGN = 64  # buffers start at multiples of this in a frame: no kernel meets mis
 _CONTAINERS_PER_BYTE = 4
 MAX_FRAME_BYTES = 2**34
 _DEVICE_TYPES = {"cpu", "cuda", "mps"}
+# Tensors up to this size are copied into a bytearray (pymalloc: cheapest); larger ones into
+# memory from torch's allocator.
+_SMALL_BYTES = 2**16
 
 
 _DTYPE_NAMES = (
@@ -69,12 +74,38 @@ _FIELDS: dict[type, tuple[str, ...]] = {
 }
 
 
+def _row_maker(cls: type) -> Callable[[Any], list]:
+    """A message as the row that travels: its tag, then its fields in order."""
+    tag, fields = _TAGS[cls], _FIELDS[cls]
+    get = operator.attrgetter(*fields)
+    if len(fields) == 1:
+        return lambda msg: [tag, get(msg)]
+    return lambda msg: [tag, *get(msg)]
+
+
+_ROWS: dict[type, Callable[[Any], list]] = {cls: _row_maker(cls) for cls in m.MESSAGE_TYPES}
+# msgpack.ExtType without its argument checks (ours are always an int code and bytes).
+_ext = functools.partial(tuple.__new__, msgpack.ExtType)
+
+
 # ---- encoding -------------------------------------------------------------------------------
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's elements as contiguous bytes (zero-copy when already contiguous on CPU)."""
     t = tensor.detach()
+    try:  # numpy() refuses other devices and layouts, quantized, conj/neg bits, exotic dtypes
+        array = t.numpy()
+    except (TypeError, RuntimeError):
+        return _converted_bytes(t)
+    if not array.flags.c_contiguous:
+        return _converted_bytes(t)
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def _converted_bytes(t: torch.Tensor) -> memoryview:
+    """tensor_bytes for what numpy cannot view as it is: strided, lazily negated or conjugated,
+    on another device, or of a dtype numpy lacks."""
     if t.layout != torch.strided:
         raise TypeError(f"only dense tensors travel; got layout {t.layout}")
     if t.is_quantized:
@@ -139,11 +170,11 @@ def encode_parts(messages: list) -> Parts:
 
     def default(obj: Any) -> msgpack.ExtType:
         if type(obj) is m.Ref:  # the most common by far
-            return msgpack.ExtType(_REF, obj.id.to_bytes(8, "little"))
+            return _ext((_REF, obj.id.to_bytes(8, "little")))
         if isinstance(obj, torch.Tensor):
             buffers.append(tensor_bytes(obj))
             meta = [DTYPE_NAMES[obj.dtype], list(obj.shape), obj.requires_grad, len(buffers) - 1]
-            return msgpack.ExtType(_TENSOR, msgpack.packb(meta))
+            return _ext((_TENSOR, msgpack.packb(meta)))
         if isinstance(obj, tuple):  # torch.Size too: an array led by the tuple mark
             return [_TUPLE_MARK, *obj]
         if isinstance(obj, slice):
@@ -168,8 +199,7 @@ def encode_parts(messages: list) -> Parts:
     def _pack(obj: Any) -> bytes:
         return msgpack.packb(obj, default=default, use_bin_type=True, strict_types=True)
 
-    body = [[_TAGS[type(msg)], *(getattr(msg, f) for f in _FIELDS[type(msg)])]
-            for msg in messages]
+    body = [_ROWS[type(msg)](msg) for msg in messages]
     header = _pack(body)
     lengths = struct.pack(f"<{len(buffers)}Q", *(b.nbytes for b in buffers))
     return Parts(_PREFIX.pack(MAGIC, VERSION, 0, len(buffers), len(header)) + lengths + header,
@@ -275,7 +305,9 @@ def _unpack(data: memoryview | bytes, ext_hook: Callable, containers: int) -> An
         return container
 
     def array(items: list) -> list | tuple:
-        count(items)
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise WireError(f"frame header holds more than {containers} containers")
         if items and items[0] is _TUPLE_START:
             return tuple(items[1:])
         return items
@@ -291,12 +323,12 @@ def _no_extensions(code: int, data: bytes) -> Any:
 def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
               ) -> Callable[[int, bytes], Any]:
     def hook(code: int, data: bytes) -> Any:
-        if code == _TENSOR:
-            return _tensor(_unpack(data, _no_extensions, 2), buffers, used, copy)
         if code == _REF:
             if len(data) != 8:
                 raise WireError("a reference must be 8 bytes")
             return m.Ref(int.from_bytes(data, "little"))
+        if code == _TENSOR:
+            return _tensor(_unpack(data, _no_extensions, 2), buffers, used, copy)
         if code == _TUPLE:
             if data:
                 raise WireError("the tuple mark carries no payload")
@@ -354,68 +386,81 @@ def _tensor(meta: Any, buffers: list[memoryview], used: set[int], copy: bool) ->
                         f"{numel * dtype.itemsize} bytes, its buffer has {buf.nbytes}")
     if numel == 0:
         t = torch.empty(shape, dtype=dtype)
-    elif buf.readonly or _address(buf) % ALIGN:  # no aliasing read-only or misaligned memory
-        t = torch.frombuffer(_aligned_copy(buf), dtype=dtype, count=numel).view(shape)
+    elif copy or buf.readonly:  # no aliasing read-only memory, or a sender's (in-process)
+        t = _copied(buf, dtype, shape)
     else:
-        t = torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
-        t = t.clone() if copy else t
+        t = torch.frombuffer(buf, dtype=dtype, count=numel)
+        t = _copied(buf, dtype, shape) if t.data_ptr() % ALIGN else t.view(shape)
     if requires_grad is True and (dtype.is_floating_point or dtype.is_complex):
         t.requires_grad_(True)
     return t
 
 
-def _address(buf: memoryview) -> int:
-    return np.frombuffer(buf, dtype=np.uint8).ctypes.data
-
-
-def _aligned_copy(buf: memoryview) -> memoryview:
-    """The bytes, copied to fresh memory that numpy aligns for any dtype."""
-    out = np.empty(buf.nbytes, dtype=np.uint8)
-    out[:] = np.frombuffer(buf, dtype=np.uint8)
-    return memoryview(out)
+def _copied(buf: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    """The bytes as a tensor in memory of its own, copied the cheapest way for the size (a
+    bytearray comes from Python's small-object allocator, a clone from torch's, which reuses
+    large blocks)."""
+    if buf.nbytes <= _SMALL_BYTES or buf.readonly:
+        return torch.frombuffer(bytearray(buf), dtype=dtype).view(shape)
+    return torch.frombuffer(buf, dtype=dtype).view(shape).clone()
 
 
 def _message(item: Any) -> Any:
-    if not (isinstance(item, list) and item and type(item[0]) is int):
+    if not (type(item) is list and item and type(item[0]) is int):
         raise WireError("a message must be [tag, fields...]")
     tag = item[0]
     if not 0 <= tag < len(m.MESSAGE_TYPES):
         raise WireError(f"unknown message tag {tag}")
     cls = m.MESSAGE_TYPES[tag]
-    fields = _FIELDS[cls]
-    if len(item) != len(fields) + 1:
-        raise WireError(f"{cls.__name__} needs {len(fields)} fields, got {len(item) - 1}")
-    msg = cls(*item[1:])
-    _VALIDATORS[cls](msg)
-    return msg
+    if len(item) != len(_FIELDS[cls]) + 1:
+        raise WireError(f"{cls.__name__} needs {len(_FIELDS[cls])} fields, got {len(item) - 1}")
+    return _READERS[cls](*item[1:])
 
 
 def _is_id(x: Any) -> bool:
     return type(x) is int and 0 <= x <= _MAX_ID
 
 
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise WireError(what)
+def _put(obj_id: Any, value: Any) -> m.Put:
+    if not _is_id(obj_id):
+        raise WireError("Put.id must be an unsigned 64-bit integer")
+    return m.Put(obj_id, value)
 
 
-_VALIDATORS: dict[type, Callable[[Any], None]] = {
-    m.Put: lambda msg: _check(_is_id(msg.id), "Put.id must be an unsigned 64-bit integer"),
-    m.Call: lambda msg: _check(
-        isinstance(msg.op, str) and isinstance(msg.args, list) and isinstance(msg.kwargs, dict)
-        and (msg.out is None or _is_id(msg.out)),
-        "Call needs op: str, args: list, kwargs: map, out: id or null"),
-    m.Get: lambda msg: _check(
-        _is_id(msg.id) and isinstance(msg.name, str) and isinstance(msg.reason, str)
-        and isinstance(msg.wait, int | float) and 0 <= msg.wait <= _MAX_WAIT,
-        f"Get needs id, name: str, reason: str, wait: 0 to {_MAX_WAIT} seconds"),
-    m.Delete: lambda msg: _check(
-        isinstance(msg.ids, list) and all(_is_id(i) for i in msg.ids),
-        "Delete needs a list of ids"),
-    m.Done: lambda msg: _check(msg.meta is None or isinstance(msg.meta, list),
-                               "Done.meta must be a list or null"),
-    m.Value: lambda msg: None,
-    m.Failure: lambda msg: _check(
-        isinstance(msg.kind, str) and isinstance(msg.message, str)
-        and isinstance(msg.details, dict), "Failure needs kind: str, message: str, details: map"),
+def _call(op: Any, args: Any, kwargs: Any, out: Any) -> m.Call:
+    if not (type(op) is str and type(args) is list and type(kwargs) is dict
+            and (out is None or _is_id(out))):
+        raise WireError("Call needs op: str, args: list, kwargs: map, out: id or null")
+    return m.Call(op, args, kwargs, out)
+
+
+def _get(obj_id: Any, name: Any, reason: Any, wait: Any) -> m.Get:
+    if not (_is_id(obj_id) and type(name) is str and type(reason) is str
+            and type(wait) in (int, float) and 0 <= wait <= _MAX_WAIT):
+        raise WireError(f"Get needs id, name: str, reason: str, wait: 0 to {_MAX_WAIT} seconds")
+    return m.Get(obj_id, name, reason, wait)
+
+
+def _delete(ids: Any) -> m.Delete:
+    if not (type(ids) is list and all(_is_id(i) for i in ids)):
+        raise WireError("Delete needs a list of ids")
+    return m.Delete(ids)
+
+
+def _done(meta: Any) -> m.Done:
+    if not (meta is None or type(meta) is list):
+        raise WireError("Done.meta must be a list or null")
+    return m.Done(meta)
+
+
+def _failure(kind: Any, message: Any, details: Any) -> m.Failure:
+    if not (type(kind) is str and type(message) is str and type(details) is dict):
+        raise WireError("Failure needs kind: str, message: str, details: map")
+    return m.Failure(kind, message, details)
+
+
+# Each message type from its fields, checked (any field may be anything a peer sent).
+_READERS: dict[type, Callable[..., Any]] = {
+    m.Put: _put, m.Call: _call, m.Get: _get, m.Delete: _delete,
+    m.Done: _done, m.Value: m.Value, m.Failure: _failure,
 }
