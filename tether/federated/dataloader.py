@@ -41,8 +41,10 @@ class FederatedDataLoader:
 
     def __iter__(self) -> Iterator[tuple[Pointer, Pointer]]:
         for part in self.federated_dataset.datasets.values():
-            order = torch.randperm(part.size, generator=self._epoch_generator()) \
-                if self.shuffle else None
+            # A shuffled epoch's order goes to the worker once; each batch then takes its
+            # slice there, so cutting a batch never waits for a round trip of its own.
+            order = torch.randperm(part.size, generator=self._epoch_generator()).send(
+                part.location) if self.shuffle else None
             for b in range(self._batches(part.size)):
                 start, stop = b * self.batch_size, min((b + 1) * self.batch_size, part.size)
                 index = slice(start, stop) if order is None else order[start:stop]
