@@ -552,3 +552,63 @@ def test_a_closed_worker_handle_stays_closed(server):
     worker.close()
     with pytest.raises(ConnectionLostError, match="'bob' is gone"):
         (x + 1).get()
+
+
+# ---- quick frames ---------------------------------------------------------------------------
+
+
+def _node_with(**tensors: torch.Tensor) -> tuple[Node, dict[str, int]]:
+    node = Node("quick", release_derived=False)
+    ids = {name: i for i, name in enumerate(tensors, start=1)}
+    node.execute([Put(ids[name], t) for name, t in tensors.items()])
+    return node, ids
+
+
+def test_only_small_elementwise_frames_count_as_quick():
+    node, ids = _node_with(small=torch.ones(10), big=torch.ones(5000), row=torch.ones(4096))
+    small, big, row = (Ref(ids[k]) for k in ("small", "big", "row"))
+    quick = node.is_quick
+    assert quick([Call("operator.add", [small, 1], {}, 9), Get(9), Delete([9])])
+    assert quick([Call("operator.mul", [small, small], {}, 9),
+                  Call("operator.neg", [Ref(9)], {}, 8)])
+    assert quick([])
+    assert not quick([Call("operator.add", [big, 1], {}, 9)])  # too large
+    assert not quick([Call("operator.matmul", [small, small], {}, 9)])  # not elementwise
+    assert not quick([Call("torch.Tensor.add", [small, 1], {}, 9)])
+    assert not quick([Call("operator.add", [small], {"alpha": 2}, 9)])  # keywords
+    assert not quick([Call("operator.add", [Ref(99), 1], {}, 9)])  # unknown: the thread says so
+    assert not quick([Call("operator.add", [small, [1, 2]], {}, 9)])  # not a scalar
+    assert not quick([Put(9, torch.ones(2))])
+    assert not quick([Get(ids["small"], wait=5.0)])  # may wait for the owner
+    assert not quick([Call("operator.add", [row, row], {}, 9),
+                      Call("operator.add", [Ref(9), small], {}, 8)])  # may have grown 4096x
+    assert quick([Call("operator.add", [], {}, 9)])  # fails in the node, quickly
+
+
+def test_a_quick_get_of_private_or_derived_data_is_left_to_the_thread():
+    node = Node("owner", release_derived=False)
+    node.publish("secret", torch.ones(3))
+    node.execute([Call(PUBLISHED, ["secret"], {}, 1), Call("operator.add", [Ref(1), 1], {}, 2)])
+    assert not node.is_quick([Get(1)])  # private: files a request
+    assert not node.is_quick([Get(2)])  # derived, and this owner releases nothing unasked
+    assert not node.is_quick([Call("operator.add", [Ref(1), 1], {}, 3), Get(3)])
+
+
+def test_quick_frames_of_one_client_are_answered_while_another_s_long_command_runs(server):
+    a = torch.randn(1500, 1500)
+    with server.connect() as busy, server.connect() as other:
+        remote = a.send(busy)
+        chain = remote
+        for _ in range(20):
+            chain = (chain @ remote).tanh()  # about a second of work for busy's thread
+        link = busy.client.transport._link
+        waiting = threading.Thread(target=busy.flush)
+        waiting.start()
+        while link.outstanding == 0:
+            time.sleep(0.001)
+        x = torch.arange(4.0).send(other)
+        for i in range(50):
+            assert torch.equal((x + i).get(), torch.arange(4.0) + i)
+        assert link.outstanding == 1  # busy's frame is still running
+        waiting.join()
+        assert chain.get().shape == (1500, 1500)

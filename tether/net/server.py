@@ -10,6 +10,7 @@ published, its frames run in the order they came, and its objects are freed when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import logging
@@ -28,10 +29,11 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from tether.errors import WireError
 from tether.net import frames
 from tether.net.frames import ProtocolViolation, Reader
 from tether.node import Node
-from tether.wire import Parts
+from tether.wire import Parts, decode
 
 if TYPE_CHECKING:
     from tether.net.client import WebsocketClientWorker
@@ -45,6 +47,7 @@ WORKER_HEADER = "X-Tether-Worker"
 _MAX_REQUEST = 16 * 1024
 _SMALL_WRITE = 64 * 1024
 _WRITE_CHUNK = 1 << 20
+_INLINE_BYTES = 4096  # frames up to this size are decoded, and may run, on the loop
 _READ_AHEAD = 64 * 2**20  # bytes of frames queued behind the running one before reading pauses
 
 
@@ -141,10 +144,6 @@ class WorkerServer:
     def _client_name(self, peer: str) -> str:
         return f"{peer}#{next(self._serial)}"
 
-    def _execute(self, payload: memoryview, client: str) -> Parts:
-        """One frame of commands to one frame of replies (runs in the client's thread)."""
-        return self.node.answer(payload, client)
-
 
 class _Connection(asyncio.BufferedProtocol):
     """One client: handshake, then frames in, commands run in order, replies out."""
@@ -159,7 +158,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.finished: asyncio.Future[None] = loop.create_future()
         self._request = bytearray()
         self._scratch = memoryview(bytearray(4096))
-        self._queue: deque[memoryview] = deque()
+        self._queue: deque[tuple[int, memoryview | list]] = deque()  # (bytes, frame)
         # One thread per client: its commands run in order, and one client waiting (for an
         # owner's answer, say) never holds up another.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{server.node.name}-client")
@@ -311,7 +310,17 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport.close()
 
     def _enqueue(self, payload: memoryview) -> None:
-        self._queue.append(payload)
+        """Queue a frame to run after those before it; a small frame of quick commands that
+        nothing waits before runs at once, here (see `Node.is_quick`): no thread hand-offs."""
+        job: memoryview | list = payload
+        if len(payload) <= _INLINE_BYTES:
+            with contextlib.suppress(WireError):  # if not, the thread says what is wrong
+                job = decode(payload)
+            if (isinstance(job, list) and self._task is None and self._writable is None
+                    and self.server.node.is_quick(job, self.name)):
+                self._send_small(self.server.node.reply(job, self.name))
+                return
+        self._queue.append((len(payload), job))
         self._queued_bytes += len(payload)
         if self._queued_bytes > _READ_AHEAD and not self._reading_paused:
             self._reading_paused = True
@@ -331,12 +340,11 @@ class _Connection(asyncio.BufferedProtocol):
         (a reply may hold views of stored tensors that the next frame could change)."""
         try:
             while self._queue and not self._closed:
-                payload = self._queue.popleft()
-                self._queued_bytes -= len(payload)
+                size, job = self._queue.popleft()
+                self._queued_bytes -= size
                 self._maybe_resume_reading()
-                parts = await self.loop.run_in_executor(self._executor, self.server._execute,
-                                                        payload, self.name)
-                del payload
+                parts = await self._answer(job)
+                del job
                 if not self._closed:
                     await self._send_message(parts)
         finally:
@@ -344,12 +352,24 @@ class _Connection(asyncio.BufferedProtocol):
             if self._closed:
                 self._finish()
 
+    async def _answer(self, job: memoryview | list) -> Parts:
+        """The reply to one frame (or to its commands, decoded where it arrived), computed on
+        the connection's thread, so a long command never stalls other clients or the pings."""
+        node = self.server.node
+        run = node.reply if isinstance(job, list) else node.answer
+        return await self.loop.run_in_executor(self._executor, run, job, self.name)
+
+    def _send_small(self, parts: Parts) -> None:
+        assert self.transport is not None
+        head = frames.header(frames.OP_BINARY, parts.nbytes)
+        self.transport.write(b"".join([head, *parts.pieces()]))
+
     async def _send_message(self, parts: Parts) -> None:
         assert self.transport is not None
         pieces = parts.pieces()
         head = frames.header(frames.OP_BINARY, parts.nbytes)
         if parts.nbytes <= _SMALL_WRITE:
-            self.transport.write(b"".join([head, *pieces]))
+            self._send_small(parts)
         else:
             self.transport.write(head)
             for piece in pieces:

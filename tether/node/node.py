@@ -8,6 +8,7 @@ command. Nothing a peer sends can make it raise: every failure becomes a `Failur
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -44,6 +45,12 @@ REQUEST = "tether.request"
 # Paths that change their first argument in place: refused on the owner's data.
 _IN_PLACE = {"operator.setitem", "tether.assign", "torch.Tensor.backward"}
 _SCALARS = frozenset((int, float, bool, str, type(None)))
+# What `Node.is_quick` lets through: elementwise operators (at most two operands) on tensors of
+# at most this many elements, so a quick frame computes at most this squared.
+_QUICK_OPS = frozenset(f"operator.{name}" for name in (
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "pos", "abs", "invert",
+    "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor"))
+_QUICK_ELEMENTS = 4096
 _WIRE_LEAVES = (torch.Tensor, type(None), bool, int, float, str, bytes, complex, slice,
                 torch.dtype, torch.device)
 
@@ -142,11 +149,53 @@ class Node:
                                 f"{self.limits.max_frame_bytes}")
         except WireError as exc:
             return encode_parts([Failure("WireError", str(exc))])
+        return self.reply(commands, client)
+
+    def reply(self, commands: list, client: str = "local") -> Parts:
+        """Run decoded commands; their replies as one unjoined frame."""
         replies = self.execute(commands, client)
         try:
             return encode_parts(replies)
         except Exception:  # a value the codec cannot carry: that reply becomes a Failure
             return encode_parts([_encodable(reply) for reply in replies])
+
+    def is_quick(self, commands: list, client: str = "local") -> bool:
+        """Whether these commands surely finish in microseconds: elementwise operators on
+        small tensors, fetching small values the client may have without asking, freeing.
+        A server may run such a frame where it stands instead of handing it to a thread."""
+        objects = self.store(client).objects
+        made: dict[int, tuple[int, Privacy]] = {}  # what earlier commands of the frame make
+
+        def size_and_privacy(value: Any) -> tuple[int, Privacy] | None:
+            if type(value) is Ref:
+                if value.id in made:
+                    return made[value.id]
+                stored = objects.get(value.id)
+                if stored is None or not isinstance(stored.value, torch.Tensor):
+                    return None
+                return stored.value.numel(), stored.privacy
+            return (1, Privacy.PUBLIC) if type(value) in _SCALARS else None
+
+        for cmd in commands:
+            if isinstance(cmd, Delete):
+                continue
+            if isinstance(cmd, Get):
+                found = size_and_privacy(Ref(cmd.id))
+                if cmd.wait or found is None or found[0] > _QUICK_ELEMENTS or not (
+                        found[1] == Privacy.PUBLIC
+                        or (found[1] == Privacy.DERIVED and self.release_derived)):
+                    return False
+            elif isinstance(cmd, Call) and cmd.op in _QUICK_OPS and not cmd.kwargs:
+                inputs = [size_and_privacy(a) for a in cmd.args]
+                if None in inputs or max((n for n, _ in inputs), default=1) > _QUICK_ELEMENTS:
+                    return False
+                if cmd.out is not None:  # broadcasting at most multiplies the sizes
+                    derived = any(p > Privacy.PUBLIC for _, p in inputs)
+                    made[cmd.out] = (math.prod(n for n, _ in inputs),
+                                     Privacy.DERIVED if derived else Privacy.PUBLIC)
+            else:
+                return False
+        return True
 
     def execute(self, commands: list, client: str = "local") -> list:
         """Run decoded commands in order; one reply each. Never raises."""
