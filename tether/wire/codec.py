@@ -44,8 +44,8 @@ ALIGN = 64  # buffers start at multiples of this in a frame: no kernel meets mis
 _CONTAINERS_PER_BYTE = 4
 MAX_FRAME_BYTES = 2**34
 _DEVICE_TYPES = {"cpu", "cuda", "mps"}
-# Tensors up to this size are copied into a bytearray (pymalloc: cheapest); larger ones into
-# memory from torch's allocator.
+# Tensors up to this size are copied into a bytearray (the cheapest copy of a few bytes); larger
+# ones are cloned into memory from torch's allocator (which reuses large blocks).
 _SMALL_BYTES = 2**16
 
 
@@ -397,9 +397,7 @@ def _tensor(meta: Any, buffers: list[memoryview], used: set[int], copy: bool) ->
 
 
 def _copied(buf: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    """The bytes as a tensor in memory of its own, copied the cheapest way for the size (a
-    bytearray comes from Python's small-object allocator, a clone from torch's, which reuses
-    large blocks)."""
+    """The bytes as a tensor in memory of its own, copied the cheapest way for the size."""
     if buf.nbytes <= _SMALL_BYTES or buf.readonly:
         return torch.frombuffer(bytearray(buf), dtype=dtype).view(shape)
     return torch.frombuffer(buf, dtype=dtype).view(shape).clone()
