@@ -612,3 +612,15 @@ def test_quick_frames_of_one_client_are_answered_while_another_s_long_command_ru
         assert link.outstanding == 1  # busy's frame is still running
         waiting.join()
         assert chain.get().shape == (1500, 1500)
+
+
+def test_quick_frames_that_fail_get_failures_and_the_server_keeps_serving(server):
+    with server.connect() as worker:
+        transport = worker.client.transport
+        replies = transport.exchange([Call("operator.add", [], {}, 5),
+                                      Call("operator.truediv", [1, 0], {}, 6),
+                                      Call("operator.neg", [Ref(5)], {}, 7),
+                                      Get(99), Delete([12345])])()
+        assert [type(r) for r in replies] == [Failure, Failure, Failure, Failure, Done]
+        assert "ZeroDivisionError" in replies[1].kind
+        assert torch.equal((torch.ones(2).send(worker) + 1).get(), torch.full((2,), 2.0))
