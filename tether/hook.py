@@ -152,6 +152,7 @@ def send_module(module: nn.Module, worker: Any) -> nn.Module:
             _REMOTES.sent_to[id(local)] = client
     for m in modules:
         m.__dict__["_tether_client"] = client
+    module.__dict__["_tether_modules"] = modules  # spares model.get() walking the tree again
     return module
 
 
@@ -161,7 +162,7 @@ def get_module(module: nn.Module) -> nn.Module:
     client = module.__dict__.get("_tether_client")
     if client is None:
         return module
-    modules = list(module.modules())
+    modules = module.__dict__.pop("_tether_modules", None) or list(module.modules())
     slots = []
     for owner, table in _tables(modules):
         locals_ = owner.__dict__.get("_tether_locals", {})
@@ -185,6 +186,9 @@ def get_module(module: nn.Module) -> nn.Module:
 
 @dataclass
 class _Mirror:
+    """An optimizer's twin on one worker, for these parameters (by identity) and
+    hyperparameters (as plain values)."""
+
     pointer: Pointer
     param_ids: list[int]
     hyperparameters: list[dict]
@@ -210,31 +214,39 @@ def _plain(value: Any) -> Any:
 
 
 def _mirror(optimizer: torch.optim.Optimizer, client: Client) -> _Mirror:
+    """The optimizer's mirror on `client`'s worker, made on first use (and again when its
+    parameters change), with any changed hyperparameters (an lr schedule, say) sent first."""
+    groups = optimizer.param_groups
+    param_ids = [id(p) for g in groups for p in g["params"]]
+    plain = [{k: _plain(v) for k, v in g.items() if k != "params"} for g in groups]
+    mirrors = _MIRRORS.get(id(optimizer))
+    mirror = mirrors.get(client) if mirrors is not None else None
+    if mirror is None or mirror.param_ids != param_ids:
+        return _new_mirror(optimizer, client, param_ids, plain)
+    if plain != mirror.hyperparameters:
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+        client.call("tether.optim.set_hyperparameters", [Ref(mirror.pointer.id), hyper],
+                    kind=None)
+        mirror.hyperparameters = plain
+    return mirror
+
+
+def _new_mirror(optimizer: torch.optim.Optimizer, client: Client, param_ids: list[int],
+                plain: list[dict]) -> _Mirror:
     path = f"torch.optim.{type(optimizer).__name__}"
     if getattr(torch.optim, type(optimizer).__name__, None) is not type(optimizer) or (
             path not in ALLOWLIST):
         raise errors.NotAllowedError(
             f"{type(optimizer).__qualname__} cannot step remote parameters: tether mirrors only "
             "the optimizers of torch.optim listed in its allowlist")
-    groups = optimizer.param_groups
-    pointers = [[_REMOTES.of(p)[client].pointer for p in g["params"]] for g in groups]
-    ids = [p.id for ps in pointers for p in ps]
-    hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
-    plain = [{k: _plain(v) for k, v in h.items()} for h in hyper]
+    spec = [{"params": [Ref(_REMOTES.of(p)[client].pointer.id) for p in g["params"]],
+             **{k: v for k, v in g.items() if k != "params"}} for g in optimizer.param_groups]
     mirrors = _MIRRORS.get(id(optimizer))
     if mirrors is None:
         mirrors = _MIRRORS[id(optimizer)] = {}
         weakref.finalize(optimizer, _MIRRORS.pop, id(optimizer), None)
-    mirror = mirrors.get(client)
-    if mirror is None or mirror.param_ids != ids:
-        spec = [{"params": [Ref(p.id) for p in ps], **h}
-                for ps, h in zip(pointers, hyper, strict=True)]
-        pointer = client.call(path, [spec], kind="optimizer")
-        mirror = mirrors[client] = _Mirror(pointer, ids, plain)
-    elif plain != mirror.hyperparameters:
-        client.call("tether.optim.set_hyperparameters", [Ref(mirror.pointer.id), hyper],
-                    kind=None)
-        mirror.hyperparameters = plain
+    pointer = client.call(path, [spec], kind="optimizer")
+    mirror = mirrors[client] = _Mirror(pointer, param_ids, plain)
     return mirror
 
 

@@ -260,14 +260,15 @@ def remote_call(path: str, args: list, kwargs: dict, client: Client | None = Non
     result. Local tensors among the arguments travel with the command."""
     found: list[Client] = [] if client is None else [client]
     wire_args = [_to_wire(a, path, found) for a in args]
-    wire_kwargs = {k: _to_wire(v, path, found) for k, v in kwargs.items()}
+    wire_kwargs = {k: _to_wire(v, path, found) for k, v in kwargs.items()} if kwargs else {}
     if not found:
         raise TypeError(f"{path} got no pointer, so there is no worker to run it on")
     client = found[0]
     in_place = path.endswith("_") or path in _NO_RESULT
     kind = None if in_place else _result_kind(path, args)
-    result = client.call(path, wire_args, wire_kwargs, kind=kind,
-                         flush=any(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())))
+    carries_tensor = any(isinstance(a, torch.Tensor) for a in args) or (
+        kwargs and any(isinstance(v, torch.Tensor) for v in kwargs.values()))
+    result = client.call(path, wire_args, wire_kwargs, kind=kind, flush=bool(carries_tensor))
     if path == "torch.Tensor.backward":
         from tether.autograd import after_backward
 
@@ -294,8 +295,11 @@ def get_all(pointers: list[Pointer]) -> list[Any]:
 
 def _to_wire(value: Any, path: str, found: list, count: bool = True) -> Any:
     """Pointers become Refs (all on one worker, collected in `found`); the rest is as is."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, Pointer):
-        value._check_live()
+        if not value._live:
+            value._check_live()
         if not found:
             found.append(value._client)
         elif value._client is not found[0]:
@@ -314,8 +318,24 @@ def _to_wire(value: Any, path: str, found: list, count: bool = True) -> Any:
     return value
 
 
+_PLAIN = frozenset((int, float, bool, str, type(None)))
+# Each path's result kind when its arguments do not decide it ("" when they do), as worked out.
+_KINDS: dict[str, str] = {}
+
+
 def _result_kind(path: str, args: list) -> str:
     """What a call will most likely give, so methods on its pointer resolve without waiting."""
+    kind = _KINDS.get(path)
+    if kind is None:
+        kind = _KINDS[path] = _path_kind(path)
+    if kind:
+        return kind
+    tensor_args = any(isinstance(a, torch.Tensor) or (isinstance(a, Pointer) and a.kind == "tensor")
+                      for a in args)
+    return "tensor" if tensor_args else "object"
+
+
+def _path_kind(path: str) -> str:
     module, _, name = path.rpartition(".")
     if module == "torch.nn" and name[:1].isupper():
         return "module"
@@ -325,11 +345,7 @@ def _result_kind(path: str, args: list) -> str:
         return "scheduler"
     if name in _SCALAR_RESULTS or module in ("builtins", "tether.data"):
         return "object"
-    if module.startswith(("torch", "tether")):
-        return "tensor"
-    tensor_args = any(isinstance(a, torch.Tensor) or (isinstance(a, Pointer) and a.kind == "tensor")
-                      for a in args)
-    return "tensor" if tensor_args else "object"
+    return "tensor" if module.startswith(("torch", "tether")) else ""
 
 
 def _operator(name: str, reflected: bool = False):

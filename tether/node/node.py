@@ -229,12 +229,12 @@ class Node:
         return failure
 
     def _call(self, cmd: Call, store: Store, client: str) -> Done:
-        if cmd.op == PUBLISHED:
-            return self._published(cmd, store)
-        if cmd.op == REQUEST:
-            return self._request_status(cmd, store, client)
         entry = resolve(cmd.op)
         if entry is None:
+            if cmd.op == PUBLISHED:
+                return self._published(cmd, store)
+            if cmd.op == REQUEST:
+                return self._request_status(cmd, store, client)
             raise _Refused(NotAllowedError.__name__, _not_allowed(cmd.op))
         inputs: list[Stored] = []
         args = tuple([self._resolve(a, store, inputs) for a in cmd.args])
@@ -242,7 +242,8 @@ class Node:
                   } if cmd.kwargs else {}
         privacy, protected, tagged = Privacy.PUBLIC, [], False  # one pass over the inputs
         for stored in inputs:
-            privacy = max(privacy, stored.privacy)
+            if stored.privacy > privacy:
+                privacy = stored.privacy
             tagged = tagged or bool(stored.tags)
             if stored.readonly:
                 protected.append(stored.value)
@@ -261,7 +262,7 @@ class Node:
         _check_result_size(entry.path, result, self.limits.max_elements)
         if cmd.out is None:
             return Done()
-        readonly = _shares_memory(result, protected)
+        readonly = bool(protected) and _shares_memory(result, protected)
         if readonly and _shares_memory(result, [s.value for s in inputs
                                                 if s.privacy == Privacy.PRIVATE]):
             privacy = Privacy.PRIVATE  # a view of the owner's data is that data
@@ -330,8 +331,8 @@ class Node:
         """Replace Refs by the objects they name (collecting those objects' policies)."""
         if type(value) in _SCALARS:
             return value
-        if isinstance(value, Ref):
-            stored = self._lookup(value.id, store)
+        if type(value) is Ref:
+            stored = store.objects.get(value.id) or self._lookup(value.id, store)
             inputs.append(stored)
             return stored.value
         if isinstance(value, list):
@@ -438,6 +439,10 @@ def _too_big(path: str, elements: int, limit: int) -> str:
 
 def _check_result_size(path: str, result: Any, limit: int) -> None:
     """Catch views (expand, ...) whose size the guards did not bound, before anything uses them."""
+    if type(result) is torch.Tensor:  # the common case, first
+        if result.numel() > limit:
+            raise _Refused(LimitError.__name__, _too_big(path, result.numel(), limit))
+        return
     tensors = result if isinstance(result, list | tuple) else (result,)
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.numel() > limit:
