@@ -186,8 +186,8 @@ def get_module(module: nn.Module) -> nn.Module:
 
 @dataclass
 class _Mirror:
-    """An optimizer's twin on one worker, for these parameters (by identity) and
-    hyperparameters (as plain values)."""
+    """An optimizer's twin on one worker, for these parameters (the ids of their copies there)
+    and hyperparameters (as plain values)."""
 
     pointer: Pointer
     param_ids: list[int]
@@ -217,7 +217,7 @@ def _mirror(optimizer: torch.optim.Optimizer, client: Client) -> _Mirror:
     """The optimizer's mirror on `client`'s worker, made on first use (and again when its
     parameters change), with any changed hyperparameters (an lr schedule, say) sent first."""
     groups = optimizer.param_groups
-    param_ids = [id(p) for g in groups for p in g["params"]]
+    param_ids = [_REMOTES.of(p)[client].pointer.id for g in groups for p in g["params"]]
     plain = [{k: _plain(v) for k, v in g.items() if k != "params"} for g in groups]
     mirrors = _MIRRORS.get(id(optimizer))
     mirror = mirrors.get(client) if mirrors is not None else None
@@ -239,7 +239,8 @@ def _new_mirror(optimizer: torch.optim.Optimizer, client: Client, param_ids: lis
         raise errors.NotAllowedError(
             f"{type(optimizer).__qualname__} cannot step remote parameters: tether mirrors only "
             "the optimizers of torch.optim listed in its allowlist")
-    spec = [{"params": [Ref(_REMOTES.of(p)[client].pointer.id) for p in g["params"]],
+    ids = iter(param_ids)
+    spec = [{"params": [Ref(next(ids)) for _ in g["params"]],
              **{k: v for k, v in g.items() if k != "params"}} for g in optimizer.param_groups]
     mirrors = _MIRRORS.get(id(optimizer))
     if mirrors is None:
