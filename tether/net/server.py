@@ -366,13 +366,11 @@ class _Connection(asyncio.BufferedProtocol):
 
     async def _send_message(self, parts: Parts) -> None:
         assert self.transport is not None
-        pieces = parts.pieces()
-        head = frames.header(frames.OP_BINARY, parts.nbytes)
         if parts.nbytes <= _SMALL_WRITE:
             self._send_small(parts)
         else:
-            self.transport.write(head)
-            for piece in pieces:
+            self.transport.write(frames.header(frames.OP_BINARY, parts.nbytes))
+            for piece in parts.pieces():
                 view = memoryview(piece).cast("B")
                 for start in range(0, len(view), _WRITE_CHUNK):
                     self.transport.write(view[start:start + _WRITE_CHUNK])

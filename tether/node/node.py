@@ -439,10 +439,6 @@ def _too_big(path: str, elements: int, limit: int) -> str:
 
 def _check_result_size(path: str, result: Any, limit: int) -> None:
     """Catch views (expand, ...) whose size the guards did not bound, before anything uses them."""
-    if type(result) is torch.Tensor:  # the common case, first
-        if result.numel() > limit:
-            raise _Refused(LimitError.__name__, _too_big(path, result.numel(), limit))
-        return
     tensors = result if isinstance(result, list | tuple) else (result,)
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.numel() > limit:

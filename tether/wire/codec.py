@@ -305,9 +305,7 @@ def _unpack(data: memoryview | bytes, ext_hook: Callable, containers: int) -> An
         return container
 
     def array(items: list) -> list | tuple:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise WireError(f"frame header holds more than {containers} containers")
+        count(items)
         if items and items[0] is _TUPLE_START:
             return tuple(items[1:])
         return items
