@@ -162,6 +162,16 @@ def test_message_round_trip(batch: list) -> None:
     assert same(decoded, batch), (batch, decoded)
 
 
+@pytest.mark.parametrize("extra", [[], [(1, (2, "三"))]], ids=["no tuples", "tuples"])
+def test_bytes_that_look_like_containers_still_decode(extra: list) -> None:
+    """UTF-8 text and ints from 128 to 159 are full of bytes that could open a msgpack array or
+    map, so such a frame is decoded with every container counted: the result is the same."""
+    args = ["日本語のテキスト" * 64, list(range(128, 160)) * 32, *extra]
+    header = codec.encode_parts([Call("torch.add", args, {}, 1)]).head
+    assert len(header.translate(None, codec._NOT_OPENERS)) > len(header) // 4 + 64
+    assert decode(encode([Call("torch.add", args, {}, 1)])) == [Call("torch.add", args, {}, 1)]
+
+
 # ---- crafted and fuzzed frames --------------------------------------------------------------
 
 

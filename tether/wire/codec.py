@@ -39,9 +39,13 @@ _TENSOR, _REF, _TUPLE, _SLICE, _DTYPE, _ELLIPSIS, _COMPLEX, _DEVICE, _MEMFMT = r
 # Tuples travel as arrays whose first item is this (empty) extension, so that nesting stays
 # inside msgpack's own bounded stack instead of recursing through extension payloads.
 _TUPLE_MARK = msgpack.ExtType(_TUPLE, b"")
+_TUPLE_MARK_BYTES = msgpack.packb(_TUPLE_MARK)
 ALIGN = 64  # buffers start at multiples of this in a frame: no kernel meets misaligned data
 # Containers a header may hold: a quarter of its bytes (legit headers hold far fewer).
 _CONTAINERS_PER_BYTE = 4
+# The bytes that can open a msgpack array or map (fix-, 16- and 32-bit forms), and the rest.
+_OPENERS = frozenset((*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF))
+_NOT_OPENERS = bytes(b for b in range(256) if b not in _OPENERS)
 MAX_FRAME_BYTES = 2**34
 _DEVICE_TYPES = {"cpu", "cuda", "mps"}
 # Tensors up to this size are copied into a bytearray (the cheapest copy of a few bytes); larger
@@ -296,6 +300,14 @@ _TUPLE_START = _Tuple()
 
 
 def _unpack(data: memoryview | bytes, ext_hook: Callable, containers: int) -> Any:
+    """msgpack's unpackb, refusing more than `containers` arrays and maps and turning arrays
+    led by the tuple mark into tuples."""
+    data = bytes(data)
+    if len(data.translate(None, _NOT_OPENERS)) <= containers and _TUPLE_MARK_BYTES not in data:
+        # Too few bytes that could open a container to break the budget, and no tuples: no
+        # per-container hooks needed (the common case, and several times faster).
+        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=True,
+                               use_list=True)
     budget = [containers]
 
     def count(container: Any) -> Any:
