@@ -184,6 +184,37 @@ def test_dropped_pointers_free_their_objects(bob):
     assert len(store_of(bob)) == 0
 
 
+def test_a_training_loop_leaves_nothing_behind_on_either_side(bob):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data, target = torch.randn(4, 3, 4).send(bob), torch.tensor([0, 1, 2, 0]).send(bob)
+
+    def train(batches: int) -> tuple[int, int]:
+        for _ in range(batches):
+            model.send(bob)
+            opt.zero_grad()
+            F.cross_entropy(model(data), target).backward()
+            opt.step()
+            model.get()
+        gc.collect()
+        bob.flush()
+        return len(bob.client._meta), len(store_of(bob))
+
+    assert train(3) == train(30)
+
+
+def test_what_a_reply_says_of_an_object_freed_meanwhile_is_not_kept(bob):
+    x = torch.ones(2).send(bob)
+    bob.flush()
+    known = len(bob.client._meta)
+    y = x + torch.ones(2)  # carries a tensor, so its frame leaves at once (no reply read yet)
+    del y
+    gc.collect()
+    bob.flush()  # reads the reply describing y, then the one to freeing it
+    assert len(bob.client._meta) == known
+    assert len(store_of(bob)) == 1
+
+
 def test_hooks_workers_and_pointers_never_draw_from_the_rng():
     model = nn.Linear(3, 1)  # made before the seed: its init draws from the RNG
     torch.manual_seed(123)

@@ -116,10 +116,14 @@ class Client:
         if len(replies) == 1 and len(commands) > 1 and isinstance(replies[0], Failure):
             replies = replies * len(commands)  # the whole frame was refused
         for command, reply in zip(commands, replies, strict=False):
-            if isinstance(reply, Done):
-                out = command.out if isinstance(command, Call) else getattr(command, "id", None)
-                if out is not None and reply.meta is not None:
-                    self._meta[out] = reply.meta
+            if type(reply) is Done:
+                if reply.meta is not None:
+                    out = command.out if type(command) is Call else getattr(command, "id", None)
+                    if out is not None:
+                        self._meta[out] = reply.meta
+                elif type(command) is Delete:  # what a reply described before it was freed
+                    for obj_id in command.ids:
+                        self._meta.pop(obj_id, None)
             elif isinstance(reply, Value):
                 self._values[id(command)] = reply.value
             elif isinstance(reply, Failure):

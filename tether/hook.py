@@ -68,29 +68,27 @@ class _RemoteCopy:
     synced: _Sync | None = None
 
 
-@dataclass(frozen=True)
 class _Sync:
-    """The local tensor's storage, version and view, and the copy's use count, when they last
-    agreed. Holding the storage keeps its memory from being reused for another tensor, so
+    """The local tensor's data pointer, version and view, and the copy's use count, when they
+    last agreed. Holding the storage keeps its memory from being reused for another tensor, so
     `matches` cannot mistake a new tensor at a recycled address for the old one."""
 
-    storage: torch.UntypedStorage
-    version: int
-    view: tuple
-    touches: int
+    __slots__ = ("data_ptr", "dtype", "shape", "storage", "stride", "touches", "version")
 
-    @staticmethod
-    def of(local: torch.Tensor, pointer: Pointer) -> _Sync:
-        return _Sync(local.untyped_storage(), local._version, _view(local), pointer._touches)
+    def __init__(self, local: torch.Tensor, pointer: Pointer) -> None:
+        self.storage = local.untyped_storage()
+        self.data_ptr = local.data_ptr()
+        self.version = local._version
+        self.shape = local.shape
+        self.stride = local.stride()
+        self.dtype = local.dtype
+        self.touches = pointer._touches
 
     def matches(self, local: torch.Tensor, pointer: Pointer) -> bool:
-        return (self.storage.data_ptr() == local.untyped_storage().data_ptr()
-                and self.version == local._version and self.view == _view(local)
-                and self.touches == pointer._touches)
-
-
-def _view(t: torch.Tensor) -> tuple:
-    return t.storage_offset(), tuple(t.shape), t.stride(), t.dtype
+        # Same address in memory that is still ours, so the same storage (and offset).
+        return (local.data_ptr() == self.data_ptr and local._version == self.version
+                and pointer._touches == self.touches and local.shape == self.shape
+                and local.stride() == self.stride and local.dtype == self.dtype)
 
 
 @dataclass
@@ -175,7 +173,7 @@ def get_module(module: nn.Module) -> nn.Module:
         table[name] = local
         _REMOTES.sent_to.pop(id(local), None)
         for other, copy in _REMOTES.of(local).items():  # the others now hold older values
-            copy.synced = _Sync.of(local, pointer) if other is client else None
+            copy.synced = _Sync(local, pointer) if other is client else None
     for m in modules:
         m.__dict__.pop("_tether_client", None)
     return module
@@ -217,18 +215,37 @@ def _mirror(optimizer: torch.optim.Optimizer, client: Client) -> _Mirror:
     """The optimizer's mirror on `client`'s worker, made on first use (and again when its
     parameters change), with any changed hyperparameters (an lr schedule, say) sent first."""
     groups = optimizer.param_groups
-    param_ids = [_REMOTES.of(p)[client].pointer.id for g in groups for p in g["params"]]
-    plain = [{k: _plain(v) for k, v in g.items() if k != "params"} for g in groups]
+    copies = _REMOTES.copies
+    param_ids = [copies[id(p)][client].pointer.id for g in groups for p in g["params"]]
     mirrors = _MIRRORS.get(id(optimizer))
     mirror = mirrors.get(client) if mirrors is not None else None
     if mirror is None or mirror.param_ids != param_ids:
-        return _new_mirror(optimizer, client, param_ids, plain)
-    if plain != mirror.hyperparameters:
+        return _new_mirror(optimizer, client, param_ids, _hyperparameters(groups))
+    if not _unchanged(groups, mirror.hyperparameters):
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
         client.call("tether.optim.set_hyperparameters", [Ref(mirror.pointer.id), hyper],
                     kind=None)
-        mirror.hyperparameters = plain
+        mirror.hyperparameters = _hyperparameters(groups)
     return mirror
+
+
+def _hyperparameters(groups: list[dict]) -> list[dict]:
+    return [{k: _plain(v) for k, v in g.items() if k != "params"} for g in groups]
+
+
+def _unchanged(groups: list[dict], seen: list[dict]) -> bool:
+    """Whether the groups' hyperparameters are still `seen` (checked by identity first: this
+    runs at every step)."""
+    if len(groups) != len(seen):
+        return False
+    for group, plain in zip(groups, seen, strict=True):
+        if group.keys() - {"params"} != plain.keys():
+            return False
+        for key, value in plain.items():
+            now = group[key]
+            if now is not value and _plain(now) != value:
+                return False
+    return True
 
 
 def _new_mirror(optimizer: torch.optim.Optimizer, client: Client, param_ids: list[int],

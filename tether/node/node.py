@@ -200,12 +200,15 @@ class Node:
     def execute(self, commands: list, client: str = "local") -> list:
         """Run decoded commands in order; one reply each. Never raises."""
         store = self.store(client)
-        return [self._execute_one(cmd, store, client) for cmd in commands]
+        # Results a later command of this frame frees: the client holds no pointer to them, so
+        # their replies carry no description.
+        freed = {i for cmd in commands if type(cmd) is Delete for i in cmd.ids}
+        return [self._execute_one(cmd, store, client, freed) for cmd in commands]
 
-    def _execute_one(self, cmd: Any, store: Store, client: str) -> Any:
+    def _execute_one(self, cmd: Any, store: Store, client: str, freed: set[int]) -> Any:
         try:
             if isinstance(cmd, Call):
-                return self._call(cmd, store, client)
+                return self._call(cmd, store, client, cmd.out not in freed)
             if isinstance(cmd, Put):
                 store.put(cmd.id, Stored(cmd.value))
                 return Done(_meta(cmd.value))
@@ -228,7 +231,7 @@ class Node:
                 store.mark_failed(out, f"{getattr(cmd, 'op', 'put')}: {failure.message}")
         return failure
 
-    def _call(self, cmd: Call, store: Store, client: str) -> Done:
+    def _call(self, cmd: Call, store: Store, client: str, describe: bool = True) -> Done:
         entry = resolve(cmd.op)
         if entry is None:
             if cmd.op == PUBLISHED:
@@ -268,7 +271,7 @@ class Node:
             privacy = Privacy.PRIVATE  # a view of the owner's data is that data
         tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if tagged else ()
         store.put(cmd.out, Stored(result, privacy, readonly, tags=tags))
-        return Done(_meta(result))
+        return Done(_meta(result) if describe else None)
 
     def _published(self, cmd: Call, store: Store) -> Done:
         """What the owner published under a key (or item `index` of it, for a (data, labels)
