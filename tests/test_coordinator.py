@@ -128,14 +128,14 @@ class FlakyTransport:
         self.inner, self.fail_on, self.slow_on, self.gate = inner, fail_on, slow_on, gate
         self.fits = 0
 
-    def exchange(self, commands: list):
+    def exchange(self, commands: list, adopted: frozenset[int] = frozenset()):
         if any(isinstance(c, Call) and c.op == coord.FIT for c in commands):
             self.fits += 1
             if self.fits in self.fail_on:
                 raise ConnectionLostError("lost the connection (injected)")
             if self.fits in self.slow_on and self.gate is not None:
                 self.gate.wait()
-        return self.inner.exchange(commands)
+        return self.inner.exchange(commands, adopted)
 
     def close(self) -> None:
         self.inner.close()

@@ -215,6 +215,53 @@ def test_what_a_reply_says_of_an_object_freed_meanwhile_is_not_kept(bob):
     assert len(store_of(bob)) == 1
 
 
+def test_model_get_in_process_adopts_the_workers_tensors_and_stays_exact(bob):
+    model, twin = nn.Linear(256, 128), nn.Linear(256, 128)  # weights of 128 KiB: lent
+    twin.load_state_dict(model.state_dict())
+    opt, twin_opt = (torch.optim.SGD(m.parameters(), lr=0.5) for m in (model, twin))
+    x, y = torch.randn(8, 256), torch.randn(8, 128)
+    px, py = x.send(bob), y.send(bob)
+    for _ in range(3):
+        model.send(bob)
+        opt.zero_grad()
+        F.mse_loss(model(px), py).backward()
+        opt.step()
+        model.get()
+        twin_opt.zero_grad()
+        F.mse_loss(twin(x), y).backward()
+        twin_opt.step()
+        torch.testing.assert_close(model.weight, twin.weight, rtol=0, atol=1e-6)
+    stored = {s.value.data_ptr() for s in store_of(bob).objects.values()
+              if isinstance(s.value, torch.Tensor)}
+    lent = model.weight.data_ptr() in stored
+    assert lent == isinstance(bob, sy.VirtualWorker)  # over a network, values arrive as copies
+
+
+def test_a_fetched_value_never_shares_the_workers_memory(bob):
+    y = torch.ones(3).send(bob) * 1
+    value = y.get(delete=False)
+    y.add_(1)
+    bob.flush()
+    assert torch.equal(value, torch.ones(3))
+    value.mul_(5)
+    assert torch.equal(y.get(), torch.full((3,), 2.0))
+
+
+def test_nodes_lend_only_what_may_leave_freely():
+    from tether.node import Node
+    from tether.node.store import Privacy, Stored
+
+    for release_derived, privacy, readonly, lent in [
+            (True, Privacy.PUBLIC, False, True), (False, Privacy.PUBLIC, False, True),
+            (True, Privacy.DERIVED, False, True), (False, Privacy.DERIVED, False, False),
+            (True, Privacy.PRIVATE, False, False), (True, Privacy.PUBLIC, True, False)]:
+        node = Node("owner", release_derived=release_derived)
+        node.store("scientist").put(1, Stored(torch.ones(2), privacy, readonly))
+        assert node.lends("scientist", 1) is lent, (release_derived, privacy, readonly)
+        assert not node.lends("scientist", 2)  # nothing stored there
+        assert not node.lends("someone else", 1)
+
+
 def test_hooks_workers_and_pointers_never_draw_from_the_rng():
     model = nn.Linear(3, 1)  # made before the seed: its init draws from the RNG
     torch.manual_seed(123)

@@ -40,9 +40,12 @@ _LOCAL_KINDS: dict[str, type[errors.TetherError]] = {
 
 
 class Transport(Protocol):
-    """Carries a list of commands to a node; returns a function that waits for the replies."""
+    """Carries a list of commands to a node; returns a function that waits for the replies.
 
-    def exchange(self, commands: list) -> Replies: ...
+    `adopted`: the positions of Gets whose values the caller takes as its own (`model.get()`).
+    A transport may hand those over without copying them, where the node lends them."""
+
+    def exchange(self, commands: list, adopted: frozenset[int] = frozenset()) -> Replies: ...
 
     def close(self) -> None: ...
 
@@ -60,6 +63,7 @@ class Client:
         self._values: dict[int, Any] = {}
         self._errors: list[errors.TetherError] = []
         self._released: list[int] = []
+        self._adopted: set[int] = set()  # id() of queued Gets whose values the caller adopts
         self._lock = threading.RLock()
 
     @property
@@ -100,7 +104,11 @@ class Client:
         if not self._queue:
             return
         commands, self._queue = self._queue, []
-        self._inflight.append((commands, self.transport.exchange(commands)))
+        adopted = frozenset()
+        if self._adopted:
+            adopted = frozenset(i for i, c in enumerate(commands) if id(c) in self._adopted)
+            self._adopted.clear()
+        self._inflight.append((commands, self.transport.exchange(commands, adopted)))
 
     def _drain(self) -> None:
         while self._inflight:
@@ -169,11 +177,15 @@ class Client:
         return None if obj_id is None else Pointer(self, obj_id, kind)
 
     def get(self, obj_ids: list[int], *, delete: bool, name: str = "", reason: str = "",
-            wait: float = 0.0) -> list:
+            wait: float = 0.0, adopt: bool = False) -> list:
         """Fetch values in one round trip (and free them remotely when `delete`). Objects that
-        need the owner's approval file a request and wait up to `wait` seconds for it."""
+        need the owner's approval file a request and wait up to `wait` seconds for it.
+        `adopt`: the caller takes the values as its own copy of the objects, so a worker in
+        this process may lend their memory instead of copying it (see `Node.lends`)."""
         with self._lock:
             gets = [Get(i, name, reason, wait) for i in obj_ids]
+            if adopt:
+                self._adopted.update(map(id, gets))
             self._queue.extend(gets)
             self.flush()
             values = [self._values.pop(id(g)) for g in gets]

@@ -167,9 +167,9 @@ def get_module(module: nn.Module) -> nn.Module:
         for name, value in table.items():
             if isinstance(value, Pointer):
                 slots.append((table, name, locals_.pop((id(table), name)), value))
-    values = client.get([pointer.id for *_, pointer in slots], delete=False)
+    values = client.get([pointer.id for *_, pointer in slots], delete=False, adopt=True)
     for (table, name, local, pointer), value in zip(slots, values, strict=True):
-        local.data = value.detach()  # adopt the fetched memory: no further copy
+        local.data = value.detach()  # adopt the fetched (or lent) memory: no further copy
         table[name] = local
         _REMOTES.sent_to.pop(id(local), None)
         for other, copy in _REMOTES.of(local).items():  # the others now hold older values

@@ -16,7 +16,10 @@ from tether.wire import Call, Put, Value, decode_parts, encode_parts
 
 class InProcessTransport:
     """Hands frames to a Node in the same process. With `serialize=False` the messages skip the
-    codec (tensors are still copied, so neither side sees the other's later changes)."""
+    codec. Either way the tensors are copied, so neither side sees the other's later changes,
+    except what the node lends (`Node.lends`) to a client adopting it (`model.get()`): then
+    the client's tensor is the worker's, as a model's tensors are its optimizer's in plain
+    PyTorch, and sending it back costs nothing."""
 
     def __init__(self, node: Node, client_name: str = "local", serialize: bool = True) -> None:
         self.node = node
@@ -24,17 +27,25 @@ class InProcessTransport:
         self.serialize = serialize
         self.closed = False
 
-    def exchange(self, commands: list) -> Replies:
+    def exchange(self, commands: list, adopted: frozenset[int] = frozenset()) -> Replies:
         if self.closed:
             raise ConnectionLostError(f"worker {self.node.name!r} is gone (it was closed)")
         if self.serialize:
             reply = self.node.handle_parts(encode_parts(commands), self.client_name)
-            replies = decode_parts(reply)
+            replies = decode_parts(reply, copy=not adopted)
+            if adopted:  # the tensors are the node's own: copy all but what it lends
+                replies = [reply if self._lent(commands, i, reply, adopted) else
+                           _copy_tensors_in(reply) for i, reply in enumerate(replies)]
         else:
-            replies = [_copy_tensors_in(r) for r in
-                       self.node.execute([_copy_tensors_in(c) for c in commands],
-                                         self.client_name)]
+            replies = [_copy_tensors_in(c) for c in commands]
+            replies = [reply if self._lent(commands, i, reply, adopted) else
+                       _copy_tensors_in(reply) for i, reply in
+                       enumerate(self.node.execute(replies, self.client_name))]
         return lambda: replies
+
+    def _lent(self, commands: list, index: int, reply: Any, adopted: frozenset[int]) -> bool:
+        return (index in adopted and isinstance(reply, Value) and len(commands) > index
+                and self.node.lends(self.client_name, commands[index].id))
 
     def close(self) -> None:
         self.closed = True

@@ -71,8 +71,9 @@ class WebsocketTransport:
         self._link: _Link = self._open()
         self.worker_id: str = self._link.worker_id
 
-    def exchange(self, commands: list) -> Replies:
-        """Send the commands now; the returned function waits for their replies."""
+    def exchange(self, commands: list, adopted: frozenset[int] = frozenset()) -> Replies:
+        """Send the commands now; the returned function waits for their replies (which arrive
+        in memory of their own: `adopted` changes nothing here)."""
         with self._lock:
             if self.closed:
                 raise ConnectionLostError(f"worker {self.worker_id!r} is gone (it was closed)")

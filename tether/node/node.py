@@ -117,6 +117,16 @@ class Node:
         with self._lock:
             return list(self._stores)
 
+    def lends(self, client: str, obj_id: int) -> bool:
+        """Whether a client in this process may hold the memory of a stored object itself rather
+        than a copy (and so see what later commands do to it): only its own data, or data
+        derived from private data where such results leave freely (it could fetch every
+        later value anyway); never memory shared with the owner's data."""
+        stored = self.store(client).objects.get(obj_id)
+        return stored is not None and not stored.readonly and (
+            stored.privacy == Privacy.PUBLIC
+            or (stored.privacy == Privacy.DERIVED and self.release_derived))
+
     def forget(self, client: str) -> None:
         """Drop everything a client stored (it disconnected)."""
         with self._lock:

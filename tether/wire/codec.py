@@ -227,9 +227,11 @@ def decode(frame: bytes | bytearray | memoryview) -> list:
     return _guarded(_decode_frame, view)
 
 
-def decode_parts(parts: Parts) -> list:
-    """Decode a frame that was never joined (in-process); tensors are copied out."""
-    return _guarded(_decode_parts, parts)
+def decode_parts(parts: Parts, copy: bool = True) -> list:
+    """Decode a frame that was never joined (in-process). Tensors are copied out, or with
+    `copy=False` are views of the sender's memory: copy what you keep before the sender runs
+    again."""
+    return _guarded(functools.partial(_decode_parts, copy=copy), parts)
 
 
 def _guarded(decoder: Callable[[Any], list], data: Any) -> list:
@@ -273,12 +275,12 @@ def _decode_frame(view: memoryview) -> list:
     return _decode_body(view[start:end], buffers, copy=False)
 
 
-def _decode_parts(parts: Parts) -> list:
+def _decode_parts(parts: Parts, copy: bool) -> list:
     head = memoryview(parts.head).cast("B")
     lengths, start, end = _read_prefix(head, len(head))
     if end != len(head) or list(lengths) != [b.nbytes for b in parts.buffers]:
         raise WireError("frame head does not match its buffers")
-    return _decode_body(head[start:end], [b.cast("B") for b in parts.buffers], copy=True)
+    return _decode_body(head[start:end], [b.cast("B") for b in parts.buffers], copy=copy)
 
 
 def _decode_body(header: memoryview, buffers: list[memoryview], copy: bool) -> list:
@@ -396,7 +398,7 @@ def _tensor(meta: Any, buffers: list[memoryview], used: set[int], copy: bool) ->
                         f"{numel * dtype.itemsize} bytes, its buffer has {buf.nbytes}")
     if numel == 0:
         t = torch.empty(shape, dtype=dtype)
-    elif copy or buf.readonly:  # no aliasing read-only memory, or a sender's (in-process)
+    elif copy or buf.readonly:  # no aliasing read-only memory, nor a sender's unless asked
         t = _copied(buf, dtype, shape)
     else:
         t = torch.frombuffer(buf, dtype=dtype, count=numel)
