@@ -81,8 +81,17 @@ def test_shuffled_loader_is_a_permutation_per_worker(bob):
     fed = TensorDataset(data, data).federate([bob])
     gen = torch.Generator().manual_seed(1)
     loader = sy.FederatedDataLoader(fed, batch_size=5, shuffle=True, generator=gen)
-    order = torch.cat([(d * 1).get() for d, _ in loader])
+    sent = []
+    submit = bob.client.submit
+    bob.client.submit = lambda cmd, **kw: (sent.append(cmd), submit(cmd, **kw))[1]
+    batches = [(d * 1, t * 1) for d, t in loader]
+    cuts = [c for c in sent if getattr(c, "op", "") == "operator.getitem"]
+    assert len(cuts) == 2 * len(batches) + 2  # the epoch's order applied once, then slices
+    order = torch.cat([d.get() for d, _ in batches])
     assert sorted(order.tolist()) == data.tolist() and not torch.equal(order, data)
+    assert torch.equal(torch.cat([t.get() for _, t in batches]), order)
+    expected = torch.randperm(12, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(order, data[expected])  # the order drawn here, applied there
     dropped = sy.FederatedDataLoader(fed, batch_size=5, drop_last=True)
     assert len(dropped) == 2 and [len(t) for _, t in dropped] == [5, 5]
 

@@ -14,7 +14,7 @@ from tether.pointer import Pointer
 class FederatedDataLoader:
     """Yields `(data_ptr, target_ptr)` batches worker by worker; `data_ptr.location` is the
     worker holding the batch. Each batch is cut on the worker in one command per tensor, so
-    an epoch costs a few commands per batch, never one per sample.
+    an epoch costs two commands per batch, never one per sample.
 
     Shuffling draws each epoch's order from torch's global RNG, as `DataLoader` does (pass a
     `generator` to keep it apart)."""
@@ -41,14 +41,16 @@ class FederatedDataLoader:
 
     def __iter__(self) -> Iterator[tuple[Pointer, Pointer]]:
         for part in self.federated_dataset.datasets.values():
-            # A shuffled epoch's order goes to the worker once; each batch then takes its
-            # slice there, so cutting a batch never waits for a round trip of its own.
-            order = torch.randperm(part.size, generator=self._epoch_generator()).send(
-                part.location) if self.shuffle else None
+            data, targets = part.data, part.targets
+            if self.shuffle:
+                # A shuffled epoch's order goes to the worker once and is applied there once
+                # (gathering no more than batch by batch would); each batch is then a slice.
+                order = torch.randperm(part.size, generator=self._epoch_generator()).send(
+                    part.location)
+                data, targets = data[order], targets[order]
             for b in range(self._batches(part.size)):
                 start, stop = b * self.batch_size, min((b + 1) * self.batch_size, part.size)
-                index = slice(start, stop) if order is None else order[start:stop]
-                yield part.data[index], part.targets[index]
+                yield data[start:stop], targets[start:stop]
 
     def _epoch_generator(self) -> torch.Generator:
         if self.generator is not None:

@@ -334,11 +334,12 @@ def _no_extensions(code: int, data: bytes) -> Any:
 
 def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
               ) -> Callable[[int, bytes], Any]:
-    def hook(code: int, data: bytes) -> Any:
-        if code == _REF:
+    def hook(code: int, data: bytes, ref: type = m.Ref, from_bytes: Callable = int.from_bytes
+             ) -> Any:
+        if code == _REF:  # by far the most common: the names above are bound for it
             if len(data) != 8:
                 raise WireError("a reference must be 8 bytes")
-            return m.Ref(int.from_bytes(data, "little"))
+            return ref(from_bytes(data, "little"))
         if code == _TENSOR:
             return _tensor(_unpack(data, _no_extensions, 2), buffers, used, copy)
         if code == _TUPLE:
@@ -416,15 +417,22 @@ def _copied(buf: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tens
 
 
 def _message(item: Any) -> Any:
+    if type(item) is list and item:
+        tag = item[0]
+        if type(tag) is int and 0 <= tag < len(_BY_TAG):
+            reader, size = _BY_TAG[tag]
+            if len(item) == size:
+                return reader(*item[1:])
+    raise WireError(_not_a_message(item))
+
+
+def _not_a_message(item: Any) -> str:
     if not (type(item) is list and item and type(item[0]) is int):
-        raise WireError("a message must be [tag, fields...]")
-    tag = item[0]
-    if not 0 <= tag < len(m.MESSAGE_TYPES):
-        raise WireError(f"unknown message tag {tag}")
-    cls = m.MESSAGE_TYPES[tag]
-    if len(item) != len(_FIELDS[cls]) + 1:
-        raise WireError(f"{cls.__name__} needs {len(_FIELDS[cls])} fields, got {len(item) - 1}")
-    return _READERS[cls](*item[1:])
+        return "a message must be [tag, fields...]"
+    if not 0 <= item[0] < len(m.MESSAGE_TYPES):
+        return f"unknown message tag {item[0]}"
+    cls = m.MESSAGE_TYPES[item[0]]
+    return f"{cls.__name__} needs {len(_FIELDS[cls])} fields, got {len(item) - 1}"
 
 
 def _is_id(x: Any) -> bool:
@@ -474,3 +482,5 @@ _READERS: dict[type, Callable[..., Any]] = {
     m.Put: _put, m.Call: _call, m.Get: _get, m.Delete: _delete,
     m.Done: _done, m.Value: m.Value, m.Failure: _failure,
 }
+# By tag: the reader, and the length of the row (the tag and the fields).
+_BY_TAG = tuple((_READERS[cls], len(_FIELDS[cls]) + 1) for cls in m.MESSAGE_TYPES)
