@@ -419,10 +419,11 @@ def test_misaligned_complex_tensor_does_not_kill_the_node() -> None:
         import torch
         from tether.node import Node
         from tether.wire import Call, Put, Ref, encode
-        frame = bytes(encode([Put(1, torch.ones(3, dtype=torch.complex128)),
-                              Call("torch.Tensor.clone", [Ref(1)], {}, 2)]))
-        for shift in (0, 8):  # wherever the receiving buffer happens to start
-            Node("owner").handle(memoryview(bytearray(shift) + frame)[shift:])
+        for size in (3, 2**14):  # a few bytes, and 256 KiB
+            frame = bytes(encode([Put(1, torch.ones(size, dtype=torch.complex128)),
+                                  Call("torch.Tensor.clone", [Ref(1)], {}, 2)]))
+            for shift in (0, 8):  # wherever the receiving buffer happens to start
+                Node("owner").handle(memoryview(bytearray(shift) + frame)[shift:])
         print("survived")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

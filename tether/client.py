@@ -12,15 +12,13 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from tether import errors
+from tether.pointer import Pointer
 from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value
-
-if TYPE_CHECKING:
-    from tether.pointer import Pointer
 
 Replies = Callable[[], list]
 
@@ -160,8 +158,6 @@ class Client:
 
     def put(self, value: Any, kind: str) -> Pointer:
         """Send a local value; the pointer to it."""
-        from tether.pointer import Pointer
-
         obj_id = self.new_id()
         self.submit(Put(obj_id, value), flush=_carries_tensor(value))
         self._meta[obj_id] = _local_meta(value)
@@ -170,8 +166,6 @@ class Client:
     def call(self, op: str, args: list, kwargs: dict | None = None, *, kind: str | None = "tensor",
              flush: bool = False) -> Pointer | None:
         """Queue a remote call; a pointer to its result (None when `kind` is None: no result)."""
-        from tether.pointer import Pointer
-
         obj_id = None if kind is None else self.new_id()
         self.submit(Call(op, args, kwargs or {}, obj_id), flush=flush)
         return None if obj_id is None else Pointer(self, obj_id, kind)

@@ -48,9 +48,6 @@ _OPENERS = frozenset((*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF))
 _NOT_OPENERS = bytes(b for b in range(256) if b not in _OPENERS)
 MAX_FRAME_BYTES = 2**34
 _DEVICE_TYPES = {"cpu", "cuda", "mps"}
-# Tensors up to this size are copied into a bytearray (the cheapest copy of a few bytes); larger
-# ones are cloned into memory from torch's allocator (which reuses large blocks).
-_SMALL_BYTES = 2**16
 
 
 _DTYPE_NAMES = (
@@ -410,10 +407,14 @@ def _tensor(meta: Any, buffers: list[memoryview], used: set[int], copy: bool) ->
 
 
 def _copied(buf: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    """The bytes as a tensor in memory of its own, copied the cheapest way for the size."""
-    if buf.nbytes <= _SMALL_BYTES or buf.readonly:
-        return torch.frombuffer(bytearray(buf), dtype=dtype).view(shape)
-    return torch.frombuffer(buf, dtype=dtype).view(shape).clone()
+    """The bytes as a tensor in memory of its own, from torch's allocator (so aligned, and
+    lendable in process: see `Node.lends`)."""
+    if buf.readonly:  # torch would warn viewing it, even only to copy it
+        raw = torch.empty(buf.nbytes, dtype=torch.uint8)
+        raw.numpy()[:] = np.frombuffer(buf, dtype=np.uint8)
+    else:  # as bytes: the buffer may be misaligned for the dtype, which kernels cannot meet
+        raw = torch.frombuffer(buf, dtype=torch.uint8).clone()
+    return raw.view(dtype).view(shape)
 
 
 def _message(item: Any) -> Any:
