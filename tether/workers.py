@@ -31,17 +31,19 @@ class InProcessTransport:
         if self.closed:
             raise ConnectionLostError(f"worker {self.node.name!r} is gone (it was closed)")
         if self.serialize:
-            reply = self.node.handle_parts(encode_parts(commands), self.client_name)
-            replies = decode_parts(reply, copy=not adopted)
+            frame = self.node.handle_parts(encode_parts(commands), self.client_name)
+            replies = decode_parts(frame, copy=not adopted)
             if adopted:  # the tensors are the node's own: copy all but what it lends
-                replies = [reply if self._lent(commands, i, reply, adopted) else
-                           _copy_tensors_in(reply) for i, reply in enumerate(replies)]
+                replies = self._copies(commands, replies, adopted)
         else:
-            replies = [_copy_tensors_in(c) for c in commands]
-            replies = [reply if self._lent(commands, i, reply, adopted) else
-                       _copy_tensors_in(reply) for i, reply in
-                       enumerate(self.node.execute(replies, self.client_name))]
+            replies = self._copies(commands, self.node.execute(
+                [_copy_tensors_in(c) for c in commands], self.client_name), adopted)
         return lambda: replies
+
+    def _copies(self, commands: list, replies: list, adopted: frozenset[int]) -> list:
+        """The replies with their tensors copied, except the values the node lends."""
+        return [reply if self._lent(commands, i, reply, adopted) else _copy_tensors_in(reply)
+                for i, reply in enumerate(replies)]
 
     def _lent(self, commands: list, index: int, reply: Any, adopted: frozenset[int]) -> bool:
         return (index in adopted and isinstance(reply, Value) and len(commands) > index
