@@ -228,12 +228,12 @@ def decode_parts(parts: Parts, copy: bool = True) -> list:
     """Decode a frame that was never joined (in-process). Tensors are copied out, or with
     `copy=False` are views of the sender's memory: copy what you keep before the sender runs
     again."""
-    return _guarded(functools.partial(_decode_parts, copy=copy), parts)
+    return _guarded(_decode_parts, parts, copy)
 
 
-def _guarded(decoder: Callable[[Any], list], data: Any) -> list:
+def _guarded(decoder: Callable[..., list], *args: Any) -> list:
     try:
-        return decoder(data)
+        return decoder(*args)
     except WireError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error,
