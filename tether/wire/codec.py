@@ -5,6 +5,9 @@ Layout (all integers little-endian)::
     b"TT" | version u8 | reserved u8 | n_buffers u32 | header_len u32
     | n_buffers x u64 buffer lengths | header (msgpack) | padding to 8 | buffers, each padded to 8
 
+In the header a tensor is a msgpack extension holding dtype code u8 | requires_grad u8 | ndim u8
+| pad u8 | buffer index u32 | ndim x u64 dimensions; its bytes are that buffer.
+
 Every length is checked against the frame before anything is allocated, so a decoder never
 allocates more than the frame it was given justifies. Every failure is a `WireError`.
 """
@@ -27,8 +30,11 @@ from tether.errors import WireError
 from tether.wire import messages as m
 
 MAGIC = b"TT"
-VERSION = 1
+VERSION = 2
 _PREFIX = struct.Struct("<2sBBII")
+# A tensor's extension payload: dtype code, requires_grad, dims, (pad), buffer index, then
+# each dimension as a u64.
+_TENSOR_HEAD = struct.Struct("<BBBxI")
 _MAX_DIMS = 64
 _MAX_DIM = 2**62
 _MAX_ID = 2**64 - 1
@@ -61,6 +67,14 @@ _DTYPE_NAMES = (
 # Every dtype CPU tensors have as plain bytes; quantized ones need scales and do not travel.
 DTYPES: dict[str, torch.dtype] = {n: getattr(torch, n) for n in _DTYPE_NAMES if hasattr(torch, n)}
 DTYPE_NAMES: dict[torch.dtype, str] = {d: n for n, d in DTYPES.items()}
+# On the wire a dtype is its position in _DTYPE_NAMES (None: this torch lacks it).
+_DTYPE_BY_CODE = tuple(DTYPES.get(n) for n in _DTYPE_NAMES)
+_DTYPE_CODES: dict[torch.dtype, int] = {d: i for i, d in enumerate(_DTYPE_BY_CODE) if d}
+_DIMS = tuple(struct.Struct(f"<{n}Q") for n in range(_MAX_DIMS + 1))
+# The dtypes numpy has too (under the same names): those tensors are made from numpy views.
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {DTYPES[n]: np.dtype(n) for n in (
+    "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64", "float16",
+    "float32", "float64", "complex64", "complex128")}
 _MEMORY_FORMATS = {
     "contiguous_format": torch.contiguous_format,
     "channels_last": torch.channels_last,
@@ -94,14 +108,17 @@ _ext = functools.partial(tuple.__new__, msgpack.ExtType)
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's elements as contiguous bytes (zero-copy when already contiguous on CPU)."""
-    t = tensor.detach()
+    t = tensor.detach() if tensor.requires_grad else tensor
     try:  # numpy() refuses other devices and layouts, quantized, conj/neg bits, exotic dtypes
         array = t.numpy()
     except (TypeError, RuntimeError):
         return _converted_bytes(t)
     if not array.flags.c_contiguous:
         return _converted_bytes(t)
-    return memoryview(array.reshape(-1).view(np.uint8))
+    try:
+        return memoryview(array).cast("B")
+    except TypeError:  # zeros in its shape or strides: empty, or size-1 dims expanded
+        return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def _converted_bytes(t: torch.Tensor) -> memoryview:
@@ -174,8 +191,10 @@ def encode_parts(messages: list) -> Parts:
             return _ext((_REF, obj.id.to_bytes(8, "little")))
         if isinstance(obj, torch.Tensor):
             buffers.append(tensor_bytes(obj))
-            meta = [DTYPE_NAMES[obj.dtype], list(obj.shape), obj.requires_grad, len(buffers) - 1]
-            return _ext((_TENSOR, msgpack.packb(meta)))
+            shape = obj.shape
+            head = _TENSOR_HEAD.pack(_DTYPE_CODES[obj.dtype], obj.requires_grad, len(shape),
+                                     len(buffers) - 1)
+            return _ext((_TENSOR, head + _DIMS[len(shape)].pack(*shape)))
         if isinstance(obj, tuple):  # torch.Size too: an array led by the tuple mark
             return [_TUPLE_MARK, *obj]
         if isinstance(obj, slice):
@@ -338,7 +357,7 @@ def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
                 raise WireError("a reference must be 8 bytes")
             return ref(from_bytes(data, "little"))
         if code == _TENSOR:
-            return _tensor(_unpack(data, _no_extensions, 2), buffers, used, copy)
+            return _tensor(data, buffers, used, copy)
         if code == _TUPLE:
             if data:
                 raise WireError("the tuple mark carries no payload")
@@ -376,37 +395,52 @@ def _lookup(table: dict, data: bytes, what: str) -> Any:
     return table[name]
 
 
-def _tensor(meta: Any, buffers: list[memoryview], used: set[int], copy: bool) -> torch.Tensor:
-    if not (isinstance(meta, list) and len(meta) == 4):
-        raise WireError("tensor header must be [dtype, shape, requires_grad, buffer]")
-    dtype_name, shape, requires_grad, index = meta
-    dtype = DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+def _tensor(head: bytes, buffers: list[memoryview], used: set[int], copy: bool
+            ) -> torch.Tensor:
+    if len(head) < _TENSOR_HEAD.size:
+        raise WireError(f"a tensor header needs at least {_TENSOR_HEAD.size} bytes")
+    code, requires_grad, ndim, index = _TENSOR_HEAD.unpack_from(head)
+    if ndim > _MAX_DIMS or len(head) != _TENSOR_HEAD.size + 8 * ndim:
+        raise WireError(f"a tensor header of {len(head)} bytes cannot hold {ndim} dimensions")
+    dtype = _DTYPE_BY_CODE[code] if code < len(_DTYPE_BY_CODE) else None
     if dtype is None:
-        raise WireError(f"unknown tensor dtype {dtype_name!r}")
-    if not (isinstance(shape, list) and len(shape) <= _MAX_DIMS
-            and all(type(d) is int and 0 <= d < _MAX_DIM for d in shape)):
-        raise WireError(f"bad tensor shape {shape!r}")
-    if type(index) is not int or not 0 <= index < len(buffers) or index in used:
-        raise WireError(f"tensor names buffer {index!r}, which is missing or used twice")
+        raise WireError(f"unknown tensor dtype (code {code})")
+    shape = _DIMS[ndim].unpack_from(head, _TENSOR_HEAD.size)
+    if ndim and max(shape) >= _MAX_DIM:
+        raise WireError(f"bad tensor shape {list(shape)}")
+    if requires_grad > 1:
+        raise WireError(f"requires_grad must be 0 or 1, got {requires_grad}")
+    if index >= len(buffers) or index in used:
+        raise WireError(f"tensor names buffer {index}, which is missing or used twice")
     used.add(index)
     buf = buffers[index]
     numel = math.prod(shape)
     if numel * dtype.itemsize != buf.nbytes:
-        raise WireError(f"tensor of shape {shape} and dtype {dtype_name} needs "
+        raise WireError(f"tensor of shape {list(shape)} and dtype {DTYPE_NAMES[dtype]} needs "
                         f"{numel * dtype.itemsize} bytes, its buffer has {buf.nbytes}")
     if numel == 0:
         t = torch.empty(shape, dtype=dtype)
     elif copy or buf.readonly:  # no aliasing read-only memory, nor a sender's unless asked
         t = _copied(buf, dtype, shape)
     else:
-        t = torch.frombuffer(buf, dtype=dtype, count=numel)
-        t = _copied(buf, dtype, shape) if t.data_ptr() % ALIGN else t.view(shape)
-    if requires_grad is True and (dtype.is_floating_point or dtype.is_complex):
+        t = _viewed(buf, dtype, shape, numel)
+        if t.data_ptr() % ALIGN:  # kernels cannot meet misaligned data
+            t = _copied(buf, dtype, shape)
+    if requires_grad and (dtype.is_floating_point or dtype.is_complex):
         t.requires_grad_(True)
     return t
 
 
-def _copied(buf: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+def _viewed(buf: memoryview, dtype: torch.dtype, shape: tuple[int, ...], numel: int
+            ) -> torch.Tensor:
+    """A tensor on the buffer's memory (through numpy where it has the dtype: it is faster)."""
+    numpy_dtype = _NUMPY_DTYPES.get(dtype)
+    if numpy_dtype is None:
+        return torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
+    return torch.from_numpy(np.frombuffer(buf, dtype=numpy_dtype).reshape(shape))
+
+
+def _copied(buf: memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """The bytes as a tensor in memory of its own, from torch's allocator (so aligned, and
     lendable in process: see `Node.lends`)."""
     if buf.readonly:  # torch would warn viewing it, even only to copy it
@@ -453,11 +487,12 @@ def _call(op: Any, args: Any, kwargs: Any, out: Any) -> m.Call:
     return m.Call(op, args, kwargs, out)
 
 
-def _get(obj_id: Any, name: Any, reason: Any, wait: Any) -> m.Get:
-    if not (_is_id(obj_id) and type(name) is str and type(reason) is str
-            and type(wait) in (int, float) and 0 <= wait <= _MAX_WAIT):
-        raise WireError(f"Get needs id, name: str, reason: str, wait: 0 to {_MAX_WAIT} seconds")
-    return m.Get(obj_id, name, reason, wait)
+def _get(ids: Any, name: Any, reason: Any, wait: Any) -> m.Get:
+    if not (type(ids) is list and all(_is_id(i) for i in ids) and type(name) is str
+            and type(reason) is str and type(wait) in (int, float) and 0 <= wait <= _MAX_WAIT):
+        raise WireError(f"Get needs ids: a list of ids, name: str, reason: str, wait: 0 to "
+                        f"{_MAX_WAIT} seconds")
+    return m.Get(ids, name, reason, wait)
 
 
 def _delete(ids: Any) -> m.Delete:
