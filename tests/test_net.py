@@ -196,16 +196,16 @@ def test_exchange_sends_at_once_and_replies_come_back_in_order(server):
     worker = server.connect()
     transport = worker.client.transport
     held = transport.exchange([Call(PUBLISHED, ["numbers", 0], {}, 1),
-                               Get(1, "held", "", 30.0)])
+                               Get([1], "held", "", 30.0)])
     later = [transport.exchange([Put(10 + i, torch.full((2,), float(i)))]) for i in range(3)]
-    fetch = transport.exchange([Get(11)])
+    fetch = transport.exchange([Get([11])])
     while not list(server.server.node.requests):  # the worker is now held on the request
         time.sleep(0.001)
     assert transport._link.outstanding == 5  # all five frames sent, none answered
     server.server.node.requests[0].accept()
-    assert torch.equal(held()[1].value, torch.arange(10.0))
+    assert torch.equal(held()[1].value[0], torch.arange(10.0))
     assert [type(wait()[0]) for wait in later] == [Done, Done, Done]
-    assert torch.equal(fetch()[0].value, torch.full((2,), 1.0))
+    assert torch.equal(fetch()[0].value[0], torch.full((2,), 1.0))
     worker.close()
 
 
@@ -213,10 +213,10 @@ def test_a_reply_is_not_changed_by_the_commands_after_it(alice):
     transport = alice.client.transport
     big = torch.randn(16 * 2**20)  # 64 MB: more than the socket buffers, so the reply waits
     transport.exchange([Put(7 * 10**9, big)])
-    fetch = transport.exchange([Get(7 * 10**9)])
+    fetch = transport.exchange([Get([7 * 10**9])])
     change = transport.exchange([Call("torch.Tensor.add_", [Ref(7 * 10**9), 1.0], {}, None),
                                  Delete([7 * 10**9])])
-    assert torch.equal(fetch()[0].value, big)
+    assert torch.equal(fetch()[0].value[0], big)
     assert isinstance(change()[0], Done)
 
 
@@ -231,8 +231,8 @@ def test_connections_without_the_right_token_are_refused(worker_process):
         ws_connect(worker_process.url)
     assert refused.value.response.status_code == 401
     with ws_connect(f"{worker_process.url}/?token={TOKEN}") as ws:  # a browser's way
-        ws.send(bytes(encode([Put(1, torch.ones(2)), Get(1)])))
-        assert torch.equal(decode(ws.recv())[1].value, torch.ones(2))
+        ws.send(bytes(encode([Put(1, torch.ones(2)), Get([1])])))
+        assert torch.equal(decode(ws.recv())[1].value[0], torch.ones(2))
 
 
 def test_a_bad_address_fails_clearly():
@@ -312,9 +312,9 @@ def test_garbage_gets_an_error_or_a_close_and_other_clients_keep_working(server)
 def test_the_server_survives_hundreds_of_mutated_frames(server):
     rng = random.Random(0)
     valid = [bytes(encode(commands)) for commands in (
-        [Put(1, torch.randn(3, 4)), Call("torch.add", [Ref(1), 2.0], {}, 2), Get(2)],
+        [Put(1, torch.randn(3, 4)), Call("torch.add", [Ref(1), 2.0], {}, 2), Get([2])],
         [Call("torch.zeros", [(2, 3)], {"dtype": torch.int64}, 3), Delete([3])],
-        [Call("operator.getitem", [Ref(1), (slice(0, 2), ...)], {}, 4), Get(4, "n", "r")],
+        [Call("operator.getitem", [Ref(1), (slice(0, 2), ...)], {}, 4), Get([4], "n", "r")],
     )]
     with ws_connect(server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"},
                     compression=None, max_size=None) as ws:
@@ -568,7 +568,7 @@ def test_only_small_elementwise_frames_count_as_quick():
     node, ids = _node_with(small=torch.ones(10), big=torch.ones(5000), row=torch.ones(4096))
     small, big, row = (Ref(ids[k]) for k in ("small", "big", "row"))
     quick = node.is_quick
-    assert quick([Call("operator.add", [small, 1], {}, 9), Get(9), Delete([9])])
+    assert quick([Call("operator.add", [small, 1], {}, 9), Get([9]), Delete([9])])
     assert quick([Call("operator.mul", [small, small], {}, 9),
                   Call("operator.neg", [Ref(9)], {}, 8)])
     assert quick([])
@@ -579,7 +579,7 @@ def test_only_small_elementwise_frames_count_as_quick():
     assert not quick([Call("operator.add", [Ref(99), 1], {}, 9)])  # unknown: the thread says so
     assert not quick([Call("operator.add", [small, [1, 2]], {}, 9)])  # not a scalar
     assert not quick([Put(9, torch.ones(2))])
-    assert not quick([Get(ids["small"], wait=5.0)])  # may wait for the owner
+    assert not quick([Get([ids["small"]], wait=5.0)])  # may wait for the owner
     assert not quick([Call("operator.add", [row, row], {}, 9),
                       Call("operator.add", [Ref(9), small], {}, 8)])  # may have grown 4096x
     assert quick([Call("operator.add", [], {}, 9)])  # fails in the node, quickly
@@ -589,9 +589,9 @@ def test_a_quick_get_of_private_or_derived_data_is_left_to_the_thread():
     node = Node("owner", release_derived=False)
     node.publish("secret", torch.ones(3))
     node.execute([Call(PUBLISHED, ["secret"], {}, 1), Call("operator.add", [Ref(1), 1], {}, 2)])
-    assert not node.is_quick([Get(1)])  # private: files a request
-    assert not node.is_quick([Get(2)])  # derived, and this owner releases nothing unasked
-    assert not node.is_quick([Call("operator.add", [Ref(1), 1], {}, 3), Get(3)])
+    assert not node.is_quick([Get([1])])  # private: files a request
+    assert not node.is_quick([Get([2])])  # derived, and this owner releases nothing unasked
+    assert not node.is_quick([Call("operator.add", [Ref(1), 1], {}, 3), Get([3])])
 
 
 def test_quick_frames_of_one_client_are_answered_while_another_s_long_command_runs(server):
@@ -620,7 +620,7 @@ def test_quick_frames_that_fail_get_failures_and_the_server_keeps_serving(server
         replies = transport.exchange([Call("operator.add", [], {}, 5),
                                       Call("operator.truediv", [1, 0], {}, 6),
                                       Call("operator.neg", [Ref(5)], {}, 7),
-                                      Get(99), Delete([12345])])()
+                                      Get([99]), Delete([12345])])()
         assert [type(r) for r in replies] == [Failure, Failure, Failure, Failure, Done]
         assert "ZeroDivisionError" in replies[1].kind
         assert torch.equal((torch.ones(2).send(worker) + 1).get(), torch.full((2,), 2.0))

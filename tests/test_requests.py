@@ -76,6 +76,22 @@ def test_an_accepted_request_releases_exactly_that_object_once(owner):
     assert [(e["name"], e["decision"], e["by"]) for e in log] == [("total", "accepted", "owner")]
 
 
+def test_a_get_of_several_objects_releases_all_or_none(owner):
+    x, _ = _dataset(owner)
+    total, other = x.sum(), x.mean()
+    mine = torch.arange(3.0).send(owner)
+    total.request(name="total", reason="a sum is fine")
+    [request] = list(owner.node.requests)
+    request.accept()
+    with pytest.raises(errors.PermissionDeniedError):
+        sy.get_all([mine, total, other])  # `other` was never approved: nothing leaves
+    assert torch.equal(mine.get(delete=False), torch.arange(3.0))  # nor was anything spent
+    got_mine, got_total = owner.client.get([mine.id, total.id], delete=False)
+    assert torch.equal(got_mine, torch.arange(3.0)) and got_total.item() == SECRET.sum().item()
+    with pytest.raises(errors.PermissionDeniedError):
+        total.get()  # the accepted request was spent by that get, not by the refused one
+
+
 def test_handlers_by_name_and_tag_and_which_wins(owner, capsys):
     x, _ = _dataset(owner)
     desk = owner.node.requests

@@ -177,12 +177,15 @@ class Client:
         `adopt`: the caller takes the values as its own copy of the objects, so a worker in
         this process may lend their memory instead of copying it (see `Node.lends`)."""
         with self._lock:
-            gets = [Get(i, name, reason, wait) for i in obj_ids]
+            get = Get(list(obj_ids), name, reason, wait)
             if adopt:
-                self._adopted.update(map(id, gets))
-            self._queue.extend(gets)
+                self._adopted.add(id(get))
+            self._queue.append(get)
             self.flush()
-            values = [self._values.pop(id(g)) for g in gets]
+            values = self._values.pop(id(get))
+            if not (type(values) is list and len(values) == len(obj_ids)):
+                raise errors.WireError(f"worker {self.name!r} answered a get of {len(obj_ids)} "
+                                       f"object(s) with a {type(values).__name__}")
             if delete:  # only once the values are here: a refused get frees nothing
                 for obj_id in obj_ids:
                     self.release(obj_id)

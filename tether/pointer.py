@@ -233,9 +233,9 @@ class Pointer:
         path = PATH_OF.get(id(func))
         if path is None:
             name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
-            found: list = []
+            found: list = [None, False]
             _to_wire([list(args), kwargs or {}], name, found, count=False)
-            where = f" on worker {found[0].name!r}" if found else ""
+            where = f" on worker {found[0].name!r}" if found[0] else ""
             raise errors.NotAllowedError(
                 f"{name} is not in tether's allowlist, so it cannot run{where} "
                 "(add it to tether/node/allowlist.py, with a test, if it is safe)")
@@ -259,24 +259,28 @@ def remote_call(path: str, args: list, kwargs: dict, client: Client | None = Non
     """Run `path` where the pointers among its arguments live (on `client`'s worker when given:
     calls without pointers, such as `torch.cuda.is_available()`, need it); a pointer to the
     result. Local tensors among the arguments travel with the command."""
-    found: list[Client] = [] if client is None else [client]
+    found: list = [client, False]  # the worker's client, whether a local tensor travels
     wire_args = [_to_wire(a, path, found) for a in args]
     wire_kwargs = {k: _to_wire(v, path, found) for k, v in kwargs.items()} if kwargs else {}
-    if not found:
+    client, carries_tensor = found
+    if client is None:
         raise TypeError(f"{path} got no pointer, so there is no worker to run it on")
-    client = found[0]
-    in_place = path.endswith("_") or path in _NO_RESULT
+    in_place = _IN_PLACE_PATHS.get(path)
+    if in_place is None:
+        in_place = _IN_PLACE_PATHS[path] = path.endswith("_") or path in _NO_RESULT
     kind = None if in_place else _result_kind(path, args)
-    carries_tensor = any(isinstance(a, torch.Tensor) for a in args) or (
-        kwargs and any(isinstance(v, torch.Tensor) for v in kwargs.values()))
-    result = client.call(path, wire_args, wire_kwargs, kind=kind, flush=bool(carries_tensor))
+    result = client.call(path, wire_args, wire_kwargs, kind=kind, flush=carries_tensor)
     if path == "torch.Tensor.backward":
         from tether.autograd import after_backward
 
         after_backward(client)
-    if path.endswith("_") and isinstance(args[0], Pointer):
+    if in_place and path.endswith("_") and isinstance(args[0], Pointer):
         return args[0]
     return result
+
+
+# Whether each path (as met) changes its first argument or gives nothing to store.
+_IN_PLACE_PATHS: dict[str, bool] = {}
 
 
 def get_all(pointers: list[Pointer]) -> list[Any]:
@@ -295,20 +299,24 @@ def get_all(pointers: list[Pointer]) -> list[Any]:
 
 
 def _to_wire(value: Any, path: str, found: list, count: bool = True) -> Any:
-    """Pointers become Refs (all on one worker, collected in `found`); the rest is as is."""
+    """Pointers become Refs (all on one worker: its client goes in `found[0]`); the rest is as
+    is (`found[1]` says whether a local tensor is among it)."""
     if type(value) in _PLAIN:
         return value
     if isinstance(value, Pointer):
         if not value._live:
             value._check_live()
-        if not found:
-            found.append(value._client)
+        if found[0] is None:
+            found[0] = value._client
         elif value._client is not found[0]:
             raise errors.WorkerMismatchError(
                 f"{path} mixes objects on {found[0].name!r} and {value._client.name!r}; "
                 f".move() one of them to the other worker first")
         value._touches += count
         return Ref(value.id)
+    if isinstance(value, torch.Tensor):
+        found[1] = True
+        return value
     if isinstance(value, list | tuple):
         items = [_to_wire(v, path, found, count) for v in value]
         return items if isinstance(value, list) else tuple(items)

@@ -41,13 +41,14 @@ class InProcessTransport:
         return lambda: replies
 
     def _copies(self, commands: list, replies: list, adopted: frozenset[int]) -> list:
-        """The replies with their tensors copied, except the values the node lends."""
-        return [reply if self._lent(commands, i, reply, adopted) else _copy_tensors_in(reply)
+        """The replies with their values copied, except the values the node lends (only Values
+        carry tensors back)."""
+        return [Value(_copy(reply.value)) if type(reply) is Value and not (
+                    i in adopted and self._lent(commands[i].ids)) else reply
                 for i, reply in enumerate(replies)]
 
-    def _lent(self, commands: list, index: int, reply: Any, adopted: frozenset[int]) -> bool:
-        return (index in adopted and isinstance(reply, Value) and len(commands) > index
-                and self.node.lends(self.client_name, commands[index].id))
+    def _lent(self, ids: list[int]) -> bool:
+        return all(self.node.lends(self.client_name, obj_id) for obj_id in ids)
 
     def close(self) -> None:
         self.closed = True
@@ -59,8 +60,6 @@ def _copy_tensors_in(message: Any) -> Any:
         return Put(message.id, _copy(message.value))
     if isinstance(message, Call):
         return Call(message.op, _copy(message.args), _copy(message.kwargs), message.out)
-    if isinstance(message, Value):
-        return Value(_copy(message.value))
     return message
 
 

@@ -123,9 +123,7 @@ class Node:
         derived from private data where such results leave freely (it could fetch every
         later value anyway); never memory shared with the owner's data."""
         stored = self.store(client).objects.get(obj_id)
-        return stored is not None and not stored.readonly and (
-            stored.privacy == Privacy.PUBLIC
-            or (stored.privacy == Privacy.DERIVED and self.release_derived))
+        return stored is not None and not stored.readonly and self._free(stored)
 
     def forget(self, client: str) -> None:
         """Drop everything a client stored (it disconnected)."""
@@ -190,11 +188,12 @@ class Node:
             if isinstance(cmd, Delete):
                 continue
             if isinstance(cmd, Get):
-                found = size_and_privacy(Ref(cmd.id))
-                if cmd.wait or found is None or found[0] > _QUICK_ELEMENTS or not (
-                        found[1] == Privacy.PUBLIC
-                        or (found[1] == Privacy.DERIVED and self.release_derived)):
-                    return False
+                for obj_id in cmd.ids:
+                    found = size_and_privacy(Ref(obj_id))
+                    if cmd.wait or found is None or found[0] > _QUICK_ELEMENTS or not (
+                            found[1] == Privacy.PUBLIC
+                            or (found[1] == Privacy.DERIVED and self.release_derived)):
+                        return False
             elif isinstance(cmd, Call) and cmd.op in _QUICK_OPS and not cmd.kwargs:
                 inputs = [size_and_privacy(a) for a in cmd.args]
                 if None in inputs or max((n for n, _ in inputs), default=1) > _QUICK_ELEMENTS:
@@ -310,13 +309,13 @@ class Node:
         if len(cmd.args) != 3 or not isinstance(cmd.args[0], Ref) or cmd.out is None or not all(
                 isinstance(a, str) for a in cmd.args[1:]):
             raise _Refused("TypeError", f"{REQUEST} takes a reference, a name and a reason")
-        stored = self._lookup(cmd.args[0].id, store)
-        get = Get(cmd.args[0].id, cmd.args[1], cmd.args[2])
-        free = stored.privacy == Privacy.PUBLIC or (
-            stored.privacy == Privacy.DERIVED and self.release_derived)
+        obj_id = cmd.args[0].id
+        stored = self._lookup(obj_id, store)
+        get = Get([obj_id], cmd.args[1], cmd.args[2])
         granted = any(r.id not in self._released
-                      for r in self.requests.answered(client, get.id, ACCEPTED))
-        status = ACCEPTED if free or granted else self._ask(get, stored, client).status
+                      for r in self.requests.answered(client, obj_id, ACCEPTED))
+        status = ACCEPTED if self._free(stored) or granted else self._ask(
+            get, obj_id, stored, client).status
         store.put(cmd.out, Stored(status))
         return Done(_meta(status))
 
@@ -367,34 +366,42 @@ class Node:
                                               f"{self.name!r}{detail}")
 
     def _get(self, cmd: Get, store: Store, client: str) -> Value:
-        stored = self._lookup(cmd.id, store)
-        _check_wire_value(stored.value)
-        free = stored.privacy == Privacy.PUBLIC or (
-            stored.privacy == Privacy.DERIVED and self.release_derived)
-        if not free and not self._release_granted(client, cmd.id):
-            request = self._ask(cmd, stored, client)
-            where = f"object {cmd.id} on worker {self.name!r} is private: request {request.id}"
-            if request.status == PENDING:
-                raise _Refused("RequestPendingError", f"{where} waits for the owner's answer")
-            if request.status != ACCEPTED:
-                raise _Refused("PermissionDeniedError", f"{where} was {request.status}")
-            self._released.add(request.id)
-        return Value(stored.value)
+        """All the values asked for, or (if one may not leave) none: an accepted request is
+        spent only when its value leaves."""
+        values, released = [], []
+        for obj_id in cmd.ids:
+            stored = self._lookup(obj_id, store)
+            _check_wire_value(stored.value)
+            if not self._free(stored):
+                released.append(self._granted(cmd, obj_id, stored, client).id)
+            values.append(stored.value)
+        self._released.update(released)
+        return Value(values)
 
-    def _release_granted(self, client: str, obj_id: int) -> bool:
-        """Whether an accepted request for this object has yet to release it (it does so now,
-        once)."""
+    def _free(self, stored: Stored) -> bool:
+        """Whether an object may leave without the owner's approval."""
+        return stored.privacy == Privacy.PUBLIC or (
+            stored.privacy == Privacy.DERIVED and self.release_derived)
+
+    def _granted(self, cmd: Get, obj_id: int, stored: Stored, client: str) -> Request:
+        """The accepted request that releases this object to the client (filing one, and waiting
+        for it, if there is none); raise if there is none yet or it was denied."""
         for request in self.requests.answered(client, obj_id, ACCEPTED):
             if request.id not in self._released:
-                self._released.add(request.id)
-                return True
-        return False
+                return request
+        request = self._ask(cmd, obj_id, stored, client)
+        where = f"object {obj_id} on worker {self.name!r} is private: request {request.id}"
+        if request.status == PENDING:
+            raise _Refused("RequestPendingError", f"{where} waits for the owner's answer")
+        if request.status != ACCEPTED:
+            raise _Refused("PermissionDeniedError", f"{where} was {request.status}")
+        return request
 
-    def _ask(self, cmd: Get, stored: Stored, client: str) -> Request:
+    def _ask(self, cmd: Get, obj_id: int, stored: Stored, client: str) -> Request:
         """File a request (or find the pending one) and wait up to `cmd.wait` for the answer."""
-        pending = self.requests.answered(client, cmd.id, PENDING)
+        pending = self.requests.answered(client, obj_id, PENDING)
         request = pending[0] if pending else self.requests.submit(
-            client, cmd.id, cmd.name, cmd.reason, stored.tags, stored.description, stored.value)
+            client, obj_id, cmd.name, cmd.reason, stored.tags, stored.description, stored.value)
         if request.status == PENDING and cmd.wait > 0:
             request.wait(cmd.wait)
         return request

@@ -41,12 +41,12 @@ class Call:
 
 @dataclass(slots=True)
 class Get:
-    """Send back the value stored under `id`, if its policy lets it leave.
+    """Send back the values stored under `ids` (as one list), if their policies let them leave.
 
-    Where the policy asks for approval, this files a request carrying `name` and `reason`, and
+    Where a policy asks for approval, this files a request carrying `name` and `reason`, and
     waits up to `wait` seconds for the owner's answer (0: do not wait)."""
 
-    id: int
+    ids: list[int]
     name: str = ""
     reason: str = ""
     wait: float = 0.0
@@ -72,7 +72,7 @@ class Done:
 
 @dataclass(slots=True)
 class Value:
-    """The value a Get asked for."""
+    """The values a Get asked for, in its order."""
 
     value: Any
 
