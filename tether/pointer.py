@@ -274,7 +274,7 @@ def remote_call(path: str, args: list, kwargs: dict, client: Client | None = Non
         from tether.autograd import after_backward
 
         after_backward(client)
-    if in_place and path.endswith("_") and isinstance(args[0], Pointer):
+    if path.endswith("_") and isinstance(args[0], Pointer):
         return args[0]
     return result
 

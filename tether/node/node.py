@@ -123,7 +123,7 @@ class Node:
         derived from private data where such results leave freely (it could fetch every
         later value anyway); never memory shared with the owner's data."""
         stored = self.store(client).objects.get(obj_id)
-        return stored is not None and not stored.readonly and self._free(stored)
+        return stored is not None and not stored.readonly and self._releases(stored.privacy)
 
     def forget(self, client: str) -> None:
         """Drop everything a client stored (it disconnected)."""
@@ -191,8 +191,7 @@ class Node:
                 for obj_id in cmd.ids:
                     found = size_and_privacy(Ref(obj_id))
                     if cmd.wait or found is None or found[0] > _QUICK_ELEMENTS or not (
-                            found[1] == Privacy.PUBLIC
-                            or (found[1] == Privacy.DERIVED and self.release_derived)):
+                            self._releases(found[1])):
                         return False
             elif isinstance(cmd, Call) and cmd.op in _QUICK_OPS and not cmd.kwargs:
                 inputs = [size_and_privacy(a) for a in cmd.args]
@@ -314,7 +313,7 @@ class Node:
         get = Get([obj_id], cmd.args[1], cmd.args[2])
         granted = any(r.id not in self._released
                       for r in self.requests.answered(client, obj_id, ACCEPTED))
-        status = ACCEPTED if self._free(stored) or granted else self._ask(
+        status = ACCEPTED if self._releases(stored.privacy) or granted else self._ask(
             get, obj_id, stored, client).status
         store.put(cmd.out, Stored(status))
         return Done(_meta(status))
@@ -372,16 +371,15 @@ class Node:
         for obj_id in cmd.ids:
             stored = self._lookup(obj_id, store)
             _check_wire_value(stored.value)
-            if not self._free(stored):
+            if not self._releases(stored.privacy):
                 released.append(self._granted(cmd, obj_id, stored, client).id)
             values.append(stored.value)
         self._released.update(released)
         return Value(values)
 
-    def _free(self, stored: Stored) -> bool:
-        """Whether an object may leave without the owner's approval."""
-        return stored.privacy == Privacy.PUBLIC or (
-            stored.privacy == Privacy.DERIVED and self.release_derived)
+    def _releases(self, privacy: Privacy) -> bool:
+        """Whether objects of this privacy leave without the owner's approval."""
+        return privacy == Privacy.PUBLIC or (privacy == Privacy.DERIVED and self.release_derived)
 
     def _granted(self, cmd: Get, obj_id: int, stored: Stored, client: str) -> Request:
         """The accepted request that releases this object to the client (filing one, and waiting
