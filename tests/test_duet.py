@@ -160,6 +160,9 @@ def test_the_store_shows_only_what_the_owner_wrote_and_no_sizes(pair):
     replies = duet.client.transport.exchange([Call("operator.add", [Ref(x.id), 0], {}, out),
                                               Put(out, 1.0)])()
     assert replies[0].meta == ["tensor", None, "float32", False]
+    pieces = duet.client.call_each("torch.Tensor.split", [Ref(x.id), 1], None, len(SECRET))
+    with pytest.raises(errors.PermissionDeniedError, match=r"shape .* is private"):
+        pieces[0].shape  # noqa: B018  (each result of a multi-out call is described alike)
 
 
 def test_an_accepted_request_releases_exactly_that_object_once(pair):

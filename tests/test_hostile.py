@@ -608,3 +608,45 @@ def test_delete_of_unknown_ids_is_harmless(node: Node) -> None:
     (reply,) = send(node, Delete([0, 2**64 - 1, OUT]))
     assert isinstance(reply, Done)
     assert_serves(node)
+
+
+# ---- calls with several outs ----------------------------------------------------------------
+
+PIECES = [60, 61, 62, 63]
+
+
+def test_several_outs_store_each_result(node: Node) -> None:
+    done, value = send(node, Call("torch.Tensor.split", [Ref(VEC), 64], {}, PIECES), Get(PIECES))
+    assert done.meta == [["tensor", [64], "float32", False]] * 3 + [["tensor", [8], "float32",
+                                                                   False]]
+    assert [len(v) for v in value.value] == [64, 64, 64, 8]
+    assert_serves(node)
+
+
+@pytest.mark.parametrize("op, args, refused", [
+    ("torch.Tensor.split", [Ref(VEC), 100], "gave 2 results, not the 4 asked for"),
+    ("torch.sub", [Ref(X), 1], "gave one result, not the 4 asked for"),
+])
+def test_several_outs_must_match_the_results(node: Node, op: str, args: list, refused: str
+                                             ) -> None:
+    failure = only_failure(send(node, Call(op, args, {}, PIECES)))
+    assert failure.kind == "TypeError" and refused in failure.message and op in failure.message
+    (missing,) = send(node, Get([PIECES[0]]))
+    assert isinstance(missing, Failure) and "failed" in missing.message  # nothing half-stored
+    assert_serves(node)
+
+
+@pytest.mark.parametrize("out", [[], [OUT, OUT], [OUT, -1], [OUT, "x"], [[OUT]]])
+def test_malformed_outs_are_refused(node: Node, out: list) -> None:
+    failure = only_failure(send(node, Call("torch.Tensor.split", [Ref(VEC), 64], {}, out)))
+    assert failure.kind == "WireError" and "out: id, ids or null" in failure.message
+    assert_serves(node)
+
+
+def test_special_calls_take_a_single_out(node: Node) -> None:
+    node.publish("data", torch.ones(4))
+    for op, args in [("tether.published", ["data"]), ("tether.request", [Ref(X), "n", "r"])]:
+        failure = only_failure(send(node, Call(op, args, {}, PIECES)))
+        assert failure.kind == "TypeError", failure
+    assert not node.is_quick([Call("operator.add", [Ref(X), 1], {}, PIECES)], CLIENT)
+    assert_serves(node)

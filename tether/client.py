@@ -125,7 +125,10 @@ class Client:
             if type(reply) is Done:
                 if reply.meta is not None:
                     out = command.out if type(command) is Call else getattr(command, "id", None)
-                    if out is not None:
+                    if type(out) is list:
+                        self._meta.update((i, meta) for i, meta in zip(out, reply.meta,
+                                                                        strict=False) if meta)
+                    elif out is not None:
                         self._meta[out] = reply.meta
                 elif type(command) is Delete:  # what a reply described before it was freed
                     for obj_id in command.ids:
@@ -169,6 +172,14 @@ class Client:
         obj_id = None if kind is None else self.new_id()
         self.submit(Call(op, args, kwargs or {}, obj_id), flush=flush)
         return None if obj_id is None else Pointer(self, obj_id, kind)
+
+    def call_each(self, op: str, args: list, kwargs: dict | None, count: int, *,
+                  kind: str = "tensor") -> list[Pointer]:
+        """Queue a remote call that gives `count` results (a tuple: `split`, say); a pointer
+        to each, for the price of one command."""
+        obj_ids = [self.new_id() for _ in range(count)]
+        self.submit(Call(op, args, kwargs or {}, obj_ids))
+        return [Pointer(self, obj_id, kind) for obj_id in obj_ids]
 
     def get(self, obj_ids: list[int], *, delete: bool, name: str = "", reason: str = "",
             wait: float = 0.0, adopt: bool = False) -> list:

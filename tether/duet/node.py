@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether.errors import PermissionDeniedError
-from tether.node import Node, Privacy, Requests
+from tether.node import Node, Privacy, Requests, Stored
 from tether.wire import Call, Done, Failure
 
 HELLO = "tether.duet.hello"
@@ -82,16 +82,15 @@ class DuetNode(Node):
         if scientist is None or scientist is not self._scientist:
             return [self._hello(cmd, client) if _is_hello(cmd) else _unconfirmed(cmd)
                     for cmd in commands]
-        store = self.store(scientist.client_id)
-        replies = []
-        for cmd in commands:  # one by one: a later command may replace what this one stored
-            [reply] = super().execute([cmd], scientist.client_id)
-            if isinstance(cmd, Call) and isinstance(reply, Done) and reply.meta:
-                stored = store.objects.get(cmd.out)
-                if stored is None or stored.privacy != Privacy.PUBLIC:
-                    reply.meta = _without_sizes(reply.meta)
-            replies.append(reply)
-        return replies
+        return super().execute(commands, scientist.client_id)
+
+    def _describe(self, stored: Stored) -> list:
+        """Sizes only of the scientist's own data: kind and dtype stay (methods resolve by
+        them); shape and length go."""
+        meta = super()._describe(stored)
+        if stored.privacy == Privacy.PUBLIC:
+            return meta
+        return [meta[0], None, *meta[2:]] if meta[0] == "tensor" else meta[:2]
 
     def forget(self, client: str) -> None:
         super().forget(client)
@@ -137,9 +136,3 @@ def _unconfirmed(cmd: Any) -> Failure:
                    "this client is not a confirmed scientist of the duet: join with "
                    "sy.join_duet(...) and have the owner confirm your client id")
 
-
-def _without_sizes(meta: list) -> list:
-    """Kind and dtype stay (methods resolve by them); shape and length go."""
-    if meta[0] == "tensor":
-        return [meta[0], None, *meta[2:]]
-    return meta[:2]

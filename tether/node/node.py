@@ -197,6 +197,8 @@ class Node:
                 inputs = [size_and_privacy(a) for a in cmd.args]
                 if None in inputs or max((n for n, _ in inputs), default=1) > _QUICK_ELEMENTS:
                     return False
+                if type(cmd.out) is list:
+                    return False
                 if cmd.out is not None:  # broadcasting at most multiplies the sizes
                     derived = any(p > Privacy.PUBLIC for _, p in inputs)
                     made[cmd.out] = (math.prod(n for n, _ in inputs),
@@ -216,7 +218,7 @@ class Node:
     def _execute_one(self, cmd: Any, store: Store, client: str, freed: set[int]) -> Any:
         try:
             if isinstance(cmd, Call):
-                return self._call(cmd, store, client, cmd.out not in freed)
+                return self._call(cmd, store, client, freed)
             if isinstance(cmd, Put):
                 store.put(cmd.id, Stored(cmd.value))
                 return Done(_meta(cmd.value))
@@ -235,11 +237,14 @@ class Node:
             failure = Failure(type(exc).__name__, str(exc))
         if isinstance(cmd, Call | Put):
             out = cmd.out if isinstance(cmd, Call) else cmd.id
-            if out is not None:
-                store.mark_failed(out, f"{getattr(cmd, 'op', 'put')}: {failure.message}")
+            for obj_id in () if out is None else out if type(out) is list else (out,):
+                store.mark_failed(obj_id, f"{getattr(cmd, 'op', 'put')}: {failure.message}")
         return failure
 
-    def _call(self, cmd: Call, store: Store, client: str, describe: bool = True) -> Done:
+    def _call(self, cmd: Call, store: Store, client: str, freed: set[int]) -> Done:
+        """Run an allowlisted call; store its result under `out`, or each of its results
+        under each of a list of outs (a batch loader's `split`: one command, many pointers).
+        Results a later command of the frame frees (`freed`) go undescribed."""
         entry = resolve(cmd.op)
         if entry is None:
             if cmd.op == PUBLISHED:
@@ -271,22 +276,46 @@ class Node:
         if privacy:
             _taint(entry.path, inputs, store)
         _check_result_size(entry.path, result, self.limits.max_elements)
-        if cmd.out is None:
+        out = cmd.out
+        if out is None:
             return Done()
+        tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if tagged else ()
+        if type(out) is int:
+            stored = self._stored(result, privacy, protected, inputs, tags)
+            store.put(out, stored)
+            return Done(None if out in freed else self._describe(stored))
+        if not (isinstance(result, tuple | list) and len(result) == len(out)):
+            got = f"{len(result)} results" if isinstance(result, tuple | list) else "one result"
+            raise _Refused("TypeError", f"{entry.path} gave {got}, not the {len(out)} asked for")
+        described = []
+        for obj_id, item in zip(out, result, strict=True):
+            stored = self._stored(item, privacy, protected, inputs, tags)
+            store.put(obj_id, stored)
+            described.append(None if obj_id in freed else self._describe(stored))
+        return Done(described)
+
+    @staticmethod
+    def _stored(result: Any, privacy: Privacy, protected: list, inputs: list[Stored],
+                tags: tuple[str, ...]) -> Stored:
+        """A result with its policy: read-only if it shares the owner's memory, and private
+        if it is a view of the owner's private data."""
         readonly = bool(protected) and _shares_memory(result, protected)
         if readonly and _shares_memory(result, [s.value for s in inputs
                                                 if s.privacy == Privacy.PRIVATE]):
             privacy = Privacy.PRIVATE  # a view of the owner's data is that data
-        tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if tagged else ()
-        store.put(cmd.out, Stored(result, privacy, readonly, tags=tags))
-        return Done(_meta(result) if describe else None)
+        return Stored(result, privacy, readonly, tags=tags)
+
+    def _describe(self, stored: Stored) -> list:
+        """What the client may know of a stored object without fetching it (a strict node
+        may leave out what the owner's data would reveal)."""
+        return _meta(stored.value)
 
     def _published(self, cmd: Call, store: Store) -> Done:
         """What the owner published under a key (or item `index` of it, for a (data, labels)
         pair): the same object, with the owner's policy."""
         args = cmd.args
         if not (1 <= len(args) <= 2 and isinstance(args[0], str) and not cmd.kwargs
-                and (len(args) == 1 or type(args[1]) is int) and cmd.out is not None):
+                and (len(args) == 1 or type(args[1]) is int) and type(cmd.out) is int):
             raise _Refused("TypeError", f"{PUBLISHED} takes a key and an optional item index")
         stored = self.published.get(args[0])
         if stored is None:
@@ -299,14 +328,15 @@ class Node:
                 raise _Refused("ObjectNotFoundError", f"{args[0]!r} on worker {self.name!r} "
                                                       f"has no item {args[1]}")
             value = value[args[1]]
-        store.put(cmd.out, replace(stored, value=value))
-        return Done(_meta(value))
+        item = replace(stored, value=value)
+        store.put(cmd.out, item)
+        return Done(self._describe(item))
 
     def _request_status(self, cmd: Call, store: Store, client: str) -> Done:
         """File a request for an object (or find this client's last one) without releasing
         anything; the result is its status."""
-        if len(cmd.args) != 3 or not isinstance(cmd.args[0], Ref) or cmd.out is None or not all(
-                isinstance(a, str) for a in cmd.args[1:]):
+        if len(cmd.args) != 3 or not isinstance(cmd.args[0], Ref) or type(cmd.out) is not int or (
+                not all(isinstance(a, str) for a in cmd.args[1:])):
             raise _Refused("TypeError", f"{REQUEST} takes a reference, a name and a reason")
         obj_id = cmd.args[0].id
         stored = self._lookup(obj_id, store)

@@ -474,6 +474,11 @@ def _is_id(x: Any) -> bool:
     return type(x) is int and 0 <= x <= _MAX_ID
 
 
+def _is_ids(x: Any) -> bool:
+    """A non-empty list of distinct ids."""
+    return type(x) is list and bool(x) and all(map(_is_id, x)) and len(set(x)) == len(x)
+
+
 def _put(obj_id: Any, value: Any) -> m.Put:
     if not _is_id(obj_id):
         raise WireError("Put.id must be an unsigned 64-bit integer")
@@ -482,13 +487,13 @@ def _put(obj_id: Any, value: Any) -> m.Put:
 
 def _call(op: Any, args: Any, kwargs: Any, out: Any) -> m.Call:
     if not (type(op) is str and type(args) is list and type(kwargs) is dict
-            and (out is None or _is_id(out))):
-        raise WireError("Call needs op: str, args: list, kwargs: map, out: id or null")
+            and (out is None or _is_id(out) or _is_ids(out))):
+        raise WireError("Call needs op: str, args: list, kwargs: map, out: id, ids or null")
     return m.Call(op, args, kwargs, out)
 
 
 def _get(ids: Any, name: Any, reason: Any, wait: Any) -> m.Get:
-    if not (type(ids) is list and all(_is_id(i) for i in ids) and type(name) is str
+    if not (type(ids) is list and all(map(_is_id, ids)) and type(name) is str
             and type(reason) is str and type(wait) in (int, float) and 0 <= wait <= _MAX_WAIT):
         raise WireError(f"Get needs ids: a list of ids, name: str, reason: str, wait: 0 to "
                         f"{_MAX_WAIT} seconds")
@@ -496,7 +501,7 @@ def _get(ids: Any, name: Any, reason: Any, wait: Any) -> m.Get:
 
 
 def _delete(ids: Any) -> m.Delete:
-    if not (type(ids) is list and all(_is_id(i) for i in ids)):
+    if not (type(ids) is list and all(map(_is_id, ids))):
         raise WireError("Delete needs a list of ids")
     return m.Delete(ids)
 

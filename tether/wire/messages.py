@@ -31,12 +31,13 @@ class Put:
 @dataclass(slots=True)
 class Call:
     """Call the allowlisted `op` on `args`/`kwargs` (which may hold Refs); store the result
-    under `out` (None: discard it, as for in-place methods)."""
+    under `out` (None: discard it, as for in-place methods), or, when `out` lists ids, each
+    item of the result (a tuple of exactly that many) under its id."""
 
     op: str
     args: list
     kwargs: dict
-    out: int | None
+    out: int | list[int] | None
 
 
 @dataclass(slots=True)
@@ -65,7 +66,9 @@ class Delete:
 @dataclass(slots=True)
 class Done:
     """The command succeeded. `meta` describes the stored result: for a tensor
-    `[shape, dtype, requires_grad]`, otherwise `[type name]`; None when nothing was stored."""
+    `["tensor", shape, dtype, requires_grad]`, otherwise `[kind, type name, ...]`; None when
+    nothing was stored (or the client frees it at once);
+    for a Call with several outs, one such description (or None) per out."""
 
     meta: list | None = None
 
