@@ -239,9 +239,9 @@ def test_nodes_lend_only_what_may_leave_freely():
             (True, Privacy.PRIVATE, False, False), (True, Privacy.PUBLIC, True, False)]:
         node = Node("owner", release_derived=release_derived)
         node.store("scientist").put(1, Stored(torch.ones(2), privacy, readonly))
-        assert node.lends("scientist", 1) is lent, (release_derived, privacy, readonly)
-        assert not node.lends("scientist", 2)  # nothing stored there
-        assert not node.lends("someone else", 1)
+        assert node.lends("scientist", [1]) is lent, (release_derived, privacy, readonly)
+        assert not node.lends("scientist", [1, 2])  # nothing stored there
+        assert not node.lends("someone else", [1])
 
 
 def test_hooks_workers_and_pointers_never_draw_from_the_rng():

@@ -169,7 +169,8 @@ def get_module(module: nn.Module) -> nn.Module:
                 slots.append((table, name, locals_.pop((id(table), name)), value))
     values = client.get([pointer.id for *_, pointer in slots], delete=False, adopt=True)
     for (table, name, local, pointer), value in zip(slots, values, strict=True):
-        local.data = value.detach()  # adopt the fetched (or lent) memory: no further copy
+        if not _same_memory(local, value):  # lent memory the local tensor already holds stays
+            local.data = value.detach()  # adopt the fetched (or lent) memory: no further copy
         table[name] = local
         _REMOTES.sent_to.pop(id(local), None)
         for other, copy in _REMOTES.of(local).items():  # the others now hold older values
@@ -177,6 +178,11 @@ def get_module(module: nn.Module) -> nn.Module:
     for m in modules:
         m.__dict__.pop("_tether_client", None)
     return module
+
+
+def _same_memory(local: torch.Tensor, value: torch.Tensor) -> bool:
+    return (local.data_ptr() == value.data_ptr() and local.shape == value.shape
+            and local.stride() == value.stride() and local.dtype == value.dtype)
 
 
 # ---- optimizers -----------------------------------------------------------------------------

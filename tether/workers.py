@@ -48,7 +48,7 @@ class InProcessTransport:
                 for i, reply in enumerate(replies)]
 
     def _lent(self, ids: list[int]) -> bool:
-        return all(self.node.lends(self.client_name, obj_id) for obj_id in ids)
+        return self.node.lends(self.client_name, ids)
 
     def close(self) -> None:
         self.closed = True

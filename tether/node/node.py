@@ -117,13 +117,17 @@ class Node:
         with self._lock:
             return list(self._stores)
 
-    def lends(self, client: str, obj_id: int) -> bool:
-        """Whether a client in this process may hold the memory of a stored object itself rather
-        than a copy (and so see what later commands do to it): only its own data, or data
-        derived from private data where such results leave freely (it could fetch every
+    def lends(self, client: str, obj_ids: list[int]) -> bool:
+        """Whether a client in this process may hold the memory of these stored objects itself
+        rather than copies (and so see what later commands do to them): only its own data, or
+        data derived from private data where such results leave freely (it could fetch every
         later value anyway); never memory shared with the owner's data."""
-        stored = self.store(client).objects.get(obj_id)
-        return stored is not None and not stored.readonly and self._releases(stored.privacy)
+        objects = self.store(client).objects
+        for obj_id in obj_ids:
+            stored = objects.get(obj_id)
+            if stored is None or stored.readonly or not self._releases(stored.privacy):
+                return False
+        return True
 
     def forget(self, client: str) -> None:
         """Drop everything a client stored (it disconnected)."""
