@@ -197,11 +197,10 @@ class Node:
                     if cmd.wait or found is None or found[0] > _QUICK_ELEMENTS or not (
                             self._releases(found[1])):
                         return False
-            elif isinstance(cmd, Call) and cmd.op in _QUICK_OPS and not cmd.kwargs:
+            elif (isinstance(cmd, Call) and cmd.op in _QUICK_OPS and not cmd.kwargs
+                  and type(cmd.out) is not list):  # elementwise ops give one result
                 inputs = [size_and_privacy(a) for a in cmd.args]
                 if None in inputs or max((n for n, _ in inputs), default=1) > _QUICK_ELEMENTS:
-                    return False
-                if type(cmd.out) is list:
                     return False
                 if cmd.out is not None:  # broadcasting at most multiplies the sizes
                     derived = any(p > Privacy.PUBLIC for _, p in inputs)
