@@ -44,11 +44,8 @@ class InProcessTransport:
         """The replies with their values copied, except the values the node lends (only Values
         carry tensors back)."""
         return [Value(_copy(reply.value)) if type(reply) is Value and not (
-                    i in adopted and self._lent(commands[i].ids)) else reply
+                    i in adopted and self.node.lends(self.client_name, commands[i].ids)) else reply
                 for i, reply in enumerate(replies)]
-
-    def _lent(self, ids: list[int]) -> bool:
-        return self.node.lends(self.client_name, ids)
 
     def close(self) -> None:
         self.closed = True
