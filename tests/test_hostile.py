@@ -354,9 +354,9 @@ def test_method_on_wrong_self_type_is_refused(node: Node, spy, op: str, args: li
                                    torch.nn.Linear(1, 1), os, object(), torch.Tensor.add],
                          ids=lambda v: type(v).__name__)
 def test_callables_have_no_wire_form(value: object) -> None:
-    with pytest.raises(TypeError, match="cannot send"):
+    with pytest.raises(TypeError, match="cannot be sent"):
         encode([Call("builtins.max", [[1, 2]], {"key": value}, OUT)])
-    with pytest.raises(TypeError, match="cannot send"):
+    with pytest.raises(TypeError, match="cannot be sent"):
         encode([Put(OUT, [value])])
 
 

@@ -165,6 +165,31 @@ def test_errors_name_the_op_the_worker_and_the_cause(bob, alice):
     assert torch.equal((a + 1).get(), torch.full((2, 3), 2.0))  # the worker goes on
 
 
+def test_a_value_that_cannot_travel_fails_its_own_command_only(bob):
+    x = torch.ones(2).send(bob)
+    before = x + 1  # queued with the bad command: neither it nor what follows may be lost
+    bad = x + object()
+    after = x * 3
+    with pytest.raises(errors.TetherError, match=r"operator.add on worker 'bob'"):
+        bob.flush()
+    assert torch.equal(before.get(), torch.full((2,), 2.0))
+    assert torch.equal(after.get(), torch.full((2,), 3.0))
+    with pytest.raises(errors.ObjectNotFoundError, match="'bob'"):
+        bad.get()
+
+
+def test_what_the_wire_format_lacks_is_named_before_anything_is_sent():
+    worker = sy.VirtualWorker("carol")  # through the codec
+    x = torch.ones(2).send(worker)
+    deep = torch.zeros([1] * 65).send(worker)
+    with pytest.raises(errors.WireError, match=r"send on worker 'carol'.*65 dimensions"):
+        worker.flush()
+    with pytest.raises(errors.WireError, match=r"operator.add on worker 'carol'.*64 bits"):
+        (x + 2**70).get()
+    assert torch.equal((x + 1).get(), torch.full((2,), 2.0))
+    del deep
+
+
 def test_a_pointer_whose_object_is_gone_says_so(bob):
     p = torch.ones(2).send(bob)
     bob.flush()  # it has arrived

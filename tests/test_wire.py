@@ -507,6 +507,16 @@ def test_strided_single_element_encodes(t: torch.Tensor) -> None:
     assert same(reply.value, t)
 
 
+@pytest.mark.parametrize(("value", "why"), [
+    (torch.zeros([1] * 65), "65 dimensions cannot be sent"),
+    (2**64, "does not fit in 64 bits"), (-(2**63) - 1, "does not fit in 64 bits"),
+    (object(), "type object cannot be sent"),
+], ids=["65 dims", "2**64", "-2**63-1", "object"])
+def test_what_the_format_lacks_is_a_type_error_naming_it(value, why: str) -> None:
+    with pytest.raises(TypeError, match=why):
+        encode([Value(value)])
+
+
 @pytest.mark.parametrize("first", [b"", b"\x01"], ids=["alone", "after a byte"])
 def test_decoded_complex128_is_aligned(first: bytes) -> None:
     values = [tensor_meta("uint8", (1,))] if first else []

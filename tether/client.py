@@ -18,9 +18,11 @@ import torch
 
 from tether import errors
 from tether.pointer import Pointer
-from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value
+from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value, encode_parts
 
 Replies = Callable[[], list]
+# What the encoder raises for a value the wire format cannot carry.
+_UNSENDABLE = (TypeError, ValueError, OverflowError)
 
 # Flush the queue once it holds this many commands, so memory stays bounded in long loops.
 MAX_QUEUED = 256
@@ -106,7 +108,28 @@ class Client:
         if self._adopted:
             adopted = frozenset(i for i, c in enumerate(commands) if id(c) in self._adopted)
             self._adopted.clear()
-        self._inflight.append((commands, self.transport.exchange(commands, adopted)))
+        try:
+            self._inflight.append((commands, self.transport.exchange(commands, adopted)))
+        except _UNSENDABLE:
+            unsendable = [(c, exc) for c in commands if (exc := _encoding_error(c)) is not None]
+            if not unsendable:
+                raise
+            self._send_all_but(commands, adopted, unsendable)
+
+    def _send_all_but(self, commands: list, adopted: frozenset[int], unsendable: list) -> None:
+        """The wire format cannot carry some commands (a value of a type it lacks, an integer
+        over 64 bits, a tensor of over 64 dimensions): send the others, so one bad argument
+        loses nothing queued around it. Each one left out fails, as a remote failure would:
+        the next sync raises it."""
+        skipped = {id(c) for c, _ in unsendable}
+        adopted_ids = {id(commands[i]) for i in adopted}
+        kept = [c for c in commands if id(c) not in skipped]
+        if kept:
+            kept_adopted = frozenset(i for i, c in enumerate(kept) if id(c) in adopted_ids)
+            self._inflight.append((kept, self.transport.exchange(kept, kept_adopted)))
+        for command, exc in unsendable:
+            self._errors.append(self._error(command, Failure(
+                "WireError", f"it cannot be sent ({type(exc).__name__}: {exc})")))
 
     def _drain(self) -> None:
         while self._inflight:
@@ -223,6 +246,15 @@ class Client:
 
 def ref(pointer: Pointer) -> Ref:
     return Ref(pointer.id)
+
+
+def _encoding_error(command: Any) -> Exception | None:
+    """Why the wire format cannot carry this command, or None if it can."""
+    try:
+        encode_parts([command])
+    except _UNSENDABLE as exc:
+        return exc
+    return None
 
 
 def _carries_tensor(value: Any) -> bool:

@@ -190,8 +190,11 @@ def encode_parts(messages: list) -> Parts:
         if type(obj) is m.Ref:  # the most common by far
             return _ext((_REF, obj.id.to_bytes(8, "little")))
         if isinstance(obj, torch.Tensor):
-            buffers.append(tensor_bytes(obj))
             shape = obj.shape
+            if len(shape) > _MAX_DIMS:
+                raise TypeError(f"a tensor of {len(shape)} dimensions cannot be sent (at most "
+                                f"{_MAX_DIMS})")
+            buffers.append(tensor_bytes(obj))
             head = _TENSOR_HEAD.pack(_DTYPE_CODES[obj.dtype], obj.requires_grad, len(shape),
                                      len(buffers) - 1)
             return _ext((_TENSOR, head + _DIMS[len(shape)].pack(*shape)))
@@ -214,7 +217,9 @@ def encode_parts(messages: list) -> Parts:
         tag = _TAGS.get(type(obj))
         if tag is not None:
             raise TypeError(f"{type(obj).__name__} may only appear at the top of a frame")
-        raise TypeError(f"cannot send a {type(obj).__name__} to a worker")
+        if type(obj) is int:  # msgpack hands over the integers it cannot hold
+            raise TypeError(f"the integer {obj} does not fit in 64 bits")
+        raise TypeError(f"a value of type {type(obj).__name__} cannot be sent to a worker")
 
     def _pack(obj: Any) -> bytes:
         return msgpack.packb(obj, default=default, use_bin_type=True, strict_types=True)
