@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,12 @@ from tether.node import Node
 
 TOKEN = "test-token"
 TRANSPORTS = ["virtual", "virtual-direct", "websocket"]
+# The logs of worker processes the tests start; removed when the run ends.
+LOGS = Path(tempfile.mkdtemp(prefix="tether-test-logs-"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(LOGS, ignore_errors=True)
 
 
 def _network_worker(name: str, servers: list) -> sy.Worker:
@@ -73,7 +80,7 @@ class WorkerProcess:
     def __init__(self, *args: str, port: int = 0, token: str = TOKEN) -> None:
         self.args = args
         self.token = token
-        self.log = Path(tempfile.mkstemp(prefix="tether-worker-", suffix=".log")[1])
+        self.log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=LOGS)[1])
         self.lines: list[str] = []
         self.port = port
         self._start()
