@@ -523,6 +523,31 @@ def test_private_values_do_not_leak_into_the_attackers_tensor(op: str, args: lis
     assert isinstance(replies[-1], Failure) and replies[-1].kind in DENIED
 
 
+@pytest.mark.parametrize("hides", [False, True], ids=["node", "duet-like node"])
+def test_a_refused_allocation_tells_private_sizes_only_where_they_are_known(hides: bool) -> None:
+    """`repeat` of the owner's tensor past the limit is refused either way; the refusal states
+    the size it would have had (so the size of the owner's data) only on a node that describes
+    the sizes of private results anyway."""
+    node, _ = owner_node(release_derived=False)
+    node.hides_private_sizes = hides
+    times = LIMIT // len(SECRET_VALUE) + 1
+    reply = only_failure(send(node, Call("torch.Tensor.repeat", [Ref(SECRET), times], {}, OUT)))
+    assert reply.kind == "LimitError" and f"{LIMIT:,}" in reply.message
+    assert (f"{len(SECRET_VALUE) * times:,}" in reply.message) is not hides
+    assert_serves(node)
+
+
+@pytest.mark.parametrize("hides", [False, True], ids=["node", "duet-like node"])
+def test_a_store_over_its_limit_tells_private_sizes_only_where_they_are_known(hides: bool) -> None:
+    node, _ = owner_node(release_derived=False)
+    node.hides_private_sizes = hides
+    node.store(CLIENT).max_bytes = 100
+    reply = only_failure(send(node, Call("torch.Tensor.repeat", [Ref(SECRET), 9], {}, OUT)))
+    assert reply.kind == "LimitError" and "limit of 100 bytes" in reply.message
+    assert ("storing 108 bytes" in reply.message) is not hides
+    assert_serves(node)
+
+
 def test_optimizer_cannot_step_owner_data() -> None:
     node, secret = owner_node()
     send(node, Call("torch.nn.Parameter", [Ref(SECRET)], {}, 60),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether.errors import PermissionDeniedError
-from tether.node import Node, Privacy, Requests, Stored
+from tether.node import Node, Requests
 from tether.wire import Call, Done, Failure
 
 HELLO = "tether.duet.hello"
@@ -30,8 +30,11 @@ class _Scientist:
 
 
 class DuetNode(Node):
-    """A strict node (`release_derived=False`) that runs commands only for the scientist the
-    owner confirmed. `confirm=False` confirms the first scientist who says hello."""
+    """A strict node (`release_derived=False`, sizes of private results kept from the
+    scientist) that runs commands only for the scientist the owner confirmed.
+    `confirm=False` confirms the first scientist who says hello."""
+
+    hides_private_sizes = True
 
     def __init__(self, name: str, *, confirm: bool = True, requests: Requests | None = None
                  ) -> None:
@@ -83,14 +86,6 @@ class DuetNode(Node):
             return [self._hello(cmd, client) if _is_hello(cmd) else _unconfirmed(cmd)
                     for cmd in commands]
         return super().execute(commands, scientist.client_id)
-
-    def _describe(self, stored: Stored) -> list:
-        """Sizes only of the scientist's own data: kind and dtype stay (methods resolve by
-        them); shape and length go."""
-        meta = super()._describe(stored)
-        if stored.privacy == Privacy.PUBLIC:
-            return meta
-        return [meta[0], None, *meta[2:]] if meta[0] == "tensor" else meta[:2]
 
     def forget(self, client: str) -> None:
         super().forget(client)

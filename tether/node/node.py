@@ -82,6 +82,10 @@ class Node:
     computations on it are withheld. Requests go to `requests` (the owner's desk).
     """
 
+    # Whether the sizes of what is computed from private data are kept from clients too:
+    # left out of descriptions and of refusals (Duet's node).
+    hides_private_sizes = False
+
     def __init__(self, name: str, *, limits: Limits | None = None, release_derived: bool = True,
                  requests: Requests | None = None) -> None:
         self.name = name
@@ -266,7 +270,8 @@ class Node:
             tagged = tagged or bool(stored.tags)
             if stored.readonly:
                 protected.append(stored.value)
-        self._check(entry, args, kwargs, protected)
+        secret = bool(privacy) and self.hides_private_sizes  # sizes tell of the owner's data
+        self._check(entry, args, kwargs, protected, secret)
         privacy = Privacy.DERIVED if privacy or entry.path in OWNER_FACTS else Privacy.PUBLIC
         try:
             result = entry.fn(*args, **kwargs)
@@ -278,14 +283,14 @@ class Node:
             raise
         if privacy:
             _taint(entry.path, inputs, store)
-        _check_result_size(entry.path, result, self.limits.max_elements)
+        _check_result_size(entry.path, result, self.limits.max_elements, secret)
         out = cmd.out
         if out is None:
             return Done()
         tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if tagged else ()
         if type(out) is int:
             stored = self._stored(result, privacy, protected, inputs, tags)
-            store.put(out, stored)
+            _keep(store, out, stored, secret)
             return Done(None if out in freed else self._describe(stored))
         if not (isinstance(result, tuple | list) and len(result) == len(out)):
             got = f"{len(result)} results" if isinstance(result, tuple | list) else "one result"
@@ -293,7 +298,7 @@ class Node:
         described = []
         for obj_id, item in zip(out, result, strict=True):
             stored = self._stored(item, privacy, protected, inputs, tags)
-            store.put(obj_id, stored)
+            _keep(store, obj_id, stored, secret)
             described.append(None if obj_id in freed else self._describe(stored))
         return Done(described)
 
@@ -309,9 +314,13 @@ class Node:
         return Stored(result, privacy, readonly, tags=tags)
 
     def _describe(self, stored: Stored) -> list:
-        """What the client may know of a stored object without fetching it (a strict node
-        may leave out what the owner's data would reveal)."""
-        return _meta(stored.value)
+        """What the client may know of a stored object without fetching it: kind, shape (or
+        length), dtype. A node that hides private sizes keeps kind and dtype (methods resolve
+        by them) and leaves out the rest."""
+        meta = _meta(stored.value)
+        if stored.privacy == Privacy.PUBLIC or not self.hides_private_sizes:
+            return meta
+        return [meta[0], None, *meta[2:]] if meta[0] == "tensor" else meta[:2]
 
     def _published(self, cmd: Call, store: Store) -> Done:
         """What the owner published under a key (or item `index` of it, for a (data, labels)
@@ -351,9 +360,11 @@ class Node:
         store.put(cmd.out, Stored(status))
         return Done(_meta(status))
 
-    def _check(self, entry: Entry, args: tuple, kwargs: dict, protected: list) -> None:
+    def _check(self, entry: Entry, args: tuple, kwargs: dict, protected: list,
+               secret: bool) -> None:
         """Refuse a call on the wrong type, one that could change the owner's data (the
-        `protected` inputs), or one whose result would be too large."""
+        `protected` inputs), or one whose result would be too large (saying by how much
+        only when the sizes involved are not `secret`)."""
         if entry.self_type is not None and not (args and isinstance(args[0], entry.self_type)):
             got = type(args[0]).__name__ if args else "nothing"
             raise _Refused("TypeError", f"{entry.path} needs a {entry.self_type.__name__} "
@@ -365,11 +376,12 @@ class Node:
             try:
                 elements = entry.guard(args, kwargs)
             except Exception as exc:
+                why = "" if secret else f" ({exc})"
                 raise _Refused(LimitError.__name__, f"{entry.path}: cannot bound the size of its "
-                                                    f"result ({exc})") from None
+                                                    f"result{why}") from None
             if elements > self.limits.max_elements:
-                raise _Refused(LimitError.__name__, _too_big(entry.path, elements,
-                                                             self.limits.max_elements))
+                raise _Refused(LimitError.__name__, _too_big(
+                    entry.path, None if secret else elements, self.limits.max_elements))
 
     def _resolve(self, value: Any, store: Store, inputs: list[Stored]) -> Any:
         """Replace Refs by the objects they name (collecting those objects' policies)."""
@@ -484,16 +496,31 @@ def _not_allowed(op: Any) -> str:
     return f"{name!r} is not in the allowlist (see tether/node/allowlist.py)"
 
 
-def _too_big(path: str, elements: int, limit: int) -> str:
+def _keep(store: Store, obj_id: int, stored: Stored, secret: bool) -> None:
+    """Store a result; past the client's byte limit, say by how much only where the result's
+    size is not `secret`."""
+    try:
+        store.put(obj_id, stored)
+    except MemoryError:
+        if not secret:
+            raise
+        raise MemoryError(f"storing this result would exceed this client's limit of "
+                          f"{store.max_bytes} bytes; free pointers") from None
+
+
+def _too_big(path: str, elements: int | None, limit: int) -> str:
+    if elements is None:  # the owner's data would tell its size
+        return f"{path} would allocate more than the {limit:,} elements this node allows per result"
     return f"{path} would allocate {elements:,} elements; this node allows {limit:,} per result"
 
 
-def _check_result_size(path: str, result: Any, limit: int) -> None:
+def _check_result_size(path: str, result: Any, limit: int, secret: bool) -> None:
     """Catch views (expand, ...) whose size the guards did not bound, before anything uses them."""
     tensors = result if isinstance(result, list | tuple) else (result,)
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.numel() > limit:
-            raise _Refused(LimitError.__name__, _too_big(path, t.numel(), limit))
+            raise _Refused(LimitError.__name__, _too_big(path, None if secret else t.numel(),
+                                                         limit))
 
 
 def _shares_memory(result: Any, protected: list[Any]) -> bool:
