@@ -178,16 +178,15 @@ def test_a_value_that_cannot_travel_fails_its_own_command_only(bob):
         bad.get()
 
 
-def test_what_the_wire_format_lacks_is_named_before_anything_is_sent():
+def test_what_the_wire_format_lacks_is_named_and_the_rest_still_runs():
     worker = sy.VirtualWorker("carol")  # through the codec
     x = torch.ones(2).send(worker)
-    deep = torch.zeros([1] * 65).send(worker)
+    torch.zeros([1] * 65).send(worker)
     with pytest.raises(errors.WireError, match=r"send on worker 'carol'.*65 dimensions"):
         worker.flush()
     with pytest.raises(errors.WireError, match=r"operator.add on worker 'carol'.*64 bits"):
         (x + 2**70).get()
     assert torch.equal((x + 1).get(), torch.full((2,), 2.0))
-    del deep
 
 
 def test_a_pointer_whose_object_is_gone_says_so(bob):
