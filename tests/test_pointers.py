@@ -189,6 +189,15 @@ def test_what_the_wire_format_lacks_is_named_and_the_rest_still_runs():
     assert torch.equal((x + 1).get(), torch.full((2,), 2.0))
 
 
+def test_a_dict_with_keys_other_than_strings_is_refused_where_it_is_passed():
+    worker = sy.VirtualWorker("carol")
+    x = torch.ones(2).send(worker)
+    before = x + 1
+    with pytest.raises(TypeError, match=r"Tensor.add got a dict with a key of type int \(1\)"):
+        x.add({1: 2.0})
+    assert torch.equal(before.get(), torch.full((2,), 2.0))  # nothing queued was lost
+
+
 def test_a_pointer_whose_object_is_gone_says_so(bob):
     p = torch.ones(2).send(bob)
     bob.flush()  # it has arrived

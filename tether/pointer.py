@@ -321,6 +321,10 @@ def _to_wire(value: Any, path: str, found: list, count: bool = True) -> Any:
         items = [_to_wire(v, path, found, count) for v in value]
         return items if isinstance(value, list) else tuple(items)
     if isinstance(value, dict):
+        for key in value:
+            if type(key) is not str:  # a node refuses them (and the frame they come in)
+                raise TypeError(f"{path} got a dict with a key of type {type(key).__name__} "
+                                f"({key!r}): the keys of a dict sent to a worker must be strings")
         return {k: _to_wire(v, path, found, count) for k, v in value.items()}
     if isinstance(value, torch.nn.Module):
         raise TypeError(f"{path} got a local {type(value).__name__}: send it to the worker first")
