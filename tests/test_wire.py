@@ -119,6 +119,18 @@ def test_tensor_round_trip(t: torch.Tensor) -> None:
         assert reply.value.is_leaf
 
 
+@pytest.mark.parametrize("nbytes", [codec._THREADED_COPY_BYTES - 64, codec._THREADED_COPY_BYTES])
+def test_received_tensors_are_copies_either_side_of_the_threaded_copy_size(nbytes: int) -> None:
+    sent = torch.arange(nbytes // 4, dtype=torch.float32).view(-1, 16)
+    parts = codec.encode_parts([Value(sent)])
+    (copied,) = codec.decode_parts(parts, copy=True)
+    (from_bytes,) = decode(bytes(parts.join()))  # read-only: copied too
+    for reply in (copied, from_bytes):
+        assert torch.equal(reply.value, sent) and reply.value.data_ptr() % codec.ALIGN == 0
+    sent.add_(1)  # the sender's memory changes; what was received does not
+    assert copied.value[0, 0] == 0 and from_bytes.value[0, 0] == 0
+
+
 @pytest.mark.parametrize("name", list(DTYPES))
 def test_every_dtype_travels(name: str) -> None:
     """Each dtype at least once, NaN patterns included, whatever hypothesis draws."""
