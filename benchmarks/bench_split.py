@@ -30,8 +30,13 @@ def _segments() -> list[nn.Module]:
             nn.Sequential(nn.Linear(640, 10), nn.LogSoftmax(dim=1))]
 
 
+# The two workers share this machine's cores, as `tether demo`'s workers do: with torch's
+# default (every core each), their idle OpenMP threads spin on the cores the other needs.
+WORKER_THREADS = max(1, (os.cpu_count() or 1) // 2)
+
+
 def _worker(name: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "TETHER_TOKEN": TOKEN}
+    env = {**os.environ, "TETHER_TOKEN": TOKEN, "OMP_NUM_THREADS": str(WORKER_THREADS)}
     return subprocess.Popen([sys.executable, "-m", "tether.cli", "worker", "--id", name,
                              "--port", str(port), "--quiet"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -101,7 +106,8 @@ def main() -> None:
     steps = len(batches)
     activation = 64 * 640 * 4
     floor = 2 * activation + 64 * 784 * 4 + 64 * 8  # activation, its gradient, batch, labels
-    print(f"split network, {steps} steps of 64 images, two worker processes on 127.0.0.1:")
+    print(f"split network, {steps} steps of 64 images, two worker processes on 127.0.0.1 "
+          f"({WORKER_THREADS} torch thread(s) each):")
     print(f"  unsplit model, local       {local * 1e3:8.1f} ms")
     print(f"  SplitNN over the network   {split * 1e3:8.1f} ms   ratio {split / local:.2f}x")
     per_step = sum(sent) / steps
