@@ -206,7 +206,10 @@ def encode_parts(messages: list) -> Parts:
         if isinstance(obj, tuple):  # torch.Size too: an array led by the tuple mark
             return [_TUPLE_MARK, *obj]
         if isinstance(obj, slice):
-            return msgpack.ExtType(_SLICE, _pack([obj.start, obj.stop, obj.step]))
+            bounds = [obj.start, obj.stop, obj.step]
+            if not all(b is None or type(b) is int for b in bounds):
+                raise TypeError(f"{obj} cannot be sent: a slice's bounds must be integers or None")
+            return msgpack.ExtType(_SLICE, msgpack.packb(bounds))
         if isinstance(obj, torch.dtype):
             return msgpack.ExtType(_DTYPE, DTYPE_NAMES[obj].encode())
         if obj is Ellipsis:
@@ -226,11 +229,8 @@ def encode_parts(messages: list) -> Parts:
             raise TypeError(f"the integer {obj} does not fit in 64 bits")
         raise TypeError(f"a value of type {type(obj).__name__} cannot be sent to a worker")
 
-    def _pack(obj: Any) -> bytes:
-        return msgpack.packb(obj, default=default, use_bin_type=True, strict_types=True)
-
     body = [_ROWS[type(msg)](msg) for msg in messages]
-    header = _pack(body)
+    header = msgpack.packb(body, default=default, use_bin_type=True, strict_types=True)
     lengths = struct.pack(f"<{len(buffers)}Q", *(b.nbytes for b in buffers))
     return Parts(_PREFIX.pack(MAGIC, VERSION, 0, len(buffers), len(header)) + lengths + header,
                  buffers)
