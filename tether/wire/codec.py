@@ -3,7 +3,7 @@
 Layout (all integers little-endian)::
 
     b"TT" | version u8 | reserved u8 | n_buffers u32 | header_len u32
-    | n_buffers x u64 buffer lengths | header (msgpack) | padding to 8 | buffers, each padded to 8
+    | n_buffers x u64 buffer lengths | header (msgpack) | padding to 64 | buffers, each padded to 64
 
 In the header a tensor is a msgpack extension holding dtype code u8 | requires_grad u8 | ndim u8
 | pad u8 | buffer index u32 | ndim x u64 dimensions; its bytes are that buffer.
