@@ -382,6 +382,34 @@ def test_idle_clients_are_disconnected():
         assert torch.equal(torch.ones(2).send(worker).get(), torch.ones(2))  # reconnected
 
 
+def test_past_max_connections_a_client_is_refused_with_the_reason_until_one_leaves():
+    server = WorkerServer(Node("small"), port=0, token=TOKEN,
+                          limits=ServerLimits(max_connections=2))
+    with ServerThread(server) as running:
+        first, second = running.connect(), running.connect()
+        x = torch.arange(3.0).send(first)
+        with pytest.raises(ConnectionLostError, match="'small' is full: it serves at most 2 conn"):
+            running.connect()
+        assert torch.equal((x + 1).get(), torch.arange(3.0) + 1)  # the others are served on
+        assert torch.equal(torch.ones(2).send(second).get(), torch.ones(2))
+        first.close()
+        deadline = time.monotonic() + 5
+        while True:  # the server notices the close a moment later
+            try:
+                third = running.connect()
+                break
+            except ConnectionLostError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert torch.equal(torch.zeros(1).send(third).get(), torch.zeros(1))
+        second.close(), third.close()
+
+
+def test_server_limits_must_be_positive():
+    with pytest.raises(ValueError, match="max_connections must be positive"):
+        ServerLimits(max_connections=0)
+
+
 # ---- load -----------------------------------------------------------------------------------
 
 

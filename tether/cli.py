@@ -98,6 +98,9 @@ def _register_worker(commands: argparse._SubParsersAction) -> None:
     limits.add_argument("--idle-timeout", type=float, default=3600,
                         help="seconds of silence before a client is disconnected and its "
                         "objects freed (default 3600)")
+    limits.add_argument("--max-connections", type=int, default=64,
+                        help="clients served at once; more are refused until one leaves "
+                        "(default 64)")
     p.add_argument("--quiet", action="store_true", help="log only warnings")
     p.set_defaults(handler=_run_worker)
 
@@ -118,7 +121,8 @@ def _run_worker(args: argparse.Namespace) -> int:
         node, host=args.host, port=args.port, token=args.token or None,
         ssl_context=server_ssl_context(args.certfile, args.keyfile) if args.certfile else None,
         limits=ServerLimits(max_message_bytes=int(args.max_message_mb * _MB),
-                            idle_timeout=args.idle_timeout))
+                            idle_timeout=args.idle_timeout,
+                            max_connections=args.max_connections))
 
     def ready(server: WorkerServer) -> None:
         if generated:

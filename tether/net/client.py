@@ -338,6 +338,10 @@ def _handshake(sock: socket.socket, url: str, uri: Any, token: str) -> tuple[str
         raise AccessDeniedError(f"the worker at {url} refused the access token "
                                 f"({'wrong token' if token else 'none given'}); pass "
                                 "token=... or set TETHER_TOKEN to the token the worker printed")
+    if reply is not None and reply.status_code == 503:
+        why = reply.body.decode(errors="replace").strip() if reply.body else "it is busy"
+        raise ConnectionLostError(f"the worker at {url} refused the connection: "
+                                  f"{why.removeprefix('tether: ')}")
     if reply is None or protocol.handshake_exc is not None:
         detail = protocol.handshake_exc or "no valid HTTP response"
         raise ConnectionLostError(f"handshake with {url} failed: {detail}")

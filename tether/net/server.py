@@ -57,11 +57,21 @@ class ServerLimits:
 
     `max_message_bytes`: larger messages are refused from their header, before allocation.
     `idle_timeout`: seconds without a frame before a connection is closed (its objects freed).
+    `max_connections`: clients served at once. Each has a store and a thread of its own, so a
+    peer opening connections without end would exhaust the worker; past this many, the
+    handshake is answered 503 and the client told why. (Connections still in their handshake
+    do not count: each holds only a socket, for at most `handshake_timeout`.)
     """
 
     max_message_bytes: int = 512 * 2**20
     idle_timeout: float = 3600.0
     handshake_timeout: float = 10.0
+    max_connections: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "idle_timeout", "handshake_timeout", "max_connections"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServerLimits.{name} must be positive, got {getattr(self, name)}")
 
 
 class WorkerServer:
@@ -140,6 +150,14 @@ class WorkerServer:
         if scheme.lower() != "bearer":  # browsers cannot set headers: ?token=... then
             offered = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
         return hmac.compare_digest(offered.strip().encode(), self.token.encode())
+
+    def _clients(self) -> int:
+        """Connections past their handshake (those with a store and a thread)."""
+        return sum(1 for conn in self._connections if conn.reader is not None)
+
+    def _capacity(self) -> str:
+        n = self.limits.max_connections
+        return f"{n} connection{'' if n == 1 else 's'}"
 
     def _client_name(self, peer: str) -> str:
         return f"{peer}#{next(self._serial)}"
@@ -243,14 +261,21 @@ class _Connection(asyncio.BufferedProtocol):
             response = protocol.reject(HTTPStatus.UNAUTHORIZED,
                                        "tether: missing or wrong access token; pass token=... "
                                        "or set TETHER_TOKEN\n")
+        elif self.server._clients() >= self.server.limits.max_connections:
+            response = protocol.reject(HTTPStatus.SERVICE_UNAVAILABLE,
+                                       f"tether: worker {self.server.node.name!r} is full: it "
+                                       f"serves at most {self.server._capacity()} at once; "
+                                       "retry when one closes\n")
         else:
             response = protocol.accept(request)
             response.headers[WORKER_HEADER] = self.server.node.name
         protocol.send_response(response)
         self._write_all(protocol.data_to_send())
         if response.status_code != 101:
-            reason = "wrong or missing access token" if response.status_code == 401 else (
-                f"bad handshake ({response.status_code} {response.reason_phrase})")
+            reason = {401: "wrong or missing access token",
+                      503: f"already serving {self.server._capacity()}"}.get(
+                response.status_code, f"bad handshake ({response.status_code} "
+                                      f"{response.reason_phrase})")
             self._refuse(reason)
             return
         self.name = self.server._client_name(self.peer)
