@@ -402,7 +402,8 @@ def test_past_max_connections_a_client_is_refused_with_the_reason_until_one_leav
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
         assert torch.equal(torch.zeros(1).send(third).get(), torch.zeros(1))
-        second.close(), third.close()
+        second.close()
+        third.close()
 
 
 def test_server_limits_must_be_positive():
