@@ -231,6 +231,20 @@ def test_escape_is_refused(node: Node, tmp_path: Path, op: str, args: list, kwar
     assert_serves(node)
 
 
+@pytest.mark.parametrize("arg", ["torch.load", [X], {"id": X}, 1.0, True, -1, 2**64 - 1, None],
+                         ids=repr)
+def test_a_reference_that_names_no_object_is_refused(node: Node, arg: object) -> None:
+    """A Call's `refs` bitmask may mark any positional argument as an object id: one that is
+    not an id of a stored object is refused, and nothing runs."""
+    with watch() as ran:
+        reply = only_failure(send(node, Call("torch.add", [arg, 1], {}, OUT, refs=1)))
+    assert reply.kind in ("TypeError", "ObjectNotFoundError"), reply
+    assert "object id" in reply.message or "is not on worker" in reply.message
+    assert not ran
+    assert only_failure(send(node, Get([OUT]))).kind == "ObjectNotFoundError"
+    assert_serves(node)
+
+
 def test_at_least_40_escapes() -> None:
     assert len({op for op, _, _ in ESCAPES}) >= 40
 

@@ -612,6 +612,11 @@ def test_only_small_elementwise_frames_count_as_quick():
     assert not quick([Call("operator.add", [row, row], {}, 9),
                       Call("operator.add", [Ref(9), small], {}, 8)])  # may have grown 4096x
     assert quick([Call("operator.add", [], {}, 9)])  # fails in the node, quickly
+    # references as plain ids, marked in `refs`, as pointers send them
+    assert quick([Call("operator.add", [ids["small"], 1], {}, 9, refs=1)])
+    assert not quick([Call("operator.add", [ids["big"], 1], {}, 9, refs=1)])
+    assert not quick([Call("operator.add", [1, ids["big"]], {}, 9, refs=2)])
+    assert not quick([Call("operator.add", [[1], 1], {}, 9, refs=1)])  # not an id
 
 
 def test_a_quick_get_of_private_or_derived_data_is_left_to_the_thread():

@@ -176,7 +176,8 @@ values = st.recursive(
 kwargs = st.dictionaries(st.text(max_size=8), values, max_size=3)
 messages = st.one_of(
     st.builds(Put, ids, values),
-    st.builds(Call, st.text(), st.lists(values, max_size=4), kwargs, st.none() | ids),
+    st.lists(values, max_size=4).flatmap(lambda args: st.builds(
+        Call, st.text(), st.just(args), kwargs, st.none() | ids, st.integers(0, 2**len(args) - 1))),
     st.builds(Get, st.lists(ids, max_size=5), st.text(), st.text(),
               st.floats(0, 3600) | st.integers(0, 3600)),
     st.builds(Delete, st.lists(ids, max_size=5)),
@@ -322,10 +323,16 @@ CRAFTED: dict[str, bytes] = {
     "Put id -1": frame(body([0, -1, None])),
     "Put id float": frame(body([0, 1.0, None])),
     "Put id str": frame(body([0, "1", None])),
-    "Call op int": frame(body([1, 5, [], {}, None])),
-    "Call args map": frame(body([1, "torch.add", {}, {}, None])),
-    "Call kwargs list": frame(body([1, "torch.add", [], [], None])),
-    "Call out float": frame(body([1, "torch.add", [], {}, 1.0])),
+    "Call op int": frame(body([1, 5, [], {}, None, 0])),
+    "Call args map": frame(body([1, "torch.add", {}, {}, None, 0])),
+    "Call kwargs list": frame(body([1, "torch.add", [], [], None, 0])),
+    "Call out float": frame(body([1, "torch.add", [], {}, 1.0, 0])),
+    "Call without refs": frame(body([1, "torch.add", [1], {}, None])),
+    "Call refs past its args": frame(body([1, "torch.add", [1, 2], {}, None, 4])),
+    "Call refs of 2**64 args": frame(body([1, "torch.add", [1], {}, None, 2**64 - 1])),
+    "Call refs negative": frame(body([1, "torch.add", [1], {}, None, -1])),
+    "Call refs float": frame(body([1, "torch.add", [1], {}, None, 1.0])),
+    "Call refs list": frame(body([1, "torch.add", [1], {}, None, [0]])),
     "Get name int": frame(body([2, [1], 5, "", 0])),
     "Get of one id, not a list": frame(body([2, 1, "", "", 0])),
     "Get ids with a negative id": frame(body([2, [1, -1], "", "", 0])),
@@ -334,9 +341,9 @@ CRAFTED: dict[str, bytes] = {
     "Delete negative id": frame(body([3, [1, -1]])),
     "Done meta int": frame(body([4, 5])),
     "Failure details list": frame(body([6, "E", "m", []])),
-    "map with int keys": frame(body([1, "torch.add", [], {1: 2}, None])),
-    "map with a tuple key": frame(b"\x91\x95\x01\xa1x\x90\x81" + msgpack.packb(ext(TUPLE, [1]))
-                                  + b"\x01\xc0"),
+    "map with int keys": frame(body([1, "torch.add", [], {1: 2}, None, 0])),
+    "map with a tuple key": frame(b"\x91\x96\x01\xa1x\x90\x81" + msgpack.packb(ext(TUPLE, [1]))
+                                  + b"\x01\xc0\x00"),
     "invalid utf-8 string": frame(b"\x91\x92\x05\xa2\xff\xfe"),
     "trailing header bytes": frame(body([4, None]) + b"\xc0"),
     "reserved msgpack byte": frame(b"\xc1"),

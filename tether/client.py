@@ -190,18 +190,19 @@ class Client:
         return Pointer(self, obj_id, kind)
 
     def call(self, op: str, args: list, kwargs: dict | None = None, *, kind: str | None = "tensor",
-             flush: bool = False) -> Pointer | None:
-        """Queue a remote call; a pointer to its result (None when `kind` is None: no result)."""
+             flush: bool = False, refs: int = 0) -> Pointer | None:
+        """Queue a remote call; a pointer to its result (None when `kind` is None: no result).
+        `refs`: which of `args` are ids of objects on the worker (see `Call.refs`)."""
         obj_id = None if kind is None else self.new_id()
-        self.submit(Call(op, args, kwargs or {}, obj_id), flush=flush)
+        self.submit(Call(op, args, kwargs or {}, obj_id, refs), flush=flush)
         return None if obj_id is None else Pointer(self, obj_id, kind)
 
     def call_each(self, op: str, args: list, kwargs: dict | None, count: int, *,
-                  kind: str = "tensor") -> list[Pointer]:
+                  kind: str = "tensor", refs: int = 0) -> list[Pointer]:
         """Queue a remote call that gives `count` results (a tuple: `split`, say); a pointer
         to each, for the price of one command."""
         obj_ids = [self.new_id() for _ in range(count)]
-        self.submit(Call(op, args, kwargs or {}, obj_ids))
+        self.submit(Call(op, args, kwargs or {}, obj_ids, refs))
         return [Pointer(self, obj_id, kind) for obj_id in obj_ids]
 
     def get(self, obj_ids: list[int], *, delete: bool, name: str = "", reason: str = "",

@@ -291,8 +291,8 @@ def _wrap_step(cls: type[torch.optim.Optimizer]) -> None:
             return original(self, closure) if closure is not None else original(self)
         if closure is not None:
             raise errors.NotAllowedError("a closure cannot run on a worker; call step() without")
-        client.call("torch.optim.Optimizer.step", [Ref(_mirror(self, client).pointer.id)],
-                    kind=None)
+        client.call("torch.optim.Optimizer.step", [_mirror(self, client).pointer.id],
+                    kind=None, refs=1)
         return None
 
     step._tether = True  # type: ignore[attr-defined]
@@ -310,8 +310,8 @@ def _wrap_zero_grad() -> None:
         client = _where(self)
         if client is None:
             return original(self, set_to_none)
-        client.call("torch.optim.Optimizer.zero_grad", [Ref(_mirror(self, client).pointer.id)],
-                    {"set_to_none": set_to_none}, kind=None)
+        client.call("torch.optim.Optimizer.zero_grad", [_mirror(self, client).pointer.id],
+                    {"set_to_none": set_to_none}, kind=None, refs=1)
         return None
 
     zero_grad._tether = True  # type: ignore[attr-defined]

@@ -260,7 +260,13 @@ def remote_call(path: str, args: list, kwargs: dict, client: Client | None = Non
     calls without pointers, such as `torch.cuda.is_available()`, need it); a pointer to the
     result. Local tensors among the arguments travel with the command."""
     found: list = [client, False]  # the worker's client, whether a local tensor travels
-    wire_args = [_to_wire(a, path, found) for a in args]
+    wire_args, refs = [], 0
+    for i, arg in enumerate(args):  # pointers among them travel as plain ids (see Call.refs)
+        if isinstance(arg, Pointer):
+            wire_args.append(_pointer_id(arg, path, found))
+            refs |= 1 << i
+        else:
+            wire_args.append(_to_wire(arg, path, found))
     wire_kwargs = {k: _to_wire(v, path, found) for k, v in kwargs.items()} if kwargs else {}
     client, carries_tensor = found
     if client is None:
@@ -269,7 +275,8 @@ def remote_call(path: str, args: list, kwargs: dict, client: Client | None = Non
     if in_place is None:
         in_place = _IN_PLACE_PATHS[path] = path.endswith("_") or path in _NO_RESULT
     kind = None if in_place else _result_kind(path, args)
-    result = client.call(path, wire_args, wire_kwargs, kind=kind, flush=carries_tensor)
+    result = client.call(path, wire_args, wire_kwargs, kind=kind, flush=carries_tensor,
+                         refs=refs)
     if path == "torch.Tensor.backward":
         from tether.autograd import after_backward
 
@@ -304,16 +311,7 @@ def _to_wire(value: Any, path: str, found: list, count: bool = True) -> Any:
     if type(value) in _PLAIN:
         return value
     if isinstance(value, Pointer):
-        if not value._live:
-            value._check_live()
-        if found[0] is None:
-            found[0] = value._client
-        elif value._client is not found[0]:
-            raise errors.WorkerMismatchError(
-                f"{path} mixes objects on {found[0].name!r} and {value._client.name!r}; "
-                f".move() one of them to the other worker first")
-        value._touches += count
-        return Ref(value.id)
+        return Ref(_pointer_id(value, path, found, count))
     if isinstance(value, torch.Tensor):
         found[1] = True
         return value
@@ -329,6 +327,20 @@ def _to_wire(value: Any, path: str, found: list, count: bool = True) -> Any:
     if isinstance(value, torch.nn.Module):
         raise TypeError(f"{path} got a local {type(value).__name__}: send it to the worker first")
     return value
+
+
+def _pointer_id(pointer: Pointer, path: str, found: list, count: bool = True) -> int:
+    """The id of a live pointer on the same worker as the others of the call (see _to_wire)."""
+    if not pointer._live:
+        pointer._check_live()
+    if found[0] is None:
+        found[0] = pointer._client
+    elif pointer._client is not found[0]:
+        raise errors.WorkerMismatchError(
+            f"{path} mixes objects on {found[0].name!r} and {pointer._client.name!r}; "
+            f".move() one of them to the other worker first")
+    pointer._touches += count
+    return pointer.id
 
 
 _PLAIN = frozenset((int, float, bool, str, type(None)))

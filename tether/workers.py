@@ -56,7 +56,8 @@ def _copy_tensors_in(message: Any) -> Any:
     if isinstance(message, Put):
         return Put(message.id, _copy(message.value))
     if isinstance(message, Call):
-        return Call(message.op, _copy(message.args), _copy(message.kwargs), message.out)
+        return Call(message.op, _copy(message.args), _copy(message.kwargs), message.out,
+                    message.refs)
     return message
 
 

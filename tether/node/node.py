@@ -185,28 +185,34 @@ class Node:
         objects = self.store(client).objects
         made: dict[int, tuple[int, Privacy]] = {}  # what earlier commands of the frame make
 
-        def size_and_privacy(value: Any) -> tuple[int, Privacy] | None:
-            if type(value) is Ref:
-                if value.id in made:
-                    return made[value.id]
-                stored = objects.get(value.id)
-                if stored is None or not isinstance(stored.value, torch.Tensor):
-                    return None
-                return stored.value.numel(), stored.privacy
-            return (1, PUBLIC) if type(value) in _SCALARS else None
+        def object_size_and_privacy(obj_id: int | None) -> tuple[int, Privacy] | None:
+            if type(obj_id) is not int:
+                return None
+            if obj_id in made:
+                return made[obj_id]
+            stored = objects.get(obj_id)
+            if stored is None or not isinstance(stored.value, torch.Tensor):
+                return None
+            return stored.value.numel(), stored.privacy
+
+        def size_and_privacy(cmd: Call, i: int) -> tuple[int, Privacy] | None:
+            obj_id = _object_id(cmd, i)
+            if obj_id is not None:
+                return object_size_and_privacy(obj_id)
+            return (1, PUBLIC) if type(cmd.args[i]) in _SCALARS else None
 
         for cmd in commands:
             if isinstance(cmd, Delete):
                 continue
             if isinstance(cmd, Get):
                 for obj_id in cmd.ids:
-                    found = size_and_privacy(Ref(obj_id))
+                    found = object_size_and_privacy(obj_id)
                     if cmd.wait or found is None or found[0] > _QUICK_ELEMENTS or not (
                             self._releases(found[1])):
                         return False
             elif (isinstance(cmd, Call) and cmd.op in _QUICK_OPS and not cmd.kwargs
                   and type(cmd.out) is not list):  # elementwise ops give one result
-                inputs = [size_and_privacy(a) for a in cmd.args]
+                inputs = [size_and_privacy(cmd, i) for i in range(len(cmd.args))]
                 if None in inputs or max((n for n, _ in inputs), default=1) > _QUICK_ELEMENTS:
                     return False
                 if cmd.out is not None:  # broadcasting at most multiplies the sizes
@@ -263,7 +269,9 @@ class Node:
                 return self._request_status(cmd, store, client)
             raise _Refused(NotAllowedError.__name__, _not_allowed(cmd.op))
         inputs: list[Stored] = []
-        args = tuple([self._resolve(a, store, inputs) for a in cmd.args])
+        refs = cmd.refs
+        args = tuple([self._object(a, store, inputs) if refs >> i & 1
+                      else self._resolve(a, store, inputs) for i, a in enumerate(cmd.args)])
         kwargs = {k: self._resolve(v, store, inputs) for k, v in cmd.kwargs.items()
                   } if cmd.kwargs else {}
         privacy, protected, tagged = PUBLIC, [], False  # one pass over the inputs
@@ -330,7 +338,8 @@ class Node:
         pair): the same object, with the owner's policy."""
         args = cmd.args
         if not (1 <= len(args) <= 2 and isinstance(args[0], str) and not cmd.kwargs
-                and (len(args) == 1 or type(args[1]) is int) and type(cmd.out) is int):
+                and not cmd.refs and (len(args) == 1 or type(args[1]) is int)
+                and type(cmd.out) is int):
             raise _Refused("TypeError", f"{PUBLISHED} takes a key and an optional item index")
         stored = self.published.get(args[0])
         if stored is None:
@@ -350,10 +359,10 @@ class Node:
     def _request_status(self, cmd: Call, store: Store, client: str) -> Done:
         """File a request for an object (or find this client's last one) without releasing
         anything; the result is its status."""
-        if len(cmd.args) != 3 or not isinstance(cmd.args[0], Ref) or type(cmd.out) is not int or (
+        obj_id = _object_id(cmd, 0) if cmd.args else None
+        if len(cmd.args) != 3 or obj_id is None or type(cmd.out) is not int or (
                 not all(isinstance(a, str) for a in cmd.args[1:])):
             raise _Refused("TypeError", f"{REQUEST} takes a reference, a name and a reason")
-        obj_id = cmd.args[0].id
         stored = self._lookup(obj_id, store)
         get = Get([obj_id], cmd.args[1], cmd.args[2])
         granted = any(r.id not in self._released
@@ -391,9 +400,7 @@ class Node:
         if type(value) in _SCALARS:
             return value
         if type(value) is Ref:
-            stored = store.objects.get(value.id) or self._lookup(value.id, store)
-            inputs.append(stored)
-            return stored.value
+            return self._object(value.id, store, inputs)
         if isinstance(value, list):
             return [self._resolve(v, store, inputs) for v in value]
         if isinstance(value, tuple):
@@ -402,7 +409,17 @@ class Node:
             return {k: self._resolve(v, store, inputs) for k, v in value.items()}
         return value
 
+    def _object(self, obj_id: int, store: Store, inputs: list[Stored]) -> Any:
+        """The stored object `obj_id` names (collecting its policy)."""
+        stored = store.objects.get(obj_id) if type(obj_id) is int else None
+        if stored is None:
+            stored = self._lookup(obj_id, store)
+        inputs.append(stored)
+        return stored.value
+
     def _lookup(self, obj_id: int, store: Store) -> Stored:
+        if type(obj_id) is not int:  # a hostile Call can mark any argument as a reference
+            raise _Refused("TypeError", f"{str(obj_id)[:40]!r} is not an object id")
         stored = store.objects.get(obj_id)
         if stored is not None:
             return stored
@@ -468,6 +485,15 @@ def _would_change(path: str, args: tuple, kwargs: dict, protected: list[Any]) ->
 
 
 _WRAPPERS = {"torch.nn.Parameter", "builtins.list", "builtins.tuple", "builtins.dict"}
+
+
+def _object_id(cmd: Call, i: int) -> int | None:
+    """The id that positional argument `i` of a Call names (as a Ref, or a plain id marked in
+    `refs`), or None if it names none."""
+    arg = cmd.args[i]
+    if cmd.refs >> i & 1:
+        return arg if type(arg) is int else None
+    return arg.id if type(arg) is Ref else None
 
 
 def _encodable(reply: Any) -> Any:

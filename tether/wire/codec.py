@@ -6,7 +6,9 @@ Layout (all integers little-endian)::
     | n_buffers x u64 buffer lengths | header (msgpack) | padding to 64 | buffers, each padded to 64
 
 In the header a tensor is a msgpack extension holding dtype code u8 | requires_grad u8 | ndim u8
-| pad u8 | buffer index u32 | ndim x u64 dimensions; its bytes are that buffer.
+| pad u8 | buffer index u32 | ndim x u64 dimensions; its bytes are that buffer. A reference to a
+stored object is an extension holding its id as u64, except among a Call's positional arguments,
+where it is the plain id, marked in the Call's `refs` bitmask.
 
 Every length is checked against the frame before anything is allocated, so a decoder never
 allocates more than the frame it was given justifies. Every failure is a `WireError`.
@@ -30,7 +32,7 @@ from tether.errors import WireError
 from tether.wire import messages as m
 
 MAGIC = b"TT"
-VERSION = 2
+VERSION = 3
 _PREFIX = struct.Struct("<2sBBII")
 # A tensor's extension payload: dtype code, requires_grad, dims, (pad), buffer index, then
 # each dimension as a u64.
@@ -496,11 +498,13 @@ def _put(obj_id: Any, value: Any) -> m.Put:
     return m.Put(obj_id, value)
 
 
-def _call(op: Any, args: Any, kwargs: Any, out: Any) -> m.Call:
+def _call(op: Any, args: Any, kwargs: Any, out: Any, refs: Any) -> m.Call:
     if not (type(op) is str and type(args) is list and type(kwargs) is dict
-            and (out is None or _is_id(out) or _is_ids(out))):
-        raise WireError("Call needs op: str, args: list, kwargs: map, out: id, ids or null")
-    return m.Call(op, args, kwargs, out)
+            and (out is None or _is_id(out) or _is_ids(out))
+            and type(refs) is int and refs >= 0 and not refs >> len(args)):
+        raise WireError("Call needs op: str, args: list, kwargs: map, out: id, ids or null, "
+                        "refs: a bitmask of the args")
+    return m.Call(op, args, kwargs, out, refs)
 
 
 def _get(ids: Any, name: Any, reason: Any, wait: Any) -> m.Get:

@@ -12,7 +12,8 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Ref:
-    """Names an object in the receiving node's store (the ids are chosen by the client)."""
+    """Names an object in the receiving node's store (the ids are chosen by the client). A
+    Call's positional arguments name objects more cheaply, by plain ids (see `Call.refs`)."""
 
     id: int
 
@@ -32,12 +33,17 @@ class Put:
 class Call:
     """Call the allowlisted `op` on `args`/`kwargs` (which may hold Refs); store the result
     under `out` (None: discard it, as for in-place methods), or, when `out` lists ids, each
-    item of the result (a tuple of exactly that many) under its id."""
+    item of the result (a tuple of exactly that many) under its id.
+
+    `refs`: a bitmask of the positional arguments that are ids of stored objects (bit i:
+    `args[i]`). Most arguments are such references, and a plain int costs neither side any
+    Python to encode or decode, where a Ref costs a call into Python on each."""
 
     op: str
     args: list
     kwargs: dict
     out: int | list[int] | None
+    refs: int = 0
 
 
 @dataclass(slots=True)
