@@ -34,9 +34,9 @@ from tether.wire import messages as m
 MAGIC = b"TT"
 VERSION = 3
 _PREFIX = struct.Struct("<2sBBII")
-# A tensor's extension payload: dtype code, requires_grad, dims, (pad), buffer index, then
-# each dimension as a u64.
-_TENSOR_HEAD = struct.Struct("<BBBxI")
+# A tensor's extension payload, by its number of dimensions: dtype code, requires_grad, dims,
+# (pad), buffer index, then each dimension as a u64.
+_TENSOR_HEAD_SIZE = 8
 _MAX_DIMS = 64
 _MAX_DIM = 2**62
 _MAX_ID = 2**64 - 1
@@ -77,11 +77,16 @@ DTYPE_NAMES: dict[torch.dtype, str] = {d: n for n, d in DTYPES.items()}
 # On the wire a dtype is its position in _DTYPE_NAMES (None: this torch lacks it).
 _DTYPE_BY_CODE = tuple(DTYPES.get(n) for n in _DTYPE_NAMES)
 _DTYPE_CODES: dict[torch.dtype, int] = {d: i for i, d in enumerate(_DTYPE_BY_CODE) if d}
-_DIMS = tuple(struct.Struct(f"<{n}Q") for n in range(_MAX_DIMS + 1))
+_TENSOR_HEADS = tuple(struct.Struct(f"<BBBxI{n}Q") for n in range(_MAX_DIMS + 1))
 # The dtypes numpy has too (under the same names): those tensors are made from numpy views.
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {DTYPES[n]: np.dtype(n) for n in (
     "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64", "float16",
     "float32", "float64", "complex64", "complex128")}
+# By dtype code (a u8): the dtype, its bytes per element, numpy's dtype (None: numpy lacks it)
+# and whether it can require grad; None for codes no dtype has.
+_DTYPE_FACTS = tuple(
+    (d, d.itemsize, _NUMPY_DTYPES.get(d), d.is_floating_point or d.is_complex) if d else None
+    for d in _DTYPE_BY_CODE) + (None,) * (256 - len(_DTYPE_BY_CODE))
 _MEMORY_FORMATS = {
     "contiguous_format": torch.contiguous_format,
     "channels_last": torch.channels_last,
@@ -198,13 +203,13 @@ def encode_parts(messages: list) -> Parts:
             return _ext((_REF, obj.id.to_bytes(8, "little")))
         if isinstance(obj, torch.Tensor):
             shape = obj.shape
-            if len(shape) > _MAX_DIMS:
-                raise TypeError(f"a tensor of {len(shape)} dimensions cannot be sent (at most "
+            ndim = len(shape)
+            if ndim > _MAX_DIMS:
+                raise TypeError(f"a tensor of {ndim} dimensions cannot be sent (at most "
                                 f"{_MAX_DIMS})")
             buffers.append(tensor_bytes(obj))
-            head = _TENSOR_HEAD.pack(_DTYPE_CODES[obj.dtype], obj.requires_grad, len(shape),
-                                     len(buffers) - 1)
-            return _ext((_TENSOR, head + _DIMS[len(shape)].pack(*shape)))
+            return _ext((_TENSOR, _TENSOR_HEADS[ndim].pack(
+                _DTYPE_CODES[obj.dtype], obj.requires_grad, ndim, len(buffers) - 1, *shape)))
         if isinstance(obj, tuple):  # torch.Size too: an array led by the tuple mark
             return [_TUPLE_MARK, *obj]
         if isinstance(obj, slice):
@@ -409,17 +414,14 @@ def _lookup(table: dict, data: bytes, what: str) -> Any:
 
 def _tensor(head: bytes, buffers: list[memoryview], used: set[int], copy: bool
             ) -> torch.Tensor:
-    if len(head) < _TENSOR_HEAD.size:
-        raise WireError(f"a tensor header needs at least {_TENSOR_HEAD.size} bytes")
-    code, requires_grad, ndim, index = _TENSOR_HEAD.unpack_from(head)
-    if ndim > _MAX_DIMS or len(head) != _TENSOR_HEAD.size + 8 * ndim:
-        raise WireError(f"a tensor header of {len(head)} bytes cannot hold {ndim} dimensions")
-    dtype = _DTYPE_BY_CODE[code] if code < len(_DTYPE_BY_CODE) else None
-    if dtype is None:
+    ndim = head[2] if len(head) >= _TENSOR_HEAD_SIZE else -1
+    if not 0 <= ndim <= _MAX_DIMS or len(head) != _TENSOR_HEAD_SIZE + 8 * ndim:
+        raise WireError(f"a tensor header of {len(head)} bytes does not match its dimensions")
+    code, requires_grad, _, index, *shape = _TENSOR_HEADS[ndim].unpack(head)
+    facts = _DTYPE_FACTS[code]
+    if facts is None:
         raise WireError(f"unknown tensor dtype (code {code})")
-    shape = _DIMS[ndim].unpack_from(head, _TENSOR_HEAD.size)
-    if ndim and max(shape) >= _MAX_DIM:
-        raise WireError(f"bad tensor shape {list(shape)}")
+    dtype, itemsize, numpy_dtype, gradable = facts
     if requires_grad > 1:
         raise WireError(f"requires_grad must be 0 or 1, got {requires_grad}")
     if index >= len(buffers) or index in used:
@@ -427,32 +429,26 @@ def _tensor(head: bytes, buffers: list[memoryview], used: set[int], copy: bool
     used.add(index)
     buf = buffers[index]
     numel = math.prod(shape)
-    if numel * dtype.itemsize != buf.nbytes:
-        raise WireError(f"tensor of shape {list(shape)} and dtype {DTYPE_NAMES[dtype]} needs "
-                        f"{numel * dtype.itemsize} bytes, its buffer has {buf.nbytes}")
+    if numel * itemsize != buf.nbytes:  # so no dimension is larger than the frame
+        raise WireError(f"tensor of shape {shape} and dtype {DTYPE_NAMES[dtype]} needs "
+                        f"{numel * itemsize} bytes, its buffer has {buf.nbytes}")
     if numel == 0:
+        if max(shape) >= _MAX_DIM:
+            raise WireError(f"bad tensor shape {shape}")
         t = torch.empty(shape, dtype=dtype)
     elif copy or buf.readonly:  # no aliasing read-only memory, nor a sender's unless asked
         t = _copied(buf, dtype, shape)
-    else:
-        t = _viewed(buf, dtype, shape, numel)
+    else:  # a view, through numpy where it has the dtype: that is faster
+        t = (torch.from_numpy(np.frombuffer(buf, numpy_dtype).reshape(shape)) if numpy_dtype
+             else torch.frombuffer(buf, dtype=dtype, count=numel).view(shape))
         if t.data_ptr() % ALIGN:  # kernels cannot meet misaligned data
             t = _copied(buf, dtype, shape)
-    if requires_grad and (dtype.is_floating_point or dtype.is_complex):
+    if requires_grad and gradable:
         t.requires_grad_(True)
     return t
 
 
-def _viewed(buf: memoryview, dtype: torch.dtype, shape: tuple[int, ...], numel: int
-            ) -> torch.Tensor:
-    """A tensor on the buffer's memory (through numpy where it has the dtype: it is faster)."""
-    numpy_dtype = _NUMPY_DTYPES.get(dtype)
-    if numpy_dtype is None:
-        return torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
-    return torch.from_numpy(np.frombuffer(buf, dtype=numpy_dtype).reshape(shape))
-
-
-def _copied(buf: memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+def _copied(buf: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
     """The bytes as a tensor in memory of its own, from torch's allocator (so aligned, and
     lendable in process: see `Node.lends`). Copied as bytes: the buffer may be misaligned for
     the dtype, which kernels cannot meet."""
