@@ -103,9 +103,12 @@ def _new(args: tuple, kwargs: dict) -> int:
 
 
 def _tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    found = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-    for a in (*args, *kwargs.values()):
-        if isinstance(a, list | tuple):
+    """The tensors among the arguments and in the lists among them, in order."""
+    found = []
+    for a in (*args, *kwargs.values()) if kwargs else args:
+        if isinstance(a, torch.Tensor):
+            found.append(a)
+        elif isinstance(a, list | tuple):
             found += [x for x in a if isinstance(x, torch.Tensor)]
     return found
 

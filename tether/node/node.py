@@ -271,9 +271,10 @@ class Node:
         inputs: list[Stored] = []
         refs = cmd.refs
         args = tuple([self._object(a, store, inputs) if refs >> i & 1
-                      else self._resolve(a, store, inputs) for i, a in enumerate(cmd.args)])
-        kwargs = {k: self._resolve(v, store, inputs) for k, v in cmd.kwargs.items()
-                  } if cmd.kwargs else {}
+                      else a if type(a) in _SCALARS else self._resolve(a, store, inputs)
+                      for i, a in enumerate(cmd.args)])
+        kwargs = {k: v if type(v) in _SCALARS else self._resolve(v, store, inputs)
+                  for k, v in cmd.kwargs.items()} if cmd.kwargs else {}
         privacy, protected, tagged = PUBLIC, [], False  # one pass over the inputs
         for stored in inputs:
             if stored.privacy > privacy:
