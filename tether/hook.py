@@ -69,26 +69,28 @@ class _RemoteCopy:
 
 
 class _Sync:
-    """The local tensor's data pointer, version and view, and the copy's use count, when they
-    last agreed. Holding the storage keeps its memory from being reused for another tensor, so
-    `matches` cannot mistake a new tensor at a recycled address for the old one."""
+    """Where the local tensor's data was (`_view`), its version, and the copy's use count,
+    when both last held the same values. Holding the storage keeps its memory from being
+    reused for another tensor, so `matches` cannot mistake a new tensor at a recycled address
+    for the old one."""
 
-    __slots__ = ("data_ptr", "dtype", "shape", "storage", "stride", "touches", "version")
+    __slots__ = ("storage", "touches", "version", "view")
 
-    def __init__(self, local: torch.Tensor, pointer: Pointer) -> None:
+    def __init__(self, local: torch.Tensor, pointer: Pointer, view: tuple) -> None:
         self.storage = local.untyped_storage()
-        self.data_ptr = local.data_ptr()
+        self.view = view
         self.version = local._version
-        self.shape = local.shape
-        self.stride = local.stride()
-        self.dtype = local.dtype
         self.touches = pointer._touches
 
     def matches(self, local: torch.Tensor, pointer: Pointer) -> bool:
-        # Same address in memory that is still ours, so the same storage (and offset).
-        return (local.data_ptr() == self.data_ptr and local._version == self.version
-                and pointer._touches == self.touches and local.shape == self.shape
-                and local.stride() == self.stride and local.dtype == self.dtype)
+        return (_view(local) == self.view and local._version == self.version
+                and pointer._touches == self.touches)
+
+
+def _view(tensor: torch.Tensor) -> tuple:
+    """Which memory a tensor shows, and how: equal for two tensors that are the same view of
+    the same memory (an address still held is the same storage and offset)."""
+    return tensor.data_ptr(), tensor.shape, tensor.stride(), tensor.dtype
 
 
 @dataclass
@@ -169,20 +171,16 @@ def get_module(module: nn.Module) -> nn.Module:
                 slots.append((table, name, locals_.pop((id(table), name)), value))
     values = client.get([pointer.id for *_, pointer in slots], delete=False, adopt=True)
     for (table, name, local, pointer), value in zip(slots, values, strict=True):
-        if not _same_memory(local, value):  # lent memory the local tensor already holds stays
+        fetched = _view(value)
+        if _view(local) != fetched:  # lent memory the local tensor already holds stays
             local.data = value.detach()  # adopt the fetched (or lent) memory: no further copy
         table[name] = local
         _REMOTES.sent_to.pop(id(local), None)
         for other, copy in _REMOTES.of(local).items():  # the others now hold older values
-            copy.synced = _Sync(local, pointer) if other is client else None
+            copy.synced = _Sync(local, pointer, fetched) if other is client else None
     for m in modules:
         m.__dict__.pop("_tether_client", None)
     return module
-
-
-def _same_memory(local: torch.Tensor, value: torch.Tensor) -> bool:
-    return (local.data_ptr() == value.data_ptr() and local.shape == value.shape
-            and local.stride() == value.stride() and local.dtype == value.dtype)
 
 
 # ---- optimizers -----------------------------------------------------------------------------
