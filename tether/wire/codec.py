@@ -34,9 +34,7 @@ from tether.wire import messages as m
 MAGIC = b"TT"
 VERSION = 3
 _PREFIX = struct.Struct("<2sBBII")
-# A tensor's extension payload, by its number of dimensions: dtype code, requires_grad, dims,
-# (pad), buffer index, then each dimension as a u64.
-_TENSOR_HEAD_SIZE = 8
+_TENSOR_HEAD_SIZE = 8  # a tensor's extension payload before its dimensions (see _TENSOR_HEADS)
 _MAX_DIMS = 64
 _MAX_DIM = 2**62
 _MAX_ID = 2**64 - 1
@@ -77,6 +75,8 @@ DTYPE_NAMES: dict[torch.dtype, str] = {d: n for n, d in DTYPES.items()}
 # On the wire a dtype is its position in _DTYPE_NAMES (None: this torch lacks it).
 _DTYPE_BY_CODE = tuple(DTYPES.get(n) for n in _DTYPE_NAMES)
 _DTYPE_CODES: dict[torch.dtype, int] = {d: i for i, d in enumerate(_DTYPE_BY_CODE) if d}
+# A tensor's extension payload, by its number of dimensions: dtype code, requires_grad, dims,
+# (pad), buffer index, then each dimension as a u64.
 _TENSOR_HEADS = tuple(struct.Struct(f"<BBBxI{n}Q") for n in range(_MAX_DIMS + 1))
 # The dtypes numpy has too (under the same names): those tensors are made from numpy views.
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {DTYPES[n]: np.dtype(n) for n in (
