@@ -199,7 +199,7 @@ def encode_parts(messages: list) -> Parts:
     buffers: list[memoryview] = []
 
     def default(obj: Any) -> msgpack.ExtType:
-        if type(obj) is m.Ref:  # the most common by far
+        if type(obj) is m.Ref:  # one nested in a container (a Call's own args are plain ids)
             return _ext((_REF, obj.id.to_bytes(8, "little")))
         if isinstance(obj, torch.Tensor):
             shape = obj.shape
@@ -367,14 +367,13 @@ def _no_extensions(code: int, data: bytes) -> Any:
 
 def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
               ) -> Callable[[int, bytes], Any]:
-    def hook(code: int, data: bytes, ref: type = m.Ref, from_bytes: Callable = int.from_bytes
-             ) -> Any:
-        if code == _REF:  # by far the most common: the names above are bound for it
-            if len(data) != 8:
-                raise WireError("a reference must be 8 bytes")
-            return ref(from_bytes(data, "little"))
+    def hook(code: int, data: bytes) -> Any:
         if code == _TENSOR:
             return _tensor(data, buffers, used, copy)
+        if code == _REF:
+            if len(data) != 8:
+                raise WireError("a reference must be 8 bytes")
+            return m.Ref(int.from_bytes(data, "little"))
         if code == _TUPLE:
             if data:
                 raise WireError("the tuple mark carries no payload")
