@@ -277,6 +277,31 @@ def test_nodes_lend_only_what_may_leave_freely():
         assert not node.lends("someone else", [1])
 
 
+def test_a_node_hands_an_in_process_client_only_what_it_lends():
+    """The Values of adopted Gets that the node lends skip the codec: the client gets the
+    stored tensors themselves. Everything else in the frame is encoded and copied as usual."""
+    from tether.node import Node
+    from tether.node.store import Privacy, Stored
+    from tether.wire import Done, Failure, Get, decode_parts, encode_parts
+
+    node = Node("owner")
+    mine, owners, private = torch.ones(2), torch.zeros(3), torch.full((2,), 7.0)
+    store = node.store("scientist")
+    store.put(1, Stored(mine))
+    store.put(2, Stored(owners, readonly=True))  # shares the owner's memory: never lent
+    store.put(3, Stored(private, Privacy.PRIVATE))
+    commands = [Get([1]), Get([2]), Get([3]), Get([1])]
+    frame, lent = node.handle_parts(encode_parts(commands), "scientist", frozenset({0, 1, 2}))
+    assert list(lent) == [0] and lent[0].value[0] is mine
+    replies = decode_parts(frame)
+    assert type(replies[0]) is Done  # left out of the frame, replaced by the transport
+    (copied,) = replies[1].value
+    assert torch.equal(copied, owners) and copied.data_ptr() != owners.data_ptr()
+    assert type(replies[2]) is Failure and "private" in replies[2].message
+    (fetched,) = replies[3].value  # not adopted: encoded, so a copy
+    assert torch.equal(fetched, mine) and fetched.data_ptr() != mine.data_ptr()
+
+
 def test_hooks_workers_and_pointers_never_draw_from_the_rng():
     model = nn.Linear(3, 1)  # made before the seed: its init draws from the RNG
     torch.manual_seed(123)

@@ -141,7 +141,7 @@ def test_a_slice_of_anything_but_integers_cannot_be_sent() -> None:
 def test_received_tensors_are_copies_either_side_of_the_threaded_copy_size(nbytes: int) -> None:
     sent = torch.arange(nbytes // 4, dtype=torch.float32).view(-1, 16)
     parts = codec.encode_parts([Value(sent)])
-    (copied,) = codec.decode_parts(parts, copy=True)
+    (copied,) = codec.decode_parts(parts)
     (from_bytes,) = decode(bytes(parts.join()))  # read-only: copied too
     for reply in (copied, from_bytes):
         assert torch.equal(reply.value, sent) and reply.value.data_ptr() % codec.ALIGN == 0

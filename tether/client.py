@@ -210,7 +210,8 @@ class Client:
         """Fetch values in one round trip (and free them remotely when `delete`). Objects that
         need the owner's approval file a request and wait up to `wait` seconds for it.
         `adopt`: the caller takes the values as its own copy of the objects, so a worker in
-        this process may lend their memory instead of copying it (see `Node.lends`)."""
+        this process may hand over the stored tensors themselves instead of copies (see
+        `Node.lends`); the caller must not change them in place."""
         with self._lock:
             get = Get(list(obj_ids), name, reason, wait)
             if adopt:

@@ -19,7 +19,7 @@ class InProcessTransport:
     codec. Either way the tensors are copied, so neither side sees the other's later changes,
     except what the node lends (`Node.lends`) to a client adopting it (`model.get()`): then
     the client's tensor is the worker's, as a model's tensors are its optimizer's in plain
-    PyTorch, and sending it back costs nothing."""
+    PyTorch, so neither fetching it nor sending it back moves anything."""
 
     def __init__(self, node: Node, client_name: str = "local", serialize: bool = True) -> None:
         self.node = node
@@ -31,10 +31,11 @@ class InProcessTransport:
         if self.closed:
             raise ConnectionLostError(f"worker {self.node.name!r} is gone (it was closed)")
         if self.serialize:
-            frame = self.node.handle_parts(encode_parts(commands), self.client_name)
-            replies = decode_parts(frame, copy=not adopted)
-            if adopted:  # the tensors are the node's own: copy all but what it lends
-                replies = self._copies(commands, replies, adopted)
+            frame, lent = self.node.handle_parts(encode_parts(commands), self.client_name,
+                                                 adopted)
+            replies = decode_parts(frame)
+            for i, value in lent.items():
+                replies[i] = value
         else:
             replies = self._copies(commands, self.node.execute(
                 [_copy_tensors_in(c) for c in commands], self.client_name), adopted)
@@ -115,7 +116,8 @@ class VirtualWorker(Worker):
     """A worker in this process: `sy.VirtualWorker(hook, id="bob")` or `VirtualWorker("bob")`.
 
     Every message goes through the real encoder and decoder unless `serialize=False`, so what
-    works here works over the network."""
+    works here works over the network. The one exception is what the worker lends to
+    `model.get()` (see `InProcessTransport`): that memory is already the client's."""
 
     def __init__(self, hook: Any = None, id: str | None = None, *, serialize: bool = True,
                  limits: Limits | None = None, release_derived: bool = True) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -152,27 +151,41 @@ class Node:
     def answer(self, frame: bytes | bytearray | memoryview, client: str = "local") -> Parts:
         """`handle`, leaving the reply unjoined for a transport that writes buffers as they are.
         The reply's buffers are views of stored tensors: send them before the next frame runs."""
-        return self._answer(decode, frame, client)
-
-    def handle_parts(self, parts: Parts, client: str = "local") -> Parts:
-        """Answer an unjoined frame (in-process) with an unjoined reply. The reply's buffers
-        are views of stored tensors: read them before the next command runs."""
-        return self._answer(decode_parts, parts, client)
-
-    def _answer(self, decoder: Callable[[Any], list], data: Any, client: str) -> Parts:
         try:
-            if isinstance(data, Parts) or len(data) <= self.limits.max_frame_bytes:
-                commands = decoder(data)
-            else:
-                raise WireError(f"frame of {len(data)} bytes is over this node's limit of "
+            if len(frame) > self.limits.max_frame_bytes:
+                raise WireError(f"frame of {len(frame)} bytes is over this node's limit of "
                                 f"{self.limits.max_frame_bytes}")
+            commands = decode(frame)
         except WireError as exc:
             return encode_parts([Failure("WireError", str(exc))])
         return self.reply(commands, client)
 
+    def handle_parts(self, parts: Parts, client: str = "local",
+                     adopted: frozenset[int] = frozenset()) -> tuple[Parts, dict[int, Value]]:
+        """Answer an unjoined frame from a client in this process with an unjoined reply. The
+        reply's buffers are views of stored tensors: read them before the next command runs.
+
+        `adopted`: positions of Gets whose values the client takes as its own. The Values of
+        those this node lends (`lends`) are left out of the reply and come back as they are,
+        by position: the client then holds the stored tensors' own memory, so nothing about
+        it need travel."""
+        try:
+            commands = decode_parts(parts)
+        except WireError as exc:
+            return encode_parts([Failure("WireError", str(exc))]), {}
+        replies = self.execute(commands, client)
+        lent = {i: replies[i] for i in adopted if type(replies[i]) is Value
+                and type(commands[i]) is Get and self.lends(client, commands[i].ids)}
+        for i in lent:
+            replies[i] = Done()  # a placeholder the client's transport replaces
+        return self._encoded(replies), lent
+
     def reply(self, commands: list, client: str = "local") -> Parts:
         """Run decoded commands; their replies as one unjoined frame."""
-        replies = self.execute(commands, client)
+        return self._encoded(self.execute(commands, client))
+
+    @staticmethod
+    def _encoded(replies: list) -> Parts:
         try:
             return encode_parts(replies)
         except Exception:  # a value the codec cannot carry: that reply becomes a Failure

@@ -260,11 +260,10 @@ def decode(frame: bytes | bytearray | memoryview) -> list:
     return _guarded(_decode_frame, view)
 
 
-def decode_parts(parts: Parts, copy: bool = True) -> list:
-    """Decode a frame that was never joined (in-process). Tensors are copied out, or with
-    `copy=False` are views of the sender's memory: copy what you keep before the sender runs
-    again."""
-    return _guarded(_decode_parts, parts, copy)
+def decode_parts(parts: Parts) -> list:
+    """Decode a frame that was never joined (in-process). Tensors are copied out: the sender's
+    memory is the sender's."""
+    return _guarded(_decode_parts, parts)
 
 
 def _guarded(decoder: Callable[..., list], *args: Any) -> list:
@@ -308,12 +307,12 @@ def _decode_frame(view: memoryview) -> list:
     return _decode_body(view[start:end], buffers, copy=False)
 
 
-def _decode_parts(parts: Parts, copy: bool) -> list:
+def _decode_parts(parts: Parts) -> list:
     head = memoryview(parts.head).cast("B")
     lengths, start, end = _read_prefix(head, len(head))
     if end != len(head) or list(lengths) != [b.nbytes for b in parts.buffers]:
         raise WireError("frame head does not match its buffers")
-    return _decode_body(head[start:end], [b.cast("B") for b in parts.buffers], copy=copy)
+    return _decode_body(head[start:end], [b.cast("B") for b in parts.buffers], copy=True)
 
 
 def _decode_body(header: memoryview, buffers: list[memoryview], copy: bool) -> list:
@@ -435,7 +434,7 @@ def _tensor(head: bytes, buffers: list[memoryview], used: set[int], copy: bool
         if max(shape) >= _MAX_DIM:
             raise WireError(f"bad tensor shape {shape}")
         t = torch.empty(shape, dtype=dtype)
-    elif copy or buf.readonly:  # no aliasing read-only memory, nor a sender's unless asked
+    elif copy or buf.readonly:  # no aliasing read-only memory, nor an in-process sender's
         t = _copied(buf, dtype, shape)
     else:  # a view, through numpy where it has the dtype: that is faster
         t = (torch.from_numpy(np.frombuffer(buf, numpy_dtype).reshape(shape)) if numpy_dtype
