@@ -4,6 +4,7 @@ VirtualWorker; refusals, hostile frames, isolation, load, and workers that die."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -406,9 +407,44 @@ def test_past_max_connections_a_client_is_refused_with_the_reason_until_one_leav
         third.close()
 
 
+def test_past_max_handshakes_new_sockets_are_closed_until_the_waiting_ones_go(caplog):
+    """Sockets that never say anything hold a handshake slot each (until handshake_timeout);
+    past max_handshakes the server closes new ones at once, and serves again once they go."""
+    server = WorkerServer(Node("guarded"), port=0, token=TOKEN,
+                          limits=ServerLimits(max_handshakes=2))
+    with ServerThread(server) as running:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        deadline = time.monotonic() + 5
+        while len(server._connections) < 2:  # until the server has accepted both
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with caplog.at_level(logging.WARNING, logger="tether.net.server"):
+            extra = socket.create_connection(("127.0.0.1", server.port))
+            extra.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):  # reset by the server, ...
+                assert extra.recv(1) == b""  # ... or closed: not left to the 5 s timeout
+        assert "2 connections are in their handshake" in caplog.text
+        with pytest.raises(ConnectionLostError):
+            running.connect()
+        for sock in [*silent, extra]:
+            sock.close()
+        deadline = time.monotonic() + 5
+        while True:  # the server notices the closes a moment later
+            try:
+                worker = running.connect()
+                break
+            except ConnectionLostError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert torch.equal(torch.ones(2).send(worker).get(), torch.ones(2))
+        worker.close()
+
+
 def test_server_limits_must_be_positive():
     with pytest.raises(ValueError, match="max_connections must be positive"):
         ServerLimits(max_connections=0)
+    with pytest.raises(ValueError, match="max_handshakes must be positive"):
+        ServerLimits(max_handshakes=0)
 
 
 # ---- load -----------------------------------------------------------------------------------

@@ -101,6 +101,9 @@ def _register_worker(commands: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-connections", type=int, default=64,
                         help="clients served at once; more are refused until one leaves "
                         "(default 64)")
+    limits.add_argument("--max-handshakes", type=int, default=256,
+                        help="connections that have not yet shown a token, at once; more are "
+                        "closed at once (default 256)")
     p.add_argument("--quiet", action="store_true", help="log only warnings")
     p.set_defaults(handler=_run_worker)
 
@@ -122,7 +125,8 @@ def _run_worker(args: argparse.Namespace) -> int:
         ssl_context=server_ssl_context(args.certfile, args.keyfile) if args.certfile else None,
         limits=ServerLimits(max_message_bytes=int(args.max_message_mb * _MB),
                             idle_timeout=args.idle_timeout,
-                            max_connections=args.max_connections))
+                            max_connections=args.max_connections,
+                            max_handshakes=args.max_handshakes))
 
     def ready(server: WorkerServer) -> None:
         if generated:

@@ -14,10 +14,12 @@ import contextlib
 import hmac
 import itertools
 import logging
+import math
 import secrets
 import signal
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,17 +61,22 @@ class ServerLimits:
     `idle_timeout`: seconds without a frame before a connection is closed (its objects freed).
     `max_connections`: clients served at once. Each has a store and a thread of its own, so a
     peer opening connections without end would exhaust the worker; past this many, the
-    handshake is answered 503 and the client told why. (Connections still in their handshake
-    do not count: each holds only a socket, for at most `handshake_timeout`.)
+    handshake is answered 503 and the client told why.
+    `max_handshakes`: connections still in their handshake at once (they have shown no token
+    yet). Each holds a socket for up to `handshake_timeout`, so a peer opening sockets without
+    end would run the worker out of file descriptors; past this many, new ones are closed at
+    once.
     """
 
     max_message_bytes: int = 512 * 2**20
     idle_timeout: float = 3600.0
     handshake_timeout: float = 10.0
     max_connections: int = 64
+    max_handshakes: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_message_bytes", "idle_timeout", "handshake_timeout", "max_connections"):
+        for name in ("max_message_bytes", "idle_timeout", "handshake_timeout", "max_connections",
+                     "max_handshakes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServerLimits.{name} must be positive, got {getattr(self, name)}")
 
@@ -94,6 +101,7 @@ class WorkerServer:
         self._trimmer: asyncio.TimerHandle | None = None
         self._connections: set[_Connection] = set()
         self._serial = itertools.count(1)
+        self._turned_away_at = -math.inf  # when a full handshake queue was last logged
 
     @property
     def url(self) -> str:
@@ -155,6 +163,19 @@ class WorkerServer:
         """Connections past their handshake (those with a store and a thread)."""
         return sum(1 for conn in self._connections if conn.reader is not None)
 
+    def _admits(self, peer: str) -> bool:
+        """Whether a new connection may start its handshake (see `ServerLimits.max_handshakes`);
+        turning connections away is logged at most once per `handshake_timeout`."""
+        waiting = sum(1 for conn in self._connections if not conn.name)
+        if waiting < self.limits.max_handshakes:
+            return True
+        now = time.monotonic()
+        if now - self._turned_away_at >= self.limits.handshake_timeout:
+            self._turned_away_at = now
+            log.warning("worker %s: %d connections are in their handshake; closing new ones "
+                        "(%s first) until they finish or time out", self.node.name, waiting, peer)
+        return False
+
     def _capacity(self) -> str:
         n = self.limits.max_connections
         return f"{n} connection{'' if n == 1 else 's'}"
@@ -195,6 +216,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         host, port = self.transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
+        if not self.server._admits(self.peer):
+            self._closed = True
+            self.transport.abort()
+            return
         self.transport.set_write_buffer_limits(high=4 * _WRITE_CHUNK)
         self.server._connections.add(self)
         self._timer = self.loop.call_later(self.server.limits.handshake_timeout, self._check_idle)
