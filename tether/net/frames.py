@@ -150,6 +150,9 @@ class BufferPool:
 
 # Messages at least this large are received into pooled memory.
 POOLED_BYTES = 16 * 2**20
+# Smaller data messages than this are copied out of the staging buffer as a bytearray (the
+# cheapest copy); larger ones into aligned memory, as large ones are received.
+_ALIGNED_FROM = 1024
 POOL = BufferPool()
 
 
@@ -243,7 +246,11 @@ class Reader:
         if opcode in _CONTROL_OPS or size + length <= len(self._staging):
             if available < size + length:
                 return False
-            payload = bytearray(view[body:body + length])
+            if opcode in _CONTROL_OPS or length < _ALIGNED_FROM:
+                payload = bytearray(view[body:body + length])
+            else:  # aligned, so the tensors decoded from it need no copy of their own
+                payload = receive_buffer(length)
+                payload[:] = view[body:body + length]
             if self.masked:
                 xor_mask(memoryview(payload), key)
             self._start = body + length
@@ -291,8 +298,11 @@ class Reader:
             return
         if self._fragments:
             self._fragments.append(payload)
-            whole = np.concatenate([np.frombuffer(f, np.uint8) for f in self._fragments])
-            payload = memoryview(whole).cast("B")
+            payload = receive_buffer(self._message_size)
+            pos = 0
+            for piece in self._fragments:
+                payload[pos:pos + len(piece)] = piece
+                pos += len(piece)
             self._fragments = []
         self._message_size = 0
         self._in_message = False
