@@ -34,19 +34,13 @@ class InProcessTransport:
             frame, lent = self.node.handle_parts(encode_parts(commands), self.client_name,
                                                  adopted)
             replies = decode_parts(frame)
-            for i, value in lent.items():
-                replies[i] = value
         else:
-            replies = self._copies(commands, self.node.execute(
-                [_copy_tensors_in(c) for c in commands], self.client_name), adopted)
+            replies, lent = self.node.execute_lending(
+                [_copy_tensors_in(c) for c in commands], self.client_name, adopted)
+            replies = [Value(_copy(r.value)) if type(r) is Value else r for r in replies]
+        for i, value in lent.items():
+            replies[i] = value
         return lambda: replies
-
-    def _copies(self, commands: list, replies: list, adopted: frozenset[int]) -> list:
-        """The replies with their values copied, except the values the node lends (only Values
-        carry tensors back)."""
-        return [Value(_copy(reply.value)) if type(reply) is Value and not (
-                    i in adopted and self.node.lends(self.client_name, commands[i].ids)) else reply
-                for i, reply in enumerate(replies)]
 
     def close(self) -> None:
         self.closed = True

@@ -162,23 +162,29 @@ class Node:
 
     def handle_parts(self, parts: Parts, client: str = "local",
                      adopted: frozenset[int] = frozenset()) -> tuple[Parts, dict[int, Value]]:
-        """Answer an unjoined frame from a client in this process with an unjoined reply. The
-        reply's buffers are views of stored tensors: read them before the next command runs.
-
-        `adopted`: positions of Gets whose values the client takes as its own. The Values of
-        those this node lends (`lends`) are left out of the reply and come back as they are,
-        by position: the client then holds the stored tensors' own memory, so nothing about
-        it need travel."""
+        """Answer an unjoined frame from a client in this process with an unjoined reply, and
+        what it lends apart (see `execute_lending`). The reply's buffers are views of stored
+        tensors: read them before the next command runs."""
         try:
             commands = decode_parts(parts)
         except WireError as exc:
             return encode_parts([Failure("WireError", str(exc))]), {}
+        replies, lent = self.execute_lending(commands, client, adopted)
+        return self._encoded(replies), lent
+
+    def execute_lending(self, commands: list, client: str,
+                        adopted: frozenset[int]) -> tuple[list, dict[int, Value]]:
+        """`execute`, for a client in this process that takes the values of the Gets at
+        positions `adopted` as its own. The Values of those this node lends (`lends`) leave
+        the replies (a `Done` stands in) and come back apart, by position, as they are: the
+        client then holds the stored tensors' own memory, so nothing need be encoded or
+        copied."""
         replies = self.execute(commands, client)
         lent = {i: replies[i] for i in adopted if type(replies[i]) is Value
                 and type(commands[i]) is Get and self.lends(client, commands[i].ids)}
         for i in lent:
-            replies[i] = Done()  # a placeholder the client's transport replaces
-        return self._encoded(replies), lent
+            replies[i] = Done()
+        return replies, lent
 
     def reply(self, commands: list, client: str = "local") -> Parts:
         """Run decoded commands; their replies as one unjoined frame."""
