@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import tether as sy
+from tether import errors
 from tether.client import ref
 from tether.errors import RemoteError
 from tether.federated.coordinator import (
@@ -22,6 +23,7 @@ from tether.federated.demo import mnist_tensors
 from tether.federated.fedavg import Update, fedavg, weighted_average
 from tether.federated.modelspec import describe, with_state
 from tether.federated.training import EvalConfig, TrainConfig, canonical, evaluate, fit
+from tether.node import Limits
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +164,28 @@ def test_a_worker_refuses_an_unknown_layer_by_name(alice) -> None:
     data, targets = dataset_pointers(alice.client, "mnist")
     with pytest.raises(sy.NotAllowedError, match=r"'torch\.nn\.Linearr' is refused"):
         remote_fit(alice.client, (data, targets), spec, TrainConfig(max_batches=1))
+
+
+def test_a_worker_builds_delegated_models_within_its_own_element_limit(sample) -> None:
+    """fit and evaluate get the node's limit, not the library default, and a client cannot
+    raise it by passing its own."""
+    worker = sy.VirtualWorker(id="small", limits=Limits(max_elements=10_000))
+    worker.publish("mnist", sample)
+    data, targets = dataset_pointers(worker.client, "mnist")
+    big = describe(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16)))
+    for op in ("tether.federated.fit", "tether.federated.evaluate"):
+        result = worker.client.call(op, [big, ref(data), ref(targets), {}])
+        with pytest.raises(errors.LimitError, match=r"12,544 elements; this node allows 10,000"):
+            result.get()
+        result = worker.client.call(op, [big, ref(data), ref(targets), {}],
+                                    {"max_elements": 10**9})
+        with pytest.raises(errors.NotAllowedError, match="max_elements is this node's own limit"):
+            result.get()
+    small = describe(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    answer = worker.client.call("tether.federated.fit", [small, ref(data), ref(targets),
+                                                         {"max_batches": 1}]).get()
+    assert answer["batches"] == 1  # 7,850 elements fit, and the worker kept serving
+    worker.close()
 
 
 def test_an_unknown_dataset_key_is_named(alice) -> None:

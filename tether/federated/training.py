@@ -192,8 +192,11 @@ def _check_data(data: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
 # ---- the ops --------------------------------------------------------------------------------
 
 
-def fit(spec: Any, data: Any, targets: Any, config: Any) -> dict[str, Any]:
-    """Train the model a spec describes on `(data, targets)` as `config` says.
+def fit(spec: Any, data: Any, targets: Any, config: Any, *,
+        max_elements: int | None = None) -> dict[str, Any]:
+    """Train the model a spec describes on `(data, targets)` as `config` says; `max_elements`:
+    the limit on the model and each result of its forward pass (see `modelspec.build`; a
+    node passes its own).
 
     Returns plain data: `weights` (the state dict after training), `samples` and `batches`
     used, `losses` (per batch), `epoch_losses` (mean per epoch), `seconds` of training and
@@ -208,7 +211,7 @@ def fit(spec: Any, data: Any, targets: Any, config: Any) -> dict[str, Any]:
     with torch.random.fork_rng(devices=[]):  # dropout and the like draw here
         torch.manual_seed(cfg.seed)
         start = time.perf_counter()
-        model = build(spec).train()
+        model = build(spec, max_elements).train()
         built = time.perf_counter()
         optimizer = optimizer_cls(model.parameters(), **cfg.optimizer_args)
         for x, y in batches(data, targets, cfg, generator):
@@ -244,14 +247,15 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
-def evaluate(spec: Any, data: Any, targets: Any, config: Any = None) -> dict[str, Any]:
+def evaluate(spec: Any, data: Any, targets: Any, config: Any = None, *,
+             max_elements: int | None = None) -> dict[str, Any]:
     """Score the model a spec describes on `(data, targets)`: `samples`, `correct`,
     `accuracy`, `loss` (mean per sample), `predicted` (how many predictions per label) and
-    `seconds`."""
+    `seconds`. `max_elements`: as for `fit`."""
     cfg = EvalConfig.parse(config or {})
     loss_fn = loss_function(cfg.loss)
     data, targets = _check_data(data, targets)
-    model = build(spec).eval()
+    model = build(spec, max_elements).eval()
     correct, total_loss = 0, 0.0
     predicted: torch.Tensor | None = None
     start = time.perf_counter()

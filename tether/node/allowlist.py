@@ -27,12 +27,15 @@ Guard = Callable[[tuple, dict], int]
 @dataclass(frozen=True, slots=True)
 class Entry:
     """What a path resolves to. `self_type`: the type the first argument must have (methods).
-    `guard`: estimates the elements the call will allocate, so huge ones are refused first."""
+    `guard`: estimates the elements the call will allocate, so huge ones are refused first.
+    `node_limited`: the call builds and runs a whole model, so the node hands it its own
+    per-result limit as `max_elements=` (a peer may not)."""
 
     path: str
     fn: Callable
     self_type: type | None = None
     guard: Guard | None = None
+    node_limited: bool = False
 
 
 # ---- allocation guards ----------------------------------------------------------------------
@@ -523,9 +526,10 @@ def _attribute(name: str) -> Callable[[Any], Any]:
 def _build() -> dict[str, Entry]:
     table: dict[str, Entry] = {}
 
-    def add(path: str, fn: Any, self_type: type | None = None, guard: Guard | None = None):
+    def add(path: str, fn: Any, self_type: type | None = None, guard: Guard | None = None,
+            node_limited: bool = False):
         assert "__" not in path, path
-        table[path] = Entry(path, fn, self_type, guard)
+        table[path] = Entry(path, fn, self_type, guard, node_limited)
 
     for name in {*_TORCH_FUNCTIONS, *_ELEMENTWISE_BINARY, *_TORCH_GUARDS}:
         if hasattr(torch, name):
@@ -576,8 +580,8 @@ def _build() -> dict[str, Entry]:
         add(f"operator.{name}", getattr(operator, name), guard=_OPERATOR_GUARDS.get(name))
     for name in _BUILTINS:
         add(f"builtins.{name}", getattr(builtins, name), guard=_BUILTIN_GUARDS.get(name))
-    add("tether.federated.fit", _fit)
-    add("tether.federated.evaluate", _evaluate)
+    add("tether.federated.fit", _fit, node_limited=True)
+    add("tether.federated.evaluate", _evaluate, node_limited=True)
     return table
 
 

@@ -294,6 +294,11 @@ class Node:
                       for i, a in enumerate(cmd.args)])
         kwargs = {k: v if type(v) in _SCALARS else self._resolve(v, store, inputs)
                   for k, v in cmd.kwargs.items()} if cmd.kwargs else {}
+        if entry.node_limited:
+            if "max_elements" in kwargs:
+                raise _Refused(NotAllowedError.__name__, f"{entry.path}: max_elements is this "
+                                                         "node's own limit, not a client's")
+            kwargs["max_elements"] = self.limits.max_elements
         privacy, protected, tagged = PUBLIC, [], False  # one pass over the inputs
         for stored in inputs:
             if stored.privacy > privacy:
