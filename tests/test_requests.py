@@ -76,6 +76,31 @@ def test_an_accepted_request_releases_exactly_that_object_once(owner):
     assert [(e["name"], e["decision"], e["by"]) for e in log] == [("total", "accepted", "owner")]
 
 
+def test_a_denied_request_releases_nothing_and_cannot_be_decided_again(owner):
+    x, _ = _dataset(owner)
+    total = x.sum()
+    assert total.request(name="total", reason="please") == "pending"
+    [request] = list(owner.node.requests)
+    request.deny()
+    with pytest.raises(errors.PermissionDeniedError):
+        total.get()  # files a new request: the denied one releases nothing
+    with pytest.raises(ValueError, match="already denied by owner"):
+        request.accept()
+    log = owner.node.requests.audit
+    assert [(e["name"], e["decision"], e["by"]) for e in log] == [("total", "denied", "owner")]
+
+
+def test_cleared_handlers_decide_nothing_more(owner):
+    x, _ = _dataset(owner)
+    desk = owner.node.requests
+    desk.add_handler(tags=["mnist"], action="accept")
+    assert x.sum().get(request_block=True, name="before").item() == SECRET.sum().item()
+    desk.clear_handlers()
+    assert x.sum().get(request_block=True, name="after", timeout_secs=0.05) is None
+    assert [(e["name"], e["decision"]) for e in desk.audit] == [("before", "accepted"),
+                                                                 ("after", "timed out")]
+
+
 def test_a_get_of_several_objects_releases_all_or_none(owner):
     x, _ = _dataset(owner)
     total, other = x.sum(), x.mean()

@@ -16,6 +16,7 @@ import time
 import tracemalloc
 
 import msgpack
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -118,6 +119,16 @@ def test_tensor_round_trip(t: torch.Tensor) -> None:
         (reply,) = decode(received)
         assert same(reply.value, t), (t, reply.value)
         assert reply.value.is_leaf
+
+
+def test_a_joined_frame_is_aligned_so_its_tensors_decode_in_place() -> None:
+    for size in (1, 3, 1000):  # different head lengths, different allocations
+        frame = encode([Value([torch.arange(float(size)), torch.ones(2, 3)])])
+        start = np.frombuffer(frame, np.uint8).ctypes.data
+        assert start % codec.ALIGN == 0
+        (reply,) = decode(frame)
+        for tensor in reply.value:
+            assert start <= tensor.data_ptr() < start + len(frame)  # a view, not a copy
 
 
 def test_encoding_leaves_nothing_for_the_cycle_collector() -> None:

@@ -1,6 +1,6 @@
-"""The `tether` command. `tether worker --id alice --port 8777 --dataset mnist --labels 0-3`
-serves a worker; each subcommand is a `_register_*` function that adds its parser, so more
-(`train`, `network`, `demo`) plug in beside it."""
+"""The `tether` command: `tether worker` serves a worker (`tether worker --id alice --port 8777
+--dataset mnist --labels 0-3`); `train`, `network` and `demo` run the federated jobs. Each
+subcommand adds its own parser."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from tether.errors import DatasetError
 from tether.node import Node
-
-Handler = Callable[[argparse.Namespace], int]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 _MB = 2**20

@@ -182,12 +182,14 @@ class Client:
 
     # ---- what pointers ask for ----------------------------------------------------------------
 
-    def put(self, value: Any, kind: str) -> Pointer:
-        """Send a local value; the pointer to it."""
+    def put(self, tensor: torch.Tensor) -> Pointer:
+        """Send a local tensor (at once, so the value sent is its value now); the pointer to
+        it."""
         obj_id = self.new_id()
-        self.submit(Put(obj_id, value), flush=_carries_tensor(value))
-        self._meta[obj_id] = _local_meta(value)
-        return Pointer(self, obj_id, kind)
+        self.submit(Put(obj_id, tensor), flush=True)
+        self._meta[obj_id] = ["tensor", list(tensor.shape),
+                              str(tensor.dtype).removeprefix("torch."), tensor.requires_grad]
+        return Pointer(self, obj_id)
 
     def call(self, op: str, args: list, kwargs: dict | None = None, *, kind: str | None = "tensor",
              flush: bool = False, refs: int = 0) -> Pointer | None:
@@ -257,20 +259,3 @@ def _encoding_error(command: Any) -> Exception | None:
     except _UNSENDABLE as exc:
         return exc
     return None
-
-
-def _carries_tensor(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, list | tuple):
-        return any(_carries_tensor(v) for v in value)
-    if isinstance(value, dict):
-        return any(_carries_tensor(v) for v in value.values())
-    return False
-
-
-def _local_meta(value: Any) -> list:
-    if isinstance(value, torch.Tensor):
-        return ["tensor", list(value.shape), str(value.dtype).removeprefix("torch."),
-                value.requires_grad]
-    return ["object", type(value).__name__]

@@ -53,7 +53,7 @@ def send_tensor(tensor: torch.Tensor, worker: Any, *args: Any, requires_grad: bo
     wants_grad = tensor.requires_grad if requires_grad is None else requires_grad
     if wants_grad and (value.is_floating_point() or value.is_complex()):
         value.requires_grad_(True)
-    return client_of(worker).put(value, "tensor")
+    return client_of(worker).put(value)
 
 
 # ---- modules --------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The three image transforms the tutorials use, with torchvision's names and semantics.
 
 tether does not depend on torchvision, so `Compose`, `ToTensor` and `Normalize` live here.
-They behave like torchvision's on single images (PIL images, numpy arrays) and additionally
-accept tensors, including a whole batch at once, which is how `tether.datasets.materialize`
-transforms a dataset in one vectorized step.
+They behave like torchvision's on single images (PIL images, numpy arrays) and also accept
+tensors, a single image or a whole batch. `tether.datasets.materialize` transforms a dataset
+in one vectorized step by mapping them over its images with `torch.vmap`.
 """
 
 from __future__ import annotations

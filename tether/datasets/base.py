@@ -86,7 +86,8 @@ def materialize(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _vectorizable(dataset: BaseDataset) -> bool:
-    """Whether the transforms are known to act on a batch exactly as on each sample."""
+    """Whether the transforms are known to map over a dataset's images (`torch.vmap`) exactly
+    as they act on each sample."""
     t = dataset.transform
     if dataset.target_transform is not None:
         return False

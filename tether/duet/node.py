@@ -83,7 +83,7 @@ class DuetNode(Node):
     def execute(self, commands: list, client: str = "local") -> list:
         scientist = self._hellos.get(client)
         if scientist is None or scientist is not self._scientist:
-            return [self._hello(cmd, client) if _is_hello(cmd) else _unconfirmed(cmd)
+            return [self._hello(cmd, client) if _is_hello(cmd) else _unconfirmed()
                     for cmd in commands]
         return super().execute(commands, scientist.client_id)
 
@@ -126,7 +126,7 @@ def _is_hello(cmd: Any) -> bool:
     return isinstance(cmd, Call) and cmd.op == HELLO
 
 
-def _unconfirmed(cmd: Any) -> Failure:
+def _unconfirmed() -> Failure:
     return Failure(PermissionDeniedError.__name__,
                    "this client is not a confirmed scientist of the duet: join with "
                    "sy.join_duet(...) and have the owner confirm your client id")

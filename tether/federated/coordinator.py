@@ -131,9 +131,7 @@ def _link(name: str, worker: Any) -> _Link:
 def dataset_pointers(client: Any, key: str) -> tuple[Any, Any]:
     """Pointers to a published `(data, targets)` dataset (the form `tether worker` publishes).
     Waits for the lookup, so an unknown key is reported as such, not by a later command."""
-    from tether.node.node import PUBLISHED
-
-    data, targets = (client.call(PUBLISHED, [key, item]) for item in (0, 1))
+    data, targets = client.worker.dataset(key)
     try:
         client.flush()
     except RemoteError as exc:  # not a stale pointer: the worker has no such dataset

@@ -48,9 +48,6 @@ class WorkerProcess:
         self.process.kill()
         self.process.wait()
 
-    def stop(self) -> None:
-        stop(self.process)
-
 
 def stop(process: subprocess.Popen) -> None:
     """Ask a worker to stop (SIGTERM), then kill it if it lingers."""
@@ -100,16 +97,14 @@ TUTORIAL_WORKERS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
 
 
 @contextmanager
-def tutorial_workers(log_dir: Path, token: str | None = None,
-                     labels: dict[str, str] | None = None, evaluator: bool = True
+def tutorial_workers(log_dir: Path, evaluator: bool = True
                      ) -> Iterator[tuple[dict[str, WorkerProcess], WorkerProcess | None, str]]:
     """alice, bob and charlie (each holding its digits of the MNIST sample) and the evaluator
     `testing` (the test set) as processes; stopped on exit. Yields (workers, evaluator, token)."""
-    token = token or secrets.token_urlsafe(16)
-    labels = labels or TUTORIAL_WORKERS
-    threads = max(1, (os.cpu_count() or 1) // len(labels))
+    token = secrets.token_urlsafe(16)
+    threads = max(1, (os.cpu_count() or 1) // len(TUTORIAL_WORKERS))
     data = ["--dataset", "mnist", "--quiet"]
-    commands = {name: [*data, "--labels", digits] for name, digits in labels.items()}
+    commands = {name: [*data, "--labels", digits] for name, digits in TUTORIAL_WORKERS.items()}
     if evaluator:
         commands["testing"] = [*data, "--testing"]
     processes: dict[str, subprocess.Popen] = {}
@@ -120,7 +115,8 @@ def tutorial_workers(log_dir: Path, token: str | None = None,
                                            None if name == "testing" else threads)
         for name, process in processes.items():
             ready[name] = wait_ready(name, process, log_dir)
-        yield ({n: w for n, w in ready.items() if n in labels}, ready.get("testing"), token)
+        workers = {n: w for n, w in ready.items() if n in TUTORIAL_WORKERS}
+        yield workers, ready.get("testing"), token
     finally:
         for process in processes.values():
             stop(process)

@@ -61,6 +61,3 @@ def fedavg(updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]) 
     if not updates:
         raise ValueError("FedAvg needs at least one update")
     return weighted_average([u.state for u in updates], [u.samples for u in updates])
-
-
-STRATEGIES: dict[str, Strategy] = {"fedavg": fedavg}

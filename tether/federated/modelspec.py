@@ -408,9 +408,10 @@ def _guarded(entry: Any, name: str, limit: int) -> Callable:
             raise LimitError(f"graph node {name!r}: {entry.path} would allocate more than "
                              f"{limit:,} elements")
         result = entry.fn(*args, **kwargs)
-        if isinstance(result, torch.Tensor) and result.numel() > limit:
-            raise LimitError(f"graph node {name!r}: {entry.path} made {result.numel():,} "
-                             f"elements; this node allows {limit:,}")
+        for t in result if isinstance(result, list | tuple) else (result,):
+            if isinstance(t, torch.Tensor) and t.numel() > limit:
+                raise LimitError(f"graph node {name!r}: {entry.path} made {t.numel():,} "
+                                 f"elements; this node allows {limit:,}")
         return result
 
     return call

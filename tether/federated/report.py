@@ -38,7 +38,8 @@ def evaluation_lines(name: str, result: dict[str, Any], groups: Groups) -> list[
 
 
 def rows(history: Sequence[dict[str, Any]], groups: Groups) -> list[dict[str, Any]]:
-    """One flat row per (round, model) for tables: training rows, then evaluation rows."""
+    """One flat row per (round, model) for tables: per round, training rows, the workers left
+    out (and why), then evaluation rows."""
     out = []
     for record in history:
         base = {"round": record["round"], "round_seconds": record["seconds"]}

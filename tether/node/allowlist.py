@@ -363,7 +363,7 @@ mm bmm matmul dot mv addmm
 float double half bfloat16 int long short bool byte char to type_as
 item tolist numel dim size stride nelement element_size is_contiguous is_floating_point
 is_complex equal allclose isclose eq_ ne_
-argmax argmin bincount unique
+bincount unique
 backward retain_grad
 new_tensor
 """.split()

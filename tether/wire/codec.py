@@ -7,8 +7,8 @@ Layout (all integers little-endian)::
 
 In the header a tensor is a msgpack extension holding dtype code u8 | requires_grad u8 | ndim u8
 | pad u8 | buffer index u32 | ndim x u64 dimensions; its bytes are that buffer. A reference to a
-stored object is an extension holding its id as u64, except among a Call's positional arguments,
-where it is the plain id, marked in the Call's `refs` bitmask.
+stored object is an extension holding its id as u64; among a Call's positional arguments it may
+instead be the plain id, marked in the Call's `refs` bitmask (as pointers are sent).
 
 Every length is checked against the frame before anything is allocated, so a decoder never
 allocates more than the frame it was given justifies. Every failure is a `WireError`.
@@ -179,8 +179,11 @@ class Parts:
         return pieces
 
     def join(self) -> memoryview:
-        """The contiguous frame (a writable, 64-byte aligned buffer)."""
-        out = np.empty(self.nbytes, dtype=np.uint8)  # not zero-filled: every byte is set below
+        """The contiguous frame (a writable, 64-byte aligned buffer, so the tensors decoded
+        from it use it in place)."""
+        raw = np.empty(self.nbytes + ALIGN, dtype=np.uint8)  # not zeroed: each byte is set below
+        start = -raw.ctypes.data % ALIGN
+        out = raw[start : start + self.nbytes]
         pos = 0
         for piece in self.pieces():
             size = len(piece) if isinstance(piece, bytes) else piece.nbytes
@@ -199,7 +202,7 @@ def encode_parts(messages: list) -> Parts:
     buffers: list[memoryview] = []
 
     def default(obj: Any) -> msgpack.ExtType:
-        if type(obj) is m.Ref:  # one nested in a container (a Call's own args are plain ids)
+        if type(obj) is m.Ref:  # rarer than tensors: pointers travel as plain ids, marked
             return _ext((_REF, obj.id.to_bytes(8, "little")))
         if isinstance(obj, torch.Tensor):
             shape = obj.shape
@@ -277,7 +280,7 @@ def _guarded(decoder: Callable[..., list], *args: Any) -> list:
         raise WireError(f"malformed frame: {type(exc).__name__}: {detail}") from None
 
 
-def _read_prefix(view: memoryview, available: int) -> tuple[tuple[int, ...], int, int]:
+def _read_prefix(view: memoryview) -> tuple[tuple[int, ...], int, int]:
     """Check the prefix; the buffer lengths, and where the header starts and ends."""
     if len(view) < _PREFIX.size:
         raise WireError(f"frame of {len(view)} bytes is shorter than the prefix ({_PREFIX.size})")
@@ -287,7 +290,7 @@ def _read_prefix(view: memoryview, available: int) -> tuple[tuple[int, ...], int
     if version != VERSION:
         raise WireError(f"frame version {version} is not supported (this side speaks {VERSION})")
     pos = _PREFIX.size
-    if n_buffers * 8 + header_len > available - pos:
+    if n_buffers * 8 + header_len > len(view) - pos:
         raise WireError("frame announces more buffers or header than it holds")
     lengths = struct.unpack_from(f"<{n_buffers}Q", view, pos)
     pos += n_buffers * 8
@@ -295,7 +298,7 @@ def _read_prefix(view: memoryview, available: int) -> tuple[tuple[int, ...], int
 
 
 def _decode_frame(view: memoryview) -> list:
-    lengths, start, end = _read_prefix(view, len(view))
+    lengths, start, end = _read_prefix(view)
     pos = end + _pad(end)
     offsets = []
     for n in lengths:
@@ -309,7 +312,7 @@ def _decode_frame(view: memoryview) -> list:
 
 def _decode_parts(parts: Parts) -> list:
     head = memoryview(parts.head).cast("B")
-    lengths, start, end = _read_prefix(head, len(head))
+    lengths, start, end = _read_prefix(head)
     if end != len(head) or list(lengths) != [b.nbytes for b in parts.buffers]:
         raise WireError("frame head does not match its buffers")
     return _decode_body(head[start:end], [b.cast("B") for b in parts.buffers], copy=True)
