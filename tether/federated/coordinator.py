@@ -574,9 +574,9 @@ def _name_url(text: str, flag: str) -> tuple[str, str]:
 
 def parse_groups(text: str) -> list[tuple[int, ...]]:
     """'0-3/4-6/7-9' -> [(0, 1, 2, 3), (4, 5, 6), (7, 8, 9)]."""
-    from tether.federated.partition import parse_label_range
+    from tether.federated.partition import parse_label_groups
 
-    return [tuple(parse_label_range(part)) for part in text.split("/")]
+    return [tuple(group) for group in parse_label_groups(text)]
 
 
 def train_config(settings: Mapping[str, Any]) -> TrainConfig:

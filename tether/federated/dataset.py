@@ -107,7 +107,7 @@ def _partition(partition: Partition, targets: torch.Tensor, n: int,
     if isinstance(partition, str):
         kind, _, rest = partition.partition(":")
         given = len(rest.split(":")) if rest else 0
-        if given < {"iid": 1, "dirichlet": 2, "shards": 2}.get(kind, 0):
+        if kind != "labels" and given < partitioners.SPEC_ARGS.get(kind, 0):
             partition = f"{kind}:{n}" + (f":{rest}" if rest else "")  # the worker count is known
         partition = partitioners.parse_spec(partition, seed=seed)
     parts = partition(targets)

@@ -16,6 +16,8 @@ import torch
 Partitioner = Callable[[Any], list[torch.Tensor]]
 
 _SPEC_FORMS = "'iid:N', 'labels:0-3/4-6/7-9', 'dirichlet:N:ALPHA' or 'shards:N:K'"
+# How many arguments each kind of spec takes (all but 'labels' start with the worker count).
+SPEC_ARGS = {"iid": 1, "labels": 1, "dirichlet": 2, "shards": 2}
 
 
 def iid(n_samples: int, num_parts: int, seed: int = 0) -> list[torch.Tensor]:
@@ -128,6 +130,11 @@ def parse_label_range(text: str) -> list[int]:
     return labels
 
 
+def parse_label_groups(text: str) -> list[list[int]]:
+    """Parse '0-3/4-6/7-9' into one list of labels per worker."""
+    return [parse_label_range(group) for group in text.split("/")]
+
+
 def parse_spec(spec: str, seed: int = 0) -> Partitioner:
     """Turn a command-line spec into a partitioner `targets -> list of index tensors`.
 
@@ -146,14 +153,13 @@ def parse_spec(spec: str, seed: int = 0) -> Partitioner:
         except ValueError:
             raise bad(f"{name} must be a number, got {text!r}") from None
 
-    expected_args = {"iid": 1, "labels": 1, "dirichlet": 2, "shards": 2}
-    if kind not in expected_args:
+    if kind not in SPEC_ARGS:
         raise bad(f"unknown kind {kind!r}")
-    if len(args) != expected_args[kind]:
-        raise bad(f"'{kind}' takes {expected_args[kind]} argument(s), got {len(args)}")
+    if len(args) != SPEC_ARGS[kind]:
+        raise bad(f"'{kind}' takes {SPEC_ARGS[kind]} argument(s), got {len(args)}")
     if kind == "labels":
         try:
-            groups = [parse_label_range(group) for group in args[0].split("/")]
+            groups = parse_label_groups(args[0])
         except ValueError as e:
             raise bad(str(e)) from None
         return lambda targets: by_label_groups(targets, groups)
