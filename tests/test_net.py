@@ -384,6 +384,17 @@ def test_idle_clients_are_disconnected():
         assert torch.equal(torch.ones(2).send(worker).get(), torch.ones(2))  # reconnected
 
 
+def _connect_when_freed(running: ServerThread) -> WebsocketClientWorker:
+    """Connect once the server has noticed that a connection went (a moment after)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return running.connect()
+        except ConnectionLostError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def test_past_max_connections_a_client_is_refused_with_the_reason_until_one_leaves():
     server = WorkerServer(Node("small"), port=0, token=TOKEN,
                           limits=ServerLimits(max_connections=2))
@@ -395,14 +406,7 @@ def test_past_max_connections_a_client_is_refused_with_the_reason_until_one_leav
         assert torch.equal((x + 1).get(), torch.arange(3.0) + 1)  # the others are served on
         assert torch.equal(torch.ones(2).send(second).get(), torch.ones(2))
         first.close()
-        deadline = time.monotonic() + 5
-        while True:  # the server notices the close a moment later
-            try:
-                third = running.connect()
-                break
-            except ConnectionLostError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        third = _connect_when_freed(running)
         assert torch.equal(torch.zeros(1).send(third).get(), torch.zeros(1))
         second.close()
         third.close()
@@ -429,14 +433,7 @@ def test_past_max_handshakes_new_sockets_are_closed_until_the_waiting_ones_go(ca
             running.connect()
         for sock in [*silent, extra]:
             sock.close()
-        deadline = time.monotonic() + 5
-        while True:  # the server notices the closes a moment later
-            try:
-                worker = running.connect()
-                break
-            except ConnectionLostError:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        worker = _connect_when_freed(running)
         assert torch.equal(torch.ones(2).send(worker).get(), torch.ones(2))
         worker.close()
 
