@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from tether.wire.codec import ALIGN
+from tether.wire.codec import aligned_bytes
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -161,9 +161,7 @@ def receive_buffer(n: int) -> memoryview:
     (so tensors decoded from it use it in place), and pooled when large."""
     if n >= POOLED_BYTES:
         return POOL.take(n)
-    raw = np.empty(n + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
-    return memoryview(raw[start:start + n]).cast("B")
+    return memoryview(aligned_bytes(n)).cast("B")
 
 
 class Reader:

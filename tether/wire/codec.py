@@ -181,15 +181,21 @@ class Parts:
     def join(self) -> memoryview:
         """The contiguous frame (a writable, 64-byte aligned buffer, so the tensors decoded
         from it use it in place)."""
-        raw = np.empty(self.nbytes + ALIGN, dtype=np.uint8)  # not zeroed: each byte is set below
-        start = -raw.ctypes.data % ALIGN
-        out = raw[start : start + self.nbytes]
+        out = aligned_bytes(self.nbytes)  # not zeroed: every byte is set below
         pos = 0
         for piece in self.pieces():
             size = len(piece) if isinstance(piece, bytes) else piece.nbytes
             out[pos : pos + size] = np.frombuffer(piece, dtype=np.uint8)
             pos += size
         return memoryview(out)
+
+
+def aligned_bytes(n: int) -> np.ndarray:
+    """`n` uninitialized bytes starting at a multiple of ALIGN, as a frame's tensors are laid
+    out: tensors decoded from a frame received or joined there use it in place."""
+    raw = np.empty(n + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start : start + n]
 
 
 def encode(messages: list) -> memoryview:
