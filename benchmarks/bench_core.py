@@ -85,8 +85,10 @@ def main() -> None:
     for serialize in (True, False):
         pipelined, blocking = op_cost_us(serialize)
         label = "serialization on " if serialize else "serialization off"
-        print(f"pointer op, {label}: {pipelined:6.1f} us pipelined, {blocking:6.1f} us blocking "
-              "round trip")
+        print(
+            f"pointer op, {label}: {pipelined:6.1f} us pipelined, {blocking:6.1f} us blocking "
+            "round trip"
+        )
     batches = _batches()
     plain_epoch(batches)  # warm up
     for serialize in (True, False):
@@ -100,15 +102,19 @@ def main() -> None:
         for serialize in (True, False):
             times[serialize].append(pointer_epoch(batches, serialize))
     plain = min(times["plain"])
-    print(f"MLP 784-500-10, 1 epoch on {sum(len(t) for _, t in batches)} MNIST images, "
-          f"batch 64, {args.repeats} interleaved rounds:")
+    print(
+        f"MLP 784-500-10, 1 epoch on {sum(len(t) for _, t in batches)} MNIST images, "
+        f"batch 64, {args.repeats} interleaved rounds:"
+    )
     print(f"  plain PyTorch                   {plain * 1e3:8.1f} ms (best)")
     for serialize in (True, False):
         label = "on " if serialize else "off"
         ratios = sorted(p / q for p, q in zip(times[serialize], times["plain"], strict=True))
-        print(f"  tether pointers, serialization {label} {min(times[serialize]) * 1e3:8.1f} ms "
-              f"(best)   ratio {statistics.median(ratios):.2f}x, median of the rounds "
-              f"({ratios[0]:.2f}-{ratios[-1]:.2f}x; target <= 1.5x with serialization on)")
+        print(
+            f"  tether pointers, serialization {label} {min(times[serialize]) * 1e3:8.1f} ms "
+            f"(best)   ratio {statistics.median(ratios):.2f}x, median of the rounds "
+            f"({ratios[0]:.2f}-{ratios[-1]:.2f}x; target <= 1.5x with serialization on)"
+        )
 
 
 if __name__ == "__main__":

@@ -118,8 +118,12 @@ def accept_latency_us(network: str, n: int = 50) -> float:
         for _ in range(n + 1):
             got = threading.Event()
             pointer = private + 0
-            waiter = threading.Thread(target=lambda p=pointer, done=got: (
-                p.get(request_block=True, name="by hand", timeout_secs=60), done.set()))
+            waiter = threading.Thread(
+                target=lambda p=pointer, done=got: (
+                    p.get(request_block=True, name="by hand", timeout_secs=60),
+                    done.set(),
+                )
+            )
             waiter.start()
             while not len(owner_duet.requests):
                 time.sleep(0.0005)
@@ -154,8 +158,7 @@ def duet_epoch(duet: sy.duet.ScientistDuet, model: SyNet, seed: int) -> tuple[fl
     return spent, remote_model.get(request_block=True, name="model")
 
 
-def plain_epoch(dataset: torch.utils.data.Dataset, model: SyNet, seed: int
-                ) -> tuple[float, SyNet]:
+def plain_epoch(dataset: torch.utils.data.Dataset, model: SyNet, seed: int) -> tuple[float, SyNet]:
     torch.manual_seed(seed)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True)
@@ -172,8 +175,12 @@ def plain_epoch(dataset: torch.utils.data.Dataset, model: SyNet, seed: int
 
 
 def _spawn(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _line(proc: subprocess.Popen, pattern: str) -> str:
@@ -184,10 +191,10 @@ def _line(proc: subprocess.Popen, pattern: str) -> str:
     raise RuntimeError(f"the process ended before printing {pattern!r}")
 
 
-def _join(network: str, samples: int, relay: bool, threads: int
-          ) -> tuple[subprocess.Popen, object]:
-    proc = _spawn(__file__, "--owner", network, "--samples", str(samples), "--threads",
-                  str(threads))
+def _join(network: str, samples: int, relay: bool, threads: int) -> tuple[subprocess.Popen, object]:
+    proc = _spawn(
+        __file__, "--owner", network, "--samples", str(samples), "--threads", str(threads)
+    )
     session_id = _line(proc, r"session id: (\w+)")
     _line(proc, r"(owner ready)")
     return proc, sy.join_duet(session_id, network, relay=relay, timeout=60)
@@ -220,14 +227,20 @@ def main() -> None:
         print("round trips through a duet (median; owner and service in their own processes):")
         for what in results[False]:
             d, r = results[False][what], results[True][what]
-            print(f"  {what:14s} direct {d / 1e3:8.3f} ms   relayed {r / 1e3:8.3f} ms   "
-                  f"relay/direct {r / d:5.2f}x")
-        print(f"  accepted by hand: the blocked get returns {accept_latency_us(network) / 1e3:.3f}"
-              " ms after request.accept() (PySyft polled approvals once a second)")
+            print(
+                f"  {what:14s} direct {d / 1e3:8.3f} ms   relayed {r / 1e3:8.3f} ms   "
+                f"relay/direct {r / d:5.2f}x"
+            )
+        print(
+            f"  accepted by hand: the blocked get returns {accept_latency_us(network) / 1e3:.3f}"
+            " ms after request.accept() (PySyft polled approvals once a second)"
+        )
         mib = 9216 * 96 * 4 / 2**20
         send, get = (mib / (results[False][f"{way} 9216x96"] / 1e6) for way in ("send", "get"))
-        print(f"  9216x96 float32 ({mib:.1f} MiB) direct: send {send:.0f} MiB/s, get {get:.0f} "
-              "MiB/s (PySyft's Duet: 45 s to copy it)")
+        print(
+            f"  9216x96 float32 ({mib:.1f} MiB) direct: send {send:.0f} MiB/s, get {get:.0f} "
+            "MiB/s (PySyft's Duet: 45 s to copy it)"
+        )
 
         torch.manual_seed(0)
         model = SyNet(torch)
@@ -240,15 +253,22 @@ def main() -> None:
             plain.append(seconds)
             seconds, remote = duet_epoch(direct, copy.deepcopy(model), seed=repeat)
             duet_runs.append(seconds)
-            same &= all(torch.equal(a, b) for a, b in zip(local.state_dict().values(),
-                                                           remote.state_dict().values(),
-                                                           strict=True))
+            same &= all(
+                torch.equal(a, b)
+                for a, b in zip(
+                    local.state_dict().values(), remote.state_dict().values(), strict=True
+                )
+            )
         direct.close()
-        print(f"SyNet, 1 epoch of {samples} MNIST images, batch {BATCH}, best of {args.repeats}, "
-              f"{args.threads} thread(s) each side:")
+        print(
+            f"SyNet, 1 epoch of {samples} MNIST images, batch {BATCH}, best of {args.repeats}, "
+            f"{args.threads} thread(s) each side:"
+        )
         print(f"  plain PyTorch          {min(plain):7.2f} s")
-        print(f"  through the duet       {min(duet_runs):7.2f} s   ratio "
-              f"{min(duet_runs) / min(plain):.2f}x   trained weights identical: {same}")
+        print(
+            f"  through the duet       {min(duet_runs):7.2f} s   ratio "
+            f"{min(duet_runs) / min(plain):.2f}x   trained weights identical: {same}"
+        )
     finally:
         for proc in reversed(processes):  # the service last: owners leave it first
             proc.terminate()

@@ -20,8 +20,9 @@ from tether import datasets, transforms
 
 
 def _net() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10),
-                         nn.LogSoftmax(dim=1))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10), nn.LogSoftmax(dim=1)
+    )
 
 
 def plain_epoch(data: torch.Tensor, targets: torch.Tensor) -> float:
@@ -62,12 +63,16 @@ def main() -> None:
     # rounds' ratios is what the drift cannot skew either way.
     rounds = [(plain_epoch(data, targets), federated_epoch(loader)) for _ in range(args.repeats)]
     ratios = sorted(f / p for p, f in rounds)
-    print(f"one epoch, 784-500-10 MLP, {len(data)} images, batch 64, {args.repeats} "
-          "interleaved rounds:")
+    print(
+        f"one epoch, 784-500-10 MLP, {len(data)} images, batch 64, {args.repeats} "
+        "interleaved rounds:"
+    )
     print(f"  plain PyTorch            {min(p for p, _ in rounds) * 1e3:8.1f} ms (best)")
-    print(f"  tether, joe + jane       {min(f for _, f in rounds) * 1e3:8.1f} ms (best)   ratio "
-          f"{statistics.median(ratios):.2f}x, median of the rounds ({ratios[0]:.2f}-"
-          f"{ratios[-1]:.2f}x; target <= 1.5x)")
+    print(
+        f"  tether, joe + jane       {min(f for _, f in rounds) * 1e3:8.1f} ms (best)   ratio "
+        f"{statistics.median(ratios):.2f}x, median of the rounds ({ratios[0]:.2f}-"
+        f"{ratios[-1]:.2f}x; target <= 1.5x)"
+    )
 
 
 if __name__ == "__main__":

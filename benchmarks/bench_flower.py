@@ -86,7 +86,7 @@ def local_fit(model: nn.Module, data: torch.Tensor, targets: torch.Tensor, seed:
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     for b in range(BATCHES):
-        index = order[b * BATCH:(b + 1) * BATCH]
+        index = order[b * BATCH : (b + 1) * BATCH]
         optimizer.zero_grad()
         F.nll_loss(model(data[index]), targets[index]).backward()
         optimizer.step()
@@ -120,8 +120,9 @@ def flower_client(index: int):
             return [v.numpy() for v in model.state_dict().values()]
 
         def fit(self, parameters, config):
-            model.load_state_dict({k: torch.from_numpy(np.copy(p))
-                                   for k, p in zip(keys, parameters, strict=True)})
+            model.load_state_dict(
+                {k: torch.from_numpy(np.copy(p)) for k, p in zip(keys, parameters, strict=True)}
+            )
             seconds = local_fit(model, data, targets, int(config["seed"]) + index)
             return self.get_parameters({}), BATCH * BATCHES, {"seconds": seconds}
 
@@ -132,9 +133,14 @@ def flower_strategy(initial: list[np.ndarray]):
     import flwr as fl
 
     return fl.server.strategy.FedAvg(
-        fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=3, min_evaluate_clients=0,
-        min_available_clients=3, on_fit_config_fn=lambda r: {"seed": SEED * 1_000_003 + r * 1009},
-        initial_parameters=fl.common.ndarrays_to_parameters(initial))
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=3,
+        min_evaluate_clients=0,
+        min_available_clients=3,
+        on_fit_config_fn=lambda r: {"seed": SEED * 1_000_003 + r * 1009},
+        initial_parameters=fl.common.ndarrays_to_parameters(initial),
+    )
 
 
 def run_flower(mode: str, rounds: int) -> dict:
@@ -164,27 +170,53 @@ def run_flower(mode: str, rounds: int) -> dict:
     if mode == "grpc":
         port = _free_port()
         env = dict(os.environ, OMP_NUM_THREADS=str(worker_threads()))
-        clients = [subprocess.Popen([sys.executable, __file__, "--flower-client", str(i),
-                                     "--address", f"127.0.0.1:{port}"], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                   for i in range(3)]
-        fl.server.start_server(server_address=f"127.0.0.1:{port}", config=config,
-                               strategy=strategy, client_manager=manager)
+        clients = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--flower-client",
+                    str(i),
+                    "--address",
+                    f"127.0.0.1:{port}",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(3)
+        ]
+        fl.server.start_server(
+            server_address=f"127.0.0.1:{port}",
+            config=config,
+            strategy=strategy,
+            client_manager=manager,
+        )
     else:
         fl.simulation.start_simulation(
             client_fn=lambda context: flower_client(
-                int(context.node_config["partition-id"])).to_client(),
-            num_clients=3, config=config, strategy=strategy, client_manager=manager,
+                int(context.node_config["partition-id"])
+            ).to_client(),
+            num_clients=3,
+            config=config,
+            strategy=strategy,
+            client_manager=manager,
             client_resources={"num_cpus": 1, "num_gpus": 0},
-            ray_init_args={"num_cpus": os.cpu_count(), "include_dashboard": False})
+            ray_init_args={"num_cpus": os.cpu_count(), "include_dashboard": False},
+        )
     seconds = time.perf_counter() - manager.all_joined
     for client in clients:
         client.wait(60)
-    state = dict(zip(Net().state_dict(), (torch.from_numpy(np.copy(a)) for a in final),
-                     strict=True))
+    state = dict(
+        zip(Net().state_dict(), (torch.from_numpy(np.copy(a)) for a in final), strict=True)
+    )
     rounds = [b - a for a, b in itertools.pairwise(ends)]  # rounds 2.. (round 1 warms up)
-    return {"seconds": seconds, "accuracy": accuracy(state), "training": _median(slowest[1:]),
-            "overhead": _median([r - t for r, t in zip(rounds, slowest[1:], strict=True)])}
+    return {
+        "seconds": seconds,
+        "accuracy": accuracy(state),
+        "training": _median(slowest[1:]),
+        "overhead": _median([r - t for r, t in zip(rounds, slowest[1:], strict=True)]),
+    }
 
 
 def _median(values: list[float]) -> float:
@@ -228,16 +260,26 @@ def run_tether(rounds: int, log_dir: Path) -> dict:
     with tutorial_workers(log_dir, evaluator=False) as (workers, _, token):
         handles = {n: connect(w.url, token=token, id=n) for n, w in workers.items()}
         torch.manual_seed(SEED)
-        run = Coordinator(TetherNet(), handles, rounds=rounds, log=lambda line: None,
-                          config=TrainConfig(batch_size=BATCH, max_batches=BATCHES,
-                                             optimizer_args={"lr": LR}, seed=SEED))
+        run = Coordinator(
+            TetherNet(),
+            handles,
+            rounds=rounds,
+            log=lambda line: None,
+            config=TrainConfig(
+                batch_size=BATCH, max_batches=BATCHES, optimizer_args={"lr": LR}, seed=SEED
+            ),
+        )
         start = time.perf_counter()
         result = run.run()
         seconds = time.perf_counter() - start
     slowest = [max(t["seconds"] for t in r["train"].values()) for r in result.history[1:]]
     overhead = [r["train_seconds"] - t for r, t in zip(result.history[1:], slowest, strict=True)]
-    return {"seconds": seconds, "accuracy": accuracy(result.state), "training": _median(slowest),
-            "overhead": _median(overhead)}
+    return {
+        "seconds": seconds,
+        "accuracy": accuracy(result.state),
+        "training": _median(slowest),
+        "overhead": _median(overhead),
+    }
 
 
 def main() -> None:
@@ -253,8 +295,11 @@ def main() -> None:
     if args.flower_client is not None:
         from flwr.compat.client.app import start_client
 
-        start_client(server_address=args.address, client=flower_client(
-            args.flower_client).to_client(), insecure=True)
+        start_client(
+            server_address=args.address,
+            client=flower_client(args.flower_client).to_client(),
+            insecure=True,
+        )
         return
     if args.flower:
         print(json.dumps(run_flower(args.flower, args.rounds)))
@@ -262,37 +307,52 @@ def main() -> None:
     import statistics
     import tempfile
 
-    print(f"{args.rounds} rounds, 3 workers x {BATCHES} batches of {BATCH}, "
-          f"{os.cpu_count()} cores, {worker_threads()} torch thread(s) per worker; "
-          f"{args.repeat} alternating run(s) each; load average {os.getloadavg()[0]:.1f}")
-    labels = {"tether": "tether (3 worker processes, websocket)",
-              "grpc": "Flower (3 client processes, gRPC)",
-              "simulation": "Flower (Ray simulation)"}
+    print(
+        f"{args.rounds} rounds, 3 workers x {BATCHES} batches of {BATCH}, "
+        f"{os.cpu_count()} cores, {worker_threads()} torch thread(s) per worker; "
+        f"{args.repeat} alternating run(s) each; load average {os.getloadavg()[0]:.1f}"
+    )
+    labels = {
+        "tether": "tether (3 worker processes, websocket)",
+        "grpc": "Flower (3 client processes, gRPC)",
+        "simulation": "Flower (Ray simulation)",
+    }
     runs: dict[str, list[dict]] = {}
     for _ in range(args.repeat):  # alternate, so a busy machine weighs on every job alike
         runs.setdefault("tether", []).append(
-            run_tether(args.rounds, Path(tempfile.mkdtemp(prefix="bench-flower-"))))
+            run_tether(args.rounds, Path(tempfile.mkdtemp(prefix="bench-flower-")))
+        )
         for mode in args.modes.split(","):
-            done = subprocess.run([args.flwr_python, __file__, "--flower", mode, "--rounds",
-                                   str(args.rounds)], capture_output=True, text=True)
+            done = subprocess.run(
+                [args.flwr_python, __file__, "--flower", mode, "--rounds", str(args.rounds)],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 print(f"Flower {mode} failed:\n{done.stderr[-3000:]}")
                 continue
             runs.setdefault(mode, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share these cores)")
     ours = statistics.median(r["seconds"] for r in runs["tether"])
-    print(f"{'job':40} {'wall s (each run)':>20} {'median':>7} {'x tether':>9} "
-          f"{'training ms':>12} {'overhead ms':>12} {'accuracy':>9}")
+    print(
+        f"{'job':40} {'wall s (each run)':>20} {'median':>7} {'x tether':>9} "
+        f"{'training ms':>12} {'overhead ms':>12} {'accuracy':>9}"
+    )
     for key, found in runs.items():
         each = " ".join(f"{r['seconds']:.1f}" for r in found)
         median = statistics.median(r["seconds"] for r in found)
-        training, overhead = (statistics.median(r[k] for r in found)
-                              for k in ("training", "overhead"))
-        print(f"{labels[key]:40} {each:>20} {median:7.2f} {median / ours:9.2f} "
-              f"{1000 * training:12.1f} {1000 * overhead:12.1f} "
-              f"{100 * found[-1]['accuracy']:8.2f}%")
-    print("per round (medians, rounds 2 on): training = the slowest worker's, as it measured "
-          "it; overhead = the round's wall time minus that: what the framework adds")
+        training, overhead = (
+            statistics.median(r[k] for r in found) for k in ("training", "overhead")
+        )
+        print(
+            f"{labels[key]:40} {each:>20} {median:7.2f} {median / ours:9.2f} "
+            f"{1000 * training:12.1f} {1000 * overhead:12.1f} "
+            f"{100 * found[-1]['accuracy']:8.2f}%"
+        )
+    print(
+        "per round (medians, rounds 2 on): training = the slowest worker's, as it measured "
+        "it; overhead = the round's wall time minus that: what the framework adds"
+    )
 
 
 if __name__ == "__main__":

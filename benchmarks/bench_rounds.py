@@ -83,13 +83,17 @@ def main() -> None:
     parser.add_argument("--alone", type=int, default=5, help="fits per worker, measured alone")
     args = parser.parse_args()
     config = TrainConfig(batch_size=32, max_batches=10, optimizer_args={"lr": 0.1}, seed=1)
-    with tutorial_workers(Path(tempfile.mkdtemp(prefix="bench-rounds-")),
-                          evaluator=False) as (workers, _, token):
+    with tutorial_workers(Path(tempfile.mkdtemp(prefix="bench-rounds-")), evaluator=False) as (
+        workers,
+        _,
+        token,
+    ):
         handles = {n: connect(w.url, token=token, id=n) for n, w in workers.items()}
         torch.manual_seed(1)
         model = Net()
-        result = Coordinator(model, handles, config=config, rounds=args.rounds,
-                             log=lambda line: None).run()
+        result = Coordinator(
+            model, handles, config=config, rounds=args.rounds, log=lambda line: None
+        ).run()
         rounds = result.history[1:]  # round 1 warms up every process
         walls = [r["train_seconds"] for r in rounds]
         in_round = [max(t["seconds"] for t in r["train"].values()) for r in rounds]
@@ -99,27 +103,41 @@ def main() -> None:
             pointers = dataset_pointers(handle.client, "mnist")
             alone[name] = statistics.median(
                 remote_fit(handle.client, pointers, spec, config)["seconds"]
-                for _ in range(args.alone))
+                for _ in range(args.alone)
+            )
     nbytes = sum(v.numel() * v.element_size() for v in spec["state"].values())
     transfer = raw_transfer_seconds(nbytes)
-    wall, fit_in_round, fit_alone = (statistics.median(walls), statistics.median(in_round),
-                                     max(alone.values()))
-    print(f"{args.rounds} rounds, 3 worker processes, {os.cpu_count()} cores; model "
-          f"{nbytes / 2**20:.2f} MiB; medians over rounds 2-{args.rounds}; load average "
-          f"{os.getloadavg()[0]:.1f}")
+    wall, fit_in_round, fit_alone = (
+        statistics.median(walls),
+        statistics.median(in_round),
+        max(alone.values()),
+    )
+    print(
+        f"{args.rounds} rounds, 3 worker processes, {os.cpu_count()} cores; model "
+        f"{nbytes / 2**20:.2f} MiB; medians over rounds 2-{args.rounds}; load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
     print(f"round wall time (send, train, answer, FedAvg):      {1000 * wall:8.1f} ms")
     print(f"slowest worker's training, in the round:            {1000 * fit_in_round:8.1f} ms")
     each = ", ".join(f"{n} {1000 * s:.0f}" for n, s in alone.items())
-    print(f"slowest worker's training, alone:                   {1000 * fit_alone:8.1f} ms "
-          f"({each} ms)")
+    print(
+        f"slowest worker's training, alone:                   {1000 * fit_alone:8.1f} ms "
+        f"({each} ms)"
+    )
     print(f"model out and back over a raw TCP socket:           {1000 * transfer:8.1f} ms")
-    print(f"(a) round / (in-round training + transfer) = {wall / (fit_in_round + transfer):.2f}x"
-          "   target <= 1.2x")
-    print(f"(a) round / (alone training + transfer)    = {wall / (fit_alone + transfer):.2f}x"
-          f"   ({os.cpu_count()} cores for 3 concurrent workers)")
+    print(
+        f"(a) round / (in-round training + transfer) = {wall / (fit_in_round + transfer):.2f}x"
+        "   target <= 1.2x"
+    )
+    print(
+        f"(a) round / (alone training + transfer)    = {wall / (fit_alone + transfer):.2f}x"
+        f"   ({os.cpu_count()} cores for 3 concurrent workers)"
+    )
     shared = fit_alone * max(1.0, len(alone) / (os.cpu_count() or 1))
-    print(f"(a) round / (alone training x {len(alone)} workers / {os.cpu_count()} cores + "
-          f"transfer) = {wall / (shared + transfer):.2f}x")
+    print(
+        f"(a) round / (alone training x {len(alone)} workers / {os.cpu_count()} cores + "
+        f"transfer) = {wall / (shared + transfer):.2f}x"
+    )
 
 
 if __name__ == "__main__":

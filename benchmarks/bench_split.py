@@ -26,8 +26,10 @@ TOKEN = "bench"
 
 def _segments() -> list[nn.Module]:
     torch.manual_seed(0)
-    return [nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 640), nn.ReLU()),
-            nn.Sequential(nn.Linear(640, 10), nn.LogSoftmax(dim=1))]
+    return [
+        nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 640), nn.ReLU()),
+        nn.Sequential(nn.Linear(640, 10), nn.LogSoftmax(dim=1)),
+    ]
 
 
 # The two workers share this machine's cores, as `tether demo`'s workers do: with torch's
@@ -37,9 +39,22 @@ WORKER_THREADS = max(1, (os.cpu_count() or 1) // 2)
 
 def _worker(name: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "TETHER_TOKEN": TOKEN, "OMP_NUM_THREADS": str(WORKER_THREADS)}
-    return subprocess.Popen([sys.executable, "-m", "tether.cli", "worker", "--id", name,
-                             "--port", str(port), "--quiet"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "worker",
+            "--id",
+            name,
+            "--port",
+            str(port),
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _connect(name: str, port: int) -> sy.WebsocketClientWorker:
@@ -92,8 +107,10 @@ def main() -> None:
         alice, bob = _connect("alice", 18771), _connect("bob", 18772)
         sent: list[int] = []
         encode = net_client.encode_parts
-        net_client.encode_parts = lambda commands: (parts := encode(commands),
-                                                    sent.append(parts.nbytes))[0]
+        net_client.encode_parts = lambda commands: (
+            parts := encode(commands),
+            sent.append(parts.nbytes),
+        )[0]
         split_epoch(batches[:5], alice, bob, sent)  # warm up
         sent.clear()
         split = split_epoch(batches, alice, bob, sent)
@@ -106,14 +123,18 @@ def main() -> None:
     steps = len(batches)
     activation = 64 * 640 * 4
     floor = 2 * activation + 64 * 784 * 4 + 64 * 8  # activation, its gradient, batch, labels
-    print(f"split network, {steps} steps of 64 images, two worker processes on 127.0.0.1 "
-          f"({WORKER_THREADS} torch thread(s) each):")
+    print(
+        f"split network, {steps} steps of 64 images, two worker processes on 127.0.0.1 "
+        f"({WORKER_THREADS} torch thread(s) each):"
+    )
     print(f"  unsplit model, local       {local * 1e3:8.1f} ms")
     print(f"  SplitNN over the network   {split * 1e3:8.1f} ms   ratio {split / local:.2f}x")
     per_step = sum(sent) / steps
-    print(f"  bytes sent per step (scientist to workers): {per_step / 1e3:.1f} kB; the data "
-          f"the step must move (batch, labels, activation, gradient): {floor / 1e3:.1f} kB "
-          f"(ratio {per_step / floor:.2f}, replies not counted)")
+    print(
+        f"  bytes sent per step (scientist to workers): {per_step / 1e3:.1f} kB; the data "
+        f"the step must move (batch, labels, activation, gradient): {floor / 1e3:.1f} kB "
+        f"(ratio {per_step / floor:.2f}, replies not counted)"
+    )
 
 
 if __name__ == "__main__":

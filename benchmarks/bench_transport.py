@@ -101,9 +101,11 @@ def raw_ws_client(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     response = b""
     while b"\r\n\r\n" not in response:
         response += sock.recv(4096)
@@ -114,16 +116,19 @@ def small_op(url: str, repeat: int) -> None:
     """Rounds interleave ours and the two echoes, best of each, so all see the same moments."""
     worker = connect(url, token=TOKEN)
     x = torch.ones(10).send(worker)
-    frame = encode_parts([Call("operator.add", [Ref(x.id), 1], {}, 2**40), Get(2**40),
-                          Delete([2**40])]).nbytes
+    frame = encode_parts(
+        [Call("operator.add", [Ref(x.id), 1], {}, 2**40), Get(2**40), Delete([2**40])]
+    ).nbytes
     n = 2000 if repeat > 1 else 500
 
     def ops() -> None:
         for _ in range(n):
             (x + 1).get()
 
-    with process([sys.executable, "-c", _WS_ECHO]) as port, \
-            ws_connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
+    with (
+        process([sys.executable, "-c", _WS_ECHO]) as port,
+        ws_connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws,
+    ):
         message = os.urandom(frame)
         sock = raw_ws_client(port)
         request = struct.pack("!BBH", 0x82, 0x80 | 126, frame) + bytes(4) + message
@@ -151,12 +156,18 @@ def small_op(url: str, repeat: int) -> None:
         sock.close()
     worker.close()
     ours, lib, raw = (min(times[name]) for name in runs)
-    print(f"(a) small op round trip, (x + 1).get() ({frame}-byte frame), best of {repeat} "
-          f"interleaved rounds: {ours * 1e6:.0f} us")
-    print(f"    websocket echo, websockets sync client:  {lib * 1e6:.0f} us   "
-          f"ratio {ours / lib:.2f}x  (target <= 2x)")
-    print(f"    websocket echo, minimal raw-socket client: {raw * 1e6:.0f} us   "
-          f"ratio {ours / raw:.2f}x")
+    print(
+        f"(a) small op round trip, (x + 1).get() ({frame}-byte frame), best of {repeat} "
+        f"interleaved rounds: {ours * 1e6:.0f} us"
+    )
+    print(
+        f"    websocket echo, websockets sync client:  {lib * 1e6:.0f} us   "
+        f"ratio {ours / lib:.2f}x  (target <= 2x)"
+    )
+    print(
+        f"    websocket echo, minimal raw-socket client: {raw * 1e6:.0f} us   "
+        f"ratio {ours / raw:.2f}x"
+    )
 
 
 def pipelined(url: str, repeat: int) -> None:
@@ -187,8 +198,10 @@ def bulk(url: str, repeat: int) -> None:
         back = tensor.send(worker).get()
         assert back.shape == tensor.shape
 
-    with process([sys.executable, "-c", _TCP_ECHO, "fresh"]) as fresh_port, \
-            process([sys.executable, "-c", _TCP_ECHO, "reuse"]) as reuse_port:
+    with (
+        process([sys.executable, "-c", _TCP_ECHO, "fresh"]) as fresh_port,
+        process([sys.executable, "-c", _TCP_ECHO, "reuse"]) as reuse_port,
+    ):
         fresh_sock = socket.create_connection(("127.0.0.1", fresh_port))
         reuse_sock = socket.create_connection(("127.0.0.1", reuse_port))
 
@@ -209,13 +222,19 @@ def bulk(url: str, repeat: int) -> None:
         reuse_sock.close()
     worker.close()
     t_ours, t_fresh, t_reused = (min(times[k]) for k in ("ours", "fresh", "reused"))
-    print(f"(c) 256 MB tensor sent and fetched: {t_ours * 1e3:.0f} ms "
-          f"({2 * BIG / t_ours / 1e9:.2f} GB/s; rounds: "
-          f"{', '.join(f'{t * 1e3:.0f}' for t in times['ours'])} ms)")
-    print(f"    raw TCP echo into fresh buffers (as a stored tensor needs): {t_fresh * 1e3:.0f} ms"
-          f"   speed ratio {t_fresh / t_ours:.2f}x  (target >= 0.5x)")
-    print(f"    raw TCP echo into reused buffers (no allocation at all):    {t_reused * 1e3:.0f} ms"
-          f"   speed ratio {t_reused / t_ours:.2f}x")
+    print(
+        f"(c) 256 MB tensor sent and fetched: {t_ours * 1e3:.0f} ms "
+        f"({2 * BIG / t_ours / 1e9:.2f} GB/s; rounds: "
+        f"{', '.join(f'{t * 1e3:.0f}' for t in times['ours'])} ms)"
+    )
+    print(
+        f"    raw TCP echo into fresh buffers (as a stored tensor needs): {t_fresh * 1e3:.0f} ms"
+        f"   speed ratio {t_fresh / t_ours:.2f}x  (target >= 0.5x)"
+    )
+    print(
+        f"    raw TCP echo into reused buffers (no allocation at all):    {t_reused * 1e3:.0f} ms"
+        f"   speed ratio {t_reused / t_ours:.2f}x"
+    )
 
 
 def main() -> None:
@@ -224,8 +243,21 @@ def main() -> None:
     parser.add_argument("--only", choices=["a", "b", "c"], help="run one part")
     args = parser.parse_args()
     repeat = 1 if args.quick else 5
-    worker = [sys.executable, "-m", "tether.cli", "worker", "--id", "bench", "--port", "0",
-              "--token", TOKEN, "--quiet", "--max-message-mb", "1024"]
+    worker = [
+        sys.executable,
+        "-m",
+        "tether.cli",
+        "worker",
+        "--id",
+        "bench",
+        "--port",
+        "0",
+        "--token",
+        TOKEN,
+        "--quiet",
+        "--max-message-mb",
+        "1024",
+    ]
     with process(worker, "worker bench listening on") as port:
         url = f"ws://127.0.0.1:{port}"
         for part, run in (("a", small_op), ("b", pipelined), ("c", bulk)):

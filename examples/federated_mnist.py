@@ -19,28 +19,29 @@ from tether import datasets, transforms
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--epochs", type=int, default=10)
-parser.add_argument("--data", default=None, help="folder with MNIST IDX files (default: the "
-                    "sample inside tether)")
+parser.add_argument(
+    "--data", default=None, help="folder with MNIST IDX files (default: the sample inside tether)"
+)
 args = parser.parse_args()
 
 hook = sy.TorchHook(torch)  # attach the pytorch hook
 joe = sy.VirtualWorker(hook, id="joe")  # remote worker joe
 jane = sy.VirtualWorker(hook, id="jane")  # remote worker jane
 
-transform = transforms.Compose([
-    transforms.ToTensor(),
-    transforms.Normalize((0.5, ), (0.5, )),
-])
+transform = transforms.Compose(
+    [
+        transforms.ToTensor(),
+        transforms.Normalize((0.5,), (0.5,)),
+    ]
+)
 
-train_set = datasets.MNIST(
-    args.data, train=True, download=False, transform=transform)
-test_set = datasets.MNIST(
-    args.data, train=False, download=False, transform=transform)
+train_set = datasets.MNIST(args.data, train=True, download=False, transform=transform)
+test_set = datasets.MNIST(args.data, train=False, download=False, transform=transform)
 
 federated_train_loader = sy.FederatedDataLoader(
-    train_set.federate((joe, jane)), batch_size=64, shuffle=True)  # the federate() method splits the data within the workers
-test_loader = torch.utils.data.DataLoader(
-    test_set, batch_size=64, shuffle=True)
+    train_set.federate((joe, jane)), batch_size=64, shuffle=True
+)  # the federate() method splits the data within the workers
+test_loader = torch.utils.data.DataLoader(test_set, batch_size=64, shuffle=True)
 
 
 class Net(nn.Module):
@@ -75,7 +76,9 @@ for epoch in tqdm(range(n_epoch), desc="epochs"):
         model.get()  # get back the improved model
         if batch_idx % 100 == 0:
             loss = loss.get()  # get back the loss
-            tqdm.write(f'Training Epoch: {epoch+1:2d} [{batch_idx * 64:5d}/{len(federated_train_loader) * 64:5d} ({100. * batch_idx / len(federated_train_loader):3.0f}%)]\tLoss: {loss.item():.6f}')
+            tqdm.write(
+                f"Training Epoch: {epoch + 1:2d} [{batch_idx * 64:5d}/{len(federated_train_loader) * 64:5d} ({100.0 * batch_idx / len(federated_train_loader):3.0f}%)]\tLoss: {loss.item():.6f}"
+            )
 
 model.eval()
 test_loss = 0
@@ -83,11 +86,12 @@ correct = 0
 with torch.no_grad():
     for data, target in test_loader:
         output = model(data)
-        test_loss += F.nll_loss(
-            output, target, reduction='sum').item()
+        test_loss += F.nll_loss(output, target, reduction="sum").item()
         pred = output.argmax(1, keepdim=True)  # get the index of the max log-probability
         correct += pred.eq(target.view_as(pred)).sum().item()
 
 test_loss /= len(test_loader.dataset)
 
-print(f'\nTest set: Average loss: {test_loss:.4f}, Accuracy: {correct}/{len(test_loader.dataset)} ({100. * correct / len(test_loader.dataset):.0f}%)\n')
+print(
+    f"\nTest set: Average loss: {test_loss:.4f}, Accuracy: {correct}/{len(test_loader.dataset)} ({100.0 * correct / len(test_loader.dataset):.0f}%)\n"
+)

@@ -16,8 +16,9 @@ from tether import datasets, transforms
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--epochs", type=int, default=15)
-parser.add_argument("--data", default=None, help="folder with MNIST IDX files (default: the "
-                    "sample inside tether)")
+parser.add_argument(
+    "--data", default=None, help="folder with MNIST IDX files (default: the sample inside tether)"
+)
 cli = parser.parse_args()
 
 epochs = cli.epochs
@@ -25,9 +26,12 @@ epochs = cli.epochs
 hook = sy.TorchHook(torch)
 
 # Data preprocessing
-transform = transforms.Compose([transforms.ToTensor(),
-                                transforms.Normalize((0.5,), (0.5,)),
-                                ])
+transform = transforms.Compose(
+    [
+        transforms.ToTensor(),
+        transforms.Normalize((0.5,), (0.5,)),
+    ]
+)
 trainset = datasets.MNIST(cli.data, download=False, train=True, transform=transform)
 trainloader = torch.utils.data.DataLoader(trainset, batch_size=64, shuffle=True)
 
@@ -46,15 +50,15 @@ models = [
         nn.Linear(hidden_sizes[0], hidden_sizes[1]),
         nn.ReLU(),
     ),
-    nn.Sequential(
-        nn.Linear(hidden_sizes[1], output_size),
-        nn.LogSoftmax(dim=1)
-    )
+    nn.Sequential(nn.Linear(hidden_sizes[1], output_size), nn.LogSoftmax(dim=1)),
 ]
 
 # Create optimisers for each segment and link to their segment
 optimizers = [
-    optim.SGD(model.parameters(), lr=0.03,)
+    optim.SGD(
+        model.parameters(),
+        lr=0.03,
+    )
     for model in models
 ]
 
@@ -124,7 +128,8 @@ for i in range(epochs):
 for model in models:
     model.get()
 test_images, test_labels = datasets.materialize(
-    datasets.MNIST(cli.data, train=False, transform=transform))
+    datasets.MNIST(cli.data, train=False, transform=transform)
+)
 with torch.no_grad():
     predictions = models[1](models[0](test_images.view(len(test_images), -1))).argmax(1)
 correct = (predictions == test_labels).sum().item()

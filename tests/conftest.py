@@ -86,10 +86,24 @@ class WorkerProcess:
         self._start()
 
     def _start(self) -> None:
-        command = [sys.executable, "-m", "tether.cli", "worker", "--port", str(self.port),
-                   "--token", self.token, *self.args]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
-                                     stderr=self.log.open("a"), preexec_fn=_die_with_parent)
+        command = [
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "worker",
+            "--port",
+            str(self.port),
+            "--token",
+            self.token,
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            text=True,
+            stderr=self.log.open("a"),
+            preexec_fn=_die_with_parent,
+        )
         watchdog = threading.Timer(60, self.proc.kill)  # a worker that never starts fails the test
         watchdog.start()
         try:
@@ -111,8 +125,9 @@ class WorkerProcess:
 
     def rss_kb(self) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmRSS"))
-                   .split()[1])
+        return int(
+            next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]
+        )
 
     def restart(self) -> None:
         self.stop(signal.SIGKILL)

@@ -73,7 +73,7 @@ def plain_fit(model: torch.nn.Module, data, targets, seed: int, batches: int = 1
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for b in range(batches):
-        index = order[b * 32:(b + 1) * 32]
+        index = order[b * 32 : (b + 1) * 32]
         optimizer.zero_grad()
         F.nll_loss(model(data[index]), targets[index]).backward()
         optimizer.step()
@@ -86,8 +86,9 @@ def test_rounds_equal_plain_pytorch_fedavg(parts) -> None:
     model = Net()
     start = copy.deepcopy(model.state_dict())
     config = TrainConfig(max_batches=5, seed=5)
-    result = Coordinator(model, virtual_workers(parts), config=config, rounds=2,
-                         log=quiet([])).run()
+    result = Coordinator(
+        model, virtual_workers(parts), config=config, rounds=2, log=quiet([])
+    ).run()
     state = start
     for r in (1, 2):
         trained = []
@@ -105,26 +106,39 @@ def test_rounds_equal_plain_pytorch_fedavg(parts) -> None:
 def test_after_round_one_each_worker_predicts_its_own_digits(parts, test_part) -> None:
     torch.manual_seed(1)
     lines: list[str] = []
-    result = Coordinator(Net(), virtual_workers(parts), evaluator=evaluator(test_part),
-                         config=TrainConfig(max_batches=10, seed=1), rounds=1,
-                         log=lines.append).run()
+    result = Coordinator(
+        Net(),
+        virtual_workers(parts),
+        evaluator=evaluator(test_part),
+        config=TrainConfig(max_batches=10, seed=1),
+        rounds=1,
+        log=lines.append,
+    ).run()
     evaluated = result.history[0]["eval"]
     for i, name in enumerate(GROUPS):
-        shares = report.group_shares(evaluated[f"Model update {name}"]["predicted"],
-                                     list(GROUPS.values()))
+        shares = report.group_shares(
+            evaluated[f"Model update {name}"]["predicted"], list(GROUPS.values())
+        )
         assert shares[i] >= 0.95, (name, shares)
     assert "Model update alice: Percentage numbers 0-3: 100%, 4-6: 0%, 7-9: 0%" in lines
     federated = evaluated[report.FEDERATED]
-    assert (f"Federated model: Average loss: {federated['loss']:.4f}, Accuracy: "
-            f"{federated['correct']}/2000 ({100 * federated['accuracy']:.2f}%)") in lines
+    assert (
+        f"Federated model: Average loss: {federated['loss']:.4f}, Accuracy: "
+        f"{federated['correct']}/2000 ({100 * federated['accuracy']:.2f}%)"
+    ) in lines
 
 
 class FlakyTransport:
     """An in-process transport whose n-th fit call fails (as a lost connection) for n in
     `fail_on`, or waits for `gate` for n in `slow_on`."""
 
-    def __init__(self, inner, fail_on: set[int] = frozenset(), slow_on: set[int] = frozenset(),
-                 gate: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        inner,
+        fail_on: set[int] = frozenset(),
+        slow_on: set[int] = frozenset(),
+        gate: threading.Event | None = None,
+    ) -> None:
         self.inner, self.fail_on, self.slow_on, self.gate = inner, fail_on, slow_on, gate
         self.fits = 0
 
@@ -151,8 +165,9 @@ def test_a_worker_that_drops_out_is_left_out_and_tried_again(parts) -> None:
     flaky(workers["bob"], fail_on={3, 4})  # bob's 3rd and 4th fit calls: rounds 3 and 4
     lines: list[str] = []
     torch.manual_seed(0)
-    result = Coordinator(mlp(), workers, config=TrainConfig(max_batches=2), rounds=6,
-                         min_workers=2, log=lines.append).run()
+    result = Coordinator(
+        mlp(), workers, config=TrainConfig(max_batches=2), rounds=6, min_workers=2, log=lines.append
+    ).run()
     left_out = [sorted(r["left_out"]) for r in result.history]
     assert left_out == [[], [], ["bob"], ["bob"], [], []]
     assert "Round 3: worker bob left out (unreachable: lost the connection (injected))" in lines
@@ -173,8 +188,15 @@ def test_a_slow_worker_misses_the_round_and_rejoins(parts) -> None:
             busy = next(link for link in run.links if link.name == "charlie").busy
             busy.thread.join()
 
-    run = Coordinator(mlp(), workers, config=TrainConfig(max_batches=1), rounds=4,
-                      round_timeout=0.5, log=quiet([]), on_round_start=let_go)
+    run = Coordinator(
+        mlp(),
+        workers,
+        config=TrainConfig(max_batches=1),
+        rounds=4,
+        round_timeout=0.5,
+        log=quiet([]),
+        on_round_start=let_go,
+    )
     result = run.run()
     left = [r["left_out"].get("charlie") for r in result.history]
     assert left == [None, "missed the round timeout of 0.5 s", "still busy with round 2", None]
@@ -185,13 +207,19 @@ def test_too_few_workers_stop_the_run_with_a_clear_message(parts, tmp_path: Path
     workers = virtual_workers(parts)
     flaky(workers["bob"], fail_on={2, 3, 4})
     flaky(workers["charlie"], fail_on={2, 3, 4})
-    run = Coordinator(mlp(), workers, config=TrainConfig(max_batches=1), rounds=3,
-                      min_workers=2, checkpoint_dir=tmp_path, log=quiet([]))
+    run = Coordinator(
+        mlp(),
+        workers,
+        config=TrainConfig(max_batches=1),
+        rounds=3,
+        min_workers=2,
+        checkpoint_dir=tmp_path,
+        log=quiet([]),
+    )
     with pytest.raises(FederationError) as caught:
         run.run()
     message = str(caught.value)
-    assert message.startswith("round 2: 1 of 3 workers answered (alice), fewer than "
-                              "min_workers=2")
+    assert message.startswith("round 2: 1 of 3 workers answered (alice), fewer than min_workers=2")
     assert "bob: unreachable" in message and "--resume" in message
     assert json.loads((tmp_path / coord.CHECKPOINT_JSON).read_text())["round"] == 1
 
@@ -199,14 +227,16 @@ def test_too_few_workers_stop_the_run_with_a_clear_message(parts, tmp_path: Path
 def test_a_worker_without_the_dataset_is_named_and_dropped(parts) -> None:
     workers = virtual_workers(parts, keys={"bob": "digits"})
     lines: list[str] = []
-    result = Coordinator(mlp(), workers, config=TrainConfig(max_batches=1), rounds=2,
-                         log=lines.append).run()
+    result = Coordinator(
+        mlp(), workers, config=TrainConfig(max_batches=1), rounds=2, log=lines.append
+    ).run()
     assert result.history[1]["workers"] == ["alice", "charlie"]
     refusal = next(line for line in lines if line.startswith("Worker bob refused"))
     assert "worker 'bob' has no dataset 'mnist'" in refusal and "digits" in refusal
     with pytest.raises(FederationError, match="has no dataset 'mnist'"):
-        Coordinator(mlp(), virtual_workers(parts, keys=dict.fromkeys(GROUPS, "x")),
-                    rounds=1, log=quiet([])).run()
+        Coordinator(
+            mlp(), virtual_workers(parts, keys=dict.fromkeys(GROUPS, "x")), rounds=1, log=quiet([])
+        ).run()
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(parts, tmp_path: Path) -> None:
@@ -216,8 +246,15 @@ def test_an_interrupted_run_resumes_to_the_same_result(parts, tmp_path: Path) ->
 
     def run(checkpoint_dir: Path = tmp_path, **options) -> coord.FederationResult:
         torch.manual_seed(0)
-        return Coordinator(mlp(), virtual_workers(parts), config=config, rounds=6,
-                           checkpoint_dir=checkpoint_dir, log=quiet([]), **options).run()
+        return Coordinator(
+            mlp(),
+            virtual_workers(parts),
+            config=config,
+            rounds=6,
+            checkpoint_dir=checkpoint_dir,
+            log=quiet([]),
+            **options,
+        ).run()
 
     def interrupt(r: int) -> None:
         if r == 4:
@@ -229,15 +266,29 @@ def test_an_interrupted_run_resumes_to_the_same_result(parts, tmp_path: Path) ->
     assert json.loads((tmp_path / coord.CHECKPOINT_JSON).read_text())["round"] == 3
     lines: list[str] = []
     torch.manual_seed(99)  # a different initial model: the checkpoint's weights win
-    resumed = Coordinator(mlp(), virtual_workers(parts), config=config, rounds=6,
-                          checkpoint_dir=tmp_path, resume=True, log=lines.append).run()
+    resumed = Coordinator(
+        mlp(),
+        virtual_workers(parts),
+        config=config,
+        rounds=6,
+        checkpoint_dir=tmp_path,
+        resume=True,
+        log=lines.append,
+    ).run()
     assert f"Resuming after round 3 from {tmp_path}" in lines
     assert [r["round"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
     for key, value in whole.state.items():
         assert torch.equal(resumed.state[key], value), key
     with pytest.raises(FederationError, match="another model or training config"):
-        Coordinator(mlp(), virtual_workers(parts), config=TrainConfig(max_batches=3),
-                    rounds=6, checkpoint_dir=tmp_path, resume=True, log=quiet([])).run()
+        Coordinator(
+            mlp(),
+            virtual_workers(parts),
+            config=TrainConfig(max_batches=3),
+            rounds=6,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            log=quiet([]),
+        ).run()
 
 
 # ---- the command line -------------------------------------------------------------------------
@@ -251,9 +302,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_federation_file_and_flags(tmp_path: Path) -> None:
     path = tmp_path / "federation.toml"
-    path.write_text('rounds = 12\nlr = 0.05\nmin_workers = 2\ngroups = ["0-4", "5-9"]\n'
-                    '[workers]\nalice = "ws://127.0.0.1:1"\nbob = "ws://127.0.0.1:2"\n'
-                    '[evaluator]\ntesting = "ws://127.0.0.1:3"\n')
+    path.write_text(
+        'rounds = 12\nlr = 0.05\nmin_workers = 2\ngroups = ["0-4", "5-9"]\n'
+        '[workers]\nalice = "ws://127.0.0.1:1"\nbob = "ws://127.0.0.1:2"\n'
+        '[evaluator]\ntesting = "ws://127.0.0.1:3"\n'
+    )
     settings = coord._settings(parse(["--federation", str(path), "--lr", "0.2"]))
     assert settings["training_rounds"] == 12 and settings["lr"] == 0.2
     assert settings["workers"] == {"alice": "ws://127.0.0.1:1", "bob": "ws://127.0.0.1:2"}
@@ -277,16 +330,34 @@ def test_main_goes_on_without_an_unreachable_worker(parts, tmp_path, capsys) -> 
             raise ConnectionLostError(f"cannot reach a worker at {url}: refused")
         return workers[id]
 
-    argv = ["--worker", "alice=ws://127.0.0.1:1", "--worker", "bob=ws://127.0.0.1:2",
-            "--worker", "charlie=ws://127.0.0.1:3", "--training_rounds", "2",
-            "--federate_after_n_batches", "1", "--model", "mlp", "--no-progress",
-            "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")]
+    argv = [
+        "--worker",
+        "alice=ws://127.0.0.1:1",
+        "--worker",
+        "bob=ws://127.0.0.1:2",
+        "--worker",
+        "charlie=ws://127.0.0.1:3",
+        "--training_rounds",
+        "2",
+        "--federate_after_n_batches",
+        "1",
+        "--model",
+        "mlp",
+        "--no-progress",
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert coord.main(parse(argv), connect=fake_connect) == 0
     captured = capsys.readouterr()
     assert "worker bob at ws://127.0.0.1:2 is unreachable" in captured.err
     assert "Round 2: worker bob left out (unreachable: cannot reach" in captured.out
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"metrics.csv", "metrics.json",
-                                                               "accuracy.png"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "metrics.csv",
+        "metrics.json",
+        "accuracy.png",
+    }
     assert coord.main(parse([*argv, "--min_workers", "3"]), connect=fake_connect) == 1
     assert "2 of 3 workers are reachable, fewer than --min_workers 3" in capsys.readouterr().err
 
@@ -304,9 +375,19 @@ def processes(tmp_path_factory):
 def test_killed_coordinator_resumes_from_its_checkpoint(processes, tmp_path: Path) -> None:
     workers, _, token = processes
     checkpoint = tmp_path / "checkpoint"
-    argv = [sys.executable, "-m", "tether.federated.coordinator", "--training_rounds", "6",
-            "--federate_after_n_batches", "2", "--no-progress", "--checkpoint", str(checkpoint),
-            *[f"--worker={name}={w.url}" for name, w in workers.items()]]
+    argv = [
+        sys.executable,
+        "-m",
+        "tether.federated.coordinator",
+        "--training_rounds",
+        "6",
+        "--federate_after_n_batches",
+        "2",
+        "--no-progress",
+        "--checkpoint",
+        str(checkpoint),
+        *[f"--worker={name}={w.url}" for name, w in workers.items()],
+    ]
     env = dict(os.environ, TETHER_TOKEN=token)
     first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     done = 0
@@ -317,8 +398,9 @@ def test_killed_coordinator_resumes_from_its_checkpoint(processes, tmp_path: Pat
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert done >= 3, first.stdout.read().decode()
-    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True,
-                             timeout=120)
+    resumed = subprocess.run(
+        [*argv, "--resume"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming after round {done} from {checkpoint}" in resumed.stdout
     assert f"Training round {done + 1}/6" in resumed.stdout
@@ -339,13 +421,20 @@ def test_a_killed_worker_process_is_left_out(processes, tmp_path: Path) -> None:
             workers["bob"].kill()
 
     torch.manual_seed(0)
-    result = Coordinator(Net(), handles, config=TrainConfig(max_batches=2), rounds=6,
-                         checkpoint_dir=tmp_path / "checkpoint", log=lines.append,
-                         on_round_start=kill).run()
+    result = Coordinator(
+        Net(),
+        handles,
+        config=TrainConfig(max_batches=2),
+        rounds=6,
+        checkpoint_dir=tmp_path / "checkpoint",
+        log=lines.append,
+        on_round_start=kill,
+    ).run()
     assert [sorted(r["left_out"]) for r in result.history] == [[]] * 2 + [["bob"]] * 4
     assert "Worker bob missed round(s) 3, 4, 5, 6; the others ran without it" in lines
-    assert any(line.startswith("Round 4: worker bob left out (unreachable: cannot reach")
-               for line in lines)
+    assert any(
+        line.startswith("Round 4: worker bob left out (unreachable: cannot reach") for line in lines
+    )
     written = report.save_metrics(result.history, list(GROUPS.values()), tmp_path)
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3 + 4 * 3  # header, 3 workers x 2 rounds, 2 + 1 left out x 4
@@ -356,8 +445,12 @@ def test_an_answer_that_is_not_the_model_is_refused() -> None:
     state = mlp().state_dict()
     good = {"weights": dict(state), "samples": 32, "losses": [1.0], "seconds": 0.1}
     assert coord._checked(good, state, "alice") is good
-    for bad in [None, {**good, "weights": {k: v[:1] for k, v in state.items()}},
-                {**good, "weights": {**state, "extra": torch.ones(1)}}, {**good, "samples": 0},
-                {**good, "samples": "32"}]:
+    for bad in [
+        None,
+        {**good, "weights": {k: v[:1] for k, v in state.items()}},
+        {**good, "weights": {**state, "extra": torch.ones(1)}},
+        {**good, "samples": 0},
+        {**good, "samples": "32"},
+    ]:
         with pytest.raises(FederationError, match="worker 'eve' answered with something"):
             coord._checked(bad, state, "eve")

@@ -54,7 +54,7 @@ def plain_fit(model: torch.nn.Module, data, targets, config: TrainConfig) -> lis
     optimizer = torch.optim.SGD(model.parameters(), **config.optimizer_args)
     losses = []
     for b in range(config.max_batches):
-        index = order[b * config.batch_size:(b + 1) * config.batch_size]
+        index = order[b * config.batch_size : (b + 1) * config.batch_size]
         optimizer.zero_grad()
         loss = F.nll_loss(model(data[index]), targets[index])
         loss.backward()
@@ -78,9 +78,15 @@ def test_fit_on_a_worker_equals_plain_pytorch(alice, sample) -> None:
 
 
 def test_fit_is_deterministic_and_leaves_the_global_rng_alone(sample) -> None:
-    spec = describe(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64),
-                                        torch.nn.Dropout(0.5), torch.nn.Linear(64, 10),
-                                        torch.nn.LogSoftmax(dim=1)))
+    spec = describe(
+        torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(784, 64),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(64, 10),
+            torch.nn.LogSoftmax(dim=1),
+        )
+    )
     config = {"max_batches": 5, "seed": 3}
     before = torch.random.get_rng_state()
     first, second = fit(spec, *sample, config), fit(spec, *sample, config)
@@ -94,8 +100,7 @@ def test_fit_is_deterministic_and_leaves_the_global_rng_alone(sample) -> None:
 
 def test_epochs_and_drop_last(sample) -> None:
     data, targets = sample[0][:100], sample[1][:100]
-    answer = fit(describe(mlp()), data, targets, {"epochs": 3, "batch_size": 32,
-                                                  "drop_last": True})
+    answer = fit(describe(mlp()), data, targets, {"epochs": 3, "batch_size": 32, "drop_last": True})
     assert answer["batches"] == 9 and answer["samples"] == 288
     assert len(answer["epoch_losses"]) == 3
 
@@ -110,8 +115,7 @@ def test_batches_are_cut_in_one_memory_layout(sample) -> None:
     assert canonical(data) is data
     spec = describe(Net())
     config = {"max_batches": 2, "seed": 1}
-    assert fit(spec, nhwc, targets, config)["losses"] == fit(spec, data, targets,
-                                                             config)["losses"]
+    assert fit(spec, nhwc, targets, config)["losses"] == fit(spec, data, targets, config)["losses"]
 
 
 def test_evaluate_equals_plain_pytorch(test_set) -> None:
@@ -133,22 +137,29 @@ def test_evaluations_run_on_the_evaluator(test_set) -> None:
     torch.manual_seed(0)
     spec = describe(Net())
     zeros = with_state(spec, {k: torch.zeros_like(v) for k, v in spec["state"].items()})
-    results = remote_evaluate(testing.client, dataset_pointers(testing.client, "mnist_testing"),
-                              {"a": spec, "b": zeros}, EvalConfig())
+    results = remote_evaluate(
+        testing.client,
+        dataset_pointers(testing.client, "mnist_testing"),
+        {"a": spec, "b": zeros},
+        EvalConfig(),
+    )
     assert results["a"] == {**evaluate(spec, *test_set), "seconds": results["a"]["seconds"]}
     assert results["b"]["predicted"][0] == 2000  # all-zero logits: argmax is label 0
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"optimizer": "Adamm"}, "unknown optimizer 'Adamm'"),
-    ({"optimizer": "os.system"}, "unknown optimizer 'os.system'"),
-    ({"loss": "nll_los"}, "unknown loss 'nll_los'"),
-    ({"loss": "torch.load"}, "unknown loss 'torch.load'"),
-    ({"optimizer_args": {"lr": 0.1, "momentun": 0.9}}, "SGD takes no argument 'momentun'"),
-    ({"optimizer_args": {"lr": "0.1; import os"}}, "must be a number"),
-    ({"batch_size": 0}, "batch_size must be a positive integer"),
-    ({"epochs": 2, "shuffled": True}, "unknown training config keys \\['shuffled'\\]"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"optimizer": "Adamm"}, "unknown optimizer 'Adamm'"),
+        ({"optimizer": "os.system"}, "unknown optimizer 'os.system'"),
+        ({"loss": "nll_los"}, "unknown loss 'nll_los'"),
+        ({"loss": "torch.load"}, "unknown loss 'torch.load'"),
+        ({"optimizer_args": {"lr": 0.1, "momentun": 0.9}}, "SGD takes no argument 'momentun'"),
+        ({"optimizer_args": {"lr": "0.1; import os"}}, "must be a number"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"epochs": 2, "shuffled": True}, "unknown training config keys \\['shuffled'\\]"),
+    ],
+)
 def test_a_worker_refuses_a_bad_config_by_name(alice, config, message) -> None:
     spec = describe(mlp())
     client = alice.client
@@ -177,13 +188,13 @@ def test_a_worker_builds_delegated_models_within_its_own_element_limit(sample) -
         result = worker.client.call(op, [big, ref(data), ref(targets), {}])
         with pytest.raises(errors.LimitError, match=r"12,544 elements; this node allows 10,000"):
             result.get()
-        result = worker.client.call(op, [big, ref(data), ref(targets), {}],
-                                    {"max_elements": 10**9})
+        result = worker.client.call(op, [big, ref(data), ref(targets), {}], {"max_elements": 10**9})
         with pytest.raises(errors.NotAllowedError, match="max_elements is this node's own limit"):
             result.get()
     small = describe(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
-    answer = worker.client.call("tether.federated.fit", [small, ref(data), ref(targets),
-                                                         {"max_batches": 1}]).get()
+    answer = worker.client.call(
+        "tether.federated.fit", [small, ref(data), ref(targets), {"max_batches": 1}]
+    ).get()
     assert answer["batches"] == 1  # 7,850 elements fit, and the worker kept serving
     worker.close()
 

@@ -74,8 +74,9 @@ def network() -> Iterator[str]:
 
 def _publish(owner: sy.duet.OwnerDuet) -> None:
     SECRET.send(owner, pointable=True, tags=["secret"], description="three private rows")
-    BaseDataset(SECRET, LABELS).send(owner, pointable=True, tags=["rows"],
-                                     description="the rows and their labels")
+    BaseDataset(SECRET, LABELS).send(
+        owner, pointable=True, tags=["rows"], description="the rows and their labels"
+    )
 
 
 @pytest.fixture(params=["direct", "relay"])
@@ -84,8 +85,9 @@ def pair(request, network) -> Iterator[tuple[sy.duet.OwnerDuet, sy.duet.Scientis
     owner = start_duet(network, confirm=False)
     try:
         _publish(owner)
-        scientist = sy.join_duet(owner.session_id, network, relay=request.param == "relay",
-                                 timeout=10)
+        scientist = sy.join_duet(
+            owner.session_id, network, relay=request.param == "relay", timeout=10
+        )
         yield owner, scientist
         scientist.close()
     finally:
@@ -115,10 +117,20 @@ def test_nothing_private_reaches_the_scientist_without_a_request(pair):
     owner.requests.add_handler(name="train_size", action="accept")  # the one thing released
     rows.len().get(request_block=True, name="train_size")
     batch = next(iter(duet.torch.utils.data.DataLoader(rows, batch_size=3, shuffle=True)))
-    attempts = {"dataset tensor": x, "x + 0": x + 0, "clone": x.clone(), "sum": x.sum(),
-                "x[0]": x[0], "model output": output, "loss": loss, "loss.item()": loss.item(),
-                "weight.grad": model.fc.weight.grad, "trained weight": model.fc.weight,
-                "a batch": batch[0], "its labels": batch[1]}
+    attempts = {
+        "dataset tensor": x,
+        "x + 0": x + 0,
+        "clone": x.clone(),
+        "sum": x.sum(),
+        "x[0]": x[0],
+        "model output": output,
+        "loss": loss,
+        "loss.item()": loss.item(),
+        "weight.grad": model.fc.weight.grad,
+        "trained weight": model.fc.weight,
+        "a batch": batch[0],
+        "its labels": batch[1],
+    }
     for what, pointer in attempts.items():
         with pytest.raises(errors.PermissionDeniedError) as refused:
             pointer.get()
@@ -144,7 +156,9 @@ def test_the_store_shows_only_what_the_owner_wrote_and_no_sizes(pair):
         BaseDataset(SECRET, LABELS).send(sy.VirtualWorker("elsewhere"))
     assert list(duet.store.pandas.columns) == ["id", "tags", "description"]
     assert [(e["tags"], e["description"]) for e in duet.store.catalog()] == [
-        (["secret"], "three private rows"), (["rows"], "the rows and their labels")]
+        (["secret"], "three private rows"),
+        (["rows"], "the rows and their labels"),
+    ]
     assert all(set(e) == {"id", "tags", "description"} for e in duet.store.catalog())
     x, rows = duet.store[0], duet.store[duet.store.catalog()[1]["id"]]
     assert "[private shape]" in repr(x)
@@ -157,8 +171,9 @@ def test_the_store_shows_only_what_the_owner_wrote_and_no_sizes(pair):
     with pytest.raises(KeyError, match="no object in the store has id or tag 'nope'"):
         duet.store["nope"]
     out = duet.client.new_id()  # a frame that replaces a derived result at once
-    replies = duet.client.transport.exchange([Call("operator.add", [Ref(x.id), 0], {}, out),
-                                              Put(out, 1.0)])()
+    replies = duet.client.transport.exchange(
+        [Call("operator.add", [Ref(x.id), 0], {}, out), Put(out, 1.0)]
+    )()
     assert replies[0].meta == ["tensor", None, "float32", False]
     pieces = duet.client.call_each("torch.Tensor.split", [Ref(x.id), 1], None, len(SECRET))
     with pytest.raises(errors.PermissionDeniedError, match=r"shape .* is private"):
@@ -171,8 +186,11 @@ def test_an_accepted_request_releases_exactly_that_object_once(pair):
     total, other = x.sum(), x.mean()
     assert total.request(name="total", reason="a sum is fine") == "pending"
     [request] = list(owner.requests)
-    assert (request.name, request.reason, request.client) == ("total", "a sum is fine",
-                                                               duet.client_id)
+    assert (request.name, request.reason, request.client) == (
+        "total",
+        "a sum is fine",
+        duet.client_id,
+    )
     request.accept()
     assert total.get(delete=False).item() == SECRET.sum().item()
     with pytest.raises(errors.PermissionDeniedError):
@@ -180,15 +198,19 @@ def test_an_accepted_request_releases_exactly_that_object_once(pair):
     with pytest.raises(errors.PermissionDeniedError):
         other.get()  # and nothing else
     assert [(e["name"], e["decision"], e["by"]) for e in owner.requests.audit] == [
-        ("total", "accepted", "owner")]
+        ("total", "accepted", "owner")
+    ]
 
 
 def test_a_waiting_get_is_answered_by_a_push_and_blocks_no_other_client(pair, network):
     owner, duet = pair
     total = duet.store["secret"].sum()
     got: queue.Queue = queue.Queue()
-    waiter = threading.Thread(target=lambda: got.put(
-        total.get(request_block=True, name="sum", reason="to plot", timeout_secs=60)))
+    waiter = threading.Thread(
+        target=lambda: got.put(
+            total.get(request_block=True, name="sum", reason="to plot", timeout_secs=60)
+        )
+    )
     waiter.start()
     while not list(owner.requests):
         time.sleep(0.001)
@@ -220,8 +242,11 @@ def test_handlers_by_name_and_tag_and_which_one_wins(pair, capsys):
     desk.add_handler(name="loss", tags=["secret"], action="deny")  # as specific: newest wins
     assert x.min().get(request_block=True, name="loss") is None
     assert [(e["name"], e["decision"], e["client"]) for e in desk.audit] == [
-        ("loss", "denied", duet.client_id), ("anything", "accepted", duet.client_id),
-        ("loss", "accepted", duet.client_id), ("loss", "denied", duet.client_id)]
+        ("loss", "denied", duet.client_id),
+        ("anything", "accepted", duet.client_id),
+        ("loss", "accepted", duet.client_id),
+        ("loss", "denied", duet.client_id),
+    ]
 
 
 def test_handlers_expire_requests_time_out_and_late_handlers_answer_waiting_requests(pair):
@@ -248,8 +273,10 @@ def test_the_owners_machine_is_the_owners_data(pair):
     has_cuda = duet.torch.cuda.is_available()
     assert has_cuda.get(request_block=True, name="cuda_is_available", timeout_secs=0.01) is None
     owner.requests.add_handler(name="cuda_is_available", action="accept")
-    assert duet.torch.cuda.is_available().get(
-        request_block=True, name="cuda_is_available") is torch.cuda.is_available()
+    assert (
+        duet.torch.cuda.is_available().get(request_block=True, name="cuda_is_available")
+        is torch.cuda.is_available()
+    )
 
 
 # ---- who may connect --------------------------------------------------------------------------
@@ -404,8 +431,9 @@ def test_training_through_the_duet_equals_training_locally(pair):
     torch.manual_seed(7)
     optimizer = torch.optim.Adadelta(baseline.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
-    local_loader = torch.utils.data.DataLoader(BaseDataset(SECRET, LABELS), batch_size=2,
-                                               shuffle=True)
+    local_loader = torch.utils.data.DataLoader(
+        BaseDataset(SECRET, LABELS), batch_size=2, shuffle=True
+    )
     for _ in range(2):
         baseline.train()
         for data, target in local_loader:
@@ -414,8 +442,9 @@ def test_training_through_the_duet_equals_training_locally(pair):
             optimizer.step()
         scheduler.step()
     assert trained.is_local and not remote_model.is_local  # it can keep training
-    for (name, got), (_, want) in zip(trained.state_dict().items(),
-                                      baseline.state_dict().items(), strict=True):
+    for (name, got), (_, want) in zip(
+        trained.state_dict().items(), baseline.state_dict().items(), strict=True
+    ):
         assert torch.equal(got, want), name
 
 
@@ -442,9 +471,14 @@ class Process:
 
     def __init__(self, *args: str, stdin: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
+            [sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=_die_with_parent,
+        )
         self.lines: list[str] = []
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -482,8 +516,16 @@ def test_the_tutorial_runs_as_owner_and_scientist_processes_through_tether_netwo
         url = service.expect(r"listening on (ws://\S+)")
         owner = Process(str(EXAMPLES / "owner.py"), "--network", url, stdin=True)
         session_id = owner.expect(r"session id: (\w+)")
-        scientist = Process(str(EXAMPLES / "scientist.py"), session_id, "--network", url,
-                            "--limit", "2", "--test-limit", "1")
+        scientist = Process(
+            str(EXAMPLES / "scientist.py"),
+            session_id,
+            "--network",
+            url,
+            "--limit",
+            "2",
+            "--test-limit",
+            "1",
+        )
         client_id = scientist.expect(r"your client id: (\w+)")
         owner.proc.stdin.write(client_id + "\n")  # type: ignore[union-attr]
         owner.proc.stdin.flush()  # type: ignore[union-attr]
@@ -500,7 +542,12 @@ def test_the_tutorial_runs_as_owner_and_scientist_processes_through_tether_netwo
     assert re.search(r"deny — the value is \d", owner.output)  # ...and shown to the owner
     accuracy = float(re.search(r"Test Set Accuracy: ([\d.]+)%", out).group(1))
     assert 0 <= accuracy <= 100
-    decisions = re.findall(r"(cuda_is_available|train_size|loss|model) .* (accepted|denied)",
-                           owner.output)
-    assert decisions == [("cuda_is_available", "accepted"), ("train_size", "accepted"),
-                         ("loss", "denied"), ("model", "accepted")]
+    decisions = re.findall(
+        r"(cuda_is_available|train_size|loss|model) .* (accepted|denied)", owner.output
+    )
+    assert decisions == [
+        ("cuda_is_available", "accepted"),
+        ("train_size", "accepted"),
+        ("loss", "denied"),
+        ("model", "accepted"),
+    ]

@@ -32,8 +32,10 @@ def test_intro_tutorial_loop_matches_plain_pytorch(make_worker):
     twin = nn.Linear(2, 1)
     twin.load_state_dict(model.state_dict())
 
-    datasets = [(data[0:2].send(bob), target[0:2].send(bob)),
-                (data[2:].send(alice), target[2:].send(alice))]
+    datasets = [
+        (data[0:2].send(bob), target[0:2].send(bob)),
+        (data[2:].send(alice), target[2:].send(alice)),
+    ]
     optims = Optims(["bob", "alice"], optim=optim.Adam(params=model.parameters(), lr=0.1))
     losses = []
     for _ in range(10):
@@ -72,8 +74,9 @@ def test_mlp_epoch_on_mnist_through_pointers_matches_plain_pytorch(make_worker):
     batches = list(zip(images.split(64), train.targets.split(64), strict=True))
 
     def net() -> nn.Module:
-        return nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10),
-                             nn.LogSoftmax(dim=1))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10), nn.LogSoftmax(dim=1)
+        )
 
     torch.manual_seed(0)
     model, twin = net(), net()
@@ -105,9 +108,14 @@ def test_mlp_epoch_on_mnist_through_pointers_matches_plain_pytorch(make_worker):
 
 
 def test_intro_example_runs_as_written():
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "intro_federated.py")],
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "intro_federated.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     losses = [line for line in done.stdout.splitlines() if line.startswith("tensor(")]
     assert len(losses) == 20 + 20  # the centralised loop, then 10 rounds x 2 workers
-    values = [float(line[len("tensor("):].split(",")[0].rstrip(")")) for line in losses]
+    values = [float(line[len("tensor(") :].split(",")[0].rstrip(")")) for line in losses]
     assert sum(values[-2:]) < sum(values[20:22])  # the federated loop learned

@@ -46,8 +46,9 @@ def test_federate_with_a_partitioner(make_worker):
     assert torch.equal(labels.get(), torch.tensor([4, 5, 6]))
 
 
-@pytest.mark.parametrize("workers, message", [(0, "at least one worker"),
-                                              (11, "10 samples across 11 workers")])
+@pytest.mark.parametrize(
+    "workers, message", [(0, "at least one worker"), (11, "10 samples across 11 workers")]
+)
 def test_federate_refuses_impossible_splits(workers, message):
     dataset = TensorDataset(torch.randn(10, 2), torch.zeros(10))
     with pytest.raises(ValueError, match=message):
@@ -57,14 +58,15 @@ def test_federate_refuses_impossible_splits(workers, message):
 def test_loader_cuts_a_workers_batches_in_one_command_per_tensor(make_worker):
     joe, jane = make_worker("joe"), make_worker("jane")
     data, labels = torch.arange(20.0).view(10, 2), torch.arange(10)
-    loader = sy.FederatedDataLoader(TensorDataset(data, labels).federate((joe, jane)),
-                                    batch_size=2)
+    loader = sy.FederatedDataLoader(TensorDataset(data, labels).federate((joe, jane)), batch_size=2)
     assert len(loader) == 6  # 5 samples each: 3 batches each
     sent = []
     for worker in (joe, jane):
         submit = worker.client.submit
-        worker.client.submit = lambda cmd, _submit=submit, **kw: (sent.append(cmd),
-                                                                   _submit(cmd, **kw))[1]
+        worker.client.submit = lambda cmd, _submit=submit, **kw: (
+            sent.append(cmd),
+            _submit(cmd, **kw),
+        )[1]
     # a batch is a view of private data and stays private: read it through a computed copy
     seen = [(d.location.id, (d * 1).get(), (t * 1).get()) for d, t in loader]
     assert [w for w, _, _ in seen] == ["joe"] * 3 + ["jane"] * 3
@@ -98,8 +100,9 @@ def test_shuffled_loader_is_a_permutation_per_worker(bob):
 
 
 def _net() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10),
-                         nn.LogSoftmax(dim=1))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10), nn.LogSoftmax(dim=1)
+    )
 
 
 def _accuracy(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -148,15 +151,21 @@ def test_federated_tutorial_accuracy_matches_plain_pytorch_on_pooled_data():
         federated.append(_accuracy(model, test))
         plain.append(_accuracy(twin, test))
     mean_federated, mean_plain = sum(federated) / 5, sum(plain) / 5
-    print(f"test accuracy over 5 seeds: federated {mean_federated:.2f}% {federated}, "
-          f"plain PyTorch pooled {mean_plain:.2f}% {plain}")
+    print(
+        f"test accuracy over 5 seeds: federated {mean_federated:.2f}% {federated}, "
+        f"plain PyTorch pooled {mean_plain:.2f}% {plain}"
+    )
     assert mean_federated > 80
     assert abs(mean_federated - mean_plain) <= 1.0
 
 
 def test_federated_example_runs():
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "federated_mnist.py"),
-                           "--epochs", "1"], capture_output=True, text=True, timeout=300,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "federated_mnist.py"), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "Training Epoch:  1 [    0/ 5120" in done.stdout
     assert "Test set: Average loss:" in done.stdout and "/10000" in done.stdout

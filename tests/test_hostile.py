@@ -69,8 +69,9 @@ def node() -> Node:
 
 def assert_serves(node: Node) -> None:
     """The node answers a normal command correctly, and the attacker's data is intact."""
-    done, value, original = send(node, Call("torch.sub", [Ref(X), -1], {}, CHECK), Get([CHECK]),
-                                 Get([X]))
+    done, value, original = send(
+        node, Call("torch.sub", [Ref(X), -1], {}, CHECK), Get([CHECK]), Get([X])
+    )
     assert isinstance(done, Done), done
     assert torch.equal(value.value[0], ORIGINAL + 1)
     assert torch.equal(original.value[0], ORIGINAL)
@@ -84,12 +85,37 @@ def only_failure(replies: list) -> Failure:
 
 # ---- nothing dangerous runs -----------------------------------------------------------------
 
-_DANGEROUS_C = {id(f) for f in (builtins.eval, builtins.exec, builtins.compile, builtins.open,
-                                builtins.__import__, os.system, os.remove, pickle.loads,
-                                marshal.loads, torch.from_file, numpy.fromfile, numpy.save)}
-_DANGEROUS_PY = {f.__code__ for f in (torch.load, torch.save, numpy.load, importlib.import_module,
-                                      subprocess.Popen.__init__, os.popen, torch.hub.load,
-                                      torch.jit.load, shutil.rmtree)}
+_DANGEROUS_C = {
+    id(f)
+    for f in (
+        builtins.eval,
+        builtins.exec,
+        builtins.compile,
+        builtins.open,
+        builtins.__import__,
+        os.system,
+        os.remove,
+        pickle.loads,
+        marshal.loads,
+        torch.from_file,
+        numpy.fromfile,
+        numpy.save,
+    )
+}
+_DANGEROUS_PY = {
+    f.__code__
+    for f in (
+        torch.load,
+        torch.save,
+        numpy.load,
+        importlib.import_module,
+        subprocess.Popen.__init__,
+        os.popen,
+        torch.hub.load,
+        torch.jit.load,
+        shutil.rmtree,
+    )
+}
 
 
 @contextlib.contextmanager
@@ -231,8 +257,9 @@ def test_escape_is_refused(node: Node, tmp_path: Path, op: str, args: list, kwar
     assert_serves(node)
 
 
-@pytest.mark.parametrize("arg", ["torch.load", [X], {"id": X}, 1.0, True, -1, 2**64 - 1, None],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "arg", ["torch.load", [X], {"id": X}, 1.0, True, -1, 2**64 - 1, None], ids=repr
+)
 def test_a_reference_that_names_no_object_is_refused(node: Node, arg: object) -> None:
     """A Call's `refs` bitmask may mark any positional argument as an object id: one that is
     not an id of a stored object is refused, and nothing runs."""
@@ -260,8 +287,9 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     def install(path: str) -> list:
         calls[path] = []
         record = calls[path].append
-        monkeypatch.setitem(ALLOWLIST, path, dataclasses.replace(
-            ALLOWLIST[path], fn=lambda *a, **k: record((a, k))))
+        monkeypatch.setitem(
+            ALLOWLIST, path, dataclasses.replace(ALLOWLIST[path], fn=lambda *a, **k: record((a, k)))
+        )
         return calls[path]
 
     return install
@@ -310,13 +338,22 @@ GROWING_OPS = [  # ops whose output outgrows their inputs, each with its own gua
     pytest.param("torch.Tensor.new_zeros", [Ref(X), N, N], {}, id="new_zeros-varargs"),
     pytest.param("torch.addmm", [torch.zeros(1), Ref(COL), Ref(ROW)], {}, id="addmm"),
     pytest.param("torch.nn.functional.pad", [Ref(X), (0, 10**5)], {}, id="pad"),
-    pytest.param("torch.nn.functional.one_hot", [torch.tensor([0])], {"num_classes": 10**5},
-                 id="one_hot"),
+    pytest.param(
+        "torch.nn.functional.one_hot", [torch.tensor([0])], {"num_classes": 10**5}, id="one_hot"
+    ),
     pytest.param("torch.bincount", [torch.tensor([10**5])], {}, id="bincount"),
-    pytest.param("operator.getitem", [Ref(ROW), torch.zeros(N, dtype=torch.long)], {},
-                 id="getitem-index-tensor"),
-    pytest.param("torch.nn.functional.conv_transpose1d", [torch.ones(1, 1, 2), torch.ones(1, 1, 1)],
-                 {"stride": 10**5}, id="conv_transpose-stride"),
+    pytest.param(
+        "operator.getitem",
+        [Ref(ROW), torch.zeros(N, dtype=torch.long)],
+        {},
+        id="getitem-index-tensor",
+    ),
+    pytest.param(
+        "torch.nn.functional.conv_transpose1d",
+        [torch.ones(1, 1, 2), torch.ones(1, 1, 1)],
+        {"stride": 10**5},
+        id="conv_transpose-stride",
+    ),
     pytest.param("torch.nn.functional.mse_loss", [Ref(COL), Ref(ROW)], {}, id="mse_loss-broadcast"),
     pytest.param("torch.dist", [Ref(COL), Ref(ROW)], {}, id="dist-broadcast"),
     pytest.param("torch.nn.Linear", [1000, 1000], {}, id="Linear"),
@@ -327,8 +364,9 @@ GROWING_OPS = [  # ops whose output outgrows their inputs, each with its own gua
 
 
 @pytest.mark.parametrize(("op", "args", "kwargs"), ALLOCATIONS + GROWING_OPS)
-def test_allocation_is_refused_before_it_runs(node: Node, spy, op: str, args: list,
-                                              kwargs: dict) -> None:
+def test_allocation_is_refused_before_it_runs(
+    node: Node, spy, op: str, args: list, kwargs: dict
+) -> None:
     calls = spy(op)
     reply = only_failure(send(node, Call(op, args, kwargs, OUT)))
     assert reply.kind == "LimitError"
@@ -340,19 +378,22 @@ def test_allocation_is_refused_before_it_runs(node: Node, spy, op: str, args: li
 # ---- methods on the wrong kind of object ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("op", "args"), [
-    ("torch.optim.Optimizer.step", [Ref(X)]),
-    ("torch.optim.Optimizer.zero_grad", [Ref(LIN)]),
-    ("torch.nn.Module.call", [Ref(X), Ref(X)]),
-    ("torch.nn.Module.forward", [Ref(OPT), Ref(X)]),
-    ("torch.nn.Module.parameters", [Ref(LST)]),
-    ("torch.nn.Module.load_state_dict", [Ref(X), {}]),
-    ("torch.Tensor.add", [Ref(LIN), 1]),
-    ("torch.Tensor.grad", [Ref(OPT)]),
-    ("tether.assign", [Ref(LIN), Ref(X)]),
-    ("tether.optim.set_hyperparameters", [Ref(X), []]),
-    ("torch.Tensor.backward", []),
-])
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("torch.optim.Optimizer.step", [Ref(X)]),
+        ("torch.optim.Optimizer.zero_grad", [Ref(LIN)]),
+        ("torch.nn.Module.call", [Ref(X), Ref(X)]),
+        ("torch.nn.Module.forward", [Ref(OPT), Ref(X)]),
+        ("torch.nn.Module.parameters", [Ref(LST)]),
+        ("torch.nn.Module.load_state_dict", [Ref(X), {}]),
+        ("torch.Tensor.add", [Ref(LIN), 1]),
+        ("torch.Tensor.grad", [Ref(OPT)]),
+        ("tether.assign", [Ref(LIN), Ref(X)]),
+        ("tether.optim.set_hyperparameters", [Ref(X), []]),
+        ("torch.Tensor.backward", []),
+    ],
+)
 def test_method_on_wrong_self_type_is_refused(node: Node, spy, op: str, args: list) -> None:
     calls = spy(op)
     reply = only_failure(send(node, Call(op, args, {}, OUT)))
@@ -364,9 +405,20 @@ def test_method_on_wrong_self_type_is_refused(node: Node, spy, op: str, args: li
 # ---- callables cannot be smuggled -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [lambda x: x, print, torch.add, torch.nn.Linear,
-                                   torch.nn.Linear(1, 1), os, object(), torch.Tensor.add],
-                         ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize(
+    "value",
+    [
+        lambda x: x,
+        print,
+        torch.add,
+        torch.nn.Linear,
+        torch.nn.Linear(1, 1),
+        os,
+        object(),
+        torch.Tensor.add,
+    ],
+    ids=lambda v: type(v).__name__,
+)
 def test_callables_have_no_wire_form(value: object) -> None:
     with pytest.raises(TypeError, match="cannot be sent"):
         encode([Call("builtins.max", [[1, 2]], {"key": value}, OUT)])
@@ -379,10 +431,14 @@ def test_key_function_can_only_be_a_stored_layer(node: Node) -> None:
     that allowlisted layer and nothing else."""
     pair = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]
     with watch() as ran:
-        done, value = send(node, Call("builtins.max", [pair], {"key": Ref(SCORER)}, OUT),
-                           Get([OUT]))
-        not_callable = send(node, Call("builtins.max", [pair], {"key": Ref(OPT)}, OUT + 1),
-                            Call("builtins.max", [pair], {"key": Ref(X)}, OUT + 2))
+        done, value = send(
+            node, Call("builtins.max", [pair], {"key": Ref(SCORER)}, OUT), Get([OUT])
+        )
+        not_callable = send(
+            node,
+            Call("builtins.max", [pair], {"key": Ref(OPT)}, OUT + 1),
+            Call("builtins.max", [pair], {"key": Ref(X)}, OUT + 2),
+        )
     assert not ran
     assert isinstance(done, Done)
     assert any(torch.equal(value.value[0], t) for t in pair)
@@ -419,10 +475,14 @@ def test_replies_are_not_commands(node: Node) -> None:
     assert_serves(node)
 
 
-@pytest.mark.parametrize("commands", [
-    [Call("operator.pow", [10, 30], {}, OUT), Get([OUT])],
-    [Call("builtins.str", [b"\xed\xa0\x80", "utf-8", "surrogateescape"], {}, OUT), Get([OUT])],
-], ids=["int beyond 64 bits", "lone surrogates"])
+@pytest.mark.parametrize(
+    "commands",
+    [
+        [Call("operator.pow", [10, 30], {}, OUT), Get([OUT])],
+        [Call("builtins.str", [b"\xed\xa0\x80", "utf-8", "surrogateescape"], {}, OUT), Get([OUT])],
+    ],
+    ids=["int beyond 64 bits", "lone surrogates"],
+)
 def test_unencodable_value_gets_a_failure(node: Node, commands: list) -> None:
     replies = send(node, *commands)
     assert isinstance(replies[0], Done) and isinstance(replies[1], Failure)
@@ -441,8 +501,9 @@ def test_misaligned_complex_tensor_does_not_kill_the_node() -> None:
                 Node("owner").handle(memoryview(bytearray(shift) + frame)[shift:])
         print("survived")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and "survived" in done.stdout, done.returncode
 
 
@@ -462,10 +523,18 @@ def owner_node(release_derived: bool = True) -> tuple[Node, torch.Tensor]:
     return node, secret
 
 
-@pytest.mark.parametrize(("args", "kwargs"), [
-    (["nothing"], {}), ([Ref(X)], {}), ([], {}), (["secret"], {"key": "secret"}),
-    (["__class__"], {}), ([["secret"]], {}),
-], ids=["unknown key", "ref", "no key", "keyword", "dunder key", "list key"])
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        (["nothing"], {}),
+        ([Ref(X)], {}),
+        ([], {}),
+        (["secret"], {"key": "secret"}),
+        (["__class__"], {}),
+        ([["secret"]], {}),
+    ],
+    ids=["unknown key", "ref", "no key", "keyword", "dunder key", "list key"],
+)
 def test_published_is_reached_by_key_only(args: list, kwargs: dict) -> None:
     node, _ = owner_node()
     reply = only_failure(send(node, Call("tether.published", args, kwargs, OUT)))
@@ -480,15 +549,18 @@ def test_private_published_object_cannot_be_fetched() -> None:
     assert_serves(node)
 
 
-@pytest.mark.parametrize(("op", "args"), [
-    ("torch.Tensor.add_", [Ref(SECRET), 1]),
-    ("torch.Tensor.zero_", [Ref(SECRET)]),
-    ("torch.Tensor.copy_", [Ref(SECRET), Ref(X)]),
-    ("torch.Tensor.requires_grad_", [Ref(SECRET)]),
-    ("torch.Tensor.unsqueeze_", [Ref(SECRET), 0]),
-    ("operator.setitem", [Ref(SECRET), 0, 0.0]),
-    ("tether.assign", [Ref(SECRET), Ref(X)]),
-])
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("torch.Tensor.add_", [Ref(SECRET), 1]),
+        ("torch.Tensor.zero_", [Ref(SECRET)]),
+        ("torch.Tensor.copy_", [Ref(SECRET), Ref(X)]),
+        ("torch.Tensor.requires_grad_", [Ref(SECRET)]),
+        ("torch.Tensor.unsqueeze_", [Ref(SECRET), 0]),
+        ("operator.setitem", [Ref(SECRET), 0, 0.0]),
+        ("tether.assign", [Ref(SECRET), Ref(X)]),
+    ],
+)
 def test_owner_data_is_not_changed_in_place(op: str, args: list) -> None:
     node, secret = owner_node()
     reply = only_failure(send(node, Call(op, args, {}, None)))
@@ -501,8 +573,9 @@ def test_owner_data_is_not_changed_in_place(op: str, args: list) -> None:
 def test_views_of_owner_data_are_not_changed_in_place(view: str) -> None:
     node, secret = owner_node()
     args = [Ref(SECRET), -1] if view.endswith("view") else [Ref(SECRET)]
-    made, refused = send(node, Call(view, args, {}, OUT), Call("torch.Tensor.mul_", [Ref(OUT), 0],
-                                                                {}, None))
+    made, refused = send(
+        node, Call(view, args, {}, OUT), Call("torch.Tensor.mul_", [Ref(OUT), 0], {}, None)
+    )
     assert isinstance(made, Done)
     assert isinstance(refused, Failure) and refused.kind == "NotAllowedError"
     assert torch.equal(secret, SECRET_VALUE)
@@ -516,20 +589,28 @@ def test_out_keyword_does_not_write_owner_data() -> None:
 
 def test_owner_data_stays_read_only_through_a_list() -> None:
     node, secret = owner_node()
-    send(node, Call("builtins.list", [[Ref(SECRET)]], {}, LST),
-         Call("operator.getitem", [Ref(LST), 0], {}, OUT),
-         Call("torch.Tensor.add_", [Ref(OUT), 1000], {}, None))
+    send(
+        node,
+        Call("builtins.list", [[Ref(SECRET)]], {}, LST),
+        Call("operator.getitem", [Ref(LST), 0], {}, OUT),
+        Call("torch.Tensor.add_", [Ref(OUT), 1000], {}, None),
+    )
     assert torch.equal(secret, SECRET_VALUE)
 
 
-@pytest.mark.parametrize(("op", "args", "kwargs"), [
-    ("torch.Tensor.copy_", [Ref(OUT), Ref(SECRET)], {}),
-    ("tether.assign", [Ref(OUT), Ref(SECRET)], {}),
-    ("operator.setitem", [Ref(OUT), slice(None), Ref(SECRET)], {}),
-    ("torch.add", [Ref(SECRET), 0], {"out": Ref(OUT)}),
-], ids=["copy_", "assign", "setitem", "out="])
-def test_private_values_do_not_leak_into_the_attackers_tensor(op: str, args: list,
-                                                              kwargs: dict) -> None:
+@pytest.mark.parametrize(
+    ("op", "args", "kwargs"),
+    [
+        ("torch.Tensor.copy_", [Ref(OUT), Ref(SECRET)], {}),
+        ("tether.assign", [Ref(OUT), Ref(SECRET)], {}),
+        ("operator.setitem", [Ref(OUT), slice(None), Ref(SECRET)], {}),
+        ("torch.add", [Ref(SECRET), 0], {"out": Ref(OUT)}),
+    ],
+    ids=["copy_", "assign", "setitem", "out="],
+)
+def test_private_values_do_not_leak_into_the_attackers_tensor(
+    op: str, args: list, kwargs: dict
+) -> None:
     """Writing private values into one's own tensor makes that tensor derived data."""
     node, _ = owner_node(release_derived=False)
     replies = send(node, Put(OUT, torch.zeros(3)), Call(op, args, kwargs, None), Get([OUT]))
@@ -564,11 +645,14 @@ def test_a_store_over_its_limit_tells_private_sizes_only_where_they_are_known(hi
 
 def test_optimizer_cannot_step_owner_data() -> None:
     node, secret = owner_node()
-    send(node, Call("torch.nn.Parameter", [Ref(SECRET)], {}, 60),
-         Call("torch.optim.SGD", [[Ref(60)]], {"lr": 1.0}, 61),
-         Call("torch.sum", [Ref(60)], {}, 62),
-         Call("torch.Tensor.backward", [Ref(62)], {}, None),
-         Call("torch.optim.Optimizer.step", [Ref(61)], {}, None))
+    send(
+        node,
+        Call("torch.nn.Parameter", [Ref(SECRET)], {}, 60),
+        Call("torch.optim.SGD", [[Ref(60)]], {"lr": 1.0}, 61),
+        Call("torch.sum", [Ref(60)], {}, 62),
+        Call("torch.Tensor.backward", [Ref(62)], {}, None),
+        Call("torch.optim.Optimizer.step", [Ref(61)], {}, None),
+    )
     assert torch.equal(secret, SECRET_VALUE)
 
 
@@ -590,9 +674,24 @@ def test_pointer_dunders_stay_local(bob: tether.VirtualWorker) -> None:
     assert_worker_serves(p)
 
 
-@pytest.mark.parametrize("name", ["storage", "untyped_storage", "numpy", "data_ptr",
-                                  "register_hook", "set_", "apply_", "map_", "resize_",
-                                  "as_strided", "share_memory_", "tofile", "_base"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "storage",
+        "untyped_storage",
+        "numpy",
+        "data_ptr",
+        "register_hook",
+        "set_",
+        "apply_",
+        "map_",
+        "resize_",
+        "as_strided",
+        "share_memory_",
+        "tofile",
+        "_base",
+    ],
+)
 def test_pointer_has_no_raw_memory_attributes(bob: tether.VirtualWorker, name: str) -> None:
     p = torch.ones(3).send(bob)
     with pytest.raises(AttributeError):
@@ -600,12 +699,16 @@ def test_pointer_has_no_raw_memory_attributes(bob: tether.VirtualWorker, name: s
     assert_worker_serves(p)
 
 
-@pytest.mark.parametrize("attempt", [
-    lambda p: torch.as_strided(p, (3,), (1,)),
-    lambda p: torch.Tensor.storage(p),
-    lambda p: torch.ops.aten.add(p, p),
-    lambda p: torch.load(p),
-], ids=["as_strided", "Tensor.storage", "ops.aten", "load"])
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        lambda p: torch.as_strided(p, (3,), (1,)),
+        lambda p: torch.Tensor.storage(p),
+        lambda p: torch.ops.aten.add(p, p),
+        lambda p: torch.load(p),
+    ],
+    ids=["as_strided", "Tensor.storage", "ops.aten", "load"],
+)
 def test_torch_on_a_pointer_is_refused(bob: tether.VirtualWorker, attempt) -> None:
     p = torch.ones(3).send(bob)
     with pytest.raises((TetherError, AttributeError)):
@@ -613,10 +716,12 @@ def test_torch_on_a_pointer_is_refused(bob: tether.VirtualWorker, attempt) -> No
     assert_worker_serves(p)
 
 
-@pytest.mark.parametrize("op", ["torch.load", "torch.save", "builtins.eval", "os.system",
-                                "torch.Tensor.__class__"])
-def test_remote_name_outside_the_allowlist_raises_at_sync(bob: tether.VirtualWorker,
-                                                          op: str) -> None:
+@pytest.mark.parametrize(
+    "op", ["torch.load", "torch.save", "builtins.eval", "os.system", "torch.Tensor.__class__"]
+)
+def test_remote_name_outside_the_allowlist_raises_at_sync(
+    bob: tether.VirtualWorker, op: str
+) -> None:
     p = torch.ones(3).send(bob)
     bob.client.call(op, [Ref(p.id), "x"])
     with pytest.raises(NotAllowedError, match=re.escape(repr(op))):
@@ -624,11 +729,15 @@ def test_remote_name_outside_the_allowlist_raises_at_sync(bob: tether.VirtualWor
     assert_worker_serves(p)
 
 
-@pytest.mark.parametrize("attempt", [
-    lambda p: p.expand(10**9, 3),
-    lambda p: p.repeat(10**5, 10**5),
-    lambda p: p.new_zeros((10**6, 10**6)),
-], ids=["expand", "repeat", "new_zeros"])
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        lambda p: p.expand(10**9, 3),
+        lambda p: p.repeat(10**5, 10**5),
+        lambda p: p.new_zeros((10**6, 10**6)),
+    ],
+    ids=["expand", "repeat", "new_zeros"],
+)
 def test_pointer_allocation_is_refused(bob: tether.VirtualWorker, attempt) -> None:
     p = torch.ones(3).send(bob)
     attempt(p)
@@ -656,18 +765,21 @@ PIECES = [60, 61, 62, 63]
 
 def test_several_outs_store_each_result(node: Node) -> None:
     done, value = send(node, Call("torch.Tensor.split", [Ref(VEC), 64], {}, PIECES), Get(PIECES))
-    assert done.meta == [["tensor", [64], "float32", False]] * 3 + [["tensor", [8], "float32",
-                                                                   False]]
+    assert done.meta == [["tensor", [64], "float32", False]] * 3 + [
+        ["tensor", [8], "float32", False]
+    ]
     assert [len(v) for v in value.value] == [64, 64, 64, 8]
     assert_serves(node)
 
 
-@pytest.mark.parametrize("op, args, refused", [
-    ("torch.Tensor.split", [Ref(VEC), 100], "gave 2 results, not the 4 asked for"),
-    ("torch.sub", [Ref(X), 1], "gave one result, not the 4 asked for"),
-])
-def test_several_outs_must_match_the_results(node: Node, op: str, args: list, refused: str
-                                             ) -> None:
+@pytest.mark.parametrize(
+    "op, args, refused",
+    [
+        ("torch.Tensor.split", [Ref(VEC), 100], "gave 2 results, not the 4 asked for"),
+        ("torch.sub", [Ref(X), 1], "gave one result, not the 4 asked for"),
+    ],
+)
+def test_several_outs_must_match_the_results(node: Node, op: str, args: list, refused: str) -> None:
     failure = only_failure(send(node, Call(op, args, {}, PIECES)))
     assert failure.kind == "TypeError" and refused in failure.message and op in failure.message
     (missing,) = send(node, Get([PIECES[0]]))

@@ -24,8 +24,9 @@ class Custom(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.2),
-                                  nn.BatchNorm1d(32))
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.2), nn.BatchNorm1d(32)
+        )
         self.head = nn.Linear(32, 10, bias=False)
         self.scale = nn.Parameter(torch.full((10,), 2.0))
         self.register_buffer("shift", torch.linspace(-1, 1, 10))
@@ -76,12 +77,21 @@ def test_rebuilt_model_trains_the_same() -> None:
 
 def test_tutorial_cnn_spec_is_plain_data() -> None:
     spec = describe(Net())
-    assert spec["layers"]["conv1"] == {"type": "torch.nn.Conv2d", "args": {
-        "in_channels": 1, "out_channels": 20, "kernel_size": (5, 5), "stride": (1, 1),
-        "padding": (0, 0), "dilation": (1, 1), "groups": 1, "bias": True,
-        "padding_mode": "zeros"}}
-    assert spec["layers"]["fc1"]["args"] == {"in_features": 800, "out_features": 500,
-                                             "bias": True}
+    assert spec["layers"]["conv1"] == {
+        "type": "torch.nn.Conv2d",
+        "args": {
+            "in_channels": 1,
+            "out_channels": 20,
+            "kernel_size": (5, 5),
+            "stride": (1, 1),
+            "padding": (0, 0),
+            "dilation": (1, 1),
+            "groups": 1,
+            "bias": True,
+            "padding_mode": "zeros",
+        },
+    }
+    assert spec["layers"]["fc1"]["args"] == {"in_features": 800, "out_features": 500, "bias": True}
     targets = [n["target"] for n in spec["graph"] if n["op"].startswith("call_")]
     assert "torch.nn.functional.max_pool2d" in targets and "torch.Tensor.view" in targets
     assert set(structure(spec)) == {"version", "layers", "attributes", "graph"}
@@ -128,29 +138,54 @@ def with_node(spec: dict, index: int, **changes) -> dict:
     return hostile
 
 
-@pytest.mark.parametrize("target", [
-    "builtins.eval", "builtins.exec", "builtins.__import__", "os.system", "subprocess.Popen",
-    "torch.load", "torch.Tensor.__reduce_ex__", "torch.nn.Module.__init__", "torch.nn.Linear",
-    "torch.nn.Module.load_state_dict", "torch.optim.SGD", "tether.federated.fit",
-    "torch.autograd.grad", "torch.nn.functional.__dict__", 42, None,
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "builtins.eval",
+        "builtins.exec",
+        "builtins.__import__",
+        "os.system",
+        "subprocess.Popen",
+        "torch.load",
+        "torch.Tensor.__reduce_ex__",
+        "torch.nn.Module.__init__",
+        "torch.nn.Linear",
+        "torch.nn.Module.load_state_dict",
+        "torch.optim.SGD",
+        "tether.federated.fit",
+        "torch.autograd.grad",
+        "torch.nn.functional.__dict__",
+        42,
+        None,
+    ],
+)
 def test_function_targets_outside_the_forward_allowlist_are_refused(spec, target) -> None:
     with pytest.raises(NotAllowedError, match="refused"):
         build(with_node(spec, 2, op="call_function", target=target))
 
 
-@pytest.mark.parametrize("target", ["torch.Tensor.__class__", "builtins.eval", "os.system",
-                                    "torch.nn.Module.state_dict"])
+@pytest.mark.parametrize(
+    "target", ["torch.Tensor.__class__", "builtins.eval", "os.system", "torch.nn.Module.state_dict"]
+)
 def test_method_targets_must_be_allowlisted_tensor_methods(spec, target) -> None:
     with pytest.raises(NotAllowedError, match="refused"):
         build(with_node(spec, 2, op="call_method", target=target))
 
 
-@pytest.mark.parametrize("layer_type", [
-    "subprocess.Popen", "os.system", "builtins.eval", "torch.nn.functional.relu",
-    "torch.nn.Sequential", "torch.nn.Module", "torch.nn.modules.module.Module",
-    "torch.nn.Linear.__init__", "torch.optim.SGD",
-])
+@pytest.mark.parametrize(
+    "layer_type",
+    [
+        "subprocess.Popen",
+        "os.system",
+        "builtins.eval",
+        "torch.nn.functional.relu",
+        "torch.nn.Sequential",
+        "torch.nn.Module",
+        "torch.nn.modules.module.Module",
+        "torch.nn.Linear.__init__",
+        "torch.optim.SGD",
+    ],
+)
 def test_layer_types_outside_the_allowlist_are_refused(spec, layer_type) -> None:
     hostile = copy.deepcopy(spec)
     hostile["layers"]["1"]["type"] = layer_type
@@ -177,8 +212,10 @@ def test_strings_meant_as_code_stay_strings(spec, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     code = f"__import__('os').system('touch {marker}')"
     hostile = copy.deepcopy(spec)
-    hostile["layers"]["1"] = {"type": "torch.nn.Conv2d", "args": {
-        "in_channels": 1, "out_channels": 1, "kernel_size": 3, "padding_mode": code}}
+    hostile["layers"]["1"] = {
+        "type": "torch.nn.Conv2d",
+        "args": {"in_channels": 1, "out_channels": 1, "kernel_size": 3, "padding_mode": code},
+    }
     with pytest.raises(ValueError, match="padding_mode"):
         build(hostile)
     hostile = with_node(spec, 2, args=(previous(spec, 2), code))
@@ -188,10 +225,12 @@ def test_strings_meant_as_code_stay_strings(spec, tmp_path: Path) -> None:
 
 
 def test_layer_arguments_must_be_plain_and_known(spec) -> None:
-    for args, match in [({"in_features": 2, "out_features": 2, "_weight": 1}, "_weight"),
-                        ({"in_features": 2, "out_features": 2, "device": "meta"}, "device"),
-                        ({"in_features": 2, "out_features": 2, "evil": 1}, "evil"),
-                        ({"in_features": torch.ones(2), "out_features": 2}, "plain data")]:
+    for args, match in [
+        ({"in_features": 2, "out_features": 2, "_weight": 1}, "_weight"),
+        ({"in_features": 2, "out_features": 2, "device": "meta"}, "device"),
+        ({"in_features": 2, "out_features": 2, "evil": 1}, "evil"),
+        ({"in_features": torch.ones(2), "out_features": 2}, "plain data"),
+    ]:
         hostile = copy.deepcopy(spec)
         hostile["layers"]["1"] = {"type": "torch.nn.Linear", "args": args}
         with pytest.raises(ValueError, match=match):
@@ -212,21 +251,26 @@ def test_deeply_nested_arguments_are_refused(spec) -> None:
 
 def test_huge_layers_are_refused_before_allocation(spec) -> None:
     hostile = copy.deepcopy(spec)
-    hostile["layers"]["1"] = {"type": "torch.nn.Linear",
-                              "args": {"in_features": 2**20, "out_features": 2**20}}
+    hostile["layers"]["1"] = {
+        "type": "torch.nn.Linear",
+        "args": {"in_features": 2**20, "out_features": 2**20},
+    }
     with pytest.raises(LimitError, match="1,099,511,627,776 elements"):
         build(hostile)
     many = copy.deepcopy(spec)
-    many["layers"]["1"] = {"type": "torch.nn.Linear", "args": {"in_features": 1000,
-                                                                "out_features": 1000}}
+    many["layers"]["1"] = {
+        "type": "torch.nn.Linear",
+        "args": {"in_features": 1000, "out_features": 1000},
+    }
     many["layers"]["3"] = dict(many["layers"]["1"])
     with pytest.raises(LimitError, match="allows 1,000,000"):
         build(many, max_elements=1_000_000)  # each layer fits, both together do not
 
 
 def test_graph_ops_are_held_to_the_element_limit(spec) -> None:
-    hostile = with_node(spec, 2, op="call_function", target="torch.zeros",
-                        args=((2**20, 2**20),), kwargs={})
+    hostile = with_node(
+        spec, 2, op="call_function", target="torch.zeros", args=((2**20, 2**20),), kwargs={}
+    )
     with pytest.raises(LimitError, match=r"torch\.zeros"):
         build(hostile)(torch.zeros(1, 1, 28, 28))
 
@@ -246,14 +290,16 @@ def test_a_worker_refuses_a_hostile_spec_and_keeps_working() -> None:
     worker.publish("mnist", (torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))))
     client = worker.client
     data = client.call("operator.getitem", [ref(client.call("tether.published", ["mnist"])), 0])
-    targets = client.call("operator.getitem", [ref(client.call("tether.published", ["mnist"])),
-                                               1])
+    targets = client.call("operator.getitem", [ref(client.call("tether.published", ["mnist"])), 1])
     good = describe(mlp())
-    for hostile, match in [(with_node(good, 2, target="builtins.eval"), "builtins.eval"),
-                           (with_node(good, 2, args=(previous(good, 2), nest(50))), "nested")]:
+    for hostile, match in [
+        (with_node(good, 2, target="builtins.eval"), "builtins.eval"),
+        (with_node(good, 2, args=(previous(good, 2), nest(50))), "nested"),
+    ]:
         result = client.call("tether.federated.fit", [hostile, ref(data), ref(targets), {}])
         with pytest.raises((NotAllowedError, RemoteError), match=match):
             result.get()
-    answer = client.call("tether.federated.fit",
-                         [good, ref(data), ref(targets), {"max_batches": 1}]).get()
+    answer = client.call(
+        "tether.federated.fit", [good, ref(data), ref(targets), {"max_batches": 1}]
+    ).get()
     assert answer["batches"] == 1

@@ -76,9 +76,11 @@ def server() -> Iterator[ServerThread]:
 def raw_socket(port: int, token: str = TOKEN) -> socket.socket:
     """A websocket connection on a bare socket, for sending what no library would."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                 f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
     response = b""
     while b"\r\n\r\n" not in response:
         response += sock.recv(4096)
@@ -110,15 +112,18 @@ def read_close_code(sock: socket.socket) -> int:
 def test_worker_command_prints_digit_counts_and_publishes_private_data(worker_process, alice):
     lines = worker_process.lines
     start = lines.index("MNIST dataset (train set), available numbers on alice:")
-    counts = {int(d): int(c) for d, c in (line.split(":") for line in lines[start + 1:start + 11])}
+    counts = {
+        int(d): int(c) for d, c in (line.split(":") for line in lines[start + 1 : start + 11])
+    }
     assert all(counts[d] > 0 for d in range(4)) and all(counts[d] == 0 for d in range(4, 10))
     assert f"len(datasets[mnist]): {sum(counts.values())}" in lines
 
     data, targets = alice.dataset("mnist")
     assert data.shape == (sum(counts.values()), 1, 28, 28)
     assert 0.0 < data.mean().get().item() < 0.5  # normalized MNIST digits 0-3
-    assert torch.equal(torch.bincount(targets, minlength=10).get()[:4],
-                       torch.tensor([counts[d] for d in range(4)]))
+    assert torch.equal(
+        torch.bincount(targets, minlength=10).get()[:4], torch.tensor([counts[d] for d in range(4)])
+    )
     for private in (data, targets):
         with pytest.raises(PermissionDeniedError):
             private.get()
@@ -127,8 +132,9 @@ def test_worker_command_prints_digit_counts_and_publishes_private_data(worker_pr
 
 
 def test_worker_command_takes_a_partition_and_the_test_set():
-    process = WorkerProcess("--id", "testing", "--dataset", "mnist", "--testing",
-                            "--partition", "iid:4", "--part", "1")
+    process = WorkerProcess(
+        "--id", "testing", "--dataset", "mnist", "--testing", "--partition", "iid:4", "--part", "1"
+    )
     try:
         assert "MNIST dataset (test set), available numbers on testing:" in process.lines
         assert "len(datasets[mnist_testing]): 2500" in process.lines
@@ -197,8 +203,7 @@ def test_exchange_sends_at_once_and_replies_come_back_in_order(server):
     server.server.node.release_derived = False
     worker = server.connect()
     transport = worker.client.transport
-    held = transport.exchange([Call(PUBLISHED, ["numbers", 0], {}, 1),
-                               Get([1], "held", "", 30.0)])
+    held = transport.exchange([Call(PUBLISHED, ["numbers", 0], {}, 1), Get([1], "held", "", 30.0)])
     later = [transport.exchange([Put(10 + i, torch.full((2,), float(i)))]) for i in range(3)]
     fetch = transport.exchange([Get([11])])
     while not list(server.server.node.requests):  # the worker is now held on the request
@@ -216,8 +221,9 @@ def test_a_reply_is_not_changed_by_the_commands_after_it(alice):
     big = torch.randn(16 * 2**20)  # 64 MB: more than the socket buffers, so the reply waits
     transport.exchange([Put(7 * 10**9, big)])
     fetch = transport.exchange([Get([7 * 10**9])])
-    change = transport.exchange([Call("torch.Tensor.add_", [Ref(7 * 10**9), 1.0], {}, None),
-                                 Delete([7 * 10**9])])
+    change = transport.exchange(
+        [Call("torch.Tensor.add_", [Ref(7 * 10**9), 1.0], {}, None), Delete([7 * 10**9])]
+    )
     assert torch.equal(fetch()[0].value[0], big)
     assert isinstance(change()[0], Done)
 
@@ -249,11 +255,31 @@ def test_a_bad_address_fails_clearly():
 
 def test_tls(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    server = WorkerServer(Node("tls"), port=0, token=TOKEN,
-                          ssl_context=server_ssl_context(str(cert), str(key)))
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = WorkerServer(
+        Node("tls"), port=0, token=TOKEN, ssl_context=server_ssl_context(str(cert), str(key))
+    )
     with ServerThread(server) as running:
         assert running.url.startswith("wss://")
         client_context = ssl.create_default_context(cafile=str(cert))
@@ -278,8 +304,9 @@ def test_a_frame_announcing_a_gigabyte_is_refused_before_any_allocation(worker_p
 
 
 def test_a_message_growing_too_big_in_fragments_is_refused():
-    server = WorkerServer(Node("small"), port=0, token=TOKEN,
-                          limits=ServerLimits(max_message_bytes=100_000))
+    server = WorkerServer(
+        Node("small"), port=0, token=TOKEN, limits=ServerLimits(max_message_bytes=100_000)
+    )
     with ServerThread(server) as running:
         sock = raw_socket(running.server.port)
         chunk = masked_frame(b"x" * 60_000)
@@ -291,8 +318,9 @@ def test_a_message_growing_too_big_in_fragments_is_refused():
 def test_garbage_gets_an_error_or_a_close_and_other_clients_keep_working(server):
     with server.connect() as bystander:
         kept = torch.arange(5.0).send(bystander)
-        with ws_connect(server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"},
-                        compression=None) as ws:
+        with ws_connect(
+            server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, compression=None
+        ) as ws:
             ws.send(b"not a tether frame")
             (reply,) = decode(ws.recv())
             assert isinstance(reply, Failure) and reply.kind == "WireError"
@@ -313,13 +341,20 @@ def test_garbage_gets_an_error_or_a_close_and_other_clients_keep_working(server)
 
 def test_the_server_survives_hundreds_of_mutated_frames(server):
     rng = random.Random(0)
-    valid = [bytes(encode(commands)) for commands in (
-        [Put(1, torch.randn(3, 4)), Call("torch.add", [Ref(1), 2.0], {}, 2), Get([2])],
-        [Call("torch.zeros", [(2, 3)], {"dtype": torch.int64}, 3), Delete([3])],
-        [Call("operator.getitem", [Ref(1), (slice(0, 2), ...)], {}, 4), Get([4], "n", "r")],
-    )]
-    with ws_connect(server.url, additional_headers={"Authorization": f"Bearer {TOKEN}"},
-                    compression=None, max_size=None) as ws:
+    valid = [
+        bytes(encode(commands))
+        for commands in (
+            [Put(1, torch.randn(3, 4)), Call("torch.add", [Ref(1), 2.0], {}, 2), Get([2])],
+            [Call("torch.zeros", [(2, 3)], {"dtype": torch.int64}, 3), Delete([3])],
+            [Call("operator.getitem", [Ref(1), (slice(0, 2), ...)], {}, 4), Get([4], "n", "r")],
+        )
+    ]
+    with ws_connect(
+        server.url,
+        additional_headers={"Authorization": f"Bearer {TOKEN}"},
+        compression=None,
+        max_size=None,
+    ) as ws:
         for _ in range(300):
             frame = bytearray(rng.choice(valid))
             for _ in range(rng.randint(1, 4)):
@@ -327,9 +362,9 @@ def test_the_server_survives_hundreds_of_mutated_frames(server):
                 if kind < 0.6:
                     frame[rng.randrange(len(frame))] = rng.randrange(256)
                 elif kind < 0.8:
-                    del frame[rng.randrange(len(frame)):]
+                    del frame[rng.randrange(len(frame)) :]
                 else:
-                    frame[rng.randrange(len(frame) + 1):0] = os.urandom(rng.randint(1, 16))
+                    frame[rng.randrange(len(frame) + 1) : 0] = os.urandom(rng.randint(1, 16))
             ws.send(bytes(frame))
             replies = decode(ws.recv(timeout=10))
             assert all(isinstance(r, Done | Value | Failure) for r in replies)
@@ -373,8 +408,7 @@ def test_a_disconnected_client_s_objects_are_freed(server, caplog):
 
 
 def test_idle_clients_are_disconnected():
-    server = WorkerServer(Node("idle"), port=0, token=TOKEN,
-                          limits=ServerLimits(idle_timeout=0.3))
+    server = WorkerServer(Node("idle"), port=0, token=TOKEN, limits=ServerLimits(idle_timeout=0.3))
     with ServerThread(server) as running, running.connect() as worker:
         x = torch.ones(2).send(worker)
         worker.flush()
@@ -396,8 +430,9 @@ def _connect_when_freed(running: ServerThread) -> WebsocketClientWorker:
 
 
 def test_past_max_connections_a_client_is_refused_with_the_reason_until_one_leaves():
-    server = WorkerServer(Node("small"), port=0, token=TOKEN,
-                          limits=ServerLimits(max_connections=2))
+    server = WorkerServer(
+        Node("small"), port=0, token=TOKEN, limits=ServerLimits(max_connections=2)
+    )
     with ServerThread(server) as running:
         first, second = running.connect(), running.connect()
         x = torch.arange(3.0).send(first)
@@ -415,8 +450,9 @@ def test_past_max_connections_a_client_is_refused_with_the_reason_until_one_leav
 def test_past_max_handshakes_new_sockets_are_closed_until_the_waiting_ones_go(caplog):
     """Sockets that never say anything hold a handshake slot each (until handshake_timeout);
     past max_handshakes the server closes new ones at once, and serves again once they go."""
-    server = WorkerServer(Node("guarded"), port=0, token=TOKEN,
-                          limits=ServerLimits(max_handshakes=2))
+    server = WorkerServer(
+        Node("guarded"), port=0, token=TOKEN, limits=ServerLimits(max_handshakes=2)
+    )
     with ServerThread(server) as running:
         silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
         deadline = time.monotonic() + 5
@@ -573,8 +609,11 @@ def test_frames_parse_the_same_however_the_bytes_are_split():
     stream, expected = bytearray(), []
     for _ in range(200):
         payload = os.urandom(rng.choice([0, 1, 125, 126, 65535, 65536, 300_000, 1_000_000]))
-        pieces = [payload] if rng.random() < 0.7 else [payload[:len(payload) // 2],
-                                                        payload[len(payload) // 2:]]
+        pieces = (
+            [payload]
+            if rng.random() < 0.7
+            else [payload[: len(payload) // 2], payload[len(payload) // 2 :]]
+        )
         for i, piece in enumerate(pieces):
             if rng.random() < 0.2:
                 stream += masked_frame(b"ping!", opcode=0x9)  # control frames may interleave
@@ -586,7 +625,7 @@ def test_frames_parse_the_same_however_the_bytes_are_split():
     while pos < len(stream):
         target = reader.buffer()
         n = min(len(target), rng.choice([1, 3, 100, 5000, 70_000, 2**20]), len(stream) - pos)
-        target[:n] = stream[pos:pos + n]
+        target[:n] = stream[pos : pos + n]
         pos += n
         for kind, payload in reader.advance(n):
             if kind == "message":
@@ -636,8 +675,9 @@ def test_only_small_elementwise_frames_count_as_quick():
     small, big, row = (Ref(ids[k]) for k in ("small", "big", "row"))
     quick = node.is_quick
     assert quick([Call("operator.add", [small, 1], {}, 9), Get([9]), Delete([9])])
-    assert quick([Call("operator.mul", [small, small], {}, 9),
-                  Call("operator.neg", [Ref(9)], {}, 8)])
+    assert quick(
+        [Call("operator.mul", [small, small], {}, 9), Call("operator.neg", [Ref(9)], {}, 8)]
+    )
     assert quick([])
     assert not quick([Call("operator.add", [big, 1], {}, 9)])  # too large
     assert not quick([Call("operator.matmul", [small, small], {}, 9)])  # not elementwise
@@ -647,8 +687,9 @@ def test_only_small_elementwise_frames_count_as_quick():
     assert not quick([Call("operator.add", [small, [1, 2]], {}, 9)])  # not a scalar
     assert not quick([Put(9, torch.ones(2))])
     assert not quick([Get([ids["small"]], wait=5.0)])  # may wait for the owner
-    assert not quick([Call("operator.add", [row, row], {}, 9),
-                      Call("operator.add", [Ref(9), small], {}, 8)])  # may have grown 4096x
+    assert not quick(
+        [Call("operator.add", [row, row], {}, 9), Call("operator.add", [Ref(9), small], {}, 8)]
+    )  # may have grown 4096x
     assert quick([Call("operator.add", [], {}, 9)])  # fails in the node, quickly
     # references as plain ids, marked in `refs`, as pointers send them
     assert quick([Call("operator.add", [ids["small"], 1], {}, 9, refs=1)])
@@ -689,10 +730,15 @@ def test_quick_frames_of_one_client_are_answered_while_another_s_long_command_ru
 def test_quick_frames_that_fail_get_failures_and_the_server_keeps_serving(server):
     with server.connect() as worker:
         transport = worker.client.transport
-        replies = transport.exchange([Call("operator.add", [], {}, 5),
-                                      Call("operator.truediv", [1, 0], {}, 6),
-                                      Call("operator.neg", [Ref(5)], {}, 7),
-                                      Get([99]), Delete([12345])])()
+        replies = transport.exchange(
+            [
+                Call("operator.add", [], {}, 5),
+                Call("operator.truediv", [1, 0], {}, 6),
+                Call("operator.neg", [Ref(5)], {}, 7),
+                Get([99]),
+                Delete([12345]),
+            ]
+        )()
         assert [type(r) for r in replies] == [Failure, Failure, Failure, Failure, Done]
         assert "ZeroDivisionError" in replies[1].kind
         assert torch.equal((torch.ones(2).send(worker) + 1).get(), torch.full((2,), 2.0))

@@ -15,8 +15,13 @@ from tether import errors
 
 
 def test_send_get_round_trip_keeps_values_dtype_and_grad_flag(bob):
-    for t in (torch.randn(3, 4), torch.arange(6).view(2, 3), torch.tensor(True),
-              torch.randn(4, 5).t(), torch.randn(2, 2, dtype=torch.float64).requires_grad_()):
+    for t in (
+        torch.randn(3, 4),
+        torch.arange(6).view(2, 3),
+        torch.tensor(True),
+        torch.randn(4, 5).t(),
+        torch.randn(2, 2, dtype=torch.float64).requires_grad_(),
+    ):
         back = t.send(bob).get()
         assert back.dtype == t.dtype and back.shape == t.shape
         assert back.requires_grad == t.requires_grad
@@ -27,15 +32,24 @@ def test_operators_functions_and_methods_run_remotely(bob):
     a, b = torch.randn(3, 4), torch.randn(3, 4)
     pa, pb = a.send(bob), b.send(bob)
     cases = {
-        "add": (pa + pb, a + b), "radd": (2 + pa, 2 + a), "sub": (pa - 1, a - 1),
-        "rsub": (1 - pa, 1 - a), "mul": (pa * pb, a * b), "div": (pa / 2, a / 2),
-        "pow": (pa ** 2, a ** 2), "neg": (-pa, -a), "abs": (abs(pa), abs(a)),
-        "matmul": (pa @ pb.t(), a @ b.t()), "gt": (pa > pb, a > b),
+        "add": (pa + pb, a + b),
+        "radd": (2 + pa, 2 + a),
+        "sub": (pa - 1, a - 1),
+        "rsub": (1 - pa, 1 - a),
+        "mul": (pa * pb, a * b),
+        "div": (pa / 2, a / 2),
+        "pow": (pa**2, a**2),
+        "neg": (-pa, -a),
+        "abs": (abs(pa), abs(a)),
+        "matmul": (pa @ pb.t(), a @ b.t()),
+        "gt": (pa > pb, a > b),
         "getitem": (pa[1:, ::2], a[1:, ::2]),
         "torch.add": (torch.add(pa, pb, alpha=2), torch.add(a, b, alpha=2)),
         "torch.cat": (torch.cat([pa, pb], dim=1), torch.cat([a, b], dim=1)),
-        "F.relu": (F.relu(pa), F.relu(a)), "view": (pa.view(-1), a.view(-1)),
-        "sum": (pa.sum(dim=0), a.sum(dim=0)), "mean": (pa.mean(), a.mean()),
+        "F.relu": (F.relu(pa), F.relu(a)),
+        "view": (pa.view(-1), a.view(-1)),
+        "sum": (pa.sum(dim=0), a.sum(dim=0)),
+        "mean": (pa.mean(), a.mean()),
         "local operand": (pa * torch.ones(4), a * torch.ones(4)),
     }
     for name, (pointer, expected) in cases.items():
@@ -105,8 +119,11 @@ def test_module_send_is_in_place_and_get_brings_trained_weights_back(bob):
     for mine, theirs in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
     # In process, get() adopts the worker's own tensors (no copy); over a network, copies.
-    stored = {s.value.data_ptr() for s in store_of(bob).objects.values()
-              if isinstance(s.value, torch.Tensor)}
+    stored = {
+        s.value.data_ptr()
+        for s in store_of(bob).objects.values()
+        if isinstance(s.value, torch.Tensor)
+    }
     assert all(p.data_ptr() in stored for p in params) == isinstance(bob, sy.VirtualWorker)
 
 
@@ -114,8 +131,9 @@ def test_learning_rate_changes_reach_the_remote_optimizer(bob):
     model, twin = nn.Linear(3, 1), nn.Linear(3, 1)
     twin.load_state_dict(model.state_dict())
     opt, twin_opt = (torch.optim.SGD(m.parameters(), lr=1.0) for m in (model, twin))
-    schedules = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5)
-                 for o in (opt, twin_opt)]
+    schedules = [
+        torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5) for o in (opt, twin_opt)
+    ]
     x = torch.randn(4, 3)
     px = x.send(bob)
     for _ in range(3):
@@ -267,9 +285,13 @@ def test_nodes_lend_only_what_may_leave_freely():
     from tether.node.store import Privacy, Stored
 
     for release_derived, privacy, readonly, lent in [
-            (True, Privacy.PUBLIC, False, True), (False, Privacy.PUBLIC, False, True),
-            (True, Privacy.DERIVED, False, True), (False, Privacy.DERIVED, False, False),
-            (True, Privacy.PRIVATE, False, False), (True, Privacy.PUBLIC, True, False)]:
+        (True, Privacy.PUBLIC, False, True),
+        (False, Privacy.PUBLIC, False, True),
+        (True, Privacy.DERIVED, False, True),
+        (False, Privacy.DERIVED, False, False),
+        (True, Privacy.PRIVATE, False, False),
+        (True, Privacy.PUBLIC, True, False),
+    ]:
         node = Node("owner", release_derived=release_derived)
         node.store("scientist").put(1, Stored(torch.ones(2), privacy, readonly))
         assert node.lends("scientist", [1]) is lent, (release_derived, privacy, readonly)

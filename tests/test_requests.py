@@ -44,9 +44,17 @@ def test_nothing_computed_from_private_data_leaves_without_a_request(owner):
     output = model(x)
     loss = F.cross_entropy(output, y)
     loss.backward()
-    attempts = {"dataset": x, "x + 0": x + 0, "clone": x.clone(), "sum": x.sum(), "x[0]": x[1],
-                "model output": output, "loss": loss, "weight.grad": model.weight.grad,
-                "weight after training on x": model.weight}
+    attempts = {
+        "dataset": x,
+        "x + 0": x + 0,
+        "clone": x.clone(),
+        "sum": x.sum(),
+        "x[0]": x[1],
+        "model output": output,
+        "loss": loss,
+        "weight.grad": model.weight.grad,
+        "weight after training on x": model.weight,
+    }
     for what, pointer in attempts.items():
         with pytest.raises(errors.PermissionDeniedError):
             pointer.get()
@@ -97,8 +105,10 @@ def test_cleared_handlers_decide_nothing_more(owner):
     assert x.sum().get(request_block=True, name="before").item() == SECRET.sum().item()
     desk.clear_handlers()
     assert x.sum().get(request_block=True, name="after", timeout_secs=0.05) is None
-    assert [(e["name"], e["decision"]) for e in desk.audit] == [("before", "accepted"),
-                                                                 ("after", "timed out")]
+    assert [(e["name"], e["decision"]) for e in desk.audit] == [
+        ("before", "accepted"),
+        ("after", "timed out"),
+    ]
 
 
 def test_a_get_of_several_objects_releases_all_or_none(owner):
@@ -131,8 +141,12 @@ def test_handlers_by_name_and_tag_and_which_wins(owner, capsys):
     desk.add_handler(name="loss", tags=["mnist"], action="deny")  # equal: the newest wins
     assert x.min().get(request_block=True, name="loss") is None
     decisions = [(e["name"], e["decision"]) for e in desk.audit]
-    assert decisions == [("loss", "denied"), ("anything", "accepted"), ("loss", "accepted"),
-                         ("loss", "denied")]
+    assert decisions == [
+        ("loss", "denied"),
+        ("anything", "accepted"),
+        ("loss", "accepted"),
+        ("loss", "denied"),
+    ]
 
 
 def test_handlers_expire_and_requests_time_out(owner):
@@ -164,8 +178,7 @@ def test_requests_table_for_the_owner(owner):
     x, _ = _dataset(owner)
     x.sum().request(name="train_size", reason="to plan the epochs")
     table = owner.node.requests.pandas
-    assert list(table.columns) == ["id", "name", "reason", "requester", "object", "status",
-                                   "time"]
+    assert list(table.columns) == ["id", "name", "reason", "requester", "object", "status", "time"]
     assert table.iloc[0]["name"] == "train_size" and table.iloc[0]["status"] == "pending"
 
 

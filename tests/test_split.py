@@ -25,8 +25,7 @@ def _segments(sizes: list[int]) -> list[nn.Module]:
     segments = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         last = i == len(sizes) - 2
-        segments.append(nn.Sequential(nn.Linear(a, b),
-                                      nn.LogSoftmax(dim=1) if last else nn.ReLU()))
+        segments.append(nn.Sequential(nn.Linear(a, b), nn.LogSoftmax(dim=1) if last else nn.ReLU()))
     return segments
 
 
@@ -48,12 +47,15 @@ def _recorder(worker) -> list:
 
 
 def _holds(seen: list, tensor: torch.Tensor) -> bool:
-    return any(isinstance(v, torch.Tensor) and v.shape == tensor.shape
-               and torch.equal(v.detach(), tensor) for v in seen)
+    return any(
+        isinstance(v, torch.Tensor) and v.shape == tensor.shape and torch.equal(v.detach(), tensor)
+        for v in seen
+    )
 
 
-def _assert_split_matches_whole(sizes: list[int], places: list, data_at, labels_at,
-                                x: torch.Tensor, y: torch.Tensor) -> None:
+def _assert_split_matches_whole(
+    sizes: list[int], places: list, data_at, labels_at, x: torch.Tensor, y: torch.Tensor
+) -> None:
     """Train a SplitNN over `places` and the same model whole, 50 steps of SGD on (x, y):
     the same losses at every step and the same weights at the end."""
     torch.manual_seed(0)
@@ -73,8 +75,7 @@ def _assert_split_matches_whole(sizes: list[int], places: list, data_at, labels_
         whole_opt.step()
         assert abs(loss.detach().get().item() - expected.item()) <= 1e-5, step
     split.get()
-    for mine, theirs in zip(nn.Sequential(*segments).parameters(), whole.parameters(),
-                            strict=True):
+    for mine, theirs in zip(nn.Sequential(*segments).parameters(), whole.parameters(), strict=True):
         assert (mine - theirs).abs().max().item() <= 1e-5
 
 
@@ -106,8 +107,10 @@ def test_split_tutorial_accuracy_equals_the_unsplit_model():
     test_images, test_labels = datasets.materialize(datasets.MNIST(train=False, transform=t))
     images, test_images = images.view(len(images), -1), test_images.view(len(test_images), -1)
     torch.manual_seed(0)
-    models = [nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 640), nn.ReLU()),
-              nn.Sequential(nn.Linear(640, 10), nn.LogSoftmax(dim=1))]
+    models = [
+        nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 640), nn.ReLU()),
+        nn.Sequential(nn.Linear(640, 10), nn.LogSoftmax(dim=1)),
+    ]
     whole = copy.deepcopy(nn.Sequential(*models))
     alice, bob = sy.VirtualWorker("alice"), sy.VirtualWorker("bob")
     split = sy.SplitNN(models, [alice, bob], [optim.SGD(m.parameters(), lr=0.03) for m in models])
@@ -115,8 +118,7 @@ def test_split_tutorial_accuracy_equals_the_unsplit_model():
     for _ in range(15):
         for index in torch.randperm(len(images)).split(64):
             split.zero_grads()
-            loss = nn.NLLLoss()(split.forward(images[index].send(alice)),
-                                labels[index].send(bob))
+            loss = nn.NLLLoss()(split.forward(images[index].send(alice)), labels[index].send(bob))
             split.backward(loss)
             split.step()
             whole_opt.zero_grad()
@@ -134,8 +136,9 @@ def test_split_tutorial_accuracy_equals_the_unsplit_model():
 def test_segments_that_do_not_chain_are_named(make_worker):
     alice, bob = make_worker("alice"), make_worker("bob")
     segments = [nn.Linear(8, 6), nn.Linear(5, 2)]  # 6 outputs feed 5 inputs
-    split = sy.SplitNN(segments, [alice, bob], [optim.SGD(s.parameters(), lr=0.1)
-                                                for s in segments])
+    split = sy.SplitNN(
+        segments, [alice, bob], [optim.SGD(s.parameters(), lr=0.1) for s in segments]
+    )
     with pytest.raises(errors.RemoteError, match=r"segment 1 \(Linear on 'bob'\).*6 and 5x2"):
         split.forward(torch.randn(3, 8).send(alice))
 
@@ -154,9 +157,13 @@ def test_mismatched_split_arguments_are_refused():
 
 
 def test_split_example_runs():
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "split_mnist.py"),
-                           "--epochs", "1"], capture_output=True, text=True, timeout=300,
-                          check=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "split_mnist.py"), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "Epoch 0 - Training loss:" in done.stdout
     assert "Test set: Accuracy:" in done.stdout and "/10000" in done.stdout
 
@@ -167,10 +174,17 @@ def test_split_training_on_worker_processes_matches_the_unsplit_model():
     processes = [WorkerProcess("--id", name, "--quiet") for name in names]
     try:
         alice, bob, carol = (p.connect(id=n) for p, n in zip(processes, names, strict=True))
-        _assert_split_matches_whole([20, 16, 5], [alice, bob], alice, bob,
-                                    torch.randn(32, 20), torch.randint(0, 5, (32,)))
-        _assert_split_matches_whole([20, 16, 12, 5], [alice, bob, carol], alice, carol,
-                                    torch.randn(32, 20), torch.randint(0, 5, (32,)))
+        _assert_split_matches_whole(
+            [20, 16, 5], [alice, bob], alice, bob, torch.randn(32, 20), torch.randint(0, 5, (32,))
+        )
+        _assert_split_matches_whole(
+            [20, 16, 12, 5],
+            [alice, bob, carol],
+            alice,
+            carol,
+            torch.randn(32, 20),
+            torch.randint(0, 5, (32,)),
+        )
         for worker in (alice, bob, carol):
             worker.close()
     finally:

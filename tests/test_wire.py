@@ -49,8 +49,11 @@ TENSOR, REF, TUPLE, SLICE, DTYPE, ELLIPSIS, COMPLEX, DEVICE, MEMFMT = range(1, 1
 
 
 def _base(dtype: torch.dtype, shape: list[int], raw: bytes) -> torch.Tensor:
-    flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(
-        0, dtype=torch.uint8)
+    flat = (
+        torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        if raw
+        else torch.empty(0, dtype=torch.uint8)
+    )
     if dtype == torch.bool:
         flat = flat & 1  # other bytes are not valid bools
     return flat.view(dtype).reshape(shape).clone()
@@ -96,8 +99,12 @@ def same(a: object, b: object) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, torch.Tensor):
-        return (a.dtype == b.dtype and a.shape == b.shape and a.requires_grad == b.requires_grad
-                and torch.equal(_raw(a), _raw(b)))
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.requires_grad == b.requires_grad
+            and torch.equal(_raw(a), _raw(b))
+        )
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(map(same, a, b))
     if isinstance(a, dict):
@@ -172,25 +179,50 @@ def test_every_dtype_travels(name: str) -> None:
 ids = st.integers(0, MAX_ID)
 ints = st.integers(-(2**63), MAX_ID)
 leaves = st.one_of(
-    st.none(), st.booleans(), ints, st.floats(), st.text(), st.binary(),
+    st.none(),
+    st.booleans(),
+    ints,
+    st.floats(),
+    st.text(),
+    st.binary(),
     st.builds(slice, st.none() | ints, st.none() | ints, st.none() | ints),
-    st.just(Ellipsis), st.sampled_from(list(DTYPES.values())), st.complex_numbers(),
-    st.builds(Ref, ids), st.sampled_from([torch.device("cpu"), torch.device("cuda", 0)]),
-    st.sampled_from([torch.contiguous_format, torch.channels_last]), tensors(),
+    st.just(Ellipsis),
+    st.sampled_from(list(DTYPES.values())),
+    st.complex_numbers(),
+    st.builds(Ref, ids),
+    st.sampled_from([torch.device("cpu"), torch.device("cuda", 0)]),
+    st.sampled_from([torch.contiguous_format, torch.channels_last]),
+    tensors(),
 )
 values = st.recursive(
     leaves,
-    lambda inner: st.lists(inner, max_size=4) | st.lists(inner, max_size=4).map(tuple)
-    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 kwargs = st.dictionaries(st.text(max_size=8), values, max_size=3)
 messages = st.one_of(
     st.builds(Put, ids, values),
-    st.lists(values, max_size=4).flatmap(lambda args: st.builds(
-        Call, st.text(), st.just(args), kwargs, st.none() | ids, st.integers(0, 2**len(args) - 1))),
-    st.builds(Get, st.lists(ids, max_size=5), st.text(), st.text(),
-              st.floats(0, 3600) | st.integers(0, 3600)),
+    st.lists(values, max_size=4).flatmap(
+        lambda args: st.builds(
+            Call,
+            st.text(),
+            st.just(args),
+            kwargs,
+            st.none() | ids,
+            st.integers(0, 2 ** len(args) - 1),
+        )
+    ),
+    st.builds(
+        Get,
+        st.lists(ids, max_size=5),
+        st.text(),
+        st.text(),
+        st.floats(0, 3600) | st.integers(0, 3600),
+    ),
     st.builds(Delete, st.lists(ids, max_size=5)),
     st.builds(Done, st.none() | st.lists(values, max_size=4)),
     st.builds(Value, values),
@@ -218,13 +250,25 @@ def test_bytes_that_look_like_containers_still_decode(extra: list) -> None:
 # ---- crafted and fuzzed frames --------------------------------------------------------------
 
 
-def frame(header: bytes, buffers: tuple[bytes, ...] = (), *, lengths: tuple[int, ...] | None = None,
-          n_buffers: int | None = None, header_len: int | None = None, magic: bytes = b"TT",
-          version: int = codec.VERSION) -> bytes:
+def frame(
+    header: bytes,
+    buffers: tuple[bytes, ...] = (),
+    *,
+    lengths: tuple[int, ...] | None = None,
+    n_buffers: int | None = None,
+    header_len: int | None = None,
+    magic: bytes = b"TT",
+    version: int = codec.VERSION,
+) -> bytes:
     """A frame laid out as the codec does, with any of its length fields free to lie."""
     lengths = tuple(len(b) for b in buffers) if lengths is None else lengths
-    head = codec._PREFIX.pack(magic, version, 0, len(lengths) if n_buffers is None else n_buffers,
-                              len(header) if header_len is None else header_len)
+    head = codec._PREFIX.pack(
+        magic,
+        version,
+        0,
+        len(lengths) if n_buffers is None else n_buffers,
+        len(header) if header_len is None else header_len,
+    )
     head += struct.pack(f"<{len(lengths)}Q", *lengths) + header
     out = head + bytes(-len(head) % 64)
     for b in buffers:
@@ -244,8 +288,14 @@ def value_frame(value: object, buffers: tuple[bytes, ...] = (), **lie: int) -> b
     return frame(body([5, value]), buffers, **lie)
 
 
-def tensor_meta(dtype: str | int = "float32", shape: tuple[int, ...] = (2,), grad: int = 0,
-                index: int = 0, ndim: int | None = None, extra: bytes = b"") -> msgpack.ExtType:
+def tensor_meta(
+    dtype: str | int = "float32",
+    shape: tuple[int, ...] = (2,),
+    grad: int = 0,
+    index: int = 0,
+    ndim: int | None = None,
+    extra: bytes = b"",
+) -> msgpack.ExtType:
     """A tensor's extension as the codec lays it out, with any field free to lie."""
     code = codec._DTYPE_NAMES.index(dtype) if isinstance(dtype, str) else dtype
     head = struct.pack("<BBBxI", code, grad, len(shape) if ndim is None else ndim, index)
@@ -270,8 +320,9 @@ CRAFTED: dict[str, bytes] = {
     "header longer than frame": frame(body([4, [1, 2, 3]]), header_len=64),
     "huge buffer length": frame(body(), (EIGHT,), lengths=(2**64 - 1,)),
     "buffer lengths that wrap in 64 bits": frame(body(), (EIGHT, EIGHT), lengths=(2**63, 2**63)),
-    "1 GB buffer announced": value_frame(tensor_meta(shape=(2**28,)), (EIGHT,),
-                                         lengths=(GIGABYTE,)),
+    "1 GB buffer announced": value_frame(
+        tensor_meta(shape=(2**28,)), (EIGHT,), lengths=(GIGABYTE,)
+    ),
     "1 GB tensor on an 8-byte buffer": value_frame(tensor_meta(shape=(2**28,)), (EIGHT,)),
     "bad magic": frame(body(), magic=b"PK"),
     "version 0": frame(body(), version=0),
@@ -291,8 +342,7 @@ CRAFTED: dict[str, bytes] = {
     "bytes after the dims": value_frame(tensor_meta(extra=b"\0"), (EIGHT,)),
     "bytes mismatch": value_frame(tensor_meta(shape=(3,)), (EIGHT,)),
     "unknown dtype code": value_frame(tensor_meta(dtype=200), (EIGHT,)),
-    "dtype code past the table": value_frame(tensor_meta(dtype=len(codec._DTYPE_NAMES)),
-                                             (EIGHT,)),
+    "dtype code past the table": value_frame(tensor_meta(dtype=len(codec._DTYPE_NAMES)), (EIGHT,)),
     "requires_grad of 2": value_frame(tensor_meta(grad=2), (EIGHT,)),
     "missing buffer": value_frame(tensor_meta(index=1), (EIGHT,)),
     "buffer index 2**32 - 1": value_frame(tensor_meta(index=2**32 - 1), (EIGHT,)),
@@ -353,8 +403,9 @@ CRAFTED: dict[str, bytes] = {
     "Done meta int": frame(body([4, 5])),
     "Failure details list": frame(body([6, "E", "m", []])),
     "map with int keys": frame(body([1, "torch.add", [], {1: 2}, None, 0])),
-    "map with a tuple key": frame(b"\x91\x96\x01\xa1x\x90\x81" + msgpack.packb(ext(TUPLE, [1]))
-                                  + b"\x01\xc0\x00"),
+    "map with a tuple key": frame(
+        b"\x91\x96\x01\xa1x\x90\x81" + msgpack.packb(ext(TUPLE, [1])) + b"\x01\xc0\x00"
+    ),
     "invalid utf-8 string": frame(b"\x91\x92\x05\xa2\xff\xfe"),
     "trailing header bytes": frame(body([4, None]) + b"\xc0"),
     "reserved msgpack byte": frame(b"\xc1"),
@@ -366,12 +417,43 @@ def _corpus() -> list[bytearray]:
     x = torch.arange(6.0).reshape(2, 3)
     return [
         encode([Put(1, x), Call("torch.add", [Ref(1), 1], {}, 2), Get([2], "n", "r")]),
-        encode([Value((1, 2.5, "s", b"b", None, True, [slice(1, None, 2), ..., torch.float16,
-                                                      1 + 2j, torch.device("cpu")]))]),
-        encode([Call("op", [torch.ones(2, dtype=torch.int8), torch.zeros(0),
-                            torch.tensor(3.0, requires_grad=True)], {"k": (Ref(5),)}, None)]),
-        encode([Failure("K", "m", {"a": 1}), Done(["tensor", [2], "float32", False]), Done(),
-                Delete([1, 2, 3])]),
+        encode(
+            [
+                Value(
+                    (
+                        1,
+                        2.5,
+                        "s",
+                        b"b",
+                        None,
+                        True,
+                        [slice(1, None, 2), ..., torch.float16, 1 + 2j, torch.device("cpu")],
+                    )
+                )
+            ]
+        ),
+        encode(
+            [
+                Call(
+                    "op",
+                    [
+                        torch.ones(2, dtype=torch.int8),
+                        torch.zeros(0),
+                        torch.tensor(3.0, requires_grad=True),
+                    ],
+                    {"k": (Ref(5),)},
+                    None,
+                )
+            ]
+        ),
+        encode(
+            [
+                Failure("K", "m", {"a": 1}),
+                Done(["tensor", [2], "float32", False]),
+                Done(),
+                Delete([1, 2, 3]),
+            ]
+        ),
         encode([]),
     ]
 
@@ -397,14 +479,14 @@ def _mutate(rng: random.Random, data: bytes, corpus: list[bytes]) -> bytes:
             out += rng.randbytes(rng.randint(1, 64))
         elif how == 4:  # splicing
             other = rng.choice(corpus)
-            out = out[:pos] + other[rng.randrange(len(other) + 1):]
+            out = out[:pos] + other[rng.randrange(len(other) + 1) :]
         elif how == 5:  # a deleted or duplicated run
             end = pos + rng.randint(1, 16)
             out[pos:end] = b"" if rng.random() < 0.5 else out[pos:end] * 2
         elif how == 6 and len(out) >= 8:  # a lying 32- or 64-bit length
             width = rng.choice((4, 8))
             at = rng.randrange(len(out) - width + 1)
-            out[at:at + width] = (rng.choice(_WIDE) % 2 ** (8 * width)).to_bytes(width, "little")
+            out[at : at + width] = (rng.choice(_WIDE) % 2 ** (8 * width)).to_bytes(width, "little")
         elif how == 7:  # garbage inserted
             out[pos:pos] = rng.randbytes(rng.randint(1, 16))
     return bytes(out)
@@ -415,11 +497,11 @@ def _split(data: bytes) -> tuple[bytes, list[bytes]]:
     _, _, _, n, header_len = codec._PREFIX.unpack_from(data)
     lengths = struct.unpack_from(f"<{n}Q", data, codec._PREFIX.size)
     pos = codec._PREFIX.size + 8 * n
-    header = data[pos:pos + header_len]
+    header = data[pos : pos + header_len]
     pos += header_len + (-(pos + header_len) % 64)
     buffers = []
     for length in lengths:
-        buffers.append(data[pos:pos + length])
+        buffers.append(data[pos : pos + length])
         pos += length + (-length % 64)
     return header, buffers
 
@@ -439,12 +521,21 @@ def _random_value(rng: random.Random, depth: int = 0) -> object:
         return msgpack.ExtType(rng.randrange(128), rng.randbytes(rng.randrange(24)))
     if roll == 5:
         code = rng.choice((REF, DTYPE, DEVICE, MEMFMT, ELLIPSIS, COMPLEX))
-        return msgpack.ExtType(code, rng.choice(
-            [b"", rng.randbytes(8), rng.randbytes(16), b"float16", b"cpu", b"channels_last"]))
+        return msgpack.ExtType(
+            code,
+            rng.choice(
+                [b"", rng.randbytes(8), rng.randbytes(16), b"float16", b"cpu", b"channels_last"]
+            ),
+        )
     if roll == 6:
         dims = tuple(rng.choice((0, 1, 2, 3, 2**31, 2**62 - 1)) for _ in range(rng.randrange(4)))
-        return tensor_meta(rng.randrange(len(codec._DTYPE_NAMES) + 2), dims, rng.randrange(3),
-                           rng.randrange(4), rng.choice((None, None, rng.randrange(6))))
+        return tensor_meta(
+            rng.randrange(len(codec._DTYPE_NAMES) + 2),
+            dims,
+            rng.randrange(3),
+            rng.randrange(4),
+            rng.choice((None, None, rng.randrange(6))),
+        )
     items = [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
     if roll in (7, 8):
         return items
@@ -457,9 +548,13 @@ def _random_value(rng: random.Random, depth: int = 0) -> object:
 
 def _random_frame(rng: random.Random) -> bytes:
     """A well-laid-out frame of random messages, so the fuzz reaches past the length checks."""
-    messages = [[rng.choice((0, 1, 2, 3, 4, 5, 6, 7, -1)),
-                 *(_random_value(rng, 1) for _ in range(rng.randrange(6)))]
-                for _ in range(rng.randrange(4))]
+    messages = [
+        [
+            rng.choice((0, 1, 2, 3, 4, 5, 6, 7, -1)),
+            *(_random_value(rng, 1) for _ in range(rng.randrange(6))),
+        ]
+        for _ in range(rng.randrange(4))
+    ]
     sizes = [rng.choice((0, 1, 2, 4, 8, 12, 16, 24)) for _ in range(rng.randrange(3))]
     return frame(msgpack.packb(messages, use_bin_type=True), tuple(bytes(n) for n in sizes))
 
@@ -535,8 +630,12 @@ def test_crafted_frame_allocates_no_more_than_it_carries(name: str) -> None:
 
 def test_announced_gigabyte_does_not_raise_rss() -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for name in ("1 GB buffer announced", "1 GB tensor on an 8-byte buffer", "huge buffer count",
-                 "shape 2**40 x 2**40"):
+    for name in (
+        "1 GB buffer announced",
+        "1 GB tensor on an 8-byte buffer",
+        "huge buffer count",
+        "shape 2**40 x 2**40",
+    ):
         with pytest.raises(WireError):
             decode(CRAFTED[name])
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
@@ -546,20 +645,31 @@ def test_announced_gigabyte_does_not_raise_rss() -> None:
 # ---- known holes ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("t", [torch.zeros(0, dtype=torch.int16)[::2], torch.zeros(2, 2)[0, ::2],
-                               torch.zeros(1, 2, dtype=torch.float64)[..., ::2],
-                               torch.ones(1, dtype=torch.complex64).imag],
-                         ids=["empty", "one element", "1x1", "imag of one complex"])
+@pytest.mark.parametrize(
+    "t",
+    [
+        torch.zeros(0, dtype=torch.int16)[::2],
+        torch.zeros(2, 2)[0, ::2],
+        torch.zeros(1, 2, dtype=torch.float64)[..., ::2],
+        torch.ones(1, dtype=torch.complex64).imag,
+    ],
+    ids=["empty", "one element", "1x1", "imag of one complex"],
+)
 def test_strided_single_element_encodes(t: torch.Tensor) -> None:
     (reply,) = decode(encode([Value(t)]))
     assert same(reply.value, t)
 
 
-@pytest.mark.parametrize(("value", "why"), [
-    (torch.zeros([1] * 65), "65 dimensions cannot be sent"),
-    (2**64, "does not fit in 64 bits"), (-(2**63) - 1, "does not fit in 64 bits"),
-    (object(), "type object cannot be sent"),
-], ids=["65 dims", "2**64", "-2**63-1", "object"])
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (torch.zeros([1] * 65), "65 dimensions cannot be sent"),
+        (2**64, "does not fit in 64 bits"),
+        (-(2**63) - 1, "does not fit in 64 bits"),
+        (object(), "type object cannot be sent"),
+    ],
+    ids=["65 dims", "2**64", "-2**63-1", "object"],
+)
 def test_what_the_format_lacks_is_a_type_error_naming_it(value, why: str) -> None:
     with pytest.raises(TypeError, match=why):
         encode([Value(value)])
@@ -568,8 +678,12 @@ def test_what_the_format_lacks_is_a_type_error_naming_it(value, why: str) -> Non
 @pytest.mark.parametrize("first", [b"", b"\x01"], ids=["alone", "after a byte"])
 def test_decoded_complex128_is_aligned(first: bytes) -> None:
     values = [tensor_meta("uint8", (1,))] if first else []
-    data = bytearray(value_frame([*values, tensor_meta("complex128", (2,), index=len(values))],
-                                 (*([first] if first else []), bytes(32))))
+    data = bytearray(
+        value_frame(
+            [*values, tensor_meta("complex128", (2,), index=len(values))],
+            (*([first] if first else []), bytes(32)),
+        )
+    )
     for shift in range(0, 16, 8):  # wherever the receiving buffer happens to start
         buffer = bytearray(shift) + data
         (reply,) = decode(memoryview(buffer)[shift:])
@@ -602,8 +716,9 @@ def test_deeply_nested_tuples_do_not_crash() -> None:
         t.join()
         print("survived")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and "survived" in done.stdout, done.returncode
 
 

@@ -36,25 +36,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether", description="Privacy-preserving machine "
-                                     "learning on PyTorch: train on data you cannot see.")
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="Privacy-preserving machine learning on PyTorch: train on data you cannot see.",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register_worker(commands)
-    _register(commands, "train", "federated training across network workers",
-              "tether.federated.coordinator")
-    _register(commands, "demo", "the websocket MNIST tutorial end to end, offline",
-              "tether.federated.demo")
-    _register(commands, "network", "where Duet owners and scientists meet (and are relayed)",
-              "tether.duet.network")
+    _register(
+        commands,
+        "train",
+        "federated training across network workers",
+        "tether.federated.coordinator",
+    )
+    _register(
+        commands,
+        "demo",
+        "the websocket MNIST tutorial end to end, offline",
+        "tether.federated.demo",
+    )
+    _register(
+        commands,
+        "network",
+        "where Duet owners and scientists meet (and are relayed)",
+        "tether.duet.network",
+    )
     return parser
 
 
-def _register(commands: argparse._SubParsersAction, name: str, summary: str,
-              module_name: str) -> None:
+def _register(
+    commands: argparse._SubParsersAction, name: str, summary: str, module_name: str
+) -> None:
     """A subcommand whose module has `add_arguments(parser)` and `main(args)`."""
     module = importlib.import_module(module_name)
-    parser = commands.add_parser(name, help=summary, description=module.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     module.add_arguments(parser)
     parser.set_defaults(handler=module.main)
 
@@ -63,45 +82,82 @@ def _register(commands: argparse._SubParsersAction, name: str, summary: str,
 
 
 def _register_worker(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("worker", help="serve a worker that others reach over a websocket",
-                            description="Serve a worker: clients connect with "
-                            "tether.connect('ws://HOST:PORT', token=...) and compute on its data "
-                            "through pointers; private data never leaves.")
+    p = commands.add_parser(
+        "worker",
+        help="serve a worker that others reach over a websocket",
+        description="Serve a worker: clients connect with "
+        "tether.connect('ws://HOST:PORT', token=...) and compute on its data "
+        "through pointers; private data never leaves.",
+    )
     p.add_argument("--id", default="worker", help="the worker's name (default: worker)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (0.0.0.0: every interface; default 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (0.0.0.0: every interface; default 127.0.0.1)",
+    )
     p.add_argument("--port", type=int, default=8777, help="port (0: any free one; default 8777)")
-    p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"),
-                   help="access token clients must give (default: $TETHER_TOKEN, else a "
-                   "generated one, printed at start)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("TETHER_TOKEN"),
+        help="access token clients must give (default: $TETHER_TOKEN, else a "
+        "generated one, printed at start)",
+    )
     p.add_argument("--certfile", help="TLS certificate chain (PEM): serve wss://")
     p.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=["mnist"], help="dataset to publish (private)")
-    data.add_argument("--testing", action="store_true",
-                      help="publish the test set (key mnist_testing) instead of the train set")
-    data.add_argument("--data-root", help="folder with the MNIST IDX files (torchvision layout "
-                      "works); default: the sample shipped with tether")
+    data.add_argument(
+        "--testing",
+        action="store_true",
+        help="publish the test set (key mnist_testing) instead of the train set",
+    )
+    data.add_argument(
+        "--data-root",
+        help="folder with the MNIST IDX files (torchvision layout "
+        "works); default: the sample shipped with tether",
+    )
     keep = data.add_mutually_exclusive_group()
     keep.add_argument("--labels", help="keep only these digits, e.g. 0-3 or 0,2,5")
-    keep.add_argument("--partition", help="keep one part of a split: iid:N, labels:0-3/4-6/7-9, "
-                      "dirichlet:N:ALPHA or shards:N:K (with --part)")
+    keep.add_argument(
+        "--partition",
+        help="keep one part of a split: iid:N, labels:0-3/4-6/7-9, "
+        "dirichlet:N:ALPHA or shards:N:K (with --part)",
+    )
     data.add_argument("--part", type=int, default=0, help="which part of --partition (default 0)")
     data.add_argument("--seed", type=int, default=0, help="seed of --partition (default 0)")
     limits = p.add_argument_group("limits")
-    limits.add_argument("--max-message-mb", type=float, default=512,
-                        help="largest message a client may send (default 512)")
-    limits.add_argument("--max-stored-mb", type=float, default=8192,
-                        help="tensor bytes one client may keep on the worker (default 8192)")
-    limits.add_argument("--idle-timeout", type=float, default=3600,
-                        help="seconds of silence before a client is disconnected and its "
-                        "objects freed (default 3600)")
-    limits.add_argument("--max-connections", type=int, default=64,
-                        help="clients served at once; more are refused until one leaves "
-                        "(default 64)")
-    limits.add_argument("--max-handshakes", type=int, default=256,
-                        help="connections that have not yet shown a token, at once; more are "
-                        "closed at once (default 256)")
+    limits.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=512,
+        help="largest message a client may send (default 512)",
+    )
+    limits.add_argument(
+        "--max-stored-mb",
+        type=float,
+        default=8192,
+        help="tensor bytes one client may keep on the worker (default 8192)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=3600,
+        help="seconds of silence before a client is disconnected and its "
+        "objects freed (default 3600)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        help="clients served at once; more are refused until one leaves (default 64)",
+    )
+    limits.add_argument(
+        "--max-handshakes",
+        type=int,
+        default=256,
+        help="connections that have not yet shown a token, at once; more are "
+        "closed at once (default 256)",
+    )
     p.add_argument("--quiet", action="store_true", help="log only warnings")
     p.set_defaults(handler=_run_worker)
 
@@ -110,8 +166,11 @@ def _run_worker(args: argparse.Namespace) -> int:
     from tether.net import ServerLimits, WorkerServer, serve, server_ssl_context
     from tether.node import Limits
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     if args.keyfile and not args.certfile:
         raise ValueError("--keyfile needs --certfile")
     node = Node(args.id, limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB)))
@@ -119,12 +178,18 @@ def _run_worker(args: argparse.Namespace) -> int:
         _publish_mnist(node, args)
     generated = not args.token
     server = WorkerServer(
-        node, host=args.host, port=args.port, token=args.token or None,
+        node,
+        host=args.host,
+        port=args.port,
+        token=args.token or None,
         ssl_context=server_ssl_context(args.certfile, args.keyfile) if args.certfile else None,
-        limits=ServerLimits(max_message_bytes=int(args.max_message_mb * _MB),
-                            idle_timeout=args.idle_timeout,
-                            max_connections=args.max_connections,
-                            max_handshakes=args.max_handshakes))
+        limits=ServerLimits(
+            max_message_bytes=int(args.max_message_mb * _MB),
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+            max_handshakes=args.max_handshakes,
+        ),
+    )
 
     def ready(server: WorkerServer) -> None:
         if generated:
@@ -149,16 +214,20 @@ def _publish_mnist(node: Node, args: argparse.Namespace) -> None:
     from tether.federated.partition import parse_label_range, parse_spec
     from tether.transforms import Compose, Normalize, ToTensor
 
-    dataset = MNIST(root=args.data_root, train=not args.testing,
-                    transform=Compose([ToTensor(), Normalize((MNIST_MEAN,), (MNIST_STD,))]))
+    dataset = MNIST(
+        root=args.data_root,
+        train=not args.testing,
+        transform=Compose([ToTensor(), Normalize((MNIST_MEAN,), (MNIST_STD,))]),
+    )
     data, targets = materialize(dataset)
     if args.labels:
         keep = torch.isin(targets, torch.tensor(parse_label_range(args.labels))).nonzero().flatten()
     elif args.partition:
         parts = parse_spec(args.partition, seed=args.seed)(targets)
         if not 0 <= args.part < len(parts):
-            raise ValueError(f"--part {args.part} is not one of the {len(parts)} parts of "
-                             f"{args.partition!r}")
+            raise ValueError(
+                f"--part {args.part} is not one of the {len(parts)} parts of {args.partition!r}"
+            )
         keep = parts[args.part]
     else:
         keep = None
@@ -170,8 +239,13 @@ def _publish_mnist(node: Node, args: argparse.Namespace) -> None:
     print(f"MNIST dataset ({split} set), available numbers on {args.id}:")
     for digit, count in enumerate(counts.tolist()):
         print(f"      {digit}: {count}")
-    node.publish(key, (data, targets), private=True, tags=("#mnist", f"#{split}"),
-                 description=f"MNIST {split} images (N x 1 x 28 x 28, normalized) and labels")
+    node.publish(
+        key,
+        (data, targets),
+        private=True,
+        tags=("#mnist", f"#{split}"),
+        description=f"MNIST {split} images (N x 1 x 28 x 28, normalized) and labels",
+    )
     print(f"datasets: {{{key!r}: {len(targets)} samples, private}}")
     print(f"len(datasets[{key}]): {len(targets)}")
 

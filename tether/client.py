@@ -128,8 +128,12 @@ class Client:
             kept_adopted = frozenset(i for i, c in enumerate(kept) if id(c) in adopted_ids)
             self._inflight.append((kept, self.transport.exchange(kept, kept_adopted)))
         for command, exc in unsendable:
-            self._errors.append(self._error(command, Failure(
-                "WireError", f"it cannot be sent ({type(exc).__name__}: {exc})")))
+            self._errors.append(
+                self._error(
+                    command,
+                    Failure("WireError", f"it cannot be sent ({type(exc).__name__}: {exc})"),
+                )
+            )
 
     def _drain(self) -> None:
         while self._inflight:
@@ -149,8 +153,9 @@ class Client:
                 if reply.meta is not None:
                     out = command.out if type(command) is Call else getattr(command, "id", None)
                     if type(out) is list:
-                        self._meta.update((i, meta) for i, meta in zip(out, reply.meta,
-                                                                        strict=False) if meta)
+                        self._meta.update(
+                            (i, meta) for i, meta in zip(out, reply.meta, strict=False) if meta
+                        )
                     elif out is not None:
                         self._meta[out] = reply.meta
                 elif type(command) is Delete:  # what a reply described before it was freed
@@ -162,8 +167,12 @@ class Client:
                 self._errors.append(self._error(command, reply))
 
     def _error(self, command: Any, failure: Failure) -> errors.TetherError:
-        op = {Call: lambda c: c.op, Put: lambda c: "send", Get: lambda c: "get",
-              Delete: lambda c: "free"}.get(type(command), lambda c: "?")(command)
+        op = {
+            Call: lambda c: c.op,
+            Put: lambda c: "send",
+            Get: lambda c: "get",
+            Delete: lambda c: "free",
+        }.get(type(command), lambda c: "?")(command)
         text = f"{op} on worker {self.name!r} failed: {failure.kind}: {failure.message}"
         local = _LOCAL_KINDS.get(failure.kind)
         if local is not None:
@@ -187,28 +196,56 @@ class Client:
         it."""
         obj_id = self.new_id()
         self.submit(Put(obj_id, tensor), flush=True)
-        self._meta[obj_id] = ["tensor", list(tensor.shape),
-                              str(tensor.dtype).removeprefix("torch."), tensor.requires_grad]
+        self._meta[obj_id] = [
+            "tensor",
+            list(tensor.shape),
+            str(tensor.dtype).removeprefix("torch."),
+            tensor.requires_grad,
+        ]
         return Pointer(self, obj_id)
 
-    def call(self, op: str, args: list, kwargs: dict | None = None, *, kind: str | None = "tensor",
-             flush: bool = False, refs: int = 0) -> Pointer | None:
+    def call(
+        self,
+        op: str,
+        args: list,
+        kwargs: dict | None = None,
+        *,
+        kind: str | None = "tensor",
+        flush: bool = False,
+        refs: int = 0,
+    ) -> Pointer | None:
         """Queue a remote call; a pointer to its result (None when `kind` is None: no result).
         `refs`: which of `args` are ids of objects on the worker (see `Call.refs`)."""
         obj_id = None if kind is None else self.new_id()
         self.submit(Call(op, args, kwargs or {}, obj_id, refs), flush=flush)
         return None if obj_id is None else Pointer(self, obj_id, kind)
 
-    def call_each(self, op: str, args: list, kwargs: dict | None, count: int, *,
-                  kind: str = "tensor", refs: int = 0) -> list[Pointer]:
+    def call_each(
+        self,
+        op: str,
+        args: list,
+        kwargs: dict | None,
+        count: int,
+        *,
+        kind: str = "tensor",
+        refs: int = 0,
+    ) -> list[Pointer]:
         """Queue a remote call that gives `count` results (a tuple: `split`, say); a pointer
         to each, for the price of one command."""
         obj_ids = [self.new_id() for _ in range(count)]
         self.submit(Call(op, args, kwargs or {}, obj_ids, refs))
         return [Pointer(self, obj_id, kind) for obj_id in obj_ids]
 
-    def get(self, obj_ids: list[int], *, delete: bool, name: str = "", reason: str = "",
-            wait: float = 0.0, adopt: bool = False) -> list:
+    def get(
+        self,
+        obj_ids: list[int],
+        *,
+        delete: bool,
+        name: str = "",
+        reason: str = "",
+        wait: float = 0.0,
+        adopt: bool = False,
+    ) -> list:
         """Fetch values in one round trip (and free them remotely when `delete`). Objects that
         need the owner's approval file a request and wait up to `wait` seconds for it.
         `adopt`: the caller takes the values as its own copy of the objects, so a worker in
@@ -222,8 +259,10 @@ class Client:
             self.flush()
             values = self._values.pop(id(get))
             if not (type(values) is list and len(values) == len(obj_ids)):
-                raise errors.WireError(f"worker {self.name!r} answered a get of {len(obj_ids)} "
-                                       f"object(s) with a {type(values).__name__}")
+                raise errors.WireError(
+                    f"worker {self.name!r} answered a get of {len(obj_ids)} "
+                    f"object(s) with a {type(values).__name__}"
+                )
             if delete:  # only once the values are here: a refused get frees nothing
                 for obj_id in obj_ids:
                     self.release(obj_id)
@@ -238,7 +277,9 @@ class Client:
             if found is None:
                 raise errors.ObjectNotFoundError(
                     f"worker {self.name!r} holds no object {obj_id} (freed, moved or never made)",
-                    op="meta", worker=self.name)
+                    op="meta",
+                    worker=self.name,
+                )
         return found
 
     def known_meta(self, obj_id: int) -> list | None:

@@ -29,24 +29,28 @@ def client_of(worker: Any) -> Client:
     """The client for a worker handle (VirtualWorker, network worker, Duet...)."""
     client = getattr(worker, "client", None)
     if not isinstance(client, Client):
-        raise TypeError(f"expected a worker (VirtualWorker, WebsocketClientWorker, ...), "
-                        f"got {type(worker).__name__}")
+        raise TypeError(
+            f"expected a worker (VirtualWorker, WebsocketClientWorker, ...), "
+            f"got {type(worker).__name__}"
+        )
     return client
 
 
 # ---- tensors --------------------------------------------------------------------------------
 
 
-def send_tensor(tensor: torch.Tensor, worker: Any, *args: Any, requires_grad: bool | None = None,
-                **options: Any) -> Any:
+def send_tensor(
+    tensor: torch.Tensor, worker: Any, *args: Any, requires_grad: bool | None = None, **options: Any
+) -> Any:
     """`tensor.send(worker)`: a pointer to a copy of the tensor on the worker. A destination that
     keeps what is sent to it (an owner's duet publishes it) receives it with the options."""
     receive = getattr(worker, "receive", None)
     if receive is not None:
         return receive(tensor, *args, **options)
     if args or options:
-        raise TypeError(f"send to a worker takes requires_grad= only, got "
-                        f"{[*map(repr, args), *options]}")
+        raise TypeError(
+            f"send to a worker takes requires_grad= only, got {[*map(repr, args), *options]}"
+        )
     if isinstance(worker, list | tuple):
         raise TypeError("send to one worker at a time (federate() splits data across several)")
     value = tensor.detach()
@@ -83,8 +87,11 @@ class _Sync:
         self.touches = pointer._touches
 
     def matches(self, local: torch.Tensor, pointer: Pointer) -> bool:
-        return (_view(local) == self.view and local._version == self.version
-                and pointer._touches == self.touches)
+        return (
+            _view(local) == self.view
+            and local._version == self.version
+            and pointer._touches == self.touches
+        )
 
 
 def _view(tensor: torch.Tensor) -> tuple:
@@ -207,7 +214,8 @@ def _where(optimizer: torch.optim.Optimizer) -> Client | None:
         raise errors.WorkerMismatchError(
             f"{type(optimizer).__name__} holds parameters on {', '.join(names)}: "
             "one optimizer steps parameters on one worker (tether.federated.Optims keeps one "
-            "per worker)")
+            "per worker)"
+        )
     return places.pop() if places else None
 
 
@@ -227,8 +235,7 @@ def _mirror(optimizer: torch.optim.Optimizer, client: Client) -> _Mirror:
         return _new_mirror(optimizer, client, param_ids, _hyperparameters(groups))
     if not _unchanged(groups, mirror.hyperparameters):
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
-        client.call("tether.optim.set_hyperparameters", [Ref(mirror.pointer.id), hyper],
-                    kind=None)
+        client.call("tether.optim.set_hyperparameters", [Ref(mirror.pointer.id), hyper], kind=None)
         mirror.hyperparameters = _hyperparameters(groups)
     return mirror
 
@@ -252,17 +259,25 @@ def _unchanged(groups: list[dict], seen: list[dict]) -> bool:
     return True
 
 
-def _new_mirror(optimizer: torch.optim.Optimizer, client: Client, param_ids: list[int],
-                plain: list[dict]) -> _Mirror:
+def _new_mirror(
+    optimizer: torch.optim.Optimizer, client: Client, param_ids: list[int], plain: list[dict]
+) -> _Mirror:
     path = f"torch.optim.{type(optimizer).__name__}"
     if getattr(torch.optim, type(optimizer).__name__, None) is not type(optimizer) or (
-            path not in ALLOWLIST):
+        path not in ALLOWLIST
+    ):
         raise errors.NotAllowedError(
             f"{type(optimizer).__qualname__} cannot step remote parameters: tether mirrors only "
-            "the optimizers of torch.optim listed in its allowlist")
+            "the optimizers of torch.optim listed in its allowlist"
+        )
     ids = iter(param_ids)
-    spec = [{"params": [Ref(next(ids)) for _ in g["params"]],
-             **{k: v for k, v in g.items() if k != "params"}} for g in optimizer.param_groups]
+    spec = [
+        {
+            "params": [Ref(next(ids)) for _ in g["params"]],
+            **{k: v for k, v in g.items() if k != "params"},
+        }
+        for g in optimizer.param_groups
+    ]
     mirrors = _MIRRORS.get(id(optimizer))
     if mirrors is None:
         mirrors = _MIRRORS[id(optimizer)] = {}
@@ -289,8 +304,9 @@ def _wrap_step(cls: type[torch.optim.Optimizer]) -> None:
             return original(self, closure) if closure is not None else original(self)
         if closure is not None:
             raise errors.NotAllowedError("a closure cannot run on a worker; call step() without")
-        client.call("torch.optim.Optimizer.step", [_mirror(self, client).pointer.id],
-                    kind=None, refs=1)
+        client.call(
+            "torch.optim.Optimizer.step", [_mirror(self, client).pointer.id], kind=None, refs=1
+        )
         return None
 
     step._tether = True  # type: ignore[attr-defined]
@@ -308,8 +324,13 @@ def _wrap_zero_grad() -> None:
         client = _where(self)
         if client is None:
             return original(self, set_to_none)
-        client.call("torch.optim.Optimizer.zero_grad", [_mirror(self, client).pointer.id],
-                    {"set_to_none": set_to_none}, kind=None, refs=1)
+        client.call(
+            "torch.optim.Optimizer.zero_grad",
+            [_mirror(self, client).pointer.id],
+            {"set_to_none": set_to_none},
+            kind=None,
+            refs=1,
+        )
         return None
 
     zero_grad._tether = True  # type: ignore[attr-defined]
@@ -355,15 +376,18 @@ def _federate(dataset: torch.utils.data.Dataset, workers: Any, **options: Any) -
     return federate(dataset, workers, **options)
 
 
-def _send_dataset(dataset: torch.utils.data.Dataset, destination: Any, *args: Any,
-                  **options: Any) -> Any:
+def _send_dataset(
+    dataset: torch.utils.data.Dataset, destination: Any, *args: Any, **options: Any
+) -> Any:
     """`dataset.send(duet, pointable=True, tags=...)`: only a destination that keeps what it is
     sent takes a whole dataset (workers get theirs through federate())."""
     receive = getattr(destination, "receive", None)
     if receive is None:
-        raise TypeError(f"a {type(dataset).__name__} is sent only to your own duet "
-                        "(sy.launch_duet()), where it is published for the scientist; "
-                        "use dataset.federate(workers) for workers")
+        raise TypeError(
+            f"a {type(dataset).__name__} is sent only to your own duet "
+            "(sy.launch_duet()), where it is published for the scientist; "
+            "use dataset.federate(workers) for workers"
+        )
     return receive(dataset, *args, **options)
 
 

@@ -20,21 +20,52 @@ if TYPE_CHECKING:
     from tether.client import Client
 
 # The namespace in which a pointer's methods are looked up, by the kind of object it names.
-_NAMESPACES = {"tensor": "torch.Tensor", "module": "torch.nn.Module",
-               "optimizer": "torch.optim.Optimizer",
-               "scheduler": "torch.optim.lr_scheduler.LRScheduler"}
+_NAMESPACES = {
+    "tensor": "torch.Tensor",
+    "module": "torch.nn.Module",
+    "optimizer": "torch.optim.Optimizer",
+    "scheduler": "torch.optim.lr_scheduler.LRScheduler",
+}
 # Methods and attributes that give Python values, not tensors.
 _SCALAR_RESULTS = {
-    "item", "tolist", "numel", "dim", "size", "nelement", "element_size", "is_contiguous",
-    "is_floating_point", "is_complex", "equal", "allclose", "shape", "dtype", "requires_grad",
-    "is_leaf", "ndim", "device", "is_tensor", "get_default_dtype", "is_grad_enabled",
-    "is_available", "device_count", "training", "stride", "manual_seed",
+    "item",
+    "tolist",
+    "numel",
+    "dim",
+    "size",
+    "nelement",
+    "element_size",
+    "is_contiguous",
+    "is_floating_point",
+    "is_complex",
+    "equal",
+    "allclose",
+    "shape",
+    "dtype",
+    "requires_grad",
+    "is_leaf",
+    "ndim",
+    "device",
+    "is_tensor",
+    "get_default_dtype",
+    "is_grad_enabled",
+    "is_available",
+    "device_count",
+    "training",
+    "stride",
+    "manual_seed",
 }
 # Calls whose result is None (or self): nothing to store.
 _NO_RESULT = {
-    "torch.Tensor.backward", "torch.optim.Optimizer.step", "torch.optim.Optimizer.zero_grad",
-    "torch.nn.Module.zero_grad", "tether.assign", "tether.optim.set_hyperparameters",
-    "operator.setitem", "torch.autograd.backward", "torch.optim.lr_scheduler.LRScheduler.step",
+    "torch.Tensor.backward",
+    "torch.optim.Optimizer.step",
+    "torch.optim.Optimizer.zero_grad",
+    "torch.nn.Module.zero_grad",
+    "tether.assign",
+    "tether.optim.set_hyperparameters",
+    "operator.setitem",
+    "torch.autograd.backward",
+    "torch.optim.lr_scheduler.LRScheduler.step",
 }
 
 
@@ -83,13 +114,16 @@ class Pointer:
     def _tensor_meta(self) -> list:
         meta = self._client.meta(self.id)
         if meta[0] != "tensor":
-            raise AttributeError(f"the object on {self._client.name!r} is a {meta[1]}, "
-                                 "not a tensor")
+            raise AttributeError(
+                f"the object on {self._client.name!r} is a {meta[1]}, not a tensor"
+            )
         if meta[1] is None:  # a strict owner keeps the sizes of its data to itself
             raise errors.PermissionDeniedError(
                 f"the shape of tensor {self.id} on {self._client.name!r} is private to its owner "
                 "(it holds or was computed from their data); compute on it through the pointer",
-                op="shape", worker=self._client.name)
+                op="shape",
+                worker=self._client.name,
+            )
         return meta
 
     @property
@@ -158,8 +192,15 @@ class Pointer:
 
     # ---- fetching -----------------------------------------------------------------------------
 
-    def get(self, request_block: bool = False, name: str = "", reason: str = "",
-            timeout_secs: float = 30.0, *, delete: bool = True) -> Any:
+    def get(
+        self,
+        request_block: bool = False,
+        name: str = "",
+        reason: str = "",
+        timeout_secs: float = 30.0,
+        *,
+        delete: bool = True,
+    ) -> Any:
         """Bring the value here; by default the worker then forgets it and this pointer is spent.
 
         Where the object's policy asks for the owner's approval, this files a request (with
@@ -169,8 +210,9 @@ class Pointer:
         self._check_live()
         wait = max(float(timeout_secs), 0.0) if request_block else 0.0
         try:
-            value = self._client.get([self.id], delete=delete, name=name, reason=reason,
-                                     wait=wait)[0]
+            value = self._client.get([self.id], delete=delete, name=name, reason=reason, wait=wait)[
+                0
+            ]
         except errors.PermissionDeniedError:
             if request_block:
                 return None
@@ -204,7 +246,9 @@ class Pointer:
             raise errors.ObjectNotFoundError(
                 f"this pointer to object {self.id} on {self._client.name!r} was spent by .get() "
                 "or .move(); keep the returned value or pointer instead",
-                op="use", worker=self._client.name)
+                op="use",
+                worker=self._client.name,
+            )
 
     # ---- remote calls -------------------------------------------------------------------------
 
@@ -215,8 +259,10 @@ class Pointer:
         path = f"{namespace}.{name}" if namespace else None
         entry = ALLOWLIST.get(path) if path else None
         if entry is None:
-            raise AttributeError(f"{path or name!r} is not a remote attribute tether allows "
-                                 f"(pointer to a {self.kind} on {self._client.name!r})")
+            raise AttributeError(
+                f"{path or name!r} is not a remote attribute tether allows "
+                f"(pointer to a {self.kind} on {self._client.name!r})"
+            )
         if isinstance(entry.fn, operator.attrgetter):
             return remote_call(path, [self], {})
         return _RemoteMethod(self, path)
@@ -225,8 +271,10 @@ class Pointer:
         return remote_call("torch.nn.Module.call", [self, *args], kwargs)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        raise errors.NotAllowedError("a pointer cannot be pickled or saved (torch.save): "
-                                     ".get() the value first, or keep the pointer in memory")
+        raise errors.NotAllowedError(
+            "a pointer cannot be pickled or saved (torch.save): "
+            ".get() the value first, or keep the pointer in memory"
+        )
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
@@ -238,7 +286,8 @@ class Pointer:
             where = f" on worker {found[0].name!r}" if found[0] else ""
             raise errors.NotAllowedError(
                 f"{name} is not in tether's allowlist, so it cannot run{where} "
-                "(add it to tether/node/allowlist.py, with a test, if it is safe)")
+                "(add it to tether/node/allowlist.py, with a test, if it is safe)"
+            )
         return remote_call(path, list(args), kwargs or {})
 
 
@@ -275,8 +324,7 @@ def remote_call(path: str, args: list, kwargs: dict, client: Client | None = Non
     if in_place is None:
         in_place = _IN_PLACE_PATHS[path] = path.endswith("_") or path in _NO_RESULT
     kind = None if in_place else _result_kind(path, args)
-    result = client.call(path, wire_args, wire_kwargs, kind=kind, flush=carries_tensor,
-                         refs=refs)
+    result = client.call(path, wire_args, wire_kwargs, kind=kind, flush=carries_tensor, refs=refs)
     if path == "torch.Tensor.backward":
         from tether.autograd import after_backward
 
@@ -321,8 +369,10 @@ def _to_wire(value: Any, path: str, found: list, count: bool = True) -> Any:
     if isinstance(value, dict):
         for key in value:
             if type(key) is not str:  # a node refuses them (and the frame they come in)
-                raise TypeError(f"{path} got a dict with a key of type {type(key).__name__} "
-                                f"({key!r}): the keys of a dict sent to a worker must be strings")
+                raise TypeError(
+                    f"{path} got a dict with a key of type {type(key).__name__} "
+                    f"({key!r}): the keys of a dict sent to a worker must be strings"
+                )
         return {k: _to_wire(v, path, found, count) for k, v in value.items()}
     if isinstance(value, torch.nn.Module):
         raise TypeError(f"{path} got a local {type(value).__name__}: send it to the worker first")
@@ -338,7 +388,8 @@ def _pointer_id(pointer: Pointer, path: str, found: list, count: bool = True) ->
     elif pointer._client is not found[0]:
         raise errors.WorkerMismatchError(
             f"{path} mixes objects on {found[0].name!r} and {pointer._client.name!r}; "
-            f".move() one of them to the other worker first")
+            f".move() one of them to the other worker first"
+        )
     pointer._touches += count
     return pointer.id
 
@@ -355,8 +406,9 @@ def _result_kind(path: str, args: list) -> str:
         kind = _KINDS[path] = _path_kind(path)
     if kind:
         return kind
-    tensor_args = any(isinstance(a, torch.Tensor) or (isinstance(a, Pointer) and a.kind == "tensor")
-                      for a in args)
+    tensor_args = any(
+        isinstance(a, torch.Tensor) or (isinstance(a, Pointer) and a.kind == "tensor") for a in args
+    )
     return "tensor" if tensor_args else "object"
 
 
@@ -401,9 +453,19 @@ def _in_place(name: str, fallback: str):
 
 
 for _dunder, _name in {
-    "add": "add", "sub": "sub", "mul": "mul", "truediv": "truediv", "floordiv": "floordiv",
-    "mod": "mod", "pow": "pow", "matmul": "matmul", "and": "and_", "or": "or_", "xor": "xor",
-    "lshift": "lshift", "rshift": "rshift",
+    "add": "add",
+    "sub": "sub",
+    "mul": "mul",
+    "truediv": "truediv",
+    "floordiv": "floordiv",
+    "mod": "mod",
+    "pow": "pow",
+    "matmul": "matmul",
+    "and": "and_",
+    "or": "or_",
+    "xor": "xor",
+    "lshift": "lshift",
+    "rshift": "rshift",
 }.items():
     setattr(Pointer, f"__{_dunder}__", _operator(_name))
     setattr(Pointer, f"__r{_dunder}__", _operator(_name, reflected=True))
@@ -415,7 +477,8 @@ for _dunder, _name in {"iadd": "add_", "isub": "sub_", "imul": "mul_", "itruediv
     setattr(Pointer, f"__{_dunder}__", _in_place(_name, _dunder[1:]))
 Pointer.__getitem__ = _operator("getitem")  # type: ignore[method-assign]
 Pointer.__setitem__ = lambda self, key, value: remote_call(  # type: ignore[method-assign]
-    "operator.setitem", [self, key, value], {})
+    "operator.setitem", [self, key, value], {}
+)
 Pointer.__hash__ = object.__hash__  # type: ignore[method-assign]
 
 PointerTensor = Pointer  # the name PySyft users know

@@ -22,13 +22,19 @@ class SplitNN:
     stepped by optimizers[i]. The first segment's input and the labels may be on any
     workers; a U-shape (first and last segment with the data owner) works the same way."""
 
-    def __init__(self, segments: Sequence[nn.Module], locations: Sequence[Any],
-                 optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    def __init__(
+        self,
+        segments: Sequence[nn.Module],
+        locations: Sequence[Any],
+        optimizers: Sequence[torch.optim.Optimizer],
+    ) -> None:
         if not segments:
             raise ValueError("a SplitNN needs at least one segment")
         if not len(segments) == len(locations) == len(optimizers):
-            raise ValueError(f"got {len(segments)} segments, {len(locations)} locations and "
-                             f"{len(optimizers)} optimizers: give one of each per segment")
+            raise ValueError(
+                f"got {len(segments)} segments, {len(locations)} locations and "
+                f"{len(optimizers)} optimizers: give one of each per segment"
+            )
         self.segments = list(segments)
         self.locations = list(locations)
         self.optimizers = list(optimizers)
@@ -47,8 +53,10 @@ class SplitNN:
                 if not self._checked:  # the first pass checks that the segments chain
                     activation.shape  # noqa: B018 (waits for the worker's answer)
             except errors.TetherError as exc:
-                raise type(exc)(f"segment {i} ({type(segment).__name__} on "
-                                f"{getattr(location, 'id', location)!r}): {exc}") from exc
+                raise type(exc)(
+                    f"segment {i} ({type(segment).__name__} on "
+                    f"{getattr(location, 'id', location)!r}): {exc}"
+                ) from exc
         self._checked = True
         return activation
 

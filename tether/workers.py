@@ -31,12 +31,12 @@ class InProcessTransport:
         if self.closed:
             raise ConnectionLostError(f"worker {self.node.name!r} is gone (it was closed)")
         if self.serialize:
-            frame, lent = self.node.handle_parts(encode_parts(commands), self.client_name,
-                                                 adopted)
+            frame, lent = self.node.handle_parts(encode_parts(commands), self.client_name, adopted)
             replies = decode_parts(frame)
         else:
             replies, lent = self.node.execute_lending(
-                [_copy_tensors_in(c) for c in commands], self.client_name, adopted)
+                [_copy_tensors_in(c) for c in commands], self.client_name, adopted
+            )
             replies = [Value(_copy(r.value)) if type(r) is Value else r for r in replies]
         for i, value in lent.items():
             replies[i] = value
@@ -51,8 +51,9 @@ def _copy_tensors_in(message: Any) -> Any:
     if isinstance(message, Put):
         return Put(message.id, _copy(message.value))
     if isinstance(message, Call):
-        return Call(message.op, _copy(message.args), _copy(message.kwargs), message.out,
-                    message.refs)
+        return Call(
+            message.op, _copy(message.args), _copy(message.kwargs), message.out, message.refs
+        )
     return message
 
 
@@ -88,8 +89,11 @@ class Worker:
 
     def published(self, key: str, item: int | None = None) -> Pointer:
         """A pointer to what the owner published under `key` (or to item `item` of it)."""
-        return self.client.call(PUBLISHED, [key] if item is None else [key, item],
-                                kind="object" if item is None else "tensor")
+        return self.client.call(
+            PUBLISHED,
+            [key] if item is None else [key, item],
+            kind="object" if item is None else "tensor",
+        )
 
     def dataset(self, key: str) -> DatasetPointers:
         """Pointers to a dataset published as `(data, targets)`, as `tether worker` does."""
@@ -113,8 +117,15 @@ class VirtualWorker(Worker):
     works here works over the network. The one exception is what the worker lends to
     `model.get()` (see `InProcessTransport`): that memory is already the client's."""
 
-    def __init__(self, hook: Any = None, id: str | None = None, *, serialize: bool = True,
-                 limits: Limits | None = None, release_derived: bool = True) -> None:
+    def __init__(
+        self,
+        hook: Any = None,
+        id: str | None = None,
+        *,
+        serialize: bool = True,
+        limits: Limits | None = None,
+        release_derived: bool = True,
+    ) -> None:
         if isinstance(hook, str) and id is None:
             hook, id = None, hook
         self.id = id or "worker"

@@ -30,8 +30,9 @@ def run_owner():
 
 def train_locally(model, args):
     """The tutorial's training, in plain PyTorch, with the remote run's seed and order."""
-    local_transforms = transforms.Compose([transforms.ToTensor(),
-                                           transforms.Normalize(0.1307, 0.3081)])
+    local_transforms = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(0.1307, 0.3081)]
+    )
     train_data = datasets.MNIST(args["data"], train=True, transform=local_transforms)
     torch.manual_seed(args["seed"])
     optimizer = torch.optim.Adadelta(model.parameters(), lr=args["lr"])
@@ -64,9 +65,11 @@ def main():
     owner_thread.join(60)
     if compare:
         local = train_locally(baseline, args)
-        print(f"test accuracy after {args['epochs']} epoch(s): duet {100 * accuracies[-1]:.2f}% "
-              f"local {100 * local:.2f}% (difference {100 * (accuracies[-1] - local):+.2f} "
-              "points)")
+        print(
+            f"test accuracy after {args['epochs']} epoch(s): duet {100 * accuracies[-1]:.2f}% "
+            f"local {100 * local:.2f}% (difference {100 * (accuracies[-1] - local):+.2f} "
+            "points)"
+        )
 
 
 if __name__ == "__main__":

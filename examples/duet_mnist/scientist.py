@@ -64,10 +64,12 @@ def train(remote_model, torch_ref, train_loader, optimizer, epoch, args, train_d
         train_loss += loss_item
         if batch_idx % args["log_interval"] == 0:
             local_loss = None
-            local_loss = loss_item.get(name="loss",
-                                       reason="To evaluate training progress",
-                                       request_block=True,
-                                       timeout_secs=5)
+            local_loss = loss_item.get(
+                name="loss",
+                reason="To evaluate training progress",
+                request_block=True,
+                timeout_secs=5,
+            )
             if local_loss is not None:
                 print("Train Epoch: {} {} {:.4}".format(epoch, batch_idx, local_loss))
             else:
@@ -79,8 +81,9 @@ def train(remote_model, torch_ref, train_loader, optimizer, epoch, args, train_d
 def test_local(model, test_loader, test_data_length, args):
     # download remote model
     if not model.is_local:
-        local_model = model.get(request_block=True, name="model", reason="test evaluation",
-                                timeout_secs=5)
+        local_model = model.get(
+            request_block=True, name="model", reason="test evaluation", timeout_secs=5
+        )
     else:
         local_model = model
     # + 0.5 lets us math.ceil without the import
@@ -110,10 +113,9 @@ def test_local(model, test_loader, test_data_length, args):
 
 def get_train_length(train_data_ptr):
     train_length_ptr = train_data_ptr.len()
-    train_data_length = train_length_ptr.get(request_block=True,
-                                             name="train_size",
-                                             reason="To write the training loop",
-                                             timeout_secs=10)
+    train_data_length = train_length_ptr.get(
+        request_block=True, name="train_size", reason="To write the training loop", timeout_secs=10
+    )
     return train_data_length
 
 
@@ -128,8 +130,9 @@ def main(joined, args):
     local_transform_2 = transforms.Normalize(0.1307, 0.3081)  # this normalizes the dataset
     local_transforms = transforms.Compose([local_transform_1, local_transform_2])
 
-    test_data = datasets.MNIST(args["data"], train=False, download=False,
-                               transform=local_transforms)
+    test_data = datasets.MNIST(
+        args["data"], train=False, download=False, transform=local_transforms
+    )
     test_loader = torch.utils.data.DataLoader(test_data, args["test_batch_size"])
     test_data_length = len(test_loader.dataset)
 
@@ -140,10 +143,14 @@ def main(joined, args):
     # lets ask the Data Owner if their Machine has CUDA
     has_cuda = False
     has_cuda_ptr = remote_torch.cuda.is_available()
-    has_cuda = bool(has_cuda_ptr.get(request_block=True,
-                                     name="cuda_is_available",
-                                     reason="To run test and inference locally",
-                                     timeout_secs=5,))
+    has_cuda = bool(
+        has_cuda_ptr.get(
+            request_block=True,
+            name="cuda_is_available",
+            reason="To run test and inference locally",
+            timeout_secs=5,
+        )
+    )
     print(f"Data Owner has CUDA: {has_cuda}")
 
     remote_torch.manual_seed(args["seed"])
@@ -154,19 +161,19 @@ def main(joined, args):
     train_data_ptr = duet.store["mnist-train"]
     train_data_length = get_train_length(train_data_ptr)
     print(f"Training Dataset size is: {train_data_length}")
-    train_loader_ptr = remote_torch.utils.data.DataLoader(train_data_ptr,
-                                                          batch_size=args["batch_size"],
-                                                          shuffle=True)
+    train_loader_ptr = remote_torch.utils.data.DataLoader(
+        train_data_ptr, batch_size=args["batch_size"], shuffle=True
+    )
 
-    scheduler = remote_torch.optim.lr_scheduler.StepLR(optimizer, step_size=1,
-                                                       gamma=args["gamma"])
+    scheduler = remote_torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=args["gamma"])
     accuracies = []
     for epoch in range(1, args["epochs"] + 1):
         epoch_start = time.time()
         print(f"Epoch: {epoch}")
         # remote training on model with remote_torch
-        train(remote_model, remote_torch, train_loader_ptr, optimizer, epoch, args,
-              train_data_length)
+        train(
+            remote_model, remote_torch, train_loader_ptr, optimizer, epoch, args, train_data_length
+        )
         # local testing on model with local torch
         accuracy, trained = test_local(remote_model, test_loader, test_data_length, args)
         accuracies.append(accuracy)
@@ -189,18 +196,20 @@ def tutorial_args(argv=None):
     parser.add_argument("--data", default=None, help="MNIST folder (default: tether's sample)")
     parser.add_argument("--save-model", default="", help="where to save the trained weights")
     cli = parser.parse_args(argv)
-    args = {"batch_size": 64,
-            "test_batch_size": 1000,
-            "epochs": cli.epochs,
-            "lr": 1.0,
-            "gamma": 0.7,
-            "no_cuda": False,
-            "seed": 42,  # the meaning of life
-            "log_interval": 10,
-            "save_model": cli.save_model,
-            "limit": cli.limit,
-            "test_limit": cli.test_limit,
-            "data": cli.data}
+    args = {
+        "batch_size": 64,
+        "test_batch_size": 1000,
+        "epochs": cli.epochs,
+        "lr": 1.0,
+        "gamma": 0.7,
+        "no_cuda": False,
+        "seed": 42,  # the meaning of life
+        "log_interval": 10,
+        "save_model": cli.save_model,
+        "limit": cli.limit,
+        "test_limit": cli.test_limit,
+        "data": cli.data,
+    }
     return cli, args
 
 

@@ -30,10 +30,14 @@ def select(entries: list[dict], key: int | str) -> dict:
     if len(tagged) == 1:
         return tagged[0]
     if tagged:
-        raise KeyError(f"{len(tagged)} objects are tagged {key!r} (ids "
-                       f"{', '.join(t['id'] for t in tagged)}): index by id")
-    raise KeyError(f"no object in the store has id or tag {key!r}; it holds: "
-                   f"{describe(entries) or 'nothing yet'}")
+        raise KeyError(
+            f"{len(tagged)} objects are tagged {key!r} (ids "
+            f"{', '.join(t['id'] for t in tagged)}): index by id"
+        )
+    raise KeyError(
+        f"no object in the store has id or tag {key!r}; it holds: "
+        f"{describe(entries) or 'nothing yet'}"
+    )
 
 
 def describe(entries: list[dict]) -> str:

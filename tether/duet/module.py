@@ -40,8 +40,13 @@ class Module(nn.Module):
         remote.__dict__[_SKELETON] = copy.deepcopy(self)  # what .get() fills (no submodule)
         return send_module(remote, duet)
 
-    def get(self, request_block: bool = False, name: str = "", reason: str = "",  # type: ignore[override]
-            timeout_secs: float = 30.0) -> Module | None:
+    def get(
+        self,
+        request_block: bool = False,
+        name: str = "",
+        reason: str = "",  # type: ignore[override]
+        timeout_secs: float = 30.0,
+    ) -> Module | None:
         """A local model with the remote model's current weights, once the owner accepts the
         request (None when denied or timed out with `request_block=True`). This model stays
         remote and can keep training."""
@@ -49,7 +54,8 @@ class Module(nn.Module):
             return self
         remote = [t for _, t in self._state()]
         values = remote_call("builtins.list", [remote], {}).get(
-            request_block=request_block, name=name, reason=reason, timeout_secs=timeout_secs)
+            request_block=request_block, name=name, reason=reason, timeout_secs=timeout_secs
+        )
         if values is None:
             return None
         local = copy.deepcopy(self.__dict__[_SKELETON])

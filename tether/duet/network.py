@@ -90,8 +90,9 @@ class Rendezvous:
         return f"ws://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                  limit=_STREAM_LIMIT)
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, limit=_STREAM_LIMIT
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("tether network listening on %s", self.url)
 
@@ -118,18 +119,32 @@ class Rendezvous:
                 writer.close()
                 return
             await handler(words, line, reader, writer)
-        except (TimeoutError, ValueError, ConnectionError, asyncio.IncompleteReadError,
-                asyncio.CancelledError):  # cancelled: the service stops
+        except (
+            TimeoutError,
+            ValueError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.CancelledError,
+        ):  # cancelled: the service stops
             writer.close()
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
 
     def _handlers(self) -> dict[str, Callable[..., Awaitable[None]]]:
-        return {"REGISTER": self._register, "LOOKUP": self._lookup, "ATTACH": self._attach,
-                "GET": self._relay}
+        return {
+            "REGISTER": self._register,
+            "LOOKUP": self._lookup,
+            "ATTACH": self._attach,
+            "GET": self._relay,
+        }
 
-    async def _register(self, words: list[str], line: bytes, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
+    async def _register(
+        self,
+        words: list[str],
+        line: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         if len(words) != 4 or not _ROOM.fullmatch(words[1]) or not words[3].isdigit():
             writer.write(b"ERROR usage: REGISTER <room> <host> <port>\n")
             writer.close()
@@ -152,8 +167,13 @@ class Rendezvous:
             writer.close()
             log.info("duet %s closed", room)
 
-    async def _lookup(self, words: list[str], line: bytes, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def _lookup(
+        self,
+        words: list[str],
+        line: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         entry = self.rooms.get(words[1]) if len(words) == 2 else None
         if entry is None:
             writer.write(b"ERROR no duet with this session id is registered here\n")
@@ -163,8 +183,13 @@ class Rendezvous:
         await writer.drain()
         writer.close()
 
-    async def _attach(self, words: list[str], line: bytes, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def _attach(
+        self,
+        words: list[str],
+        line: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         entry = self.rooms.get(words[1]) if len(words) == 3 else None
         future = entry.pending.get(words[2]) if entry else None
         if future is None or future.done():
@@ -172,8 +197,13 @@ class Rendezvous:
             return
         future.set_result((reader, writer))
 
-    async def _relay(self, words: list[str], line: bytes, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+    async def _relay(
+        self,
+        words: list[str],
+        line: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         room = words[1].removeprefix("/relay/").partition("?")[0] if len(words) > 1 else ""
         entry = self.rooms.get(room) if words[1:2] and words[1].startswith("/relay/") else None
         if entry is None:
@@ -218,15 +248,22 @@ def _direct_url(entry: _Room, scientist_ip: str) -> str | None:
 async def _http_error(writer: asyncio.StreamWriter, status: int, text: str) -> None:
     reason = {404: "Not Found", 504: "Gateway Timeout"}[status]
     body = f"tether network: {text}\n".encode()
-    writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
-                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    writer.write(
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
     with contextlib.suppress(ConnectionError):
         await writer.drain()
     writer.close()
 
 
-async def splice(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
-                 b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> None:
+async def splice(
+    a_reader: asyncio.StreamReader,
+    a_writer: asyncio.StreamWriter,
+    b_reader: asyncio.StreamReader,
+    b_writer: asyncio.StreamWriter,
+) -> None:
     """Pipe bytes both ways until either side closes (then close both)."""
     await asyncio.gather(_pipe(a_reader, b_writer), _pipe(b_reader, a_writer))
 
@@ -257,8 +294,9 @@ class OwnerLink:
         self.worker_port = worker_port
         self.lost = threading.Event()  # the service went away: nobody new can find the duet
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name=f"tether-duet-{room}")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name=f"tether-duet-{room}"
+        )
         self._tasks: set[asyncio.Task] = set()
         self._control: asyncio.StreamWriter | None = None
         self._closing = False
@@ -284,15 +322,18 @@ class OwnerLink:
         host, port = address(self.network_url)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=_STREAM_LIMIT), OPEN_TIMEOUT)
+                asyncio.open_connection(host, port, limit=_STREAM_LIMIT), OPEN_TIMEOUT
+            )
             writer.write(f"REGISTER {self.room} {self.worker_host} {self.worker_port}\n".encode())
             answer = await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise ConnectionLostError(_unreachable(self.network_url, exc)) from None
         if answer.strip() != b"OK":
             writer.close()
-            raise ConnectionLostError(f"the tether network at {self.network_url} refused the "
-                                      f"session: {answer.decode(errors='replace').strip()}")
+            raise ConnectionLostError(
+                f"the tether network at {self.network_url} refused the "
+                f"session: {answer.decode(errors='replace').strip()}"
+            )
         self._control = writer
         self._spawn(self._listen(reader))
 
@@ -304,16 +345,19 @@ class OwnerLink:
                     self._spawn(self._attach(words[1]))
         self.lost.set()
         if not self._closing:
-            log.warning("lost the tether network at %s: new scientists cannot find this duet",
-                        self.network_url)
+            log.warning(
+                "lost the tether network at %s: new scientists cannot find this duet",
+                self.network_url,
+            )
 
     async def _attach(self, nonce: str) -> None:
         host, port = address(self.network_url)
         try:
             service = await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
             service[1].write(f"ATTACH {self.room} {nonce}\n".encode())
-            worker = await asyncio.open_connection(self.worker_host, self.worker_port,
-                                                   limit=_STREAM_LIMIT)
+            worker = await asyncio.open_connection(
+                self.worker_host, self.worker_port, limit=_STREAM_LIMIT
+            )
         except OSError as exc:
             log.warning("could not open a relay for a scientist: %s", exc)
             return
@@ -345,15 +389,19 @@ def lookup(network_url: str, room: str, timeout: float = OPEN_TIMEOUT) -> str | 
         return rest
     if verb == "RELAY":
         return None
-    raise ConnectionLostError(f"the tether network at {network_url}: "
-                              f"{rest or 'no answer'} (is the owner's launch_duet() running "
-                              "with this network?)")
+    raise ConnectionLostError(
+        f"the tether network at {network_url}: "
+        f"{rest or 'no answer'} (is the owner's launch_duet() running "
+        "with this network?)"
+    )
 
 
 def _unreachable(network_url: str, exc: BaseException) -> str:
-    return (f"no tether network service answers at {network_url} ({exc or type(exc).__name__}):"
-            " start one with `tether network`, pass network_url=..., or use loopback=True on one "
-            "machine")
+    return (
+        f"no tether network service answers at {network_url} ({exc or type(exc).__name__}):"
+        " start one with `tether network`, pass network_url=..., or use loopback=True on one "
+        "machine"
+    )
 
 
 # ---- the command --------------------------------------------------------------------------
@@ -361,17 +409,27 @@ def _unreachable(network_url: str, exc: BaseException) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `tether network`."""
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (0.0.0.0: every interface; default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port (0: any free one; default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (0.0.0.0: every interface; default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port (0: any free one; default {DEFAULT_PORT})",
+    )
     parser.add_argument("--quiet", action="store_true", help="log only warnings")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the service until SIGINT or SIGTERM."""
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     asyncio.run(_serve(Rendezvous(args.host, args.port)))
     return 0
 
@@ -388,7 +446,8 @@ async def _serve(service: Rendezvous) -> None:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="tether network",
-                                      description="Where Duet owners and scientists meet.")
+    _parser = argparse.ArgumentParser(
+        prog="tether network", description="Where Duet owners and scientists meet."
+    )
     add_arguments(_parser)
     sys.exit(main(_parser.parse_args()))

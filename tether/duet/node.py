@@ -36,8 +36,9 @@ class DuetNode(Node):
 
     hides_private_sizes = True
 
-    def __init__(self, name: str, *, confirm: bool = True, requests: Requests | None = None
-                 ) -> None:
+    def __init__(
+        self, name: str, *, confirm: bool = True, requests: Requests | None = None
+    ) -> None:
         super().__init__(name, release_derived=False, requests=requests)
         self.confirm = confirm
         self.left = threading.Event()  # the confirmed scientist disconnected
@@ -83,8 +84,9 @@ class DuetNode(Node):
     def execute(self, commands: list, client: str = "local") -> list:
         scientist = self._hellos.get(client)
         if scientist is None or scientist is not self._scientist:
-            return [self._hello(cmd, client) if _is_hello(cmd) else _unconfirmed()
-                    for cmd in commands]
+            return [
+                self._hello(cmd, client) if _is_hello(cmd) else _unconfirmed() for cmd in commands
+            ]
         return super().execute(commands, scientist.client_id)
 
     def forget(self, client: str) -> None:
@@ -98,14 +100,19 @@ class DuetNode(Node):
     def _hello(self, cmd: Call, connection: str) -> Done | Failure:
         """Register the client id said on this connection and wait (up to the wait it asks
         for) until the owner confirms it."""
-        if not (len(cmd.args) == 2 and isinstance(cmd.args[0], str) and 0 < len(cmd.args[0]) <= 64
-                and isinstance(cmd.args[1], int | float)):
+        if not (
+            len(cmd.args) == 2
+            and isinstance(cmd.args[0], str)
+            and 0 < len(cmd.args[0]) <= 64
+            and isinstance(cmd.args[1], int | float)
+        ):
             return Failure("TypeError", f"{HELLO} takes a client id and a wait in seconds")
         client_id, wait = cmd.args[0], min(max(float(cmd.args[1]), 0.0), MAX_HELLO_WAIT)
         with self._changed:
             if self._scientist is not None:  # one scientist, one connection, per duet
-                return Failure(PermissionDeniedError.__name__,
-                               "this duet already has its scientist")
+                return Failure(
+                    PermissionDeniedError.__name__, "this duet already has its scientist"
+                )
             scientist = self._hellos[connection] = _Scientist(client_id)
             if not self.confirm:
                 self._scientist = scientist
@@ -118,8 +125,10 @@ class DuetNode(Node):
         with self._changed:
             if self._hellos.get(connection) is scientist and scientist is not self._scientist:
                 del self._hellos[connection]
-        return Failure(PermissionDeniedError.__name__,
-                       f"the owner did not confirm client id {client_id} within {wait:g} s")
+        return Failure(
+            PermissionDeniedError.__name__,
+            f"the owner did not confirm client id {client_id} within {wait:g} s",
+        )
 
 
 def _is_hello(cmd: Any) -> bool:
@@ -127,7 +136,8 @@ def _is_hello(cmd: Any) -> bool:
 
 
 def _unconfirmed() -> Failure:
-    return Failure(PermissionDeniedError.__name__,
-                   "this client is not a confirmed scientist of the duet: join with "
-                   "sy.join_duet(...) and have the owner confirm your client id")
-
+    return Failure(
+        PermissionDeniedError.__name__,
+        "this client is not a confirmed scientist of the duet: join with "
+        "sy.join_duet(...) and have the owner confirm your client id",
+    )

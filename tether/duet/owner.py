@@ -45,14 +45,22 @@ class OwnerDuet:
         """The confirmed scientist's client id."""
         return self.node.client_id
 
-    def publish(self, obj: Any, pointable: bool = True, *, tags: list[str] | tuple[str, ...] = (),
-                description: str = "") -> str:
+    def publish(
+        self,
+        obj: Any,
+        pointable: bool = True,
+        *,
+        tags: list[str] | tuple[str, ...] = (),
+        description: str = "",
+    ) -> str:
         """Make `obj` reachable by the scientist through `duet.store` (by position, id or tag);
         they can compute on it but fetch nothing computed from it without a request. Returns
         its id. (`obj.send(duet, pointable=True, ...)` calls this.)"""
         if not pointable:
-            raise ValueError("pointable=False would publish an object the scientist can never "
-                             "reach: keep it local instead")
+            raise ValueError(
+                "pointable=False would publish an object the scientist can never "
+                "reach: keep it local instead"
+            )
         if not all(isinstance(t, str) for t in tags):
             raise TypeError("tags are strings")
         value = obj.detach() if isinstance(obj, torch.Tensor) else obj

@@ -24,8 +24,11 @@ LOADER = "torch.utils.data.DataLoader"
 _ALIASES = {LOADER: "tether.data.DataLoader"}
 # Every dotted prefix of a path the scientist may name: `duet.torch.nn` leads somewhere,
 # `duet.torch.os` does not.
-_PREFIXES = frozenset(path.rsplit(".", n)[0] for path in (*ALLOWLIST, *_ALIASES)
-                      for n in range(1, path.count(".") + 1))
+_PREFIXES = frozenset(
+    path.rsplit(".", n)[0]
+    for path in (*ALLOWLIST, *_ALIASES)
+    for n in range(1, path.count(".") + 1)
+)
 
 
 class ScientistDuet:
@@ -76,8 +79,10 @@ class RemoteTorch:
             return RemoteFunction(self._client, path)
         if path in _PREFIXES:
             return RemoteTorch(self._client, path)
-        raise AttributeError(f"{path} is not in tether's allowlist, so the owner's node does not "
-                             "run it (tether/node/allowlist.py lists what it runs)")
+        raise AttributeError(
+            f"{path} is not in tether's allowlist, so the owner's node does not "
+            "run it (tether/node/allowlist.py lists what it runs)"
+        )
 
     def __repr__(self) -> str:
         return f"<remote {self._path} on {self._client.name}>"
@@ -148,8 +153,10 @@ class StorePointer(Pointer):
 
     def __len__(self) -> int:
         if self.length is None:
-            raise TypeError("the length of what the owner published is private: request it with "
-                            "ptr.len().get(request_block=True, name=..., reason=...)")
+            raise TypeError(
+                "the length of what the owner published is private: request it with "
+                "ptr.len().get(request_block=True, name=..., reason=...)"
+            )
         return self.length
 
 
@@ -174,21 +181,32 @@ class RemoteDataLoader:
     made on the owner's node. Iterating gives `(data_ptr, target_ptr)` pairs without waiting;
     how many depends on the dataset's length, so that must have been requested first."""
 
-    def __init__(self, client: Client, dataset: Pointer, batch_size: int = 1,
-                 shuffle: bool = False, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        client: Client,
+        dataset: Pointer,
+        batch_size: int = 1,
+        shuffle: bool = False,
+        drop_last: bool = False,
+    ) -> None:
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.drop_last = bool(drop_last)
-        self.pointer = remote_call(_ALIASES[LOADER], [dataset],
-                                   {"batch_size": self.batch_size, "shuffle": bool(shuffle),
-                                    "drop_last": self.drop_last}, client=client)
+        self.pointer = remote_call(
+            _ALIASES[LOADER],
+            [dataset],
+            {"batch_size": self.batch_size, "shuffle": bool(shuffle), "drop_last": self.drop_last},
+            client=client,
+        )
 
     def __len__(self) -> int:
         n = self.dataset.length if isinstance(self.dataset, StorePointer) else None
         if n is None:
-            raise TypeError("how many batches this loader gives depends on the dataset's length, "
-                            "which its owner keeps private: request it first with "
-                            "dataset_ptr.len().get(request_block=True, name=..., reason=...)")
+            raise TypeError(
+                "how many batches this loader gives depends on the dataset's length, "
+                "which its owner keeps private: request it first with "
+                "dataset_ptr.len().get(request_block=True, name=..., reason=...)"
+            )
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Pointer, Pointer]]:
@@ -197,8 +215,9 @@ class RemoteDataLoader:
         iterator = remote_call("builtins.iter", [self.pointer], {})
         for _ in range(batches):
             batch = remote_call("builtins.next", [iterator], {})
-            yield tuple(client.call("operator.getitem", [Ref(batch.id), i], kind="tensor")
-                        for i in (0, 1))  # type: ignore[misc]
+            yield tuple(
+                client.call("operator.getitem", [Ref(batch.id), i], kind="tensor") for i in (0, 1)
+            )  # type: ignore[misc]
 
 
 class RemoteStore:

@@ -59,9 +59,11 @@ class SessionId:
     def parse(cls, text: str) -> SessionId:
         text = str(text).strip().lower()
         if len(text) != _ROOM_CHARS + _SECRET_CHARS or not set(text) <= _ALPHABET:
-            raise ValueError(f"{text!r} is not a duet session id: it has "
-                             f"{_ROOM_CHARS + _SECRET_CHARS} characters a-z and 2-7, as "
-                             "launch_duet() printed it")
+            raise ValueError(
+                f"{text!r} is not a duet session id: it has "
+                f"{_ROOM_CHARS + _SECRET_CHARS} characters a-z and 2-7, as "
+                "launch_duet() printed it"
+            )
         return cls(text[:_ROOM_CHARS], text[_ROOM_CHARS:])
 
     def __str__(self) -> str:
@@ -83,9 +85,15 @@ def _network(url: str | None) -> str:
 # ---- the owner --------------------------------------------------------------------------------
 
 
-def launch_duet(network_url: str | None = None, *, loopback: bool = False,
-                confirm: bool | None = None, host: str = "127.0.0.1", port: int = 0,
-                timeout: float = DEFAULT_TIMEOUT) -> OwnerDuet:
+def launch_duet(
+    network_url: str | None = None,
+    *,
+    loopback: bool = False,
+    confirm: bool | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> OwnerDuet:
     """Start a Duet as the data owner, print its session id, and wait (up to `timeout` s) for a
     scientist to join; then ask for their client id (`confirm=False`: let them in unasked; the
     default asks unless `loopback`). `network_url`: the tether network service (default
@@ -101,8 +109,14 @@ def launch_duet(network_url: str | None = None, *, loopback: bool = False,
     return duet
 
 
-def start_duet(network_url: str | None = None, *, loopback: bool = False, confirm: bool = True,
-               host: str = "127.0.0.1", port: int = 0) -> OwnerDuet:
+def start_duet(
+    network_url: str | None = None,
+    *,
+    loopback: bool = False,
+    confirm: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> OwnerDuet:
     """launch_duet() without the waiting: serve, and register the session (or leave the
     loopback beacon); the scientist can join from now on."""
     session = SessionId.new()
@@ -112,12 +126,15 @@ def start_duet(network_url: str | None = None, *, loopback: bool = False, confir
     try:
         if loopback:
             duet.add_closer(_write_beacon(session, server.server.port))
-            _say("loopback duet: the scientist joins on this machine with "
-                 "sy.join_duet(loopback=True)")
+            _say(
+                "loopback duet: the scientist joins on this machine with "
+                "sy.join_duet(loopback=True)"
+            )
         else:
             network = _network(network_url)
-            duet.add_closer(OwnerLink(network, session.room, host, server.server.port)
-                            .start().close)
+            duet.add_closer(
+                OwnerLink(network, session.room, host, server.server.port).start().close
+            )
             _say(f"session id: {session}")
             _say(f'the scientist joins with sy.join_duet("{session}") (network {network})')
     except BaseException:
@@ -141,8 +158,10 @@ def _confirm(node: DuetNode, attempts: int = 3) -> None:
         try:
             typed = input("tether duet: a scientist is waiting; enter their client id: ").strip()
         except EOFError:
-            raise SessionError("no client id to confirm the scientist with (stdin is closed); "
-                               "pass confirm=False to let the first scientist in") from None
+            raise SessionError(
+                "no client id to confirm the scientist with (stdin is closed); "
+                "pass confirm=False to let the first scientist in"
+            ) from None
         if node.confirm_client(typed):
             return
         _say(f"no scientist with client id {typed!r} is waiting: ask the scientist for theirs")
@@ -152,9 +171,14 @@ def _confirm(node: DuetNode, attempts: int = 3) -> None:
 # ---- the scientist ----------------------------------------------------------------------------
 
 
-def join_duet(session_id: str | None = None, network_url: str | None = None, *,
-              loopback: bool = False, relay: bool | None = None,
-              timeout: float = DEFAULT_TIMEOUT) -> ScientistDuet:
+def join_duet(
+    session_id: str | None = None,
+    network_url: str | None = None,
+    *,
+    loopback: bool = False,
+    relay: bool | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> ScientistDuet:
     """Join the owner's Duet with the session id it printed, print your client id for the
     owner to confirm, and wait (up to `timeout` s) for that. `relay`: None connects directly
     when the owner is reachable and through the network service otherwise; True always
@@ -164,8 +188,10 @@ def join_duet(session_id: str | None = None, network_url: str | None = None, *,
         route = "loopback"
     else:
         if session_id is None:
-            raise ValueError("join_duet needs the session id the owner's launch_duet() printed "
-                             "(or loopback=True on the owner's machine)")
+            raise ValueError(
+                "join_duet needs the session id the owner's launch_duet() printed "
+                "(or loopback=True on the owner's machine)"
+            )
         session = SessionId.parse(session_id)
         transport, route = _connect_via_network(session, _network(network_url), relay)
     client_id = secrets.token_hex(8)
@@ -182,15 +208,17 @@ def join_duet(session_id: str | None = None, network_url: str | None = None, *,
     return duet
 
 
-def _connect_via_network(session: SessionId, network: str,
-                         relay: bool | None) -> tuple[WebsocketTransport, str]:
+def _connect_via_network(
+    session: SessionId, network: str, relay: bool | None
+) -> tuple[WebsocketTransport, str]:
     direct = lookup(network, session.room) if relay is not True else None
     routes = [] if direct is None else [(direct, "direct")]
     if relay is not False:
         routes.append((relay_url(network, session.room), f"relayed by {network}"))
     if not routes:
-        raise ConnectionLostError(f"the owner of duet {session.room} cannot be reached directly "
-                                  "and relay=False")
+        raise ConnectionLostError(
+            f"the owner of duet {session.room} cannot be reached directly and relay=False"
+        )
     failures = []
     for url, route in routes:
         try:
@@ -199,8 +227,9 @@ def _connect_via_network(session: SessionId, network: str,
             return _open(url, session), route
         except (OSError, TetherError) as exc:
             failures.append(f"{route} ({url}): {exc}")
-    raise ConnectionLostError(f"cannot reach the owner of duet {session.room}: "
-                              + "; ".join(failures))
+    raise ConnectionLostError(
+        f"cannot reach the owner of duet {session.room}: " + "; ".join(failures)
+    )
 
 
 def _probe(url: str) -> None:
@@ -213,8 +242,9 @@ def _open(url: str, session: SessionId) -> WebsocketTransport:
     transport = WebsocketTransport(url, session.secret)
     if transport.worker_id != f"duet-{session.room}":
         transport.close()
-        raise ConnectionLostError(f"{url} is worker {transport.worker_id!r}, not duet "
-                                  f"{session.room}")
+        raise ConnectionLostError(
+            f"{url} is worker {transport.worker_id!r}, not duet {session.room}"
+        )
     return transport
 
 
@@ -228,8 +258,9 @@ def _beacon() -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     info = folder.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise SessionError(f"{folder} belongs to another user or is readable by others: "
-                           "remove it and try again")
+        raise SessionError(
+            f"{folder} belongs to another user or is readable by others: remove it and try again"
+        )
     return folder / "loopback.json"
 
 
@@ -261,10 +292,14 @@ def _join_loopback(timeout: float) -> tuple[SessionId, WebsocketTransport]:
             session = SessionId.parse(beacon["session"])
             return session, _open(beacon["url"], session)
         if time.monotonic() >= deadline:
-            raise SessionError(f"no loopback duet to join after {timeout:g} s: on this machine, "
-                               "the owner runs sy.launch_duet(loopback=True)")
+            raise SessionError(
+                f"no loopback duet to join after {timeout:g} s: on this machine, "
+                "the owner runs sy.launch_duet(loopback=True)"
+            )
         if not told:
-            _say(f"waiting up to {timeout:g} s for a loopback duet (the owner's "
-                 "sy.launch_duet(loopback=True))")
+            _say(
+                f"waiting up to {timeout:g} s for a loopback duet (the owner's "
+                "sy.launch_duet(loopback=True))"
+            )
             told = True
         time.sleep(0.1)

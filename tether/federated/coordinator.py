@@ -69,8 +69,9 @@ class Net(nn.Module):
 
 def mlp() -> nn.Module:
     """A small MLP for MNIST (784-200-10)."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 10),
-                         nn.LogSoftmax(dim=1))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 10), nn.LogSoftmax(dim=1)
+    )
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {"cnn": Net, "mlp": mlp}
@@ -124,8 +125,10 @@ def _link(name: str, worker: Any) -> _Link:
         return _Link(name, handle=worker)
     if callable(worker):
         return _Link(name, connect=worker)
-    raise TypeError(f"worker {name!r} must be a worker (with .client) or a function that "
-                    f"connects to one, got {type(worker).__name__}")
+    raise TypeError(
+        f"worker {name!r} must be a worker (with .client) or a function that "
+        f"connects to one, got {type(worker).__name__}"
+    )
 
 
 def dataset_pointers(client: Any, key: str) -> tuple[Any, Any]:
@@ -144,34 +147,53 @@ def remote_fit(client: Any, dataset: tuple[Any, Any], spec: dict, config: TrainC
     from tether.client import ref
 
     data, targets = dataset
-    result = client.call(FIT, [spec, ref(data), ref(targets), config.to_dict()], kind="object",
-                         flush=True)
+    result = client.call(
+        FIT, [spec, ref(data), ref(targets), config.to_dict()], kind="object", flush=True
+    )
     return _checked(result.get(), spec["state"], client.name)
 
 
 def _checked(answer: Any, state: Mapping[str, torch.Tensor], worker: str) -> dict:
     """A worker's answer, if it can be averaged: weights of the model's shapes, samples used."""
     weights = answer.get("weights") if isinstance(answer, dict) else None
-    fits = isinstance(weights, dict) and weights.keys() == state.keys() and all(
-        isinstance(weights[k], torch.Tensor) and weights[k].shape == v.shape
-        and weights[k].dtype == v.dtype for k, v in state.items())
+    fits = (
+        isinstance(weights, dict)
+        and weights.keys() == state.keys()
+        and all(
+            isinstance(weights[k], torch.Tensor)
+            and weights[k].shape == v.shape
+            and weights[k].dtype == v.dtype
+            for k, v in state.items()
+        )
+    )
     samples = answer.get("samples") if fits else None
-    if not (fits and type(samples) is int and samples > 0 and isinstance(
-            answer.get("losses"), list) and isinstance(answer.get("seconds"), float)):
-        raise FederationError(f"worker {worker!r} answered with something other than this "
-                              "model's weights and metrics")
+    if not (
+        fits
+        and type(samples) is int
+        and samples > 0
+        and isinstance(answer.get("losses"), list)
+        and isinstance(answer.get("seconds"), float)
+    ):
+        raise FederationError(
+            f"worker {worker!r} answered with something other than this model's weights and metrics"
+        )
     return answer
 
 
-def remote_evaluate(client: Any, dataset: tuple[Any, Any], specs: Mapping[str, dict],
-                    config: EvalConfig) -> dict[str, dict]:
+def remote_evaluate(
+    client: Any, dataset: tuple[Any, Any], specs: Mapping[str, dict], config: EvalConfig
+) -> dict[str, dict]:
     """Score several models on an evaluator's test set, in one round trip."""
     from tether.client import ref
     from tether.pointer import get_all
 
     data, targets = dataset
-    pointers = [client.call(EVALUATE, [spec, ref(data), ref(targets), config.to_dict()],
-                            kind="object", flush=True) for spec in specs.values()]
+    pointers = [
+        client.call(
+            EVALUATE, [spec, ref(data), ref(targets), config.to_dict()], kind="object", flush=True
+        )
+        for spec in specs.values()
+    ]
     return dict(zip(specs, get_all(pointers), strict=True))
 
 
@@ -199,20 +221,35 @@ class Coordinator:
     saved after each round; `resume`: continue from the checkpoint there. `on_round_start(r)`
     is called once the round's jobs are out (to inject faults in demos and tests)."""
 
-    def __init__(self, model: nn.Module, workers: Mapping[str, Any], *,
-                 evaluator: Any = None, config: TrainConfig | Mapping[str, Any] | None = None,
-                 rounds: int = 40, eval_every: int = 10, min_workers: int = 1,
-                 round_timeout: float = 600.0, dataset_key: str = "mnist",
-                 test_key: str = "mnist_testing", groups: Sequence[Sequence[int]] = TUTORIAL_GROUPS,
-                 eval_config: EvalConfig | Mapping[str, Any] | None = None,
-                 strategy: Strategy = fedavg, checkpoint_dir: str | Path | None = None,
-                 resume: bool = False, log: Log = print, progress: bool = False,
-                 on_round_start: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        workers: Mapping[str, Any],
+        *,
+        evaluator: Any = None,
+        config: TrainConfig | Mapping[str, Any] | None = None,
+        rounds: int = 40,
+        eval_every: int = 10,
+        min_workers: int = 1,
+        round_timeout: float = 600.0,
+        dataset_key: str = "mnist",
+        test_key: str = "mnist_testing",
+        groups: Sequence[Sequence[int]] = TUTORIAL_GROUPS,
+        eval_config: EvalConfig | Mapping[str, Any] | None = None,
+        strategy: Strategy = fedavg,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        log: Log = print,
+        progress: bool = False,
+        on_round_start: Callable[[int], None] | None = None,
+    ) -> None:
         if not workers:
             raise ValueError("a federation needs at least one worker")
         if not 1 <= min_workers <= len(workers):
-            raise ValueError(f"min_workers must be between 1 and {len(workers)} (the workers "
-                             f"given), got {min_workers}")
+            raise ValueError(
+                f"min_workers must be between 1 and {len(workers)} (the workers "
+                f"given), got {min_workers}"
+            )
         if rounds < 1 or eval_every < 1 or round_timeout <= 0:
             raise ValueError("rounds and eval_every must be >= 1 and round_timeout > 0")
         self.model = model
@@ -267,14 +304,18 @@ class Coordinator:
         start = time.perf_counter()
         updates, left_out = self._train(r)
         record: dict[str, Any] = {
-            "round": r, "workers": list(updates), "left_out": left_out,
-            "train": {name: _train_metrics(result) for name, result in updates.items()}}
+            "round": r,
+            "workers": list(updates),
+            "left_out": left_out,
+            "train": {name: _train_metrics(result) for name, result in updates.items()},
+        }
         for name, why in left_out.items():
             self.log(f"Round {r}: worker {name} left out ({why})")
         if len(updates) < self.min_workers:
             raise FederationError(self._too_few(r, updates, left_out))
-        ordered = [Update(name, result["weights"], result["samples"])
-                   for name, result in updates.items()]
+        ordered = [
+            Update(name, result["weights"], result["samples"]) for name, result in updates.items()
+        ]
         self.state = self.strategy(ordered, self.state)
         record["train_seconds"] = time.perf_counter() - start
         if self._evaluates(r):
@@ -327,8 +368,9 @@ class Coordinator:
 
         def work() -> None:
             try:
-                job.result = remote_fit(link.client(), link.pointers(self.dataset_key), spec,
-                                        config)
+                job.result = remote_fit(
+                    link.client(), link.pointers(self.dataset_key), spec, config
+                )
             except BaseException as exc:  # reported by the round, never lost in the thread
                 job.error = exc
 
@@ -341,7 +383,8 @@ class Coordinator:
         connection is a new session: the dataset is looked up again); a worker that answered
         with a refusal would refuse again, so it is dropped."""
         if isinstance(error, ConnectionLostError | ObjectNotFoundError) or not isinstance(
-                error, TetherError):
+            error, TetherError
+        ):
             link.dataset = None
             return f"unreachable: {error}"
         link.refused = str(error)
@@ -352,23 +395,34 @@ class Coordinator:
         answered = ", ".join(updates) or "none"
         reasons = {link.name: f"refused: {link.refused}" for link in self.links if link.refused}
         why = "; ".join(f"{name}: {reason}" for name, reason in {**reasons, **left_out}.items())
-        where = (f" The checkpoint of round {r - 1} is in {self.checkpoint_dir}: fix the "
-                 "workers and run again with --resume." if self.checkpoint_dir and r > 1 else "")
-        return (f"round {r}: {len(updates)} of {len(self.links)} workers answered ({answered}), "
-                f"fewer than min_workers={self.min_workers}. Left out: {why}.{where}")
+        where = (
+            f" The checkpoint of round {r - 1} is in {self.checkpoint_dir}: fix the "
+            "workers and run again with --resume."
+            if self.checkpoint_dir and r > 1
+            else ""
+        )
+        return (
+            f"round {r}: {len(updates)} of {len(self.links)} workers answered ({answered}), "
+            f"fewer than min_workers={self.min_workers}. Left out: {why}.{where}"
+        )
 
     # ---- evaluation -------------------------------------------------------------------------
 
     def _evaluate(self, r: int, updates: Mapping[str, dict]) -> dict[str, dict]:
         self.log("Evaluating models")
-        specs = {f"Model update {name}": modelspec.with_state(self.spec, result["weights"])
-                 for name, result in updates.items()}
+        specs = {
+            f"Model update {name}": modelspec.with_state(self.spec, result["weights"])
+            for name, result in updates.items()
+        }
         specs[report.FEDERATED] = modelspec.with_state(self.spec, self.state)
         assert self.evaluator is not None
         try:
-            results = remote_evaluate(self.evaluator.client(),
-                                      self.evaluator.pointers(self.test_key), specs,
-                                      self.eval_config)
+            results = remote_evaluate(
+                self.evaluator.client(),
+                self.evaluator.pointers(self.test_key),
+                specs,
+                self.eval_config,
+            )
         except TetherError as exc:
             self.evaluator.dataset = None
             self.log(f"Round {r}: evaluation skipped, the evaluator failed: {exc}")
@@ -382,8 +436,9 @@ class Coordinator:
 
     def _fingerprint(self) -> str:
         """What must match for a checkpoint to fit: the model's structure and the config."""
-        described = json.dumps([modelspec.structure(self.spec), self.config.to_dict()],
-                               default=str, sort_keys=True)
+        described = json.dumps(
+            [modelspec.structure(self.spec), self.config.to_dict()], default=str, sort_keys=True
+        )
         return hashlib.sha256(described.encode()).hexdigest()[:16]
 
     def _checkpoint(self, r: int) -> None:
@@ -397,10 +452,17 @@ class Coordinator:
         weights = f"global-round{r:05d}.safetensors"
         payload = save({k: v.contiguous() for k, v in self.state.items()})
         report.write_atomic(self.checkpoint_dir / weights, lambda f: f.write(payload))
-        meta = {"round": r, "rounds": self.rounds, "weights": weights,
-                "fingerprint": self._fingerprint(), "history": self.history}
-        report.write_atomic(self.checkpoint_dir / CHECKPOINT_JSON,
-                            lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        meta = {
+            "round": r,
+            "rounds": self.rounds,
+            "weights": weights,
+            "fingerprint": self._fingerprint(),
+            "history": self.history,
+        }
+        report.write_atomic(
+            self.checkpoint_dir / CHECKPOINT_JSON,
+            lambda f: f.write(json.dumps(meta, indent=1).encode()),
+        )
         for old in self.checkpoint_dir.glob("global-round*.safetensors"):
             if old.name != weights:
                 old.unlink(missing_ok=True)
@@ -417,12 +479,15 @@ class Coordinator:
             return 0
         meta = json.loads(path.read_text())
         if meta.get("fingerprint") != self._fingerprint():
-            raise FederationError(f"the checkpoint in {self.checkpoint_dir} was made with another "
-                                  "model or training config; use those, or another directory")
+            raise FederationError(
+                f"the checkpoint in {self.checkpoint_dir} was made with another "
+                "model or training config; use those, or another directory"
+            )
         state = load((self.checkpoint_dir / meta["weights"]).read_bytes())
         if state.keys() != self.state.keys():
-            raise FederationError(f"the checkpoint's weights in {self.checkpoint_dir} do not fit "
-                                  "this model")
+            raise FederationError(
+                f"the checkpoint's weights in {self.checkpoint_dir} do not fit this model"
+            )
         self.state = state
         self.history = meta["history"]
         self.log(f"Resuming after round {meta['round']} from {self.checkpoint_dir}")
@@ -454,39 +519,68 @@ def _round_seed(seed: int, r: int, index: int) -> int:
 
 def _train_metrics(result: dict[str, Any]) -> dict[str, Any]:
     losses = result["losses"]
-    return {"samples": result["samples"], "batches": result["batches"],
-            "loss": sum(losses) / len(losses) if losses else float("nan"),
-            "seconds": result["seconds"]}
+    return {
+        "samples": result["samples"],
+        "batches": result["batches"],
+        "loss": sum(losses) / len(losses) if losses else float("nan"),
+        "seconds": result["seconds"],
+    }
 
 
 # ---- the `tether train` command --------------------------------------------------------------
 
 DEFAULTS: dict[str, Any] = {
-    "batch_size": 32, "training_rounds": 40, "federate_after_n_batches": 10, "lr": 0.1,
-    "momentum": 0.0, "optimizer": "SGD", "loss": "nll_loss", "epochs": 1, "seed": 1,
-    "eval_every": 10, "test_batch_size": 1000, "min_workers": 1, "round_timeout": 600.0,
-    "dataset_key": "mnist", "test_key": "mnist_testing", "groups": "0-3/4-6/7-9",
-    "model": "cnn", "checkpoint": "tether-checkpoint", "out": None, "token": None,
-    "resume": False, "progress": True,
+    "batch_size": 32,
+    "training_rounds": 40,
+    "federate_after_n_batches": 10,
+    "lr": 0.1,
+    "momentum": 0.0,
+    "optimizer": "SGD",
+    "loss": "nll_loss",
+    "epochs": 1,
+    "seed": 1,
+    "eval_every": 10,
+    "test_batch_size": 1000,
+    "min_workers": 1,
+    "round_timeout": 600.0,
+    "dataset_key": "mnist",
+    "test_key": "mnist_testing",
+    "groups": "0-3/4-6/7-9",
+    "model": "cnn",
+    "checkpoint": "tether-checkpoint",
+    "out": None,
+    "token": None,
+    "resume": False,
+    "progress": True,
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `tether train` (the tutorial's names and defaults)."""
-    parser.add_argument("--federation", type=Path,
-                        help="TOML file naming workers, evaluator, rounds and config (flags win)")
-    parser.add_argument("--worker", action="append", metavar="NAME=URL",
-                        help="a training worker, e.g. alice=ws://127.0.0.1:8777 (repeat)")
-    parser.add_argument("--evaluator", metavar="NAME=URL",
-                        help="the worker holding the test set, e.g. testing=ws://127.0.0.1:8780")
+    parser.add_argument(
+        "--federation",
+        type=Path,
+        help="TOML file naming workers, evaluator, rounds and config (flags win)",
+    )
+    parser.add_argument(
+        "--worker",
+        action="append",
+        metavar="NAME=URL",
+        help="a training worker, e.g. alice=ws://127.0.0.1:8777 (repeat)",
+    )
+    parser.add_argument(
+        "--evaluator",
+        metavar="NAME=URL",
+        help="the worker holding the test set, e.g. testing=ws://127.0.0.1:8780",
+    )
     parser.add_argument("--token", help="the workers' access token (default: $TETHER_TOKEN)")
     numbers: list[tuple[str, type, str]] = [
         ("batch_size", int, "batch size of the training"),
         ("training_rounds", int, "number of federated learning rounds"),
-        ("federate_after_n_batches", int, "batches each worker trains per round (0: whole "
-                                          "epochs)"),
+        ("federate_after_n_batches", int, "batches each worker trains per round (0: whole epochs)"),
         ("epochs", int, "local epochs per round when federate_after_n_batches is 0"),
-        ("lr", float, "learning rate"), ("momentum", float, "SGD momentum"),
+        ("lr", float, "learning rate"),
+        ("momentum", float, "SGD momentum"),
         ("seed", int, "seed of the model's initial weights and of the batch orders"),
         ("eval_every", int, "evaluate after round 1, every N rounds and after the last"),
         ("test_batch_size", int, "batch size of the evaluation"),
@@ -500,14 +594,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=sorted(MODELS), help="model to train (default cnn)")
     parser.add_argument("--groups", help="label groups for the report (default 0-3/4-6/7-9)")
     parser.add_argument("--dataset_key", help="key of the workers' dataset (default mnist)")
-    parser.add_argument("--test_key", help="key of the evaluator's test set "
-                                           "(default mnist_testing)")
+    parser.add_argument(
+        "--test_key", help="key of the evaluator's test set (default mnist_testing)"
+    )
     parser.add_argument("--checkpoint", help="checkpoint directory (default tether-checkpoint)")
-    parser.add_argument("--resume", action="store_true", default=None,
-                        help="continue from the checkpoint")
+    parser.add_argument(
+        "--resume", action="store_true", default=None, help="continue from the checkpoint"
+    )
     parser.add_argument("--out", help="write metrics.csv, metrics.json and accuracy.png here")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                        help="no progress bar")
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
+    )
 
 
 def main(args: argparse.Namespace, connect: Callable[..., Any] | None = None) -> int:
@@ -519,8 +616,11 @@ def main(args: argparse.Namespace, connect: Callable[..., Any] | None = None) ->
         print(f"tether train: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("tether train: interrupted; the checkpoint holds the last complete round "
-              "(continue with --resume)", file=sys.stderr)
+        print(
+            "tether train: interrupted; the checkpoint holds the last complete round "
+            "(continue with --resume)",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -529,8 +629,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = dict(DEFAULTS, workers={}, evaluator=None)
     if args.federation is not None:
         settings.update(_read_federation(args.federation))
-    flags = {k: v for k, v in vars(args).items()
-             if v is not None and k in DEFAULTS}
+    flags = {k: v for k, v in vars(args).items() if v is not None and k in DEFAULTS}
     settings.update(flags)
     if args.worker:
         settings["workers"] = dict(_name_url(w, "--worker") for w in args.worker)
@@ -548,8 +647,10 @@ def _read_federation(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - set(DEFAULTS) - {"workers", "evaluator", "rounds"})
     if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; known: workers, evaluator, "
-                         f"{', '.join(sorted(DEFAULTS))}")
+        raise ValueError(
+            f"{path}: unknown keys {unknown}; known: workers, evaluator, "
+            f"{', '.join(sorted(DEFAULTS))}"
+        )
     if "rounds" in data:
         data["training_rounds"] = data.pop("rounds")
     workers = data.get("workers", {})
@@ -558,7 +659,7 @@ def _read_federation(path: Path) -> dict[str, Any]:
     evaluator = data.get("evaluator")
     if evaluator is not None:
         if not (isinstance(evaluator, dict) and len(evaluator) == 1):
-            raise ValueError(f"{path}: [evaluator] must name one worker: testing = \"ws://...\"")
+            raise ValueError(f'{path}: [evaluator] must name one worker: testing = "ws://..."')
         data["evaluator"] = next(iter(evaluator.items()))
     if isinstance(data.get("groups"), list):
         data["groups"] = "/".join(data["groups"])
@@ -585,37 +686,56 @@ def train_config(settings: Mapping[str, Any]) -> TrainConfig:
     if settings["momentum"]:
         arguments["momentum"] = settings["momentum"]
     batches = settings["federate_after_n_batches"]
-    return TrainConfig.parse({
-        "loss": settings["loss"], "optimizer": settings["optimizer"],
-        "optimizer_args": arguments, "batch_size": settings["batch_size"],
-        "epochs": settings["epochs"], "max_batches": batches or None, "shuffle": True,
-        "seed": settings["seed"]})
+    return TrainConfig.parse(
+        {
+            "loss": settings["loss"],
+            "optimizer": settings["optimizer"],
+            "optimizer_args": arguments,
+            "batch_size": settings["batch_size"],
+            "epochs": settings["epochs"],
+            "max_batches": batches or None,
+            "shuffle": True,
+            "seed": settings["seed"],
+        }
+    )
 
 
 def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
     if connect is None:
         from tether.net import connect
     token = settings["token"]
-    workers = {name: _connect_or_retry(name, url, token, connect)
-               for name, url in settings["workers"].items()}
+    workers = {
+        name: _connect_or_retry(name, url, token, connect)
+        for name, url in settings["workers"].items()
+    }
     reachable = sum(hasattr(w, "client") for w in workers.values())
     if reachable < settings["min_workers"]:
-        raise FederationError(f"{reachable} of {len(workers)} workers are reachable, fewer than "
-                              f"--min_workers {settings['min_workers']}")
+        raise FederationError(
+            f"{reachable} of {len(workers)} workers are reachable, fewer than "
+            f"--min_workers {settings['min_workers']}"
+        )
     evaluator = None
     if settings["evaluator"] is not None:
         name, url = settings["evaluator"]
         evaluator = _connect_or_retry(name, url, token, connect)
     torch.manual_seed(settings["seed"])
     coordinator = Coordinator(
-        MODELS[settings["model"]](), workers, evaluator=evaluator,
-        config=train_config(settings), rounds=settings["training_rounds"],
-        eval_every=settings["eval_every"], min_workers=settings["min_workers"],
-        round_timeout=settings["round_timeout"], dataset_key=settings["dataset_key"],
-        test_key=settings["test_key"], groups=parse_groups(settings["groups"]),
+        MODELS[settings["model"]](),
+        workers,
+        evaluator=evaluator,
+        config=train_config(settings),
+        rounds=settings["training_rounds"],
+        eval_every=settings["eval_every"],
+        min_workers=settings["min_workers"],
+        round_timeout=settings["round_timeout"],
+        dataset_key=settings["dataset_key"],
+        test_key=settings["test_key"],
+        groups=parse_groups(settings["groups"]),
         eval_config={"batch_size": settings["test_batch_size"], "loss": settings["loss"]},
-        checkpoint_dir=settings["checkpoint"], resume=settings["resume"],
-        progress=settings["progress"])
+        checkpoint_dir=settings["checkpoint"],
+        resume=settings["resume"],
+        progress=settings["progress"],
+    )
     result = coordinator.run()
     if settings["out"]:
         out = Path(settings["out"])
@@ -625,8 +745,7 @@ def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
     return 0
 
 
-def _connect_or_retry(name: str, url: str, token: str | None,
-                      connect: Callable[..., Any]) -> Any:
+def _connect_or_retry(name: str, url: str, token: str | None, connect: Callable[..., Any]) -> Any:
     """A connected worker; or, if it cannot be reached now, a function that tries again."""
 
     def attempt() -> Any:
@@ -635,8 +754,11 @@ def _connect_or_retry(name: str, url: str, token: str | None,
     try:
         return attempt()
     except TetherError as exc:
-        print(f"worker {name} at {url} is unreachable ({exc}); going on without it and trying "
-              "again each round", file=sys.stderr)
+        print(
+            f"worker {name} at {url} is unreachable ({exc}); going on without it and trying "
+            "again each round",
+            file=sys.stderr,
+        )
         return attempt
 
 

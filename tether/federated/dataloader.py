@@ -22,12 +22,19 @@ class FederatedDataLoader:
     Shuffling draws each epoch's order from torch's global RNG, as `DataLoader` does (pass a
     `generator` to keep it apart)."""
 
-    def __init__(self, federated_dataset: FederatedDataset, batch_size: int = 8,
-                 shuffle: bool = False, drop_last: bool = False,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        federated_dataset: FederatedDataset,
+        batch_size: int = 8,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
         if not isinstance(federated_dataset, FederatedDataset):
-            raise TypeError("FederatedDataLoader takes a FederatedDataset: "
-                            "call dataset.federate((worker, ...)) first")
+            raise TypeError(
+                "FederatedDataLoader takes a FederatedDataset: "
+                "call dataset.federate((worker, ...)) first"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.federated_dataset = federated_dataset
@@ -49,16 +56,23 @@ class FederatedDataLoader:
                 # A shuffled epoch's order goes to the worker once and is applied there once
                 # (gathering no more than batch by batch would); each batch is then a slice.
                 order = torch.randperm(part.size, generator=self._epoch_generator()).send(
-                    part.location)
+                    part.location
+                )
                 data, targets = data[order], targets[order]
             count = self._batches(part.size)
-            yield from itertools.islice(zip(self._split(data, part.size),
-                                            self._split(targets, part.size), strict=True), count)
+            yield from itertools.islice(
+                zip(self._split(data, part.size), self._split(targets, part.size), strict=True),
+                count,
+            )
 
     def _split(self, tensor: Pointer, size: int) -> list[Pointer]:
         """Pointers to the tensor's batches (the last one may be short), cut in one command."""
-        return tensor.client.call_each("torch.Tensor.split", [Ref(tensor.id), self.batch_size],
-                                       None, math.ceil(size / self.batch_size))
+        return tensor.client.call_each(
+            "torch.Tensor.split",
+            [Ref(tensor.id), self.batch_size],
+            None,
+            math.ceil(size / self.batch_size),
+        )
 
     def _epoch_generator(self) -> torch.Generator:
         if self.generator is not None:

@@ -66,8 +66,9 @@ class FederatedDataset:
 Partition = str | Callable[[torch.Tensor], list[torch.Tensor]] | None
 
 
-def federate(dataset: Dataset, workers: Sequence[Any], partition: Partition = None,
-             seed: int = 0) -> FederatedDataset:
+def federate(
+    dataset: Dataset, workers: Sequence[Any], partition: Partition = None, seed: int = 0
+) -> FederatedDataset:
     """Cut `dataset` into one part per worker and place each part on its worker as that
     worker's private data (it can be computed on, not fetched).
 
@@ -80,28 +81,41 @@ def federate(dataset: Dataset, workers: Sequence[Any], partition: Partition = No
         raise ValueError("federate needs at least one worker, e.g. dataset.federate((bob, alice))")
     data, targets = materialize(dataset)
     if len(workers) > len(data):
-        raise ValueError(f"cannot federate {len(data)} samples across {len(workers)} workers: "
-                         "each worker needs at least one sample")
+        raise ValueError(
+            f"cannot federate {len(data)} samples across {len(workers)} workers: "
+            "each worker needs at least one sample"
+        )
     parts = _partition(partition, targets, len(workers), seed)
     placed = []
     for worker, index in zip(workers, parts, strict=True):
         key = f"federated-{next(_KEYS)}"
         publish = getattr(worker, "publish", None)
         if publish is None:
-            raise TypeError(f"{worker!r} cannot be given data from here: a network worker loads "
-                            "its own (start it with `tether worker --dataset ...`)")
+            raise TypeError(
+                f"{worker!r} cannot be given data from here: a network worker loads "
+                "its own (start it with `tether worker --dataset ...`)"
+            )
         publish(f"{key}/data", data[index], description="federated samples")
         publish(f"{key}/targets", targets[index], description="federated labels")
         client = client_of(worker)
-        placed.append(WorkerData(client.call(PUBLISHED, [f"{key}/data"]),
-                                 client.call(PUBLISHED, [f"{key}/targets"]), len(index)))
-    table = ("" if targets.is_floating_point() else
-             partitioners.format_label_table(targets, parts, [str(w.id) for w in workers]))
+        placed.append(
+            WorkerData(
+                client.call(PUBLISHED, [f"{key}/data"]),
+                client.call(PUBLISHED, [f"{key}/targets"]),
+                len(index),
+            )
+        )
+    table = (
+        ""
+        if targets.is_floating_point()
+        else partitioners.format_label_table(targets, parts, [str(w.id) for w in workers])
+    )
     return FederatedDataset(placed, table)
 
 
-def _partition(partition: Partition, targets: torch.Tensor, n: int,
-               seed: int) -> list[torch.Tensor]:
+def _partition(
+    partition: Partition, targets: torch.Tensor, n: int, seed: int
+) -> list[torch.Tensor]:
     if partition is None:
         return list(torch.arange(len(targets)).tensor_split(n))
     if isinstance(partition, str):

@@ -60,8 +60,9 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def start_worker(name: str, args: Sequence[str], token: str, log_dir: Path,
-                 threads: int | None = None) -> subprocess.Popen:
+def start_worker(
+    name: str, args: Sequence[str], token: str, log_dir: Path, threads: int | None = None
+) -> subprocess.Popen:
     """Start `tether worker --id NAME ARGS` on a free port of 127.0.0.1 (see `wait_ready`).
     `threads`: torch threads in the worker (OMP_NUM_THREADS), so workers sharing a machine do
     not oversubscribe its cores."""
@@ -69,15 +70,28 @@ def start_worker(name: str, args: Sequence[str], token: str, log_dir: Path,
     env = dict(os.environ, TETHER_TOKEN=token)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "tether.cli", "worker", "--id", name, "--host", "127.0.0.1",
-               "--port", "0", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "tether.cli",
+        "worker",
+        "--id",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *args,
+    ]
     with (log_dir / f"{name}.log").open("wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        )
 
 
-def wait_ready(name: str, process: subprocess.Popen, log_dir: Path,
-               timeout: float = 120.0) -> WorkerProcess:
+def wait_ready(
+    name: str, process: subprocess.Popen, log_dir: Path, timeout: float = 120.0
+) -> WorkerProcess:
     """Wait until a started worker says where it listens."""
     log = log_dir / f"{name}.log"
     deadline = time.monotonic() + timeout
@@ -86,8 +100,10 @@ def wait_ready(name: str, process: subprocess.Popen, log_dir: Path,
         if found:
             return WorkerProcess(name, process, found.group(1), log)
         if process.poll() is not None:
-            raise RuntimeError(f"worker {name} exited with {process.returncode}:\n"
-                               f"{log.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"worker {name} exited with {process.returncode}:\n"
+                f"{log.read_text(errors='replace')[-2000:]}"
+            )
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"worker {name} did not start listening within {timeout:g} s; see {log}")
@@ -97,8 +113,9 @@ TUTORIAL_WORKERS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
 
 
 @contextmanager
-def tutorial_workers(log_dir: Path, evaluator: bool = True
-                     ) -> Iterator[tuple[dict[str, WorkerProcess], WorkerProcess | None, str]]:
+def tutorial_workers(
+    log_dir: Path, evaluator: bool = True
+) -> Iterator[tuple[dict[str, WorkerProcess], WorkerProcess | None, str]]:
     """alice, bob and charlie (each holding its digits of the MNIST sample) and the evaluator
     `testing` (the test set) as processes; stopped on exit. Yields (workers, evaluator, token)."""
     token = secrets.token_urlsafe(16)
@@ -111,8 +128,9 @@ def tutorial_workers(log_dir: Path, evaluator: bool = True
     ready: dict[str, WorkerProcess] = {}
     try:
         for name, args in commands.items():  # all start at once; then wait for each
-            processes[name] = start_worker(name, args, token, log_dir,
-                                           None if name == "testing" else threads)
+            processes[name] = start_worker(
+                name, args, token, log_dir, None if name == "testing" else threads
+            )
         for name, process in processes.items():
             ready[name] = wait_ready(name, process, log_dir)
         workers = {n: w for n, w in ready.items() if n in TUTORIAL_WORKERS}
@@ -122,10 +140,20 @@ def tutorial_workers(log_dir: Path, evaluator: bool = True
             stop(process)
 
 
-def run_demo(out_dir: str | Path, rounds: int = 40, *, eval_every: int = 10,
-             batch_size: int = 32, batches_per_round: int = 10, lr: float = 0.1, seed: int = 1,
-             kill: tuple[str, int] | None = None, central: bool = False,
-             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | Path,
+    rounds: int = 40,
+    *,
+    eval_every: int = 10,
+    batch_size: int = 32,
+    batches_per_round: int = 10,
+    lr: float = 0.1,
+    seed: int = 1,
+    kill: tuple[str, int] | None = None,
+    central: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the websocket tutorial end to end; returns the paths written and the accuracies.
 
     `kill=("bob", 3)` kills bob's process during round 3, to show a round going on without a
@@ -149,12 +177,24 @@ def run_demo(out_dir: str | Path, rounds: int = 40, *, eval_every: int = 10,
                     log(f"(killing worker {victim} during round {r})")
                     workers[victim].kill()
 
-        config = TrainConfig(batch_size=batch_size, max_batches=batches_per_round,
-                             optimizer_args={"lr": lr}, seed=seed)
-        coordinator = Coordinator(Net(), handles, evaluator=connect(evaluator.url, token=token),
-                                  config=config, rounds=rounds, eval_every=eval_every,
-                                  checkpoint_dir=out / "checkpoint", log=log, progress=progress,
-                                  on_round_start=on_start)
+        config = TrainConfig(
+            batch_size=batch_size,
+            max_batches=batches_per_round,
+            optimizer_args={"lr": lr},
+            seed=seed,
+        )
+        coordinator = Coordinator(
+            Net(),
+            handles,
+            evaluator=connect(evaluator.url, token=token),
+            config=config,
+            rounds=rounds,
+            eval_every=eval_every,
+            checkpoint_dir=out / "checkpoint",
+            log=log,
+            progress=progress,
+            on_round_start=on_start,
+        )
         started = time.perf_counter()
         result = coordinator.run()
         seconds = time.perf_counter() - started
@@ -162,22 +202,35 @@ def run_demo(out_dir: str | Path, rounds: int = 40, *, eval_every: int = 10,
     if central:
         steps = rounds * batches_per_round * len(TUTORIAL_WORKERS)
         summary["central_accuracy"] = central_accuracy(steps, batch_size, lr, seed)
-        log(f"Central training, same CNN, {steps} steps of {batch_size}: "
-            f"{100 * summary['central_accuracy']:.2f}%")
+        log(
+            f"Central training, same CNN, {steps} steps of {batch_size}: "
+            f"{100 * summary['central_accuracy']:.2f}%"
+        )
     return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `tether demo`."""
-    parser.add_argument("--out", default="websocket-mnist", help="folder for metrics and plot "
-                        "(default websocket-mnist)")
+    parser.add_argument(
+        "--out",
+        default="websocket-mnist",
+        help="folder for metrics and plot (default websocket-mnist)",
+    )
     parser.add_argument("--rounds", type=int, default=40, help="training rounds (default 40)")
-    parser.add_argument("--eval_every", type=int, default=10,
-                        help="evaluate after round 1, every N rounds and after the last")
-    parser.add_argument("--kill", metavar="WORKER@ROUND",
-                        help="kill a worker's process during a round, e.g. bob@3")
-    parser.add_argument("--central", action="store_true",
-                        help="also train the CNN centrally with the same steps, to compare")
+    parser.add_argument(
+        "--eval_every",
+        type=int,
+        default=10,
+        help="evaluate after round 1, every N rounds and after the last",
+    )
+    parser.add_argument(
+        "--kill", metavar="WORKER@ROUND", help="kill a worker's process during a round, e.g. bob@3"
+    )
+    parser.add_argument(
+        "--central",
+        action="store_true",
+        help="also train the CNN centrally with the same steps, to compare",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -186,12 +239,16 @@ def main(args: argparse.Namespace) -> int:
     if args.kill:
         name, _, at = args.kill.partition("@")
         if name not in TUTORIAL_WORKERS or not at.isdigit():
-            print(f"tether demo: error: --kill takes WORKER@ROUND with a worker of "
-                  f"{sorted(TUTORIAL_WORKERS)}, e.g. bob@3; got {args.kill!r}", file=sys.stderr)
+            print(
+                f"tether demo: error: --kill takes WORKER@ROUND with a worker of "
+                f"{sorted(TUTORIAL_WORKERS)}, e.g. bob@3; got {args.kill!r}",
+                file=sys.stderr,
+            )
             return 2
         kill = (name, int(at))
-    summary = run_demo(args.out, args.rounds, eval_every=args.eval_every, kill=kill,
-                       central=args.central)
+    summary = run_demo(
+        args.out, args.rounds, eval_every=args.eval_every, kill=kill, central=args.central
+    )
     print(f"{summary['rounds']} rounds in {summary['seconds']:.1f} s")
     for name, accuracy in summary["accuracy"].items():
         print(f"  {name}: {100 * accuracy:.2f}%")
@@ -210,8 +267,12 @@ def _write(result: FederationResult, out: Path, seconds: float) -> dict[str, Any
     paths = report.save_metrics(result.history, TUTORIAL_GROUPS, out)
     paths.append(report.plot_accuracy(result.history, out / "accuracy.png"))
     last = next((r["eval"] for r in reversed(result.history) if r.get("eval")), {})
-    return {"paths": paths, "seconds": seconds, "rounds": len(result.history),
-            "accuracy": {name: r["accuracy"] for name, r in last.items()}}
+    return {
+        "paths": paths,
+        "seconds": seconds,
+        "rounds": len(result.history),
+        "accuracy": {name: r["accuracy"] for name, r in last.items()},
+    }
 
 
 # ---- the same data and model, without tether ---------------------------------------------------

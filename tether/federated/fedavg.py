@@ -27,22 +27,26 @@ class Update:
 Strategy = Callable[[Sequence[Update], Mapping[str, torch.Tensor]], State]
 
 
-def weighted_average(states: Sequence[Mapping[str, torch.Tensor]],
-                     weights: Sequence[float]) -> State:
+def weighted_average(
+    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> State:
     """The weighted mean of state dicts, key by key, in each tensor's own dtype (one pass, one
     new tensor per key: this runs every round). Integer tensors (BatchNorm's step counter)
     are averaged in float64 and rounded."""
     if not states or len(states) != len(weights):
-        raise ValueError(f"need one weight per state, got {len(states)} states and "
-                         f"{len(weights)} weights")
+        raise ValueError(
+            f"need one weight per state, got {len(states)} states and {len(weights)} weights"
+        )
     total = float(sum(weights))
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
     keys = states[0].keys()
     for i, state in enumerate(states[1:], 1):
         if state.keys() != keys:
-            raise ValueError(f"state {i} has keys {sorted(set(state) ^ set(keys))} that state 0 "
-                             "lacks or has: all workers must train the same model")
+            raise ValueError(
+                f"state {i} has keys {sorted(set(state) ^ set(keys))} that state 0 "
+                "lacks or has: all workers must train the same model"
+            )
     averaged: State = {}
     shares = [w / total for w in weights]
     for key in keys:

@@ -29,8 +29,9 @@ class Optims:
     def get_optim(self, worker_id: Any) -> torch.optim.Optimizer:
         key = _worker_id(worker_id)
         if key not in self.optimizers:
-            raise KeyError(f"no optimizer for worker {key!r}; Optims knows "
-                           f"{sorted(self.optimizers)}")
+            raise KeyError(
+                f"no optimizer for worker {key!r}; Optims knows {sorted(self.optimizers)}"
+            )
         return self.optimizers[key]
 
     def count_vals(self) -> int:

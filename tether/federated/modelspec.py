@@ -59,8 +59,9 @@ def describe(module: nn.Module) -> Spec:
         if op == "call_module":
             layer = modules[target]
             layers[target] = {"type": _class_path(layer), "args": _layer_args(layer)}
-            state.update({f"{target}.{k}": v.detach().clone()
-                          for k, v in layer.state_dict().items()})
+            state.update(
+                {f"{target}.{k}": v.detach().clone() for k, v in layer.state_dict().items()}
+            )
         elif op == "get_attr":
             value = _attribute(module, target)
             attributes[target] = "parameter" if isinstance(value, nn.Parameter) else "buffer"
@@ -71,11 +72,22 @@ def describe(module: nn.Module) -> Spec:
             target = _path_of(target)
         elif op == "call_method":
             target = _path(f"{_METHOD_PREFIX}{target}")
-        nodes.append({"op": op, "name": node.name, "target": target,
-                      "args": _encode(tuple(args)),
-                      "kwargs": {k: _encode(v) for k, v in node.kwargs.items()}})
-    return {"version": SPEC_VERSION, "layers": layers, "attributes": attributes,
-            "graph": nodes, "state": state}
+        nodes.append(
+            {
+                "op": op,
+                "name": node.name,
+                "target": target,
+                "args": _encode(tuple(args)),
+                "kwargs": {k: _encode(v) for k, v in node.kwargs.items()},
+            }
+        )
+    return {
+        "version": SPEC_VERSION,
+        "layers": layers,
+        "attributes": attributes,
+        "graph": nodes,
+        "state": state,
+    }
 
 
 def structure(spec: Spec) -> Spec:
@@ -96,8 +108,10 @@ def _allowlist() -> dict:
 
 def _path(path: str) -> str:
     if path not in _allowlist():
-        raise NotAllowedError(f"{path} is not in tether's allowlist, so no worker would run this "
-                              "model (add it to tether/node/allowlist.py, with a test, if safe)")
+        raise NotAllowedError(
+            f"{path} is not in tether's allowlist, so no worker would run this "
+            "model (add it to tether/node/allowlist.py, with a test, if safe)"
+        )
     return path
 
 
@@ -107,8 +121,10 @@ def _path_of(fn: Any) -> str:
     path = PATH_OF.get(id(fn))
     if path is None:
         name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
-        raise NotAllowedError(f"the forward pass calls {name}, which is not in tether's "
-                              "allowlist (tether/node/allowlist.py)")
+        raise NotAllowedError(
+            f"the forward pass calls {name}, which is not in tether's "
+            "allowlist (tether/node/allowlist.py)"
+        )
     return path
 
 
@@ -122,8 +138,10 @@ def _attribute(module: nn.Module, target: str) -> torch.Tensor:
     for part in target.split("."):
         value = getattr(value, part)
     if not isinstance(value, torch.Tensor):
-        raise ValueError(f"the forward pass reads {target!r}, a {type(value).__name__}; only "
-                         "tensors (parameters, buffers) can travel")
+        raise ValueError(
+            f"the forward pass reads {target!r}, a {type(value).__name__}; only "
+            "tensors (parameters, buffers) can travel"
+        )
     return value
 
 
@@ -133,24 +151,34 @@ def _layer_args(layer: nn.Module) -> dict[str, Any]:
     are not of the default one."""
     found: dict[str, Any] = {}
     for name, param in inspect.signature(type(layer).__init__).parameters.items():
-        if name in ("self", "device", "dtype") or name.startswith("_") or param.kind in (
-                param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        if (
+            name in ("self", "device", "dtype")
+            or name.startswith("_")
+            or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        ):
             continue
         if not hasattr(layer, name):
             if param.default is param.empty:
-                raise ValueError(f"cannot describe {type(layer).__name__}: its argument {name!r} "
-                                 "is not kept as an attribute")
+                raise ValueError(
+                    f"cannot describe {type(layer).__name__}: its argument {name!r} "
+                    "is not kept as an attribute"
+                )
             continue
         value = getattr(layer, name)
         if isinstance(value, torch.Tensor) or (value is None and name == "bias"):
             value = value is not None
         if not _is_plain(value):
-            raise ValueError(f"cannot describe {type(layer).__name__}: argument {name!r} is a "
-                             f"{type(value).__name__}, not plain data")
+            raise ValueError(
+                f"cannot describe {type(layer).__name__}: argument {name!r} is a "
+                f"{type(value).__name__}, not plain data"
+            )
         found[name] = value
     dtypes = {t.dtype for t in layer.parameters(recurse=False)}
-    if "dtype" in inspect.signature(type(layer).__init__).parameters and dtypes and dtypes != {
-            torch.get_default_dtype()}:
+    if (
+        "dtype" in inspect.signature(type(layer).__init__).parameters
+        and dtypes
+        and dtypes != {torch.get_default_dtype()}
+    ):
         (found["dtype"],) = dtypes
     return found
 
@@ -175,8 +203,9 @@ def _encode(value: Any) -> Any:
         return slice(_encode(value.start), _encode(value.stop), _encode(value.step))
     if isinstance(value, _PLAIN) or value is Ellipsis:
         return value
-    raise ValueError(f"the forward pass uses a {type(value).__name__} constant; only plain "
-                     "data can travel")
+    raise ValueError(
+        f"the forward pass uses a {type(value).__name__} constant; only plain data can travel"
+    )
 
 
 # ---- build (the worker's side) ----------------------------------------------------------------
@@ -190,8 +219,10 @@ def build(spec: Any, max_elements: int | None = None) -> nn.Module:
 
     limit = Limits().max_elements if max_elements is None else max_elements
     if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
-        raise ValueError(f"not a model spec of version {SPEC_VERSION} (make one with "
-                         "tether.federated.modelspec.describe(model))")
+        raise ValueError(
+            f"not a model spec of version {SPEC_VERSION} (make one with "
+            "tether.federated.modelspec.describe(model))"
+        )
     unknown = set(spec) - {"version", "layers", "attributes", "graph", "state"}
     if unknown:
         raise ValueError(f"unknown model spec fields {sorted(unknown)}")
@@ -202,10 +233,13 @@ def build(spec: Any, max_elements: int | None = None) -> nn.Module:
     shapes = {name: _meta_layer(name, layer, limit) for name, layer in layers.items()}
     for name, kind in attributes.items():
         if kind not in ("parameter", "buffer") or not isinstance(state.get(name), torch.Tensor):
-            raise ValueError(f"attribute {name!r} needs a kind (parameter or buffer) and a "
-                             "tensor in the spec's state")
-    total = sum(t.numel() for made in shapes.values()
-                for t in (*made.parameters(), *made.buffers()))
+            raise ValueError(
+                f"attribute {name!r} needs a kind (parameter or buffer) and a "
+                "tensor in the spec's state"
+            )
+    total = sum(
+        t.numel() for made in shapes.values() for t in (*made.parameters(), *made.buffers())
+    )
     total += sum(state[name].numel() for name in attributes)
     if total > limit:
         raise LimitError(f"the model has {total:,} elements; this node allows {limit:,}")
@@ -227,28 +261,41 @@ def _mapping(value: Any, field: str, most: int) -> dict:
 
 
 def _check_name(name: Any, what: str) -> None:
-    if not (isinstance(name, str) and len(name) <= MAX_NAME
-            and all(_PART.fullmatch(p) and "__" not in p for p in name.split("."))):
-        raise NotAllowedError(f"{name!r} is not a valid name in {what} (dotted identifiers, "
-                              "no dunders)")
+    if not (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME
+        and all(_PART.fullmatch(p) and "__" not in p for p in name.split("."))
+    ):
+        raise NotAllowedError(
+            f"{name!r} is not a valid name in {what} (dotted identifiers, no dunders)"
+        )
 
 
 def _meta_layer(name: str, layer: Any, limit: int) -> nn.Module:
     """One layer, its class resolved through the allowlist, built on the meta device: its
     size is known and checked before anything is allocated."""
-    if not isinstance(layer, dict) or set(layer) != {"type", "args"} or not isinstance(
-            layer["args"], dict):
+    if (
+        not isinstance(layer, dict)
+        or set(layer) != {"type", "args"}
+        or not isinstance(layer["args"], dict)
+    ):
         raise ValueError(f"layer {name!r} must be {{'type': 'torch.nn.X', 'args': {{...}}}}")
     path, args = layer["type"], layer["args"]
     cls = _layer_class(path)
     params = inspect.signature(cls.__init__).parameters
     for arg, value in args.items():
-        if not isinstance(arg, str) or arg not in params or arg.startswith("_") or arg in (
-                "self", "device"):
+        if (
+            not isinstance(arg, str)
+            or arg not in params
+            or arg.startswith("_")
+            or arg in ("self", "device")
+        ):
             raise ValueError(f"layer {name!r}: {path} takes no argument {arg!r}")
         if not _is_plain(value) or isinstance(value, torch.device):
-            raise ValueError(f"layer {name!r}: argument {arg!r} of {path} must be plain data "
-                             f"(numbers, strings, tuples), got {type(value).__name__}")
+            raise ValueError(
+                f"layer {name!r}: argument {arg!r} of {path} must be plain data "
+                f"(numbers, strings, tuples), got {type(value).__name__}"
+            )
     try:
         with torch.device("meta"):
             made = cls(**args)
@@ -256,8 +303,10 @@ def _meta_layer(name: str, layer: Any, limit: int) -> nn.Module:
         raise ValueError(f"layer {name!r}: {path}({_show(args)}) failed: {exc}") from None
     for key, tensor in (*made.named_parameters(), *made.named_buffers()):
         if tensor.numel() > limit:
-            raise LimitError(f"layer {name!r}: {path}'s {key} would have {tensor.numel():,} "
-                             f"elements; this node allows {limit:,}")
+            raise LimitError(
+                f"layer {name!r}: {path}'s {key} would have {tensor.numel():,} "
+                f"elements; this node allows {limit:,}"
+            )
     return made
 
 
@@ -274,8 +323,10 @@ def _layer_class(path: Any) -> type[nn.Module]:
     entry = _allowlist().get(path) if isinstance(path, str) else None
     fn = entry.fn if entry is not None else None
     if not (isinstance(fn, type) and issubclass(fn, nn.Module)) or path in _CONTAINERS:
-        raise NotAllowedError(f"layer type {path!r} is refused: a layer must be one of the "
-                              "torch.nn layers in tether's allowlist")
+        raise NotAllowedError(
+            f"layer type {path!r} is refused: a layer must be one of the "
+            "torch.nn layers in tether's allowlist"
+        )
     return fn
 
 
@@ -331,8 +382,9 @@ class _Step:
 
     __slots__ = ("args", "fn", "kwargs", "name", "op", "target")
 
-    def __init__(self, op: str, name: str, target: str, fn: Callable | None, args: tuple,
-                 kwargs: dict) -> None:
+    def __init__(
+        self, op: str, name: str, target: str, fn: Callable | None, args: tuple, kwargs: dict
+    ) -> None:
         self.op, self.name, self.target, self.fn = op, name, target, fn
         self.args, self.kwargs = args, kwargs
 
@@ -356,8 +408,11 @@ def _steps(graph: Any, layers: dict, attributes: dict, limit: int) -> list[_Step
         args = tuple(_decode(a, seen, 0) for a in node["args"])
         kwargs = _decode_kwargs(node["kwargs"], seen, 0)
         _check_target(op, name, target, layers, attributes)
-        fn = _guarded(_entry(op, name, target), name, limit) if op in (
-            "call_function", "call_method") else None
+        fn = (
+            _guarded(_entry(op, name, target), name, limit)
+            if op in ("call_function", "call_method")
+            else None
+        )
         steps.append(_Step(op, name, target, fn, args, kwargs))
         seen.add(name)
     if steps[-1].op != "output" or sum(s.op == "output" for s in steps) != 1:
@@ -382,8 +437,10 @@ def _entry(op: str, name: str, target: Any) -> Any:
         allowed = _forward_function(target)
     entry = _allowlist().get(target) if allowed else None
     if entry is None:
-        raise NotAllowedError(f"graph node {name!r}: {op} target {target!r} is refused: not a "
-                              "tensor function in tether's allowlist")
+        raise NotAllowedError(
+            f"graph node {name!r}: {op} target {target!r} is refused: not a "
+            "tensor function in tether's allowlist"
+        )
     return entry
 
 
@@ -405,13 +462,16 @@ def _guarded(entry: Any, name: str, limit: int) -> Callable:
         if entry.self_type is not None and not (args and isinstance(args[0], entry.self_type)):
             raise TypeError(f"{entry.path} needs a {entry.self_type.__name__} first")
         if entry.guard is not None and entry.guard(args, kwargs) > limit:
-            raise LimitError(f"graph node {name!r}: {entry.path} would allocate more than "
-                             f"{limit:,} elements")
+            raise LimitError(
+                f"graph node {name!r}: {entry.path} would allocate more than {limit:,} elements"
+            )
         result = entry.fn(*args, **kwargs)
         for t in result if isinstance(result, list | tuple) else (result,):
             if isinstance(t, torch.Tensor) and t.numel() > limit:
-                raise LimitError(f"graph node {name!r}: {entry.path} made {t.numel():,} "
-                                 f"elements; this node allows {limit:,}")
+                raise LimitError(
+                    f"graph node {name!r}: {entry.path} made {t.numel():,} "
+                    f"elements; this node allows {limit:,}"
+                )
         return result
 
     return call
@@ -480,15 +540,18 @@ class SpecModule(nn.Module):
             if step.op == "placeholder":
                 env[step.name] = next(given, step.args[0] if step.args else None)
             elif step.op == "get_attr":
-                env[step.name] = self.get_parameter(step.target) if (
-                    step.target in self._parameters_read) else self.get_buffer(step.target)
+                env[step.name] = (
+                    self.get_parameter(step.target)
+                    if (step.target in self._parameters_read)
+                    else self.get_buffer(step.target)
+                )
             elif step.op == "call_module":
                 env[step.name] = self.get_submodule(step.target)(
-                    *_fill(step.args, env), **_fill(step.kwargs, env))
+                    *_fill(step.args, env), **_fill(step.kwargs, env)
+                )
             elif step.op == "output":
                 return _fill(step.args[0], env)
             else:
                 assert step.fn is not None
                 env[step.name] = step.fn(*_fill(step.args, env), **_fill(step.kwargs, env))
         raise AssertionError("unreachable: the graph ends with its output")
-

@@ -23,18 +23,23 @@ def group_label(group: Sequence[int]) -> str:
 def group_shares(predicted: Sequence[int], groups: Groups) -> list[float]:
     """The share of all predictions that fall in each label group."""
     total = sum(predicted) or 1
-    return [sum(predicted[label] for label in group if label < len(predicted)) / total
-            for group in groups]
+    return [
+        sum(predicted[label] for label in group if label < len(predicted)) / total
+        for group in groups
+    ]
 
 
 def evaluation_lines(name: str, result: dict[str, Any], groups: Groups) -> list[str]:
     """The websocket tutorial's two lines for one evaluated model."""
-    shares = ", ".join(f"{group_label(g)}: {share:.0%}"
-                       for g, share in zip(groups, group_shares(result["predicted"], groups),
-                                           strict=True))
-    return [f"{name}: Percentage numbers {shares}",
-            f"{name}: Average loss: {result['loss']:.4f}, Accuracy: {result['correct']}/"
-            f"{result['samples']} ({100 * result['accuracy']:.2f}%)"]
+    shares = ", ".join(
+        f"{group_label(g)}: {share:.0%}"
+        for g, share in zip(groups, group_shares(result["predicted"], groups), strict=True)
+    )
+    return [
+        f"{name}: Percentage numbers {shares}",
+        f"{name}: Average loss: {result['loss']:.4f}, Accuracy: {result['correct']}/"
+        f"{result['samples']} ({100 * result['accuracy']:.2f}%)",
+    ]
 
 
 def rows(history: Sequence[dict[str, Any]], groups: Groups) -> list[dict[str, Any]]:
@@ -44,17 +49,32 @@ def rows(history: Sequence[dict[str, Any]], groups: Groups) -> list[dict[str, An
     for record in history:
         base = {"round": record["round"], "round_seconds": record["seconds"]}
         for worker, train in record["train"].items():
-            out.append({**base, "kind": "train", "model": worker, "samples": train["samples"],
-                        "loss": train["loss"], "seconds": train["seconds"]})
+            out.append(
+                {
+                    **base,
+                    "kind": "train",
+                    "model": worker,
+                    "samples": train["samples"],
+                    "loss": train["loss"],
+                    "seconds": train["seconds"],
+                }
+            )
         for worker, why in record["left_out"].items():
             out.append({**base, "kind": "left_out", "model": worker, "reason": why})
         for model, result in record.get("eval", {}).items():
             shares = group_shares(result["predicted"], groups)
-            out.append({**base, "kind": "eval", "model": model, "accuracy": result["accuracy"],
-                        "loss": result["loss"], "samples": result["samples"],
-                        "seconds": result["seconds"],
-                        **{f"share_{group_label(g)}": s for g, s in zip(groups, shares,
-                                                                         strict=True)}})
+            out.append(
+                {
+                    **base,
+                    "kind": "eval",
+                    "model": model,
+                    "accuracy": result["accuracy"],
+                    "loss": result["loss"],
+                    "samples": result["samples"],
+                    "seconds": result["seconds"],
+                    **{f"share_{group_label(g)}": s for g, s in zip(groups, shares, strict=True)},
+                }
+            )
     return out
 
 
@@ -64,15 +84,22 @@ def save_metrics(history: Sequence[dict[str, Any]], groups: Groups, out_dir: Pat
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / "metrics.json", out_dir / "metrics.csv"
-    write_atomic(json_path, lambda f: f.write(json.dumps(
-        {"groups": [list(g) for g in groups], "rounds": list(history)}, indent=1).encode()))
+    write_atomic(
+        json_path,
+        lambda f: f.write(
+            json.dumps(
+                {"groups": [list(g) for g in groups], "rounds": list(history)}, indent=1
+            ).encode()
+        ),
+    )
     table = pd.DataFrame(rows(history, groups)).convert_dtypes()
     write_atomic(csv_path, lambda f: table.to_csv(f, index=False))
     return [json_path, csv_path]
 
 
-def plot_accuracy(history: Sequence[dict[str, Any]], path: Path,
-                  title: str = "Test accuracy per round") -> Path:
+def plot_accuracy(
+    history: Sequence[dict[str, Any]], path: Path, title: str = "Test accuracy per round"
+) -> Path:
     """A PNG of each evaluated model's test accuracy against the round."""
     import matplotlib
 
@@ -89,8 +116,14 @@ def plot_accuracy(history: Sequence[dict[str, Any]], path: Path,
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for model, (xs, ys) in series.items():
         federated = model == FEDERATED
-        ax.plot(xs, ys, marker="o", linewidth=2.5 if federated else 1.2,
-                linestyle="-" if federated else "--", label=model)
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            linewidth=2.5 if federated else 1.2,
+            linestyle="-" if federated else "--",
+            label=model,
+        )
     ax.set(xlabel="round", ylabel="accuracy on the test set (%)", title=title, ylim=(0, 100))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)

@@ -24,9 +24,18 @@ from torch import nn
 from tether.federated.modelspec import build
 
 LOSSES = (
-    "nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
-    "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "poisson_nll_loss",
-    "soft_margin_loss", "multi_margin_loss",
+    "nll_loss",
+    "cross_entropy",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+    "huber_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "kl_div",
+    "poisson_nll_loss",
+    "soft_margin_loss",
+    "multi_margin_loss",
 )
 _NUMBERS = (bool, int, float)
 
@@ -125,8 +134,11 @@ def optimizer_class(name: Any, arguments: Any) -> type[torch.optim.Optimizer]:
     short = name.removeprefix("torch.optim.") if isinstance(name, str) else ""
     entry = ALLOWLIST.get(f"torch.optim.{short}") if short.isidentifier() else None
     if entry is None or not isinstance(entry.fn, type):
-        known = sorted(p.removeprefix("torch.optim.") for p, e in ALLOWLIST.items()
-                       if p.startswith("torch.optim.") and isinstance(e.fn, type))
+        known = sorted(
+            p.removeprefix("torch.optim.")
+            for p, e in ALLOWLIST.items()
+            if p.startswith("torch.optim.") and isinstance(e.fn, type)
+        )
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(known)}")
     if not isinstance(arguments, Mapping):
         raise ValueError(f"optimizer_args must be a mapping, got {type(arguments).__name__}")
@@ -136,8 +148,7 @@ def optimizer_class(name: Any, arguments: Any) -> type[torch.optim.Optimizer]:
             raise ValueError(f"{short} takes no argument {key!r}; it takes {sorted(accepted)}")
         values = value if isinstance(value, tuple | list) else (value,)
         if not all(isinstance(v, _NUMBERS) for v in values) or len(values) > 4:
-            raise ValueError(f"{short} argument {key!r} must be a number (or a few), "
-                             f"got {value!r}")
+            raise ValueError(f"{short} argument {key!r} must be a number (or a few), got {value!r}")
     return entry.fn
 
 
@@ -162,8 +173,9 @@ def _row_major(shape: torch.Size) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def batches(data: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
-            generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    data: torch.Tensor, targets: torch.Tensor, config: TrainConfig, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`(data, targets)` batches for `config.epochs` epochs, at most `config.max_batches`."""
     n = len(data)
     size = config.batch_size
@@ -174,26 +186,31 @@ def batches(data: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
         for start in range(0, stop, size):
             if config.max_batches is not None and served == config.max_batches:
                 return
-            index = order[start:start + size]
+            index = order[start : start + size]
             yield data.index_select(0, index), targets.index_select(0, index)
             served += 1
 
 
 def _check_data(data: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(data, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        raise ValueError("fit and evaluate take a data tensor and a targets tensor (the pointers "
-                         "a worker's published dataset gives)")
+        raise ValueError(
+            "fit and evaluate take a data tensor and a targets tensor (the pointers "
+            "a worker's published dataset gives)"
+        )
     if len(data) != len(targets) or len(data) == 0:
-        raise ValueError(f"data has {len(data)} samples and targets {len(targets)}; they must "
-                         "match and not be empty")
+        raise ValueError(
+            f"data has {len(data)} samples and targets {len(targets)}; they must "
+            "match and not be empty"
+        )
     return canonical(data), canonical(targets)
 
 
 # ---- the ops --------------------------------------------------------------------------------
 
 
-def fit(spec: Any, data: Any, targets: Any, config: Any, *,
-        max_elements: int | None = None) -> dict[str, Any]:
+def fit(
+    spec: Any, data: Any, targets: Any, config: Any, *, max_elements: int | None = None
+) -> dict[str, Any]:
     """Train the model a spec describes on `(data, targets)` as `config` says; `max_elements`:
     the limit on the model and each result of its forward pass (see `modelspec.build`; a
     node passes its own).
@@ -223,9 +240,15 @@ def fit(spec: Any, data: Any, targets: Any, config: Any, *,
             samples += len(x)
     seconds = time.perf_counter() - built
     epoch_ends = _epoch_ends(len(data), cfg, len(losses))
-    return {"weights": _state(model), "samples": samples, "batches": len(losses),
-            "losses": losses, "epoch_losses": _epoch_means(losses, epoch_ends),
-            "seconds": seconds, "build_seconds": built - start}
+    return {
+        "weights": _state(model),
+        "samples": samples,
+        "batches": len(losses),
+        "losses": losses,
+        "epoch_losses": _epoch_means(losses, epoch_ends),
+        "seconds": seconds,
+        "build_seconds": built - start,
+    }
 
 
 def _epoch_ends(n: int, cfg: TrainConfig, served: int) -> list[int]:
@@ -247,8 +270,9 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
-def evaluate(spec: Any, data: Any, targets: Any, config: Any = None, *,
-             max_elements: int | None = None) -> dict[str, Any]:
+def evaluate(
+    spec: Any, data: Any, targets: Any, config: Any = None, *, max_elements: int | None = None
+) -> dict[str, Any]:
     """Score the model a spec describes on `(data, targets)`: `samples`, `correct`,
     `accuracy`, `loss` (mean per sample), `predicted` (how many predictions per label) and
     `seconds`. `max_elements`: as for `fit`."""
@@ -261,7 +285,7 @@ def evaluate(spec: Any, data: Any, targets: Any, config: Any = None, *,
     start = time.perf_counter()
     with torch.no_grad():
         for begin in range(0, len(data), cfg.batch_size):
-            x, y = data[begin:begin + cfg.batch_size], targets[begin:begin + cfg.batch_size]
+            x, y = data[begin : begin + cfg.batch_size], targets[begin : begin + cfg.batch_size]
             output = model(x)
             total_loss += loss_fn(output, y, reduction="sum").item()
             guess = output.argmax(dim=1)
@@ -270,5 +294,11 @@ def evaluate(spec: Any, data: Any, targets: Any, config: Any = None, *,
             predicted = counts if predicted is None else predicted + counts
     assert predicted is not None
     n = len(data)
-    return {"samples": n, "correct": correct, "accuracy": correct / n, "loss": total_loss / n,
-            "predicted": predicted.tolist(), "seconds": time.perf_counter() - start}
+    return {
+        "samples": n,
+        "correct": correct,
+        "accuracy": correct / n,
+        "loss": total_loss / n,
+        "predicted": predicted.tolist(),
+        "seconds": time.perf_counter() - start,
+    }

@@ -52,20 +52,30 @@ class WebsocketTransport:
     before the connection counts as lost. Connects at once, so a bad address or token fails here.
     """
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
-                 ssl_context: ssl.SSLContext | None = None,
-                 max_message_bytes: int = 2**34) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+        max_message_bytes: int = 2**34,
+    ) -> None:
         try:
             self._uri = parse_uri(url)
         except InvalidURI as exc:
-            raise ValueError(f"{url!r} is not a worker address: use ws://HOST:PORT or "
-                             "wss://HOST:PORT") from exc
+            raise ValueError(
+                f"{url!r} is not a worker address: use ws://HOST:PORT or wss://HOST:PORT"
+            ) from exc
         self.url = url
         self.token = token if token is not None else os.environ.get("TETHER_TOKEN", "")
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        self._ssl = ssl_context if ssl_context is not None else (
-            ssl.create_default_context() if self._uri.secure else None)
+        self._ssl = (
+            ssl_context
+            if ssl_context is not None
+            else (ssl.create_default_context() if self._uri.secure else None)
+        )
         self._lock = threading.Lock()
         self.closed = False
         self._link: _Link = self._open()
@@ -97,8 +107,9 @@ class WebsocketTransport:
             return link.wait(seq)
 
     def _open(self) -> _Link:
-        return _Link.open(self.url, self._uri, self.token, self.timeout, self._ssl,
-                          self.max_message_bytes)
+        return _Link.open(
+            self.url, self._uri, self.token, self.timeout, self._ssl, self.max_message_bytes
+        )
 
 
 def _control_frame(opcode: int, payload: bytes) -> bytes:
@@ -118,8 +129,9 @@ def _raising(exc: Exception) -> Replies:
 class _Link:
     """One websocket connection: frames out in order, replies in order."""
 
-    def __init__(self, sock: socket.socket, url: str, worker_id: str, timeout: float,
-                 max_message_bytes: int) -> None:
+    def __init__(
+        self, sock: socket.socket, url: str, worker_id: str, timeout: float, max_message_bytes: int
+    ) -> None:
         self.sock = sock
         self.url = url
         self.worker_id = worker_id
@@ -138,8 +150,15 @@ class _Link:
         return self.sent - self.received
 
     @classmethod
-    def open(cls, url: str, uri: Any, token: str, timeout: float,
-             context: ssl.SSLContext | None, max_message_bytes: int) -> _Link:
+    def open(
+        cls,
+        url: str,
+        uri: Any,
+        token: str,
+        timeout: float,
+        context: ssl.SSLContext | None,
+        max_message_bytes: int,
+    ) -> _Link:
         try:
             sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
         except OSError as exc:
@@ -158,7 +177,7 @@ class _Link:
         sock.setblocking(False)
         link = cls(sock, url, worker_id, timeout, max_message_bytes)
         if early:
-            link.reader.buffer()[:len(early)] = early
+            link.reader.buffer()[: len(early)] = early
             link._on_events(link.reader.advance(len(early)))
         return link
 
@@ -196,7 +215,7 @@ class _Link:
         view = memoryview(data).cast("B")
         while view and self.error is None:
             with contextlib.suppress(*_WOULD_BLOCK):
-                view = view[self.sock.send(view):]
+                view = view[self.sock.send(view) :]
             if not view:
                 return
             readable, writable = self._poll(self.timeout, write=True)
@@ -215,8 +234,9 @@ class _Link:
     def close(self) -> None:
         if self.error is None:
             with contextlib.suppress(OSError):  # if it cannot go, closing the socket says it
-                self.sock.send(_control_frame(frames.OP_CLOSE,
-                                              frames.close_payload(frames.CLOSE_NORMAL, "")))
+                self.sock.send(
+                    _control_frame(frames.OP_CLOSE, frames.close_payload(frames.CLOSE_NORMAL, ""))
+                )
             self.error = ConnectionLostError(f"the connection to {self.url} was closed")
         self.reported = True
         self.sock.close()
@@ -271,8 +291,9 @@ class _Link:
             self._send_control(frames.OP_PING, b"")
             if self.error is not None:
                 return
-        wake = min(max(self._last_heard, self._last_ping) + ping_every,
-                   self._last_heard + self.timeout)
+        wake = min(
+            max(self._last_heard, self._last_ping) + ping_every, self._last_heard + self.timeout
+        )
         self._poll(max(wake - now, 0.001))
 
     def _on_events(self, events: list[tuple[str, Any]]) -> None:
@@ -287,8 +308,9 @@ class _Link:
                 self._send_control(frames.OP_PONG, payload)
             elif kind == "close":
                 code, reason = frames.parse_close(payload)
-                self._lose(f"the worker closed the connection ({code}"
-                           f"{': ' + reason if reason else ''})")
+                self._lose(
+                    f"the worker closed the connection ({code}{': ' + reason if reason else ''})"
+                )
                 return
 
     def _send_control(self, opcode: int, payload: bytes) -> None:
@@ -299,8 +321,9 @@ class _Link:
 
     def _lose(self, why: str) -> None:
         if self.error is None:
-            self.error = ConnectionLostError(f"lost the connection to worker "
-                                             f"{self.worker_id!r} at {self.url}: {why}")
+            self.error = ConnectionLostError(
+                f"lost the connection to worker {self.worker_id!r} at {self.url}: {why}"
+            )
             self.sock.close()
 
 
@@ -335,13 +358,16 @@ def _handshake(sock: socket.socket, url: str, uri: Any, token: str) -> tuple[str
         events = protocol.events_received()
     reply = events[0] if events and isinstance(events[0], Response) else None
     if reply is not None and reply.status_code == 401:
-        raise AccessDeniedError(f"the worker at {url} refused the access token "
-                                f"({'wrong token' if token else 'none given'}); pass "
-                                "token=... or set TETHER_TOKEN to the token the worker printed")
+        raise AccessDeniedError(
+            f"the worker at {url} refused the access token "
+            f"({'wrong token' if token else 'none given'}); pass "
+            "token=... or set TETHER_TOKEN to the token the worker printed"
+        )
     if reply is not None and reply.status_code == 503:
         why = reply.body.decode(errors="replace").strip() if reply.body else "it is busy"
-        raise ConnectionLostError(f"the worker at {url} refused the connection: "
-                                  f"{why.removeprefix('tether: ')}")
+        raise ConnectionLostError(
+            f"the worker at {url} refused the connection: {why.removeprefix('tether: ')}"
+        )
     if reply is None or protocol.handshake_exc is not None:
         detail = protocol.handshake_exc or "no valid HTTP response"
         raise ConnectionLostError(f"handshake with {url} failed: {detail}")
@@ -358,13 +384,24 @@ class WebsocketClientWorker(Worker):
     (as a new client: pointers made before point at nothing); after `close()`, use raises.
     """
 
-    def __init__(self, hook: Any = None, host: str = "localhost", port: int = 8777,
-                 secure: bool = False, id: str | None = None, *, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, ssl_context: ssl.SSLContext | None = None,
-                 url: str | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        hook: Any = None,
+        host: str = "localhost",
+        port: int = 8777,
+        secure: bool = False,
+        id: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+        url: str | None = None,
+        verbose: bool = False,
+    ) -> None:
         self.url = url or f"{'wss' if secure else 'ws'}://{host}:{port}"
-        self.transport = WebsocketTransport(self.url, token, timeout=timeout,
-                                            ssl_context=ssl_context)
+        self.transport = WebsocketTransport(
+            self.url, token, timeout=timeout, ssl_context=ssl_context
+        )
         self.id = id or self.transport.worker_id
         if verbose:
             print(f"connected to worker {self.transport.worker_id!r} at {self.url}")
@@ -374,9 +411,15 @@ class WebsocketClientWorker(Worker):
         return f"<WebsocketClientWorker {self.id!r} at {self.url}>"
 
 
-def connect(url: str, token: str | None = None, *, id: str | None = None,
-            timeout: float = DEFAULT_TIMEOUT,
-            ssl_context: ssl.SSLContext | None = None) -> WebsocketClientWorker:
+def connect(
+    url: str,
+    token: str | None = None,
+    *,
+    id: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+) -> WebsocketClientWorker:
     """Connect to the worker at `url` (`ws://host:port` or `wss://host:port`)."""
-    return WebsocketClientWorker(url=url, id=id, token=token, timeout=timeout,
-                                 ssl_context=ssl_context)
+    return WebsocketClientWorker(
+        url=url, id=id, token=token, timeout=timeout, ssl_context=ssl_context
+    )

@@ -71,14 +71,13 @@ def parse_close(payload: bytes | bytearray) -> tuple[int, str]:
     return struct.unpack_from("!H", payload)[0], bytes(payload[2:]).decode(errors="replace")
 
 
-def xor_mask(data: memoryview, key: bytes, phase: int = 0,
-             out: memoryview | None = None) -> None:
+def xor_mask(data: memoryview, key: bytes, phase: int = 0, out: memoryview | None = None) -> None:
     """XOR `data` with the repeating 4-byte `key`, starting `phase` bytes into the key;
     in place, or into `out` (same length)."""
     n = len(data)
     if n == 0:
         return
-    k = key[phase % 4:] + key[: phase % 4]
+    k = key[phase % 4 :] + key[: phase % 4]
     target = data if out is None else out
     if n <= _SMALL_XOR:
         repeated = (k * (n // 4 + 1))[:n]
@@ -88,8 +87,11 @@ def xor_mask(data: memoryview, key: bytes, phase: int = 0,
     src = np.frombuffer(data, np.uint8)
     dst = np.frombuffer(target, np.uint8)
     whole = n - n % 8
-    np.bitwise_xor(src[:whole].view(np.uint64), np.frombuffer(k * 2, np.uint64)[0],
-                   out=dst[:whole].view(np.uint64))
+    np.bitwise_xor(
+        src[:whole].view(np.uint64),
+        np.frombuffer(k * 2, np.uint64)[0],
+        out=dst[:whole].view(np.uint64),
+    )
     if whole < n:
         np.bitwise_xor(src[whole:], np.frombuffer(k * 2, np.uint8)[: n - whole], out=dst[whole:])
 
@@ -192,20 +194,20 @@ class Reader:
     def buffer(self) -> memoryview:
         """Where the next bytes from the peer go."""
         if self._bulk is not None:
-            return self._bulk[self._bulk_pos:]
+            return self._bulk[self._bulk_pos :]
         if self._start == self._end:
             self._start = self._end = 0
         elif self._end == len(self._staging) or self._start > len(self._staging) // 2:
             pending = self._end - self._start
-            self._staging[:pending] = bytes(self._view[self._start:self._end])  # may overlap
+            self._staging[:pending] = bytes(self._view[self._start : self._end])  # may overlap
             self._start, self._end = 0, pending
-        return self._view[self._end:]
+        return self._view[self._end :]
 
     def advance(self, n: int) -> list[tuple[str, object]]:
         """`n` bytes were written into the last `buffer()`; the events now complete."""
         events: list[tuple[str, object]] = []
         if self._bulk is not None:
-            chunk = self._bulk[self._bulk_pos:self._bulk_pos + n]
+            chunk = self._bulk[self._bulk_pos : self._bulk_pos + n]
             if self.masked:
                 xor_mask(chunk, self._bulk_key, self._bulk_pos)
             self._bulk_pos += n
@@ -226,11 +228,13 @@ class Reader:
         first, second = view[start], view[start + 1]
         fin, opcode, length = bool(first & 0x80), first & 0x0F, second & 0x7F
         if first & 0x70:
-            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension "
-                                                          "was negotiated)")
+            raise ProtocolViolation(
+                CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)"
+            )
         if bool(second & 0x80) != self.masked:
-            raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "client frames must be masked and "
-                                    "server frames must not be" )
+            raise ProtocolViolation(
+                CLOSE_PROTOCOL_ERROR, "client frames must be masked and server frames must not be"
+            )
         size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if self.masked else 0)
         if available < size:
             return False
@@ -239,16 +243,16 @@ class Reader:
         elif length == 127:
             length = struct.unpack_from("!Q", view, start + 2)[0]
         self._check(opcode, fin, length)
-        key = bytes(view[start + size - 4:start + size]) if self.masked else b""
+        key = bytes(view[start + size - 4 : start + size]) if self.masked else b""
         body = start + size
         if opcode in _CONTROL_OPS or size + length <= len(self._staging):
             if available < size + length:
                 return False
             if opcode in _CONTROL_OPS or length < _ALIGNED_FROM:
-                payload = bytearray(view[body:body + length])
+                payload = bytearray(view[body : body + length])
             else:  # aligned, so the tensors decoded from it need no copy of their own
                 payload = receive_buffer(length)
-                payload[:] = view[body:body + length]
+                payload[:] = view[body : body + length]
             if self.masked:
                 xor_mask(memoryview(payload), key)
             self._start = body + length
@@ -262,10 +266,11 @@ class Reader:
         try:
             target = receive_buffer(length)
         except MemoryError:
-            raise ProtocolViolation(CLOSE_TOO_BIG, f"no memory for a {length:,}-byte message"
-                                    ) from None
+            raise ProtocolViolation(
+                CLOSE_TOO_BIG, f"no memory for a {length:,}-byte message"
+            ) from None
         have = available - size
-        target[:have] = view[body:self._end]
+        target[:have] = view[body : self._end]
         if self.masked:
             xor_mask(target[:have], key)
         self._start = self._end = 0
@@ -275,8 +280,9 @@ class Reader:
     def _check(self, opcode: int, fin: bool, length: int) -> None:
         if opcode in _CONTROL_OPS:
             if not fin or length > 125:
-                raise ProtocolViolation(CLOSE_PROTOCOL_ERROR,
-                                        "control frames must be whole and at most 125 bytes")
+                raise ProtocolViolation(
+                    CLOSE_PROTOCOL_ERROR, "control frames must be whole and at most 125 bytes"
+                )
             return
         if opcode not in _DATA_OPS:
             raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
@@ -285,8 +291,11 @@ class Reader:
         if opcode == OP_TEXT:
             raise ProtocolViolation(CLOSE_UNSUPPORTED, "tether speaks binary messages only")
         if self._message_size + length > self.max_message:
-            raise ProtocolViolation(CLOSE_TOO_BIG, f"a message of {self._message_size + length:,}"
-                                    f" bytes exceeds this side's limit of {self.max_message:,}")
+            raise ProtocolViolation(
+                CLOSE_TOO_BIG,
+                f"a message of {self._message_size + length:,}"
+                f" bytes exceeds this side's limit of {self.max_message:,}",
+            )
 
     def _data(self, payload: memoryview, fin: bool, events: list) -> None:
         self._message_size += len(payload)
@@ -299,7 +308,7 @@ class Reader:
             payload = receive_buffer(self._message_size)
             pos = 0
             for piece in self._fragments:
-                payload[pos:pos + len(piece)] = piece
+                payload[pos : pos + len(piece)] = piece
                 pos += len(piece)
             self._fragments = []
         self._message_size = 0
@@ -310,8 +319,9 @@ class Reader:
 _CONTROL_NAMES = {OP_CLOSE: "close", OP_PING: "ping", OP_PONG: "pong"}
 
 
-def masked_chunks(pieces: list[bytes | memoryview], key: bytes,
-                  scratch: bytearray) -> Iterator[memoryview]:
+def masked_chunks(
+    pieces: list[bytes | memoryview], key: bytes, scratch: bytearray
+) -> Iterator[memoryview]:
     """The pieces of a payload XORed with `key`, through the reusable `scratch` buffer: each
     yielded view is valid until the next one is asked for."""
     out = memoryview(scratch)
@@ -321,7 +331,7 @@ def masked_chunks(pieces: list[bytes | memoryview], key: bytes,
         view = memoryview(piece).cast("B")
         while view:
             n = min(len(view), len(out) - filled)
-            xor_mask(view[:n], key, phase, out[filled:filled + n])
+            xor_mask(view[:n], key, phase, out[filled : filled + n])
             filled += n
             phase = (phase + n) % 4
             view = view[n:]

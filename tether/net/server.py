@@ -75,8 +75,13 @@ class ServerLimits:
     max_handshakes: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_message_bytes", "idle_timeout", "handshake_timeout", "max_connections",
-                     "max_handshakes"):
+        for name in (
+            "max_message_bytes",
+            "idle_timeout",
+            "handshake_timeout",
+            "max_connections",
+            "max_handshakes",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServerLimits.{name} must be positive, got {getattr(self, name)}")
 
@@ -88,9 +93,16 @@ class WorkerServer:
     a random one is made when none is given. `ssl_context` turns on TLS (`wss://`).
     """
 
-    def __init__(self, node: Node, *, host: str = "127.0.0.1", port: int = 8777,
-                 token: str | None = None, ssl_context: ssl.SSLContext | None = None,
-                 limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8777,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: ServerLimits | None = None,
+    ) -> None:
         self.node = node
         self.host = host
         self.port = port
@@ -110,8 +122,9 @@ class WorkerServer:
     async def start(self) -> None:
         """Bind and start accepting connections."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self, loop), self.host,
-                                                self.port, ssl=self.ssl_context)
+        self._server = await loop.create_server(
+            lambda: _Connection(self, loop), self.host, self.port, ssl=self.ssl_context
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         self._trim_pool()
         log.info("worker %s listening on %s", self.node.name, self.url)
@@ -119,8 +132,9 @@ class WorkerServer:
     def _trim_pool(self) -> None:
         """Give idle receive buffers back to the system from time to time."""
         frames.POOL.trim()
-        self._trimmer = asyncio.get_running_loop().call_later(frames.POOL.keep_seconds / 2,
-                                                              self._trim_pool)
+        self._trimmer = asyncio.get_running_loop().call_later(
+            frames.POOL.keep_seconds / 2, self._trim_pool
+        )
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, tell every client the worker is going away, let running commands
@@ -136,8 +150,12 @@ class WorkerServer:
         if finished:
             _, running = await asyncio.wait(finished, timeout=grace)
             if running:
-                log.warning("worker %s: %d clients' commands still running after %g s",
-                            self.node.name, len(running), grace)
+                log.warning(
+                    "worker %s: %d clients' commands still running after %g s",
+                    self.node.name,
+                    len(running),
+                    grace,
+                )
         await self._server.wait_closed()
         self._server = None
         log.info("worker %s stopped", self.node.name)
@@ -172,8 +190,13 @@ class WorkerServer:
         now = time.monotonic()
         if now - self._turned_away_at >= self.limits.handshake_timeout:
             self._turned_away_at = now
-            log.warning("worker %s: %d connections are in their handshake; closing new ones "
-                        "(%s first) until they finish or time out", self.node.name, waiting, peer)
+            log.warning(
+                "worker %s: %d connections are in their handshake; closing new ones "
+                "(%s first) until they finish or time out",
+                self.node.name,
+                waiting,
+                peer,
+            )
         return False
 
     def _capacity(self) -> str:
@@ -274,7 +297,7 @@ class _Connection(asyncio.BufferedProtocol):
             if len(self._request) > _MAX_REQUEST:
                 self._refuse("handshake request too large")
             return
-        head, rest = bytes(self._request[:end + 4]), bytes(self._request[end + 4:])
+        head, rest = bytes(self._request[: end + 4]), bytes(self._request[end + 4 :])
         protocol = ServerProtocol(max_size=None, logger=_handshake_log)
         protocol.receive_data(head)
         events = protocol.events_received()
@@ -283,24 +306,30 @@ class _Connection(asyncio.BufferedProtocol):
             self._refuse("not a websocket handshake")
             return
         if not self.server._authorized(request):
-            response = protocol.reject(HTTPStatus.UNAUTHORIZED,
-                                       "tether: missing or wrong access token; pass token=... "
-                                       "or set TETHER_TOKEN\n")
+            response = protocol.reject(
+                HTTPStatus.UNAUTHORIZED,
+                "tether: missing or wrong access token; pass token=... or set TETHER_TOKEN\n",
+            )
         elif self.server._clients() >= self.server.limits.max_connections:
-            response = protocol.reject(HTTPStatus.SERVICE_UNAVAILABLE,
-                                       f"tether: worker {self.server.node.name!r} is full: it "
-                                       f"serves at most {self.server._capacity()} at once; "
-                                       "retry when one closes\n")
+            response = protocol.reject(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"tether: worker {self.server.node.name!r} is full: it "
+                f"serves at most {self.server._capacity()} at once; "
+                "retry when one closes\n",
+            )
         else:
             response = protocol.accept(request)
             response.headers[WORKER_HEADER] = self.server.node.name
         protocol.send_response(response)
         self._write_all(protocol.data_to_send())
         if response.status_code != 101:
-            reason = {401: "wrong or missing access token",
-                      503: f"already serving {self.server._capacity()}"}.get(
-                response.status_code, f"bad handshake ({response.status_code} "
-                                      f"{response.reason_phrase})")
+            reason = {
+                401: "wrong or missing access token",
+                503: f"already serving {self.server._capacity()}",
+            }.get(
+                response.status_code,
+                f"bad handshake ({response.status_code} {response.reason_phrase})",
+            )
             self._refuse(reason)
             return
         self.name = self.server._client_name(self.peer)
@@ -311,7 +340,7 @@ class _Connection(asyncio.BufferedProtocol):
         log.info("%s: %s connected (client %s)", self.server.node.name, self.peer, self.name)
         if rest:
             target = self.reader.buffer()
-            target[:len(rest)] = rest
+            target[: len(rest)] = rest
             self.buffer_updated(len(rest))
 
     def _write_all(self, chunks: list[bytes]) -> None:
@@ -336,8 +365,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self._send_control(frames.OP_PONG, payload)
             elif kind == "close":
                 code, _ = frames.parse_close(payload)
-                self.fail(frames.CLOSE_NORMAL, f"client closed the connection ({code})",
-                          warn=False)
+                self.fail(frames.CLOSE_NORMAL, f"client closed the connection ({code})", warn=False)
                 return
 
     def _send_control(self, opcode: int, payload: bytes) -> None:
@@ -366,8 +394,12 @@ class _Connection(asyncio.BufferedProtocol):
         if len(payload) <= _INLINE_BYTES:
             with contextlib.suppress(WireError):  # if not, the thread says what is wrong
                 job = decode(payload)
-            if (isinstance(job, list) and self._task is None and self._writable is None
-                    and self.server.node.is_quick(job, self.name)):
+            if (
+                isinstance(job, list)
+                and self._task is None
+                and self._writable is None
+                and self.server.node.is_quick(job, self.name)
+            ):
                 self._send_small(self.server.node.reply(job, self.name))
                 return
         self._queue.append((len(payload), job))
@@ -423,7 +455,7 @@ class _Connection(asyncio.BufferedProtocol):
             for piece in parts.pieces():
                 view = memoryview(piece).cast("B")
                 for start in range(0, len(view), _WRITE_CHUNK):
-                    self.transport.write(view[start:start + _WRITE_CHUNK])
+                    self.transport.write(view[start : start + _WRITE_CHUNK])
                     if self._writable is not None:
                         await self._writable
                     if self._closed:
@@ -460,8 +492,14 @@ class _Connection(asyncio.BufferedProtocol):
             store = self.server.node.store(self.name)
             count, nbytes = len(store), store.nbytes
             self.server.node.forget(self.name)
-            log.info("%s: %s disconnected (%s); freed %d objects, %d bytes", self.server.node.name,
-                     self.peer, self.close_reason, count, nbytes)
+            log.info(
+                "%s: %s disconnected (%s); freed %d objects, %d bytes",
+                self.server.node.name,
+                self.peer,
+                self.close_reason,
+                count,
+                nbytes,
+            )
         self.finished.set_result(None)
 
 
@@ -472,8 +510,9 @@ class ServerThread:
     def __init__(self, server: WorkerServer) -> None:
         self.server = server
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name=f"tether-server-{server.node.name}")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name=f"tether-server-{server.node.name}"
+        )
 
     @property
     def url(self) -> str:

@@ -5,5 +5,4 @@ from tether.node.node import Limits, Node
 from tether.node.requests import Request, Requests
 from tether.node.store import Privacy, Store, Stored
 
-__all__ = ["ALLOWLIST", "Limits", "Node", "Privacy", "Request", "Requests", "Store",
-           "Stored"]
+__all__ = ["ALLOWLIST", "Limits", "Node", "Privacy", "Request", "Requests", "Store", "Stored"]

@@ -225,8 +225,9 @@ def _conv(args: tuple, kwargs: dict) -> int:
         padding = max(w.shape[2:], default=0)
     pads = list(padding) if isinstance(padding, tuple | list) else [padding] * len(spatial)
     batch = x.shape[0] if x.dim() == w.dim() else 1
-    return batch * w.shape[0] * _numel([s + 2 * int(p) for s, p in zip(spatial, pads,
-                                                                     strict=False)])
+    return (
+        batch * w.shape[0] * _numel([s + 2 * int(p) for s, p in zip(spatial, pads, strict=False)])
+    )
 
 
 def _as_meta(value: Any) -> Any:
@@ -274,10 +275,10 @@ def _index(args: tuple, kwargs: dict) -> int:
 def _module_call(args: tuple, kwargs: dict) -> int:
     """A remote module's forward, run with meta parameters and inputs."""
     module = args[0]
-    meta_state = {k: _as_meta(v) for k, v in [*module.named_parameters(),
-                                              *module.named_buffers()]}
-    return _elements(torch.func.functional_call(module, meta_state, _as_meta(args[1:]),
-                                                _as_meta(kwargs)))
+    meta_state = {k: _as_meta(v) for k, v in [*module.named_parameters(), *module.named_buffers()]}
+    return _elements(
+        torch.func.functional_call(module, meta_state, _as_meta(args[1:]), _as_meta(kwargs))
+    )
 
 
 def _layer(cls: type) -> Guard:
@@ -412,30 +413,70 @@ kl_div poisson_nll_loss soft_margin_loss margin_ranking_loss hinge_embedding_los
 cosine_similarity pairwise_distance triplet_margin_loss
 """.split()
 _MATMUL_GUARDS: dict[str, Guard] = {
-    "mm": _matmul, "bmm": _matmul, "matmul": _matmul, "mv": _matmul, "dot": _matmul,
-    "addmm": _addmm, "outer": _product, "kron": _product, "diag": _diag, "bincount": _bincount,
-    "repeat_interleave": _repeat_interleave, "index_select": _index_select,
+    "mm": _matmul,
+    "bmm": _matmul,
+    "matmul": _matmul,
+    "mv": _matmul,
+    "dot": _matmul,
+    "addmm": _addmm,
+    "outer": _product,
+    "kron": _product,
+    "diag": _diag,
+    "bincount": _bincount,
+    "repeat_interleave": _repeat_interleave,
+    "index_select": _index_select,
 }
 _TORCH_GUARDS: dict[str, Guard] = {
-    **{name: _broadcast for name in _ELEMENTWISE_BINARY}, **_MATMUL_GUARDS,
-    "zeros": _factory, "ones": _factory, "empty": _factory, "rand": _factory, "randn": _factory,
-    "full": _full, "randint": _randint, "randperm": _randperm, "arange": _range,
-    "linspace": _steps, "logspace": _steps, "eye": _eye, "tile": _repeat,
-    "cartesian_prod": _product, "broadcast_to": _expand, "cat": _total, "concat": _total,
-    "stack": _total, "hstack": _total, "vstack": _total, "histc": _histc, "dist": _broadcast,
+    **{name: _broadcast for name in _ELEMENTWISE_BINARY},
+    **_MATMUL_GUARDS,
+    "zeros": _factory,
+    "ones": _factory,
+    "empty": _factory,
+    "rand": _factory,
+    "randn": _factory,
+    "full": _full,
+    "randint": _randint,
+    "randperm": _randperm,
+    "arange": _range,
+    "linspace": _steps,
+    "logspace": _steps,
+    "eye": _eye,
+    "tile": _repeat,
+    "cartesian_prod": _product,
+    "broadcast_to": _expand,
+    "cat": _total,
+    "concat": _total,
+    "stack": _total,
+    "hstack": _total,
+    "vstack": _total,
+    "histc": _histc,
+    "dist": _broadcast,
 }
 _TENSOR_GUARDS: dict[str, Guard] = {
     **{name: _broadcast for name in _ELEMENTWISE_BINARY},
-    **{f"{name}_": _broadcast for name in _ELEMENTWISE_BINARY}, **_MATMUL_GUARDS,
-    "repeat": _repeat, "tile": _repeat, "expand": _expand, "unfold": _unfold,
-    "new_zeros": _new, "new_ones": _new, "new_empty": _new, "new_full": _new,
+    **{f"{name}_": _broadcast for name in _ELEMENTWISE_BINARY},
+    **_MATMUL_GUARDS,
+    "repeat": _repeat,
+    "tile": _repeat,
+    "expand": _expand,
+    "unfold": _unfold,
+    "new_zeros": _new,
+    "new_ones": _new,
+    "new_empty": _new,
+    "new_full": _new,
     "tolist": _python_items,
 }
 _FUNCTIONAL_GUARDS: dict[str, Guard] = {
-    **{name: _broadcast for name in _BROADCASTING_LOSSES}, "linear": _linear,
-    "bilinear": _dry_run(F.bilinear), "conv1d": _conv, "conv2d": _conv, "conv3d": _conv,
+    **{name: _broadcast for name in _BROADCASTING_LOSSES},
+    "linear": _linear,
+    "bilinear": _dry_run(F.bilinear),
+    "conv1d": _conv,
+    "conv2d": _conv,
+    "conv3d": _conv,
     "conv_transpose1d": _dry_run(F.conv_transpose1d),
-    "conv_transpose2d": _dry_run(F.conv_transpose2d), "pad": _pad, "one_hot": _one_hot,
+    "conv_transpose2d": _dry_run(F.conv_transpose2d),
+    "pad": _pad,
+    "one_hot": _one_hot,
     "embedding": _embedding,
 }
 
@@ -444,15 +485,21 @@ add sub mul truediv floordiv mod pow matmul neg pos abs invert and_ or_ xor
 eq ne lt le gt ge getitem setitem lshift rshift
 """.split()
 _OPERATOR_GUARDS: dict[str, Guard] = {
-    **{name: _broadcast for name in "add sub truediv floordiv mod and_ or_ xor eq ne lt le gt ge "
-                                    "rshift".split()},
-    "mul": _sequence_times, "pow": _power, "lshift": _shift, "matmul": _matmul,
+    **{
+        name: _broadcast
+        for name in "add sub truediv floordiv mod and_ or_ xor eq ne lt le gt ge rshift".split()
+    },
+    "mul": _sequence_times,
+    "pow": _power,
+    "lshift": _shift,
+    "matmul": _matmul,
     "getitem": _index,
 }
 
 _BUILTINS = "float int bool len abs min max round sum list tuple dict str".split()
-_BUILTIN_GUARDS: dict[str, Guard] = {name: _python_items for name in
-                                     ("list", "tuple", "sum", "min", "max")}
+_BUILTIN_GUARDS: dict[str, Guard] = {
+    name: _python_items for name in ("list", "tuple", "sum", "min", "max")
+}
 
 
 def _module_parameters(module: nn.Module, recurse: bool = True) -> list[nn.Parameter]:
@@ -495,14 +542,19 @@ def _scheduler_step(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
     scheduler.step()
 
 
-def _data_loader(dataset: torch.utils.data.Dataset, batch_size: int = 1, shuffle: bool = False,
-                 drop_last: bool = False) -> torch.utils.data.DataLoader:
+def _data_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 1,
+    shuffle: bool = False,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
     """Batch a dataset where it lives: no worker processes, samplers or collate functions
     (a peer cannot send code), only the options that are plain values."""
     if not isinstance(dataset, torch.utils.data.Dataset):
         raise TypeError(f"DataLoader needs a Dataset, got {type(dataset).__name__}")
-    return torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=bool(shuffle),
-                                       drop_last=bool(drop_last))
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=int(batch_size), shuffle=bool(shuffle), drop_last=bool(drop_last)
+    )
 
 
 def _fit(*args: Any, **kwargs: Any) -> dict:
@@ -526,8 +578,13 @@ def _attribute(name: str) -> Callable[[Any], Any]:
 def _build() -> dict[str, Entry]:
     table: dict[str, Entry] = {}
 
-    def add(path: str, fn: Any, self_type: type | None = None, guard: Guard | None = None,
-            node_limited: bool = False):
+    def add(
+        path: str,
+        fn: Any,
+        self_type: type | None = None,
+        guard: Guard | None = None,
+        node_limited: bool = False,
+    ):
         assert "__" not in path, path
         table[path] = Entry(path, fn, self_type, guard, node_limited)
 
@@ -536,19 +593,21 @@ def _build() -> dict[str, Entry]:
             add(f"torch.{name}", getattr(torch, name), guard=_TORCH_GUARDS.get(name))
     for name in {*_TENSOR_METHODS, *_ELEMENTWISE_BINARY, *_TENSOR_GUARDS}:
         if hasattr(torch.Tensor, name):
-            add(f"torch.Tensor.{name}", getattr(torch.Tensor, name), torch.Tensor,
-                _TENSOR_GUARDS.get(name))
+            add(
+                f"torch.Tensor.{name}",
+                getattr(torch.Tensor, name),
+                torch.Tensor,
+                _TENSOR_GUARDS.get(name),
+            )
     for name in _TENSOR_ATTRIBUTES:
         add(f"torch.Tensor.{name}", _attribute(name), torch.Tensor)
     for name in _FUNCTIONAL:
         if hasattr(F, name):
-            add(f"torch.nn.functional.{name}", getattr(F, name),
-                guard=_FUNCTIONAL_GUARDS.get(name))
+            add(f"torch.nn.functional.{name}", getattr(F, name), guard=_FUNCTIONAL_GUARDS.get(name))
     for name in _LAYERS:
         add(f"torch.nn.{name}", getattr(nn, name), guard=_layer(getattr(nn, name)))
     add("torch.nn.Module.call", nn.Module.__call__, nn.Module, _module_call)
-    add("torch.nn.Module.forward", lambda module, *a, **k: module(*a, **k), nn.Module,
-        _module_call)
+    add("torch.nn.Module.forward", lambda module, *a, **k: module(*a, **k), nn.Module, _module_call)
     add("torch.nn.Module.parameters", _module_parameters, nn.Module)
     add("torch.nn.Module.state_dict", _module_state_dict, nn.Module)
     add("torch.nn.Module.load_state_dict", nn.Module.load_state_dict, nn.Module)
@@ -565,8 +624,11 @@ def _build() -> dict[str, Entry]:
     add("torch.autograd.grad", torch.autograd.grad)
     add("torch.autograd.backward", torch.autograd.backward)
     add("torch.optim.lr_scheduler.StepLR", torch.optim.lr_scheduler.StepLR)
-    add("torch.optim.lr_scheduler.LRScheduler.step", _scheduler_step,
-        torch.optim.lr_scheduler.LRScheduler)
+    add(
+        "torch.optim.lr_scheduler.LRScheduler.step",
+        _scheduler_step,
+        torch.optim.lr_scheduler.LRScheduler,
+    )
     add("tether.data.DataLoader", _data_loader)  # torch's own takes processes and callables
     # Iterating a loader only: iter() of a tensor would hand out rows that share the owner's
     # memory without the read-only mark; a loader's batches are fresh copies.
@@ -588,8 +650,14 @@ def _build() -> dict[str, Entry]:
 ALLOWLIST: dict[str, Entry] = _build()
 
 # Calls that read facts about the owner's machine: their results count as the owner's data.
-OWNER_FACTS = frozenset({"torch.cuda.is_available", "torch.cuda.device_count",
-                         "torch.get_default_dtype", "torch.is_grad_enabled"})
+OWNER_FACTS = frozenset(
+    {
+        "torch.cuda.is_available",
+        "torch.cuda.device_count",
+        "torch.get_default_dtype",
+        "torch.is_grad_enabled",
+    }
+)
 
 # For the client: which path names a torch function it was handed (by identity).
 PATH_OF: dict[int, str] = {id(e.fn): e.path for e in reversed(ALLOWLIST.values())}

@@ -49,12 +49,44 @@ _IN_PLACE = {"operator.setitem", "tether.assign", "torch.Tensor.backward"}
 _SCALARS = frozenset((int, float, bool, str, type(None)))
 # What `Node.is_quick` lets through: elementwise operators (at most two operands) on tensors of
 # at most this many elements, so a quick frame computes at most this squared.
-_QUICK_OPS = frozenset(f"operator.{name}" for name in (
-    "add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "pos", "abs", "invert",
-    "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor"))
+_QUICK_OPS = frozenset(
+    f"operator.{name}"
+    for name in (
+        "add",
+        "sub",
+        "mul",
+        "truediv",
+        "floordiv",
+        "mod",
+        "neg",
+        "pos",
+        "abs",
+        "invert",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "and_",
+        "or_",
+        "xor",
+    )
+)
 _QUICK_ELEMENTS = 4096
-_WIRE_LEAVES = (torch.Tensor, type(None), bool, int, float, str, bytes, complex, slice,
-                torch.dtype, torch.device)
+_WIRE_LEAVES = (
+    torch.Tensor,
+    type(None),
+    bool,
+    int,
+    float,
+    str,
+    bytes,
+    complex,
+    slice,
+    torch.dtype,
+    torch.device,
+)
 
 
 @dataclass(frozen=True)
@@ -88,8 +120,14 @@ class Node:
     # left out of descriptions and of refusals (Duet's node).
     hides_private_sizes = False
 
-    def __init__(self, name: str, *, limits: Limits | None = None, release_derived: bool = True,
-                 requests: Requests | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        limits: Limits | None = None,
+        release_derived: bool = True,
+        requests: Requests | None = None,
+    ) -> None:
         self.name = name
         self.limits = limits or Limits()
         self.release_derived = release_derived
@@ -101,13 +139,21 @@ class Node:
 
     # ---- what the owner does -----------------------------------------------------------------
 
-    def publish(self, key: str, value: Any, *, private: bool = True, tags: tuple[str, ...] = (),
-                description: str = "") -> None:
+    def publish(
+        self,
+        key: str,
+        value: Any,
+        *,
+        private: bool = True,
+        tags: tuple[str, ...] = (),
+        description: str = "",
+    ) -> None:
         """Expose `value` to clients under `key` (they reach it with `worker.published(key)`).
         Private values can be computed on but not fetched; nobody may change them in place."""
         privacy = PRIVATE if private else PUBLIC
-        self.published[key] = Stored(value, privacy, readonly=True, tags=tuple(tags),
-                                     description=description)
+        self.published[key] = Stored(
+            value, privacy, readonly=True, tags=tuple(tags), description=description
+        )
 
     def store(self, client: str = "local") -> Store:
         """The store of one client (made on first use)."""
@@ -153,15 +199,18 @@ class Node:
         The reply's buffers are views of stored tensors: send them before the next frame runs."""
         try:
             if len(frame) > self.limits.max_frame_bytes:
-                raise WireError(f"frame of {len(frame)} bytes is over this node's limit of "
-                                f"{self.limits.max_frame_bytes}")
+                raise WireError(
+                    f"frame of {len(frame)} bytes is over this node's limit of "
+                    f"{self.limits.max_frame_bytes}"
+                )
             commands = decode(frame)
         except WireError as exc:
             return encode_parts([Failure("WireError", str(exc))])
         return self.reply(commands, client)
 
-    def handle_parts(self, parts: Parts, client: str = "local",
-                     adopted: frozenset[int] = frozenset()) -> tuple[Parts, dict[int, Value]]:
+    def handle_parts(
+        self, parts: Parts, client: str = "local", adopted: frozenset[int] = frozenset()
+    ) -> tuple[Parts, dict[int, Value]]:
         """Answer an unjoined frame from a client in this process with an unjoined reply, and
         what it lends apart (see `execute_lending`). The reply's buffers are views of stored
         tensors: read them before the next command runs."""
@@ -172,16 +221,22 @@ class Node:
         replies, lent = self.execute_lending(commands, client, adopted)
         return self._encoded(replies), lent
 
-    def execute_lending(self, commands: list, client: str,
-                        adopted: frozenset[int]) -> tuple[list, dict[int, Value]]:
+    def execute_lending(
+        self, commands: list, client: str, adopted: frozenset[int]
+    ) -> tuple[list, dict[int, Value]]:
         """`execute`, for a client in this process that takes the values of the Gets at
         positions `adopted` as its own. The Values of those this node lends (`lends`) leave
         the replies (a `Done` stands in) and come back apart, by position, as they are: the
         client then holds the stored tensors' own memory, so nothing need be encoded or
         copied."""
         replies = self.execute(commands, client)
-        lent = {i: replies[i] for i in adopted if type(replies[i]) is Value
-                and type(commands[i]) is Get and self.lends(client, commands[i].ids)}
+        lent = {
+            i: replies[i]
+            for i in adopted
+            if type(replies[i]) is Value
+            and type(commands[i]) is Get
+            and self.lends(client, commands[i].ids)
+        }
         for i in lent:
             replies[i] = Done()
         return replies, lent
@@ -226,18 +281,28 @@ class Node:
             if isinstance(cmd, Get):
                 for obj_id in cmd.ids:
                     found = object_size_and_privacy(obj_id)
-                    if cmd.wait or found is None or found[0] > _QUICK_ELEMENTS or not (
-                            self._releases(found[1])):
+                    if (
+                        cmd.wait
+                        or found is None
+                        or found[0] > _QUICK_ELEMENTS
+                        or not (self._releases(found[1]))
+                    ):
                         return False
-            elif (isinstance(cmd, Call) and cmd.op in _QUICK_OPS and not cmd.kwargs
-                  and type(cmd.out) is not list):  # elementwise ops give one result
+            elif (
+                isinstance(cmd, Call)
+                and cmd.op in _QUICK_OPS
+                and not cmd.kwargs
+                and type(cmd.out) is not list
+            ):  # elementwise ops give one result
                 inputs = [size_and_privacy(cmd, i) for i in range(len(cmd.args))]
                 if None in inputs or max((n for n, _ in inputs), default=1) > _QUICK_ELEMENTS:
                     return False
                 if cmd.out is not None:  # broadcasting at most multiplies the sizes
                     derived = any(p > PUBLIC for _, p in inputs)
-                    made[cmd.out] = (math.prod(n for n, _ in inputs),
-                                     DERIVED if derived else PUBLIC)
+                    made[cmd.out] = (
+                        math.prod(n for n, _ in inputs),
+                        DERIVED if derived else PUBLIC,
+                    )
             else:
                 return False
         return True
@@ -289,15 +354,30 @@ class Node:
             raise _Refused(NotAllowedError.__name__, _not_allowed(cmd.op))
         inputs: list[Stored] = []
         refs = cmd.refs
-        args = tuple([self._object(a, store, inputs) if refs >> i & 1
-                      else a if type(a) in _SCALARS else self._resolve(a, store, inputs)
-                      for i, a in enumerate(cmd.args)])
-        kwargs = {k: v if type(v) in _SCALARS else self._resolve(v, store, inputs)
-                  for k, v in cmd.kwargs.items()} if cmd.kwargs else {}
+        args = tuple(
+            [
+                self._object(a, store, inputs)
+                if refs >> i & 1
+                else a
+                if type(a) in _SCALARS
+                else self._resolve(a, store, inputs)
+                for i, a in enumerate(cmd.args)
+            ]
+        )
+        kwargs = (
+            {
+                k: v if type(v) in _SCALARS else self._resolve(v, store, inputs)
+                for k, v in cmd.kwargs.items()
+            }
+            if cmd.kwargs
+            else {}
+        )
         if entry.node_limited:
             if "max_elements" in kwargs:
-                raise _Refused(NotAllowedError.__name__, f"{entry.path}: max_elements is this "
-                                                         "node's own limit, not a client's")
+                raise _Refused(
+                    NotAllowedError.__name__,
+                    f"{entry.path}: max_elements is this node's own limit, not a client's",
+                )
             kwargs["max_elements"] = self.limits.max_elements
         privacy, protected, tagged = PUBLIC, [], False  # one pass over the inputs
         for stored in inputs:
@@ -314,8 +394,11 @@ class Node:
         except Exception as exc:
             if privacy and not self.release_derived:
                 log.info("%s failed on private data for a client: %r", entry.path, exc)
-                raise _Refused(type(exc).__name__, f"{entry.path} failed on private data; its "
-                               "owner withholds the details (they are in the node's log)") from None
+                raise _Refused(
+                    type(exc).__name__,
+                    f"{entry.path} failed on private data; its "
+                    "owner withholds the details (they are in the node's log)",
+                ) from None
             raise
         if privacy:
             _taint(entry.path, inputs, store)
@@ -339,13 +422,13 @@ class Node:
         return Done(described)
 
     @staticmethod
-    def _stored(result: Any, privacy: Privacy, protected: list, inputs: list[Stored],
-                tags: tuple[str, ...]) -> Stored:
+    def _stored(
+        result: Any, privacy: Privacy, protected: list, inputs: list[Stored], tags: tuple[str, ...]
+    ) -> Stored:
         """A result with its policy: read-only if it shares the owner's memory, and private
         if it is a view of the owner's private data."""
         readonly = bool(protected) and _shares_memory(result, protected)
-        if readonly and _shares_memory(result, [s.value for s in inputs
-                                                if s.privacy == PRIVATE]):
+        if readonly and _shares_memory(result, [s.value for s in inputs if s.privacy == PRIVATE]):
             privacy = PRIVATE  # a view of the owner's data is that data
         return Stored(result, privacy, readonly, tags=tags)
 
@@ -362,20 +445,29 @@ class Node:
         """What the owner published under a key (or item `index` of it, for a (data, labels)
         pair): the same object, with the owner's policy."""
         args = cmd.args
-        if not (1 <= len(args) <= 2 and isinstance(args[0], str) and not cmd.kwargs
-                and not cmd.refs and (len(args) == 1 or type(args[1]) is int)
-                and type(cmd.out) is int):
+        if not (
+            1 <= len(args) <= 2
+            and isinstance(args[0], str)
+            and not cmd.kwargs
+            and not cmd.refs
+            and (len(args) == 1 or type(args[1]) is int)
+            and type(cmd.out) is int
+        ):
             raise _Refused("TypeError", f"{PUBLISHED} takes a key and an optional item index")
         stored = self.published.get(args[0])
         if stored is None:
             keys = ", ".join(sorted(self.published)) or "nothing"
-            raise _Refused("ObjectNotFoundError", f"worker {self.name!r} publishes no "
-                                                  f"{args[0]!r} (it publishes: {keys})")
+            raise _Refused(
+                "ObjectNotFoundError",
+                f"worker {self.name!r} publishes no {args[0]!r} (it publishes: {keys})",
+            )
         value = stored.value
         if len(args) == 2:
             if not (isinstance(value, tuple | list) and -len(value) <= args[1] < len(value)):
-                raise _Refused("ObjectNotFoundError", f"{args[0]!r} on worker {self.name!r} "
-                                                      f"has no item {args[1]}")
+                raise _Refused(
+                    "ObjectNotFoundError",
+                    f"{args[0]!r} on worker {self.name!r} has no item {args[1]}",
+                )
             value = value[args[1]]
         item = replace(stored, value=value)
         store.put(cmd.out, item)
@@ -385,40 +477,56 @@ class Node:
         """File a request for an object (or find this client's last one) without releasing
         anything; the result is its status."""
         obj_id = _object_id(cmd, 0) if cmd.args else None
-        if len(cmd.args) != 3 or obj_id is None or type(cmd.out) is not int or (
-                not all(isinstance(a, str) for a in cmd.args[1:])):
+        if (
+            len(cmd.args) != 3
+            or obj_id is None
+            or type(cmd.out) is not int
+            or (not all(isinstance(a, str) for a in cmd.args[1:]))
+        ):
             raise _Refused("TypeError", f"{REQUEST} takes a reference, a name and a reason")
         stored = self._lookup(obj_id, store)
         get = Get([obj_id], cmd.args[1], cmd.args[2])
-        granted = any(r.id not in self._released
-                      for r in self.requests.answered(client, obj_id, ACCEPTED))
-        status = ACCEPTED if self._releases(stored.privacy) or granted else self._ask(
-            get, obj_id, stored, client).status
+        granted = any(
+            r.id not in self._released for r in self.requests.answered(client, obj_id, ACCEPTED)
+        )
+        status = (
+            ACCEPTED
+            if self._releases(stored.privacy) or granted
+            else self._ask(get, obj_id, stored, client).status
+        )
         store.put(cmd.out, Stored(status))
         return Done(_meta(status))
 
-    def _check(self, entry: Entry, args: tuple, kwargs: dict, protected: list,
-               secret: bool) -> None:
+    def _check(
+        self, entry: Entry, args: tuple, kwargs: dict, protected: list, secret: bool
+    ) -> None:
         """Refuse a call on the wrong type, one that could change the owner's data (the
         `protected` inputs), or one whose result would be too large (saying by how much
         only when the sizes involved are not `secret`)."""
         if entry.self_type is not None and not (args and isinstance(args[0], entry.self_type)):
             got = type(args[0]).__name__ if args else "nothing"
-            raise _Refused("TypeError", f"{entry.path} needs a {entry.self_type.__name__} "
-                                        f"as its first argument, got {got}")
+            raise _Refused(
+                "TypeError",
+                f"{entry.path} needs a {entry.self_type.__name__} as its first argument, got {got}",
+            )
         if protected and _would_change(entry.path, args, kwargs, protected):
-            raise _Refused(NotAllowedError.__name__,
-                           f"{entry.path} could change the owner's data in place; copy it first")
+            raise _Refused(
+                NotAllowedError.__name__,
+                f"{entry.path} could change the owner's data in place; copy it first",
+            )
         if entry.guard is not None:
             try:
                 elements = entry.guard(args, kwargs)
             except Exception as exc:
                 why = "" if secret else f" ({exc})"
-                raise _Refused(LimitError.__name__, f"{entry.path}: cannot bound the size of its "
-                                                    f"result{why}") from None
+                raise _Refused(
+                    LimitError.__name__, f"{entry.path}: cannot bound the size of its result{why}"
+                ) from None
             if elements > self.limits.max_elements:
-                raise _Refused(LimitError.__name__, _too_big(
-                    entry.path, None if secret else elements, self.limits.max_elements))
+                raise _Refused(
+                    LimitError.__name__,
+                    _too_big(entry.path, None if secret else elements, self.limits.max_elements),
+                )
 
     def _resolve(self, value: Any, store: Store, inputs: list[Stored]) -> Any:
         """Replace Refs by the objects they name (collecting those objects' policies)."""
@@ -449,10 +557,14 @@ class Node:
         if stored is not None:
             return stored
         why = store.failed.get(obj_id)
-        detail = f" (the command that was to make it failed: {why})" if why else (
-            " (it was freed, moved with .get(), or never sent)")
-        raise _Refused("ObjectNotFoundError", f"object {obj_id} is not on worker "
-                                              f"{self.name!r}{detail}")
+        detail = (
+            f" (the command that was to make it failed: {why})"
+            if why
+            else (" (it was freed, moved with .get(), or never sent)")
+        )
+        raise _Refused(
+            "ObjectNotFoundError", f"object {obj_id} is not on worker {self.name!r}{detail}"
+        )
 
     def _get(self, cmd: Get, store: Store, client: str) -> Value:
         """All the values asked for, or (if one may not leave) none: an accepted request is
@@ -488,8 +600,13 @@ class Node:
     def _ask(self, cmd: Get, obj_id: int, stored: Stored, client: str) -> Request:
         """File a request (or find the pending one) and wait up to `cmd.wait` for the answer."""
         pending = self.requests.answered(client, obj_id, PENDING)
-        request = pending[0] if pending else self.requests.submit(
-            client, obj_id, cmd.name, cmd.reason, stored.tags, stored.description, stored.value)
+        request = (
+            pending[0]
+            if pending
+            else self.requests.submit(
+                client, obj_id, cmd.name, cmd.reason, stored.tags, stored.description, stored.value
+            )
+        )
         if request.status == PENDING and cmd.wait > 0:
             request.wait(cmd.wait)
         return request
@@ -558,8 +675,10 @@ def _keep(store: Store, obj_id: int, stored: Stored, secret: bool) -> None:
     except MemoryError:
         if not secret:
             raise
-        raise MemoryError(f"storing this result would exceed this client's limit of "
-                          f"{store.max_bytes} bytes; free pointers") from None
+        raise MemoryError(
+            f"storing this result would exceed this client's limit of "
+            f"{store.max_bytes} bytes; free pointers"
+        ) from None
 
 
 def _too_big(path: str, elements: int | None, limit: int) -> str:
@@ -573,8 +692,9 @@ def _check_result_size(path: str, result: Any, limit: int, secret: bool) -> None
     tensors = result if isinstance(result, list | tuple) else (result,)
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.numel() > limit:
-            raise _Refused(LimitError.__name__, _too_big(path, None if secret else t.numel(),
-                                                         limit))
+            raise _Refused(
+                LimitError.__name__, _too_big(path, None if secret else t.numel(), limit)
+            )
 
 
 def _shares_memory(result: Any, protected: list[Any]) -> bool:
@@ -582,15 +702,20 @@ def _shares_memory(result: Any, protected: list[Any]) -> bool:
         return False
     results = result if isinstance(result, list | tuple) else (result,)
     owned = {t.untyped_storage().data_ptr() for t in protected if isinstance(t, torch.Tensor)}
-    return any(isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in owned
-               for t in results) or any(r is p for r in results for p in protected)
+    return any(
+        isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in owned for t in results
+    ) or any(r is p for r in results for p in protected)
 
 
 def _meta(value: Any) -> list:
     """What the client may know of a stored object without fetching it: its kind and shape."""
     if isinstance(value, torch.Tensor):
-        return ["tensor", list(value.shape), DTYPE_NAMES.get(value.dtype, str(value.dtype)),
-                value.requires_grad]
+        return [
+            "tensor",
+            list(value.shape),
+            DTYPE_NAMES.get(value.dtype, str(value.dtype)),
+            value.requires_grad,
+        ]
     if isinstance(value, torch.nn.Module):
         return ["module", type(value).__name__]
     if isinstance(value, torch.optim.Optimizer):

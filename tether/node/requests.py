@@ -100,16 +100,23 @@ class Requests:
         self._lock = threading.Lock()
         self._show = show
 
-    def add_handler(self, name: str | None = None, action: str = "accept", *,
-                    tags: list[str] | tuple[str, ...] = (), timeout_secs: float = -1,
-                    print_local: bool = False) -> Handler:
+    def add_handler(
+        self,
+        name: str | None = None,
+        action: str = "accept",
+        *,
+        tags: list[str] | tuple[str, ...] = (),
+        timeout_secs: float = -1,
+        print_local: bool = False,
+    ) -> Handler:
         if action not in ("accept", "deny"):
             raise ValueError(f"action must be 'accept' or 'deny', got {action!r}")
         handler = Handler(action, name, tuple(tags), timeout_secs, print_local)
         with self._lock:
             self._handlers.append(handler)
-            waiting = [r for r in self._requests
-                       if r.status == PENDING and self._handler_for(r) is handler]
+            waiting = [
+                r for r in self._requests if r.status == PENDING and self._handler_for(r) is handler
+            ]
         for request in waiting:  # requests filed before the handler existed are answered too
             self._apply(handler, request)
         return handler
@@ -118,11 +125,20 @@ class Requests:
         with self._lock:
             self._handlers.clear()
 
-    def submit(self, client: str, obj_id: int, name: str, reason: str, tags: tuple[str, ...],
-               description: str, value: Any) -> Request:
+    def submit(
+        self,
+        client: str,
+        obj_id: int,
+        name: str,
+        reason: str,
+        tags: tuple[str, ...],
+        description: str,
+        value: Any,
+    ) -> Request:
         """File a request; a handler that matches decides it at once."""
-        request = Request(next(self._ids), client, obj_id, name, reason, tags, description,
-                          value, _desk=self)
+        request = Request(
+            next(self._ids), client, obj_id, name, reason, tags, description, value, _desk=self
+        )
         with self._lock:
             self._requests.append(request)
             handler = self._handler_for(request)
@@ -132,31 +148,47 @@ class Requests:
 
     def _apply(self, handler: Handler, request: Request) -> None:
         value = request.value
-        decided = request._settle(ACCEPTED if handler.action == "accept" else DENIED,
-                                  f"handler {handler.name or handler.tags or '*'}")
+        decided = request._settle(
+            ACCEPTED if handler.action == "accept" else DENIED,
+            f"handler {handler.name or handler.tags or '*'}",
+        )
         if decided and handler.print_local:
-            self._show(f"[tether] request {request.id} {request.name!r} from "
-                       f"{request.client}: {handler.action} — the value is {value!r}")
+            self._show(
+                f"[tether] request {request.id} {request.name!r} from "
+                f"{request.client}: {handler.action} — the value is {value!r}"
+            )
 
     def _handler_for(self, request: Request) -> Handler | None:
         now = time.time()
-        matching = [(h.specificity, i, h) for i, h in enumerate(self._handlers)
-                    if h.matches(request, now)]
+        matching = [
+            (h.specificity, i, h) for i, h in enumerate(self._handlers) if h.matches(request, now)
+        ]
         return max(matching)[2] if matching else None  # most specific, then most recent
 
     def _log(self, request: Request) -> None:
-        self.audit.append({"request": request.id, "time": time.time(), "client": request.client,
-                           "object": request.obj_id, "name": request.name,
-                           "reason": request.reason, "decision": request.status,
-                           "by": request.decided_by})
+        self.audit.append(
+            {
+                "request": request.id,
+                "time": time.time(),
+                "client": request.client,
+                "object": request.obj_id,
+                "name": request.name,
+                "reason": request.reason,
+                "decision": request.status,
+                "by": request.decided_by,
+            }
+        )
 
     # ---- the owner's view ---------------------------------------------------------------------
 
     def answered(self, client: str, obj_id: int, status: str) -> list[Request]:
         """This client's requests for this object that have this status."""
         with self._lock:
-            return [r for r in self._requests
-                    if r.client == client and r.obj_id == obj_id and r.status == status]
+            return [
+                r
+                for r in self._requests
+                if r.client == client and r.obj_id == obj_id and r.status == status
+            ]
 
     def pending(self) -> list[Request]:
         return [r for r in self._requests if r.status == PENDING]
@@ -175,6 +207,17 @@ class Requests:
         """Every request as a table: name, reason, requester, object, status, time."""
         import pandas as pd
 
-        return pd.DataFrame([{"id": r.id, "name": r.name, "reason": r.reason,
-                              "requester": r.client, "object": r.obj_id, "status": r.status,
-                              "time": pd.Timestamp(r.time, unit="s")} for r in self._requests])
+        return pd.DataFrame(
+            [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "reason": r.reason,
+                    "requester": r.client,
+                    "object": r.obj_id,
+                    "status": r.status,
+                    "time": pd.Timestamp(r.time, unit="s"),
+                }
+                for r in self._requests
+            ]
+        )

@@ -62,8 +62,10 @@ class Store:
         old = self.objects.get(obj_id)
         grown = stored.nbytes - (old.nbytes if old else 0)
         if self.nbytes + grown > self.max_bytes:
-            raise MemoryError(f"storing {stored.nbytes} bytes would exceed this client's limit "
-                              f"of {self.max_bytes} bytes (holding {self.nbytes}); free pointers")
+            raise MemoryError(
+                f"storing {stored.nbytes} bytes would exceed this client's limit "
+                f"of {self.max_bytes} bytes (holding {self.nbytes}); free pointers"
+            )
         self.objects[obj_id] = stored
         self.nbytes += grown
         self.failed.pop(obj_id, None)

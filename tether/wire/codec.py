@@ -62,9 +62,27 @@ _DEVICE_TYPES = {"cpu", "cuda", "mps"}
 
 
 _DTYPE_NAMES = (
-    "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
-    "float16", "bfloat16", "float32", "float64", "complex32", "complex64", "complex128",
-    "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "complex32",
+    "complex64",
+    "complex128",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
     "float4_e2m1fn_x2",
 )
 
@@ -79,14 +97,31 @@ _DTYPE_CODES: dict[torch.dtype, int] = {d: i for i, d in enumerate(_DTYPE_BY_COD
 # (pad), buffer index, then each dimension as a u64.
 _TENSOR_HEADS = tuple(struct.Struct(f"<BBBxI{n}Q") for n in range(_MAX_DIMS + 1))
 # The dtypes numpy has too (under the same names): those tensors are made from numpy views.
-_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {DTYPES[n]: np.dtype(n) for n in (
-    "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64", "float16",
-    "float32", "float64", "complex64", "complex128")}
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {
+    DTYPES[n]: np.dtype(n)
+    for n in (
+        "bool",
+        "uint8",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    )
+}
 # By dtype code (a u8): the dtype, its bytes per element, numpy's dtype (None: numpy lacks it)
 # and whether it can require grad; None for codes no dtype has.
 _DTYPE_FACTS = tuple(
     (d, d.itemsize, _NUMPY_DTYPES.get(d), d.is_floating_point or d.is_complex) if d else None
-    for d in _DTYPE_BY_CODE) + (None,) * (256 - len(_DTYPE_BY_CODE))
+    for d in _DTYPE_BY_CODE
+) + (None,) * (256 - len(_DTYPE_BY_CODE))
 _MEMORY_FORMATS = {
     "contiguous_format": torch.contiguous_format,
     "channels_last": torch.channels_last,
@@ -160,8 +195,11 @@ class Parts:
 
     @property
     def nbytes(self) -> int:
-        return len(self.head) + _pad(len(self.head)) + sum(b.nbytes + _pad(b.nbytes)
-                                                           for b in self.buffers)
+        return (
+            len(self.head)
+            + _pad(len(self.head))
+            + sum(b.nbytes + _pad(b.nbytes) for b in self.buffers)
+        )
 
     def pieces(self) -> list[bytes | memoryview]:
         """The frame's pieces in order, padding included: writing them one after the other
@@ -214,11 +252,18 @@ def encode_parts(messages: list) -> Parts:
             shape = obj.shape
             ndim = len(shape)
             if ndim > _MAX_DIMS:
-                raise TypeError(f"a tensor of {ndim} dimensions cannot be sent (at most "
-                                f"{_MAX_DIMS})")
+                raise TypeError(
+                    f"a tensor of {ndim} dimensions cannot be sent (at most {_MAX_DIMS})"
+                )
             buffers.append(tensor_bytes(obj))
-            return _ext((_TENSOR, _TENSOR_HEADS[ndim].pack(
-                _DTYPE_CODES[obj.dtype], obj.requires_grad, ndim, len(buffers) - 1, *shape)))
+            return _ext(
+                (
+                    _TENSOR,
+                    _TENSOR_HEADS[ndim].pack(
+                        _DTYPE_CODES[obj.dtype], obj.requires_grad, ndim, len(buffers) - 1, *shape
+                    ),
+                )
+            )
         if isinstance(obj, tuple):  # torch.Size too: an array led by the tuple mark
             return [_TUPLE_MARK, *obj]
         if isinstance(obj, slice):
@@ -248,8 +293,9 @@ def encode_parts(messages: list) -> Parts:
     body = [_ROWS[type(msg)](msg) for msg in messages]
     header = msgpack.packb(body, default=default, use_bin_type=True, strict_types=True)
     lengths = struct.pack(f"<{len(buffers)}Q", *(b.nbytes for b in buffers))
-    return Parts(_PREFIX.pack(MAGIC, VERSION, 0, len(buffers), len(header)) + lengths + header,
-                 buffers)
+    return Parts(
+        _PREFIX.pack(MAGIC, VERSION, 0, len(buffers), len(header)) + lengths + header, buffers
+    )
 
 
 def _pad(n: int) -> int:
@@ -280,8 +326,18 @@ def _guarded(decoder: Callable[..., list], *args: Any) -> list:
         return decoder(*args)
     except WireError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, struct.error,
-            RecursionError, msgpack.UnpackException, RuntimeError, AttributeError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        OverflowError,
+        struct.error,
+        RecursionError,
+        msgpack.UnpackException,
+        RuntimeError,
+        AttributeError,
+    ) as exc:
         detail = str(exc) or ("nested too deeply" if isinstance(exc, msgpack.StackError) else "")
         raise WireError(f"malformed frame: {type(exc).__name__}: {detail}") from None
 
@@ -326,8 +382,7 @@ def _decode_parts(parts: Parts) -> list:
 
 def _decode_body(header: memoryview, buffers: list[memoryview], copy: bool) -> list:
     used: set[int] = set()
-    body = _unpack(header, _ext_hook(buffers, used, copy),
-                   len(header) // _CONTAINERS_PER_BYTE + 64)
+    body = _unpack(header, _ext_hook(buffers, used, copy), len(header) // _CONTAINERS_PER_BYTE + 64)
     if len(used) != len(buffers):
         raise WireError("frame carries buffers that no tensor uses")
     if not isinstance(body, list):
@@ -349,8 +404,9 @@ def _unpack(data: memoryview | bytes, ext_hook: Callable, containers: int) -> An
     if len(data.translate(None, _NOT_OPENERS)) <= containers and _TUPLE_MARK_BYTES not in data:
         # Too few bytes that could open a container to break the budget, and no tuples: no
         # per-container hooks needed (the common case; a 200-command frame decodes 16% faster).
-        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=True,
-                               use_list=True)
+        return msgpack.unpackb(
+            data, ext_hook=ext_hook, raw=False, strict_map_key=True, use_list=True
+        )
     budget = [containers]
 
     def count(container: Any) -> Any:
@@ -365,16 +421,22 @@ def _unpack(data: memoryview | bytes, ext_hook: Callable, containers: int) -> An
             return tuple(items[1:])
         return items
 
-    return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=True,
-                           use_list=True, list_hook=array, object_hook=count)
+    return msgpack.unpackb(
+        data,
+        ext_hook=ext_hook,
+        raw=False,
+        strict_map_key=True,
+        use_list=True,
+        list_hook=array,
+        object_hook=count,
+    )
 
 
 def _no_extensions(code: int, data: bytes) -> Any:
     raise WireError(f"extension type {code} cannot appear here")
 
 
-def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
-              ) -> Callable[[int, bytes], Any]:
+def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool) -> Callable[[int, bytes], Any]:
     def hook(code: int, data: bytes) -> Any:
         if code == _TENSOR:
             return _tensor(data, buffers, used, copy)
@@ -388,8 +450,11 @@ def _ext_hook(buffers: list[memoryview], used: set[int], copy: bool
             return _TUPLE_START
         if code == _SLICE:
             parts = _unpack(data, _no_extensions, 1)
-            if not (isinstance(parts, list) and len(parts) == 3
-                    and all(p is None or type(p) is int for p in parts)):
+            if not (
+                isinstance(parts, list)
+                and len(parts) == 3
+                and all(p is None or type(p) is int for p in parts)
+            ):
                 raise WireError("a slice must be three integers or nulls")
             return slice(*parts)
         if code == _DTYPE:
@@ -419,8 +484,7 @@ def _lookup(table: dict, data: bytes, what: str) -> Any:
     return table[name]
 
 
-def _tensor(head: bytes, buffers: list[memoryview], used: set[int], copy: bool
-            ) -> torch.Tensor:
+def _tensor(head: bytes, buffers: list[memoryview], used: set[int], copy: bool) -> torch.Tensor:
     ndim = head[2] if len(head) >= _TENSOR_HEAD_SIZE else -1
     if not 0 <= ndim <= _MAX_DIMS or len(head) != _TENSOR_HEAD_SIZE + 8 * ndim:
         raise WireError(f"a tensor header of {len(head)} bytes does not match its dimensions")
@@ -437,8 +501,10 @@ def _tensor(head: bytes, buffers: list[memoryview], used: set[int], copy: bool
     buf = buffers[index]
     numel = math.prod(shape)
     if numel * itemsize != buf.nbytes:  # so no dimension is larger than the frame
-        raise WireError(f"tensor of shape {shape} and dtype {DTYPE_NAMES[dtype]} needs "
-                        f"{numel * itemsize} bytes, its buffer has {buf.nbytes}")
+        raise WireError(
+            f"tensor of shape {shape} and dtype {DTYPE_NAMES[dtype]} needs "
+            f"{numel * itemsize} bytes, its buffer has {buf.nbytes}"
+        )
     if numel == 0:
         if max(shape) >= _MAX_DIM:
             raise WireError(f"bad tensor shape {shape}")
@@ -446,8 +512,11 @@ def _tensor(head: bytes, buffers: list[memoryview], used: set[int], copy: bool
     elif copy or buf.readonly:  # no aliasing read-only memory, nor an in-process sender's
         t = _copied(buf, dtype, shape)
     else:  # a view, through numpy where it has the dtype: that is faster
-        t = (torch.from_numpy(np.frombuffer(buf, numpy_dtype).reshape(shape)) if numpy_dtype
-             else torch.frombuffer(buf, dtype=dtype, count=numel).view(shape))
+        t = (
+            torch.from_numpy(np.frombuffer(buf, numpy_dtype).reshape(shape))
+            if numpy_dtype
+            else torch.frombuffer(buf, dtype=dtype, count=numel).view(shape)
+        )
         if t.data_ptr() % ALIGN:  # kernels cannot meet misaligned data
             t = _copied(buf, dtype, shape)
     if requires_grad and gradable:
@@ -502,19 +571,34 @@ def _put(obj_id: Any, value: Any) -> m.Put:
 
 
 def _call(op: Any, args: Any, kwargs: Any, out: Any, refs: Any) -> m.Call:
-    if not (type(op) is str and type(args) is list and type(kwargs) is dict
-            and (out is None or _is_id(out) or _is_ids(out))
-            and type(refs) is int and refs >= 0 and not refs >> len(args)):
-        raise WireError("Call needs op: str, args: list, kwargs: map, out: id, ids or null, "
-                        "refs: a bitmask of the args")
+    if not (
+        type(op) is str
+        and type(args) is list
+        and type(kwargs) is dict
+        and (out is None or _is_id(out) or _is_ids(out))
+        and type(refs) is int
+        and refs >= 0
+        and not refs >> len(args)
+    ):
+        raise WireError(
+            "Call needs op: str, args: list, kwargs: map, out: id, ids or null, "
+            "refs: a bitmask of the args"
+        )
     return m.Call(op, args, kwargs, out, refs)
 
 
 def _get(ids: Any, name: Any, reason: Any, wait: Any) -> m.Get:
-    if not (type(ids) is list and all(map(_is_id, ids)) and type(name) is str
-            and type(reason) is str and type(wait) in (int, float) and 0 <= wait <= _MAX_WAIT):
-        raise WireError(f"Get needs ids: a list of ids, name: str, reason: str, wait: 0 to "
-                        f"{_MAX_WAIT} seconds")
+    if not (
+        type(ids) is list
+        and all(map(_is_id, ids))
+        and type(name) is str
+        and type(reason) is str
+        and type(wait) in (int, float)
+        and 0 <= wait <= _MAX_WAIT
+    ):
+        raise WireError(
+            f"Get needs ids: a list of ids, name: str, reason: str, wait: 0 to {_MAX_WAIT} seconds"
+        )
     return m.Get(ids, name, reason, wait)
 
 
@@ -538,8 +622,13 @@ def _failure(kind: Any, message: Any, details: Any) -> m.Failure:
 
 # Each message type from its fields, checked (any field may be anything a peer sent).
 _READERS: dict[type, Callable[..., Any]] = {
-    m.Put: _put, m.Call: _call, m.Get: _get, m.Delete: _delete,
-    m.Done: _done, m.Value: m.Value, m.Failure: _failure,
+    m.Put: _put,
+    m.Call: _call,
+    m.Get: _get,
+    m.Delete: _delete,
+    m.Done: _done,
+    m.Value: m.Value,
+    m.Failure: _failure,
 }
 # By tag: the reader, and the length of the row (the tag and the fields).
 _BY_TAG = tuple((_READERS[cls], len(_FIELDS[cls]) + 1) for cls in m.MESSAGE_TYPES)
