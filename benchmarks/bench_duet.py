@@ -1,18 +1,19 @@
 """Duet benchmarks, owner and network service in their own processes, every ratio against a
-baseline measured in the same run:
+baseline doing the same work in the same setup, measured in the same run:
 
 - one epoch of the tutorial's SyNet on an MNIST subset, trained through the duet (data on the
-  owner, driven op by op from here) against plain PyTorch on the same data, seed and order;
-- a blocking round trip (`(ptr + 1).get()`) through the relay against a direct connection, and
-  the same for a get the owner's handler approves (pushed at once; PySyft polled each second);
-- copying a 9216x96 float32 tensor to the owner and back (PySyft's Duet took 45 s);
+  owner, driven op by op from here) against plain PyTorch on the same data, seed and order. The
+  owner computes on its connection's pool thread, so plain PyTorch runs on a pool thread too,
+  with the same number of torch threads (default 1 on each side: on a small shared machine,
+  OpenMP threads that spin while another process holds a core make multi-threaded epochs swing
+  tenfold);
+- a blocking round trip (`(ptr + 1).get()`) through the relay against a direct connection, the
+  same for a get the owner's handler approves, and copying a 9216x96 float32 tensor to the owner
+  and back;
 - how soon a scientist blocked in a get has the value once the owner accepts by hand.
 
-Run: python benchmarks/bench_duet.py [--batches 16] [--repeats 3] [--threads 1]
-
-Both sides compute with the same number of threads (default 1): on a small shared machine,
-OpenMP threads that spin while another process holds a core make multi-threaded epochs swing
-tenfold, which would drown the comparison.
+Epochs and round trips interleave ours and the baseline; a ratio is the median of the rounds'
+ratios. Run: python benchmarks/bench_duet.py [--batches 16] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -83,27 +86,36 @@ def owner(network: str, samples: int, threads: int) -> None:
 # ---- the scientist's measurements -------------------------------------------------------------
 
 
-def _median_us(fn: Callable[[], object], n: int) -> float:
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return time.perf_counter() - start
 
 
-def round_trips(duet: sy.duet.ScientistDuet, n: int = 300) -> dict[str, float]:
+def _interleaved(ours: Callable, baseline: Callable, n: int) -> tuple[float, float, float]:
+    """Both once to warm up, then `n` rounds of each in turn: their medians (seconds) and the
+    median of the rounds' ratios."""
+    ours(), baseline()
+    rounds = [(_seconds(ours), _seconds(baseline)) for _ in range(n)]
+    return (
+        statistics.median(o for o, _ in rounds),
+        statistics.median(b for _, b in rounds),
+        statistics.median(o / b for o, b in rounds),
+    )
+
+
+def round_trips(duet: sy.duet.ScientistDuet) -> dict[str, tuple[Callable, int]]:
+    """What to time on a duet, and how many rounds."""
     x = torch.ones(4).send(duet)
     approved = duet.store["approved"]
     big = torch.randn(9216, 96)
     remote_big = big.send(duet)
     duet.flush()
     return {
-        "op": _median_us(lambda: (x + 1).get(), n),
-        "approved get": _median_us(lambda: (approved + 0).get(request_block=True), n),
-        "send 9216x96": _median_us(lambda: (big.send(duet), duet.flush()), 20),
-        "get 9216x96": _median_us(lambda: remote_big.get(delete=False), 20),
+        "op": (lambda: (x + 1).get(), 300),
+        "approved get": (lambda: (approved + 0).get(request_block=True), 300),
+        "send 9216x96": (lambda: (big.send(duet), duet.flush()), 20),
+        "get 9216x96": (lambda: remote_big.get(delete=False), 20),
     }
 
 
@@ -136,8 +148,18 @@ def accept_latency_us(network: str, n: int = 50) -> float:
     return statistics.median(times[1:]) * 1e6
 
 
-def duet_epoch(duet: sy.duet.ScientistDuet, model: SyNet, seed: int) -> tuple[float, SyNet]:
-    """The tutorial's train(): seconds for one epoch, and the trained model (fetched after)."""
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time of this process, plus that of process `pid` (Linux: /proc/PID/stat)."""
+    spent = time.process_time()
+    if pid is not None:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        spent += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return spent
+
+
+def duet_epoch(duet: sy.duet.ScientistDuet, model: SyNet, seed: int, owner_pid: int) -> tuple:
+    """The tutorial's train(): wall and CPU seconds (scientist + owner) for one epoch, and the
+    trained model (fetched after)."""
     remote_torch = duet.torch
     data = duet.store["mnist-train"]
     data.len().get(request_block=True, name="train_size")
@@ -146,7 +168,7 @@ def duet_epoch(duet: sy.duet.ScientistDuet, model: SyNet, seed: int) -> tuple[fl
     optimizer = remote_torch.optim.Adadelta(remote_model.parameters(), lr=1.0)
     loader = remote_torch.utils.data.DataLoader(data, batch_size=BATCH, shuffle=True)
     duet.flush()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds(owner_pid)
     remote_model.train()
     for data_ptr, target_ptr in loader:
         optimizer.zero_grad()
@@ -154,21 +176,22 @@ def duet_epoch(duet: sy.duet.ScientistDuet, model: SyNet, seed: int) -> tuple[fl
         loss.backward()
         optimizer.step()
     duet.flush()
-    spent = time.perf_counter() - start
-    return spent, remote_model.get(request_block=True, name="model")
+    spent = time.perf_counter() - start, cpu_seconds(owner_pid) - cpu
+    return *spent, remote_model.get(request_block=True, name="model")
 
 
-def plain_epoch(dataset: torch.utils.data.Dataset, model: SyNet, seed: int) -> tuple[float, SyNet]:
+def plain_epoch(dataset: torch.utils.data.Dataset, model: SyNet, seed: int) -> tuple:
+    """The same epoch in plain PyTorch: wall and CPU seconds, and the trained model."""
     torch.manual_seed(seed)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     model.train()
     for data, target in loader:
         optimizer.zero_grad()
         F.nll_loss(model(data), target).backward()
         optimizer.step()
-    return time.perf_counter() - start, model
+    return time.perf_counter() - start, cpu_seconds() - cpu, model
 
 
 # ---- running it ---------------------------------------------------------------------------------
@@ -203,7 +226,7 @@ def _join(network: str, samples: int, relay: bool, threads: int) -> tuple[subpro
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=16, help="batches of 64 in the epoch")
-    parser.add_argument("--repeats", type=int, default=3, help="best of N epochs")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of epochs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on each side")
     parser.add_argument("--owner", help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, help=argparse.SUPPRESS)
@@ -217,58 +240,57 @@ def main() -> None:
     processes = [service]
     try:
         network = _line(service, r"listening on (ws://\S+)")
-        duets = {}
+        duets, owners = {}, {}
         for relay in (False, True):
-            proc, duets[relay] = _join(network, samples, relay, args.threads)
-            processes.append(proc)
-        results = {relay: round_trips(duet) for relay, duet in duets.items()}
-        duets[True].close()
-        direct = duets[False]
+            owners[relay], duets[relay] = _join(network, samples, relay, args.threads)
+            processes.append(owners[relay])
+        relayed, direct = (round_trips(duets[relay]) for relay in (True, False))
         print("round trips through a duet (median; owner and service in their own processes):")
-        for what in results[False]:
-            d, r = results[False][what], results[True][what]
+        for what, (fn, n) in direct.items():
+            r, d, ratio = _interleaved(relayed[what][0], fn, n)
             print(
-                f"  {what:14s} direct {d / 1e3:8.3f} ms   relayed {r / 1e3:8.3f} ms   "
-                f"relay/direct {r / d:5.2f}x"
+                f"  {what:14s} direct {d * 1e3:8.3f} ms   relayed {r * 1e3:8.3f} ms   "
+                f"relay/direct {ratio:5.2f}x"
             )
+        duets[True].close()
         print(
             f"  accepted by hand: the blocked get returns {accept_latency_us(network) / 1e3:.3f}"
-            " ms after request.accept() (PySyft polled approvals once a second)"
-        )
-        mib = 9216 * 96 * 4 / 2**20
-        send, get = (mib / (results[False][f"{way} 9216x96"] / 1e6) for way in ("send", "get"))
-        print(
-            f"  9216x96 float32 ({mib:.1f} MiB) direct: send {send:.0f} MiB/s, get {get:.0f} "
-            "MiB/s (PySyft's Duet: 45 s to copy it)"
+            " ms after request.accept()"
         )
 
         torch.manual_seed(0)
         model = SyNet(torch)
         dataset = _subset(samples)
-        plain_epoch(dataset, copy.deepcopy(model), seed=0)  # warm up both sides: the first
-        duet_epoch(direct, copy.deepcopy(model), seed=0)  # epoch builds kernels and pools
-        plain, duet_runs, same = [], [], True
-        for repeat in range(args.repeats):
-            seconds, local = plain_epoch(dataset, copy.deepcopy(model), seed=repeat)
-            plain.append(seconds)
-            seconds, remote = duet_epoch(direct, copy.deepcopy(model), seed=repeat)
-            duet_runs.append(seconds)
+        plain_thread = ThreadPoolExecutor(1)  # as the owner's node computes on a pool thread
+        plain_thread.submit(torch.set_num_threads, args.threads).result()
+        rounds, same = [], True
+        for seed in range(args.repeats + 1):  # round 0 warms up both sides
+            *ours, remote = duet_epoch(duets[False], copy.deepcopy(model), seed, owners[False].pid)
+            job = plain_thread.submit(plain_epoch, dataset, copy.deepcopy(model), seed)
+            *base, local = job.result()
             same &= all(
                 torch.equal(a, b)
                 for a, b in zip(
                     local.state_dict().values(), remote.state_dict().values(), strict=True
                 )
             )
-        direct.close()
+            if seed:
+                rounds.append((ours, base))
+        plain_thread.shutdown()
+        duets[False].close()
         print(
-            f"SyNet, 1 epoch of {samples} MNIST images, batch {BATCH}, best of {args.repeats}, "
-            f"{args.threads} thread(s) each side:"
+            f"SyNet, 1 epoch of {samples} MNIST images, batch {BATCH}, {args.repeats} "
+            f"interleaved rounds, {args.threads} torch thread(s) on a pool thread each side "
+            f"(trained weights identical: {same}):"
         )
-        print(f"  plain PyTorch          {min(plain):7.2f} s")
-        print(
-            f"  through the duet       {min(duet_runs):7.2f} s   ratio "
-            f"{min(duet_runs) / min(plain):.2f}x   trained weights identical: {same}"
-        )
+        for i, what in enumerate(("wall", "CPU (duet: scientist + owner)")):
+            ratios = sorted(o[i] / b[i] for o, b in rounds)
+            plain, duet = (statistics.median(r[k][i] for r in rounds) for k in (1, 0))
+            print(
+                f"  {what:30s} plain {plain:6.2f} s   duet {duet:6.2f} s   ratio "
+                f"{statistics.median(ratios):.2f}x, median of the rounds ({ratios[0]:.2f}-"
+                f"{ratios[-1]:.2f}x)"
+            )
     finally:
         for proc in reversed(processes):  # the service last: owners leave it first
             proc.terminate()
