@@ -3,13 +3,19 @@ two `tether worker` processes, against the unsplit model trained locally in the 
 the bytes that cross the network per step against the floor (the activation forward and its
 gradient back, plus the batch and labels the tutorial sends).
 
-Run: python benchmarks/bench_split.py [--batches 79]
+Same work, same setup: the local baseline trains the same model on the same batches with the
+same number of torch threads as each worker computes with (the workers share the machine's
+cores, as `tether demo`'s do). Split and local epochs interleave, and the ratio is the median
+of the rounds' ratios.
+
+Run: python benchmarks/bench_split.py [--batches 79] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -97,6 +103,7 @@ def local_epoch(batches: list) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, default=79, help="batches of 64 per epoch")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of epochs")
     args = parser.parse_args()
     t = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     images, labels = datasets.materialize(datasets.MNIST(train=True, transform=t))
@@ -111,25 +118,32 @@ def main() -> None:
             parts := encode(commands),
             sent.append(parts.nbytes),
         )[0]
-        split_epoch(batches[:5], alice, bob, sent)  # warm up
+        torch.set_num_threads(WORKER_THREADS)  # as each worker computes
+        split_epoch(batches[:5], alice, bob, sent), local_epoch(batches[:5])  # warm up
         sent.clear()
-        split = split_epoch(batches, alice, bob, sent)
+        rounds = [
+            (split_epoch(batches, alice, bob, sent), local_epoch(batches))
+            for _ in range(args.repeats)
+        ]
         net_client.encode_parts = encode
-        local_epoch(batches[:5])
-        local = local_epoch(batches)
     finally:
         for process in processes:
             process.terminate()
-    steps = len(batches)
+    ratios = sorted(s / q for s, q in rounds)
     activation = 64 * 640 * 4
     floor = 2 * activation + 64 * 784 * 4 + 64 * 8  # activation, its gradient, batch, labels
     print(
-        f"split network, {steps} steps of 64 images, two worker processes on 127.0.0.1 "
-        f"({WORKER_THREADS} torch thread(s) each):"
+        f"split network, {len(batches)} steps of 64 images, two worker processes on 127.0.0.1, "
+        f"{WORKER_THREADS} torch thread(s) each and locally; {args.repeats} interleaved rounds:"
     )
-    print(f"  unsplit model, local       {local * 1e3:8.1f} ms")
-    print(f"  SplitNN over the network   {split * 1e3:8.1f} ms   ratio {split / local:.2f}x")
-    per_step = sum(sent) / steps
+    local, split = (statistics.median(r[i] for r in rounds) * 1e3 for i in (1, 0))
+    print(f"  unsplit model, local       {local:8.1f} ms (median)")
+    print(
+        f"  SplitNN over the network   {split:8.1f} ms (median)   ratio "
+        f"{statistics.median(ratios):.2f}x, median of the rounds "
+        f"({ratios[0]:.2f}-{ratios[-1]:.2f}x)"
+    )
+    per_step = sum(sent) / (len(batches) * args.repeats)
     print(
         f"  bytes sent per step (scientist to workers): {per_step / 1e3:.1f} kB; the data "
         f"the step must move (batch, labels, activation, gradient): {floor / 1e3:.1f} kB "
