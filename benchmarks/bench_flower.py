@@ -5,8 +5,11 @@ workers, 40 rounds of 10 batches of 32 (SGD, lr 0.1) per worker, FedAvg by sampl
 it with three `tether worker` processes and the coordinator; Flower runs the same model, data,
 partition and config (a) with three client processes and a server on gRPC (the deployment
 shape that matches tether's), (b) in Flower's Ray simulation. Every worker process gets
-cores / 3 torch threads. Wall times count the 40 rounds, from the moment the workers are up;
-accuracy (on the official 10,000 test images) is computed afterwards to show both learned.
+cores / 3 torch threads. Same work, same setup: wall times count the 40 rounds, from the moment
+every worker is up to the end of the last round's aggregation, for every job; neither counts
+starting or tearing down servers, clients or Ray. The jobs run alternately (--repeat), and each
+ratio is the median of the runs' ratios. Accuracy (on the official 10,000 test images) is
+computed afterwards to show both learned.
 The training is the same work in every job, so on a busy or small machine the wall times are
 mostly the cores' share; the per-round overhead (round wall time minus the slowest worker's
 training in it) is what each framework adds, and is printed too.
@@ -144,7 +147,7 @@ def flower_strategy(initial: list[np.ndarray]):
 
 
 def run_flower(mode: str, rounds: int) -> dict:
-    """One Flower job; its wall time (rounds only) and the final model's accuracy."""
+    """One Flower job; its wall time (rounds only, no teardown) and the final model's accuracy."""
     import flwr as fl
 
     torch.manual_seed(SEED)
@@ -204,7 +207,7 @@ def run_flower(mode: str, rounds: int) -> dict:
             client_resources={"num_cpus": 1, "num_gpus": 0},
             ray_init_args={"num_cpus": os.cpu_count(), "include_dashboard": False},
         )
-    seconds = time.perf_counter() - manager.all_joined
+    seconds = ends[-1] - manager.all_joined  # the last aggregation, before any teardown
     for client in clients:
         client.wait(60)
     state = dict(
@@ -307,6 +310,10 @@ def main() -> None:
     import statistics
     import tempfile
 
+    if not Path(args.flwr_python).exists():
+        print(f"Flower's interpreter {args.flwr_python} is not there: see this file's docstring")
+        return
+
     print(
         f"{args.rounds} rounds, 3 workers x {BATCHES} batches of {BATCH}, "
         f"{os.cpu_count()} cores, {worker_threads()} torch thread(s) per worker; "
@@ -333,7 +340,6 @@ def main() -> None:
                 continue
             runs.setdefault(mode, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share these cores)")
-    ours = statistics.median(r["seconds"] for r in runs["tether"])
     print(
         f"{'job':40} {'wall s (each run)':>20} {'median':>7} {'x tether':>9} "
         f"{'training ms':>12} {'overhead ms':>12} {'accuracy':>9}"
@@ -341,11 +347,14 @@ def main() -> None:
     for key, found in runs.items():
         each = " ".join(f"{r['seconds']:.1f}" for r in found)
         median = statistics.median(r["seconds"] for r in found)
+        ratio = statistics.median(
+            r["seconds"] / t["seconds"] for r, t in zip(found, runs["tether"], strict=False)
+        )
         training, overhead = (
             statistics.median(r[k] for r in found) for k in ("training", "overhead")
         )
         print(
-            f"{labels[key]:40} {each:>20} {median:7.2f} {median / ours:9.2f} "
+            f"{labels[key]:40} {each:>20} {median:7.2f} {ratio:9.2f} "
             f"{1000 * training:12.1f} {1000 * overhead:12.1f} "
             f"{100 * found[-1]['accuracy']:8.2f}%"
         )
