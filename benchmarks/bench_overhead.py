@@ -2,6 +2,9 @@
 model so small (8-6-3) that compute is nearly nothing, against plain PyTorch running the same
 loop in the same run. Far less noisy than the MNIST epoch, so it shows changes of a few µs.
 
+Same work, same setup: the same model, batches and optimizer, in the same process and thread.
+Plain and pointer rounds interleave; the overhead is the median of the rounds' differences.
+
 Run: python benchmarks/bench_overhead.py [--rounds 40]
 """
 
