@@ -215,3 +215,18 @@ def test_fedavg_weights_by_samples() -> None:
         weighted_average([a, {"w": a["w"]}], [1, 1])
     with pytest.raises(ValueError, match="non-negative"):
         weighted_average([a, b], [0, 0])
+
+
+def test_fit_and_evaluate_are_registered_from_above() -> None:
+    """The federated package adds its ops to the table (the node imports no feature), and
+    `register` keeps a feature inside its own namespace and off a taken name."""
+    from tether.ops import ALLOWLIST, register
+
+    assert ALLOWLIST["tether.federated.fit"].fn is fit
+    assert ALLOWLIST["tether.federated.evaluate"].node_limited
+    assert register("tether.federated.fit", fit, node_limited=True).fn is fit  # a re-import
+    for path in ("torch.x", "tether.__x", "builtins.exec", "operator.x"):
+        with pytest.raises(ValueError, match=r"tether\.<feature>"):
+            register(path, fit)
+    with pytest.raises(ValueError, match="already in the op table"):
+        register("tether.federated.fit", evaluate)

@@ -31,7 +31,7 @@ import torch.jit
 import tether
 from tether.errors import LimitError, NotAllowedError, TetherError
 from tether.node import Limits, Node
-from tether.node.allowlist import ALLOWLIST
+from tether.ops import ALLOWLIST
 from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value, decode, encode
 
 CLIENT = "mallory"
@@ -214,7 +214,7 @@ ESCAPES: list[tuple[str, list, dict]] = [
     ("marshal.loads", [b"\xe3"], {}),
     ("ctypes.CDLL", ["libc.so.6"], {}),
     ("shutil.rmtree", ["TMP"], {}),
-    ("tether.node.allowlist.ALLOWLIST", [], {}),
+    ("tether.ops.table.ALLOWLIST", [], {}),
     # spellings of allowed names that must not resolve
     ("", [], {}),
     ("torch.add\x00", [Ref(X), 1], {}),

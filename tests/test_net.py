@@ -45,7 +45,7 @@ from tether.net.frames import (
     xor_mask,
 )
 from tether.node import Node
-from tether.node.node import PUBLISHED
+from tether.ops import PUBLISHED
 from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value, decode, encode
 from tether.wire.codec import ALIGN
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import tether as sy
 from tether import errors
-from tether.node.node import PUBLISHED
+from tether.ops import PUBLISHED
 
 SECRET = torch.tensor([[3.0, 1.0, 4.0], [1.0, 5.0, 9.0]])
 LABELS = torch.tensor([2, 0])

@@ -20,7 +20,7 @@ from torch import nn
 
 from tether import errors
 from tether.client import Client
-from tether.node.allowlist import ALLOWLIST
+from tether.ops import ALLOWLIST
 from tether.pointer import Pointer, remote_call
 from tether.wire import Ref
 

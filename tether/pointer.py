@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tether import errors
-from tether.node.allowlist import ALLOWLIST, PATH_OF
+from tether.ops import ALLOWLIST, PATH_OF
 from tether.wire import Ref
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ class Pointer:
             where = f" on worker {found[0].name!r}" if found[0] else ""
             raise errors.NotAllowedError(
                 f"{name} is not in tether's allowlist, so it cannot run{where} "
-                "(add it to tether/node/allowlist.py, with a test, if it is safe)"
+                "(add it to tether/ops/table.py, with a test, if it is safe)"
             )
         return remote_call(path, list(args), kwargs or {})
 

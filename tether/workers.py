@@ -9,7 +9,7 @@ import torch
 from tether.client import Client, Replies
 from tether.errors import ConnectionLostError
 from tether.node import Limits, Node, Store
-from tether.node.node import PUBLISHED
+from tether.ops import PUBLISHED
 from tether.pointer import Pointer
 from tether.wire import Call, Put, Value, decode_parts, encode_parts
 

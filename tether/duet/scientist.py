@@ -14,8 +14,7 @@ from typing import Any
 from tether.client import Client, Transport
 from tether.duet import catalog
 from tether.duet.node import CATALOG
-from tether.node.allowlist import ALLOWLIST
-from tether.node.node import PUBLISHED
+from tether.ops import ALLOWLIST, PUBLISHED
 from tether.pointer import Pointer, remote_call
 from tether.wire import Call, Ref
 
@@ -81,7 +80,7 @@ class RemoteTorch:
             return RemoteTorch(self._client, path)
         raise AttributeError(
             f"{path} is not in tether's allowlist, so the owner's node does not "
-            "run it (tether/node/allowlist.py lists what it runs)"
+            "run it (tether/ops/table.py lists what it runs)"
         )
 
     def __repr__(self) -> str:

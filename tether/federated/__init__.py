@@ -2,6 +2,15 @@
 
 from tether.federated.dataloader import FederatedDataLoader
 from tether.federated.dataset import FederatedDataset, WorkerData, federate
+from tether.federated.delegated import EVALUATE, FIT  # registers the fit and evaluate ops
 from tether.federated.floptimizer import Optims
 
-__all__ = ["FederatedDataLoader", "FederatedDataset", "Optims", "WorkerData", "federate"]
+__all__ = [
+    "EVALUATE",
+    "FIT",
+    "FederatedDataLoader",
+    "FederatedDataset",
+    "Optims",
+    "WorkerData",
+    "federate",
+]

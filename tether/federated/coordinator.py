@@ -32,11 +32,10 @@ from torch import nn
 
 from tether.errors import ConnectionLostError, ObjectNotFoundError, RemoteError, TetherError
 from tether.federated import modelspec, report
+from tether.federated.delegated import EVALUATE, FIT
 from tether.federated.fedavg import Strategy, Update, fedavg
 from tether.federated.training import EvalConfig, TrainConfig
 
-FIT = "tether.federated.fit"
-EVALUATE = "tether.federated.evaluate"
 TUTORIAL_GROUPS = ((0, 1, 2, 3), (4, 5, 6), (7, 8, 9))
 CHECKPOINT_JSON = "checkpoint.json"
 

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from tether.datasets import materialize
 from tether.federated import partition as partitioners
 from tether.hook import client_of
-from tether.node.node import PUBLISHED
+from tether.ops import PUBLISHED
 from tether.pointer import Pointer
 
 _KEYS = itertools.count()

@@ -4,7 +4,7 @@ A worker must train a model it is sent without running code it was sent. So a mo
 three kinds of plain data: the layers it calls (an allowlisted `torch.nn` class and constructor
 arguments read back from the instance), its forward pass as a `torch.fx` graph whose nodes name
 allowlisted functions, and its weights as tensors. `build` resolves every layer class and every
-function through tether's allowlist (`tether.node.allowlist`), sizes each layer on the meta
+function through tether's allowlist (`tether.ops`), sizes each layer on the meta
 device before allocating it, and runs the graph with a small interpreter: no pickle, no eval,
 no generated source, no TorchScript.
 """
@@ -21,6 +21,8 @@ import torch.fx
 from torch import nn
 
 from tether.errors import LimitError, NotAllowedError
+from tether.node import Limits
+from tether.ops import ALLOWLIST, PATH_OF
 
 Spec = dict[str, Any]
 
@@ -100,30 +102,22 @@ def with_state(spec: Spec, state: dict[str, torch.Tensor]) -> Spec:
     return {**structure(spec), "state": state}
 
 
-def _allowlist() -> dict:
-    from tether.node.allowlist import ALLOWLIST
-
-    return ALLOWLIST
-
-
 def _path(path: str) -> str:
-    if path not in _allowlist():
+    if path not in ALLOWLIST:
         raise NotAllowedError(
             f"{path} is not in tether's allowlist, so no worker would run this "
-            "model (add it to tether/node/allowlist.py, with a test, if safe)"
+            "model (add it to tether/ops/table.py, with a test, if safe)"
         )
     return path
 
 
 def _path_of(fn: Any) -> str:
-    from tether.node.allowlist import PATH_OF
-
     path = PATH_OF.get(id(fn))
     if path is None:
         name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
         raise NotAllowedError(
             f"the forward pass calls {name}, which is not in tether's "
-            "allowlist (tether/node/allowlist.py)"
+            "allowlist (tether/ops/table.py)"
         )
     return path
 
@@ -215,8 +209,6 @@ def build(spec: Any, max_elements: int | None = None) -> nn.Module:
     """The module a spec describes, checked against the allowlist and `max_elements` (the
     node's per-result limit, by default `Limits().max_elements`) before anything is allocated.
     Raises NotAllowedError, LimitError or ValueError naming what was wrong."""
-    from tether.node.node import Limits
-
     limit = Limits().max_elements if max_elements is None else max_elements
     if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
         raise ValueError(
@@ -320,7 +312,7 @@ def _materialize(made: nn.Module, args: dict) -> nn.Module:
 
 
 def _layer_class(path: Any) -> type[nn.Module]:
-    entry = _allowlist().get(path) if isinstance(path, str) else None
+    entry = ALLOWLIST.get(path) if isinstance(path, str) else None
     fn = entry.fn if entry is not None else None
     if not (isinstance(fn, type) and issubclass(fn, nn.Module)) or path in _CONTAINERS:
         raise NotAllowedError(
@@ -435,7 +427,7 @@ def _entry(op: str, name: str, target: Any) -> Any:
         allowed = isinstance(target, str) and target.startswith(_METHOD_PREFIX)
     else:
         allowed = _forward_function(target)
-    entry = _allowlist().get(target) if allowed else None
+    entry = ALLOWLIST.get(target) if allowed else None
     if entry is None:
         raise NotAllowedError(
             f"graph node {name!r}: {op} target {target!r} is refused: not a "

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tether.federated.modelspec import build
+from tether.ops import ALLOWLIST
 
 LOSSES = (
     "nll_loss",
@@ -118,8 +119,6 @@ def _check_type(name: str, value: Any, kind: type) -> None:
 
 def loss_function(name: Any) -> Any:
     """`nll_loss` or `torch.nn.functional.nll_loss`: the allowlisted functional loss."""
-    from tether.node.allowlist import ALLOWLIST
-
     short = name.removeprefix("torch.nn.functional.") if isinstance(name, str) else None
     entry = ALLOWLIST.get(f"torch.nn.functional.{short}") if short in LOSSES else None
     if entry is None:
@@ -129,8 +128,6 @@ def loss_function(name: Any) -> Any:
 
 def optimizer_class(name: Any, arguments: Any) -> type[torch.optim.Optimizer]:
     """`SGD` or `torch.optim.SGD`, with its arguments checked against its signature."""
-    from tether.node.allowlist import ALLOWLIST
-
     short = name.removeprefix("torch.optim.") if isinstance(name, str) else ""
     entry = ALLOWLIST.get(f"torch.optim.{short}") if short.isidentifier() else None
     if entry is None or not isinstance(entry.fn, type):

@@ -1,8 +1,7 @@
-"""The owner's side: the Node that runs commands, its Store, and the allowlist."""
+"""The owner's side: the Node that runs commands, its Store, requests and release policy."""
 
-from tether.node.allowlist import ALLOWLIST
 from tether.node.node import Limits, Node
 from tether.node.requests import Request, Requests
 from tether.node.store import Privacy, Store, Stored
 
-__all__ = ["ALLOWLIST", "Limits", "Node", "Privacy", "Request", "Requests", "Store", "Stored"]
+__all__ = ["Limits", "Node", "Privacy", "Request", "Requests", "Store", "Stored"]

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from tether.errors import LimitError, NotAllowedError, WireError
-from tether.node.allowlist import OWNER_FACTS, Entry, resolve
+from tether.node.policy import OWNER_FACTS
 from tether.node.requests import ACCEPTED, PENDING, Request, Requests
 from tether.node.store import Privacy, Store, Stored
+from tether.ops import PUBLISHED, REQUEST, Entry, resolve
 from tether.wire import (
     Call,
     Delete,
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 # 3.11), and these are compared for every command and, after backward, for every stored object.
 PUBLIC, DERIVED, PRIVATE = Privacy
 
-# The op a client uses to reach what the owner published (handled here: it needs the node).
-PUBLISHED = "tether.published"
-# The op a client uses to ask for an object and learn the request's status.
-REQUEST = "tether.request"
 # Paths that change their first argument in place: refused on the owner's data.
 _IN_PLACE = {"operator.setitem", "tether.assign", "torch.Tensor.backward"}
 _SCALARS = frozenset((int, float, bool, str, type(None)))
@@ -664,7 +661,7 @@ def _not_allowed(op: Any) -> str:
     name = op if isinstance(op, str) else repr(op)
     if isinstance(op, str) and "__" in op:
         return f"{name!r} is refused: dunder names are never remote-callable"
-    return f"{name!r} is not in the allowlist (see tether/node/allowlist.py)"
+    return f"{name!r} is not in the allowlist (see tether/ops/table.py)"
 
 
 def _keep(store: Store, obj_id: int, stored: Stored, secret: bool) -> None:
