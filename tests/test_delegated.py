@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 import tether as sy
 from tether import errors
-from tether.client import ref
 from tether.errors import RemoteError
 from tether.federated.coordinator import (
     FederationError,
@@ -24,6 +23,7 @@ from tether.federated.fedavg import Update, fedavg, weighted_average
 from tether.federated.modelspec import describe, with_state
 from tether.federated.training import EvalConfig, TrainConfig, canonical, evaluate, fit
 from tether.node import Limits
+from tether.remote.client import ref
 
 
 @pytest.fixture(scope="module")

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 import tether as sy
 from tether import errors
-from tether.client import Client
 from tether.datasets import BaseDataset
 from tether.duet.network import Rendezvous, lookup
 from tether.duet.session import SessionError, await_scientist, start_duet
 from tether.net import AccessDeniedError, WebsocketTransport
+from tether.remote.client import Client
 from tether.wire import Call, Put, Ref
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "duet_mnist"

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import tether as sy
-from tether.client import ref
 from tether.errors import LimitError, NotAllowedError, RemoteError
 from tether.federated.coordinator import Net, mlp
 from tether.federated.modelspec import build, describe, structure, with_state
+from tether.remote.client import ref
 from tether.wire import Call, decode, encode
 
 

@@ -4,7 +4,7 @@
 `tensor.send(worker)`, `ptr.get()`, `model.send(worker)` / `model.get()`.
 """
 
-from tether import datasets, errors, transforms
+from tether import datasets, errors, federated, transforms
 from tether.duet import Module, join_duet, launch_duet
 from tether.errors import (
     NotAllowedError,
@@ -16,13 +16,13 @@ from tether.errors import (
     WorkerMismatchError,
 )
 from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
-from tether.hook import TorchHook, install
 from tether.net import WebsocketClientWorker, connect
-from tether.pointer import Pointer, PointerTensor, get_all
+from tether.remote import Pointer, PointerTensor, TorchHook, Worker, get_all, install
 from tether.split import SplitNN
-from tether.workers import VirtualWorker, Worker
+from tether.workers import VirtualWorker
 
-install()
+install()  # Tensor.send, Module.send/get, remote optimizer steps
+federated.install()  # Dataset.federate
 
 __all__ = [
     "FederatedDataLoader",

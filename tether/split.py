@@ -1,7 +1,7 @@
 """Split neural networks: a model cut into segments that live on different workers.
 
 Each worker holds only its segment and the activations at its boundaries; activations move
-forward between workers and their gradients flow back (see tether.autograd), so one
+forward between workers and their gradients flow back (see tether.remote.autograd), so one
 `loss.backward()` trains every segment.
 """
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tether import errors
-from tether.pointer import Pointer
+from tether.remote.pointer import Pointer
 
 
 class SplitNN:

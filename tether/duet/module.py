@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tether.hook import client_of, module_location, send_module
-from tether.pointer import remote_call
+from tether.remote.client import client_of
+from tether.remote.hook import module_location, send_module
+from tether.remote.pointer import remote_call
 
 _SKELETON = "_tether_skeleton"
 

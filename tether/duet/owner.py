@@ -70,7 +70,7 @@ class OwnerDuet:
         self._publish_catalog()
         return obj_id
 
-    receive = publish  # what `obj.send(duet, ...)` calls (see tether.hook.send_tensor)
+    receive = publish  # what `obj.send(duet, ...)` calls (see tether.remote.hook.send_tensor)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Keep serving until the scientist leaves (or `timeout` seconds pass); whether they

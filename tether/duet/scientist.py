@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from tether.client import Client, Transport
 from tether.duet import catalog
 from tether.duet.node import CATALOG
 from tether.ops import ALLOWLIST, PUBLISHED
-from tether.pointer import Pointer, remote_call
+from tether.remote.client import Client, Transport
+from tether.remote.pointer import Pointer, remote_call
 from tether.wire import Call, Ref
 
 # torch's DataLoader, as the scientist names it; the node runs tether's restricted one.

@@ -1,7 +1,7 @@
 """Federated learning: federated datasets and loaders, per-worker optimizers, partitioners."""
 
 from tether.federated.dataloader import FederatedDataLoader
-from tether.federated.dataset import FederatedDataset, WorkerData, federate
+from tether.federated.dataset import FederatedDataset, WorkerData, federate, install
 from tether.federated.delegated import EVALUATE, FIT  # registers the fit and evaluate ops
 from tether.federated.floptimizer import Optims
 
@@ -13,4 +13,5 @@ __all__ = [
     "Optims",
     "WorkerData",
     "federate",
+    "install",
 ]

@@ -143,7 +143,7 @@ def dataset_pointers(client: Any, key: str) -> tuple[Any, Any]:
 
 def remote_fit(client: Any, dataset: tuple[Any, Any], spec: dict, config: TrainConfig) -> dict:
     """Run `fit` on a worker's dataset; its answer (weights and metrics)."""
-    from tether.client import ref
+    from tether.remote.client import ref
 
     data, targets = dataset
     result = client.call(
@@ -183,8 +183,8 @@ def remote_evaluate(
     client: Any, dataset: tuple[Any, Any], specs: Mapping[str, dict], config: EvalConfig
 ) -> dict[str, dict]:
     """Score several models on an evaluator's test set, in one round trip."""
-    from tether.client import ref
-    from tether.pointer import get_all
+    from tether.remote.client import ref
+    from tether.remote.pointer import get_all
 
     data, targets = dataset
     pointers = [

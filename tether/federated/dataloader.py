@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 
 from tether.federated.dataset import FederatedDataset
-from tether.pointer import Pointer
+from tether.remote.pointer import Pointer
 from tether.wire import Ref
 
 

@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 
 from tether.datasets import materialize
 from tether.federated import partition as partitioners
-from tether.hook import client_of
 from tether.ops import PUBLISHED
-from tether.pointer import Pointer
+from tether.remote.client import client_of
+from tether.remote.pointer import Pointer
 
 _KEYS = itertools.count()
 
@@ -128,3 +128,13 @@ def _partition(
     if len(parts) != n:
         raise ValueError(f"the partition gives {len(parts)} parts for {n} workers")
     return parts
+
+
+def _federate(dataset: Dataset, workers: Any, **options: Any) -> Any:
+    """`dataset.federate((joe, jane))` on any torch Dataset (see `federate`)."""
+    return federate(dataset, workers, **options)
+
+
+def install() -> None:
+    """Teach every torch Dataset `federate` (called by `import tether`). Idempotent."""
+    Dataset.federate = _federate  # type: ignore[attr-defined]

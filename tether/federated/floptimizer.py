@@ -1,7 +1,7 @@
 """`Optims`: one optimizer per worker, as in `from syft.federated.floptimizer import Optims`.
 
 Each copy has its own state, and when it steps remote parameters that state lives on the
-worker it steps (see tether.hook), so a worker's Adam moments never mix with another's.
+worker it steps (see tether.remote.hook), so a worker's Adam moments never mix with another's.
 """
 
 from __future__ import annotations

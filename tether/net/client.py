@@ -25,11 +25,11 @@ from websockets.exceptions import InvalidURI
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from tether.client import Client, Replies
 from tether.errors import ConnectionLostError, TetherError, WireError
 from tether.net import frames
 from tether.net.frames import ProtocolViolation, Reader
 from tether.net.server import WORKER_HEADER
+from tether.remote.client import Client, Replies
 from tether.wire import Parts, decode, encode_parts
 from tether.workers import Worker
 

@@ -4,6 +4,9 @@
 When `backward()` runs on a worker, the gradients of the activations that arrived there are
 sent back along their edges and backward continues where each came from — so a split network
 trains all of its segments from one `loss.backward()`.
+
+This module hooks itself into `tether.remote.pointer` from above (`set_mover`, `on_backward`):
+the pointer never imports it.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tether.client import Client
-from tether.hook import client_of, send_tensor
-from tether.pointer import Pointer, get_all, remote_call
+from tether.remote.client import Client, client_of
+from tether.remote.hook import send_tensor
+from tether.remote.pointer import Pointer, get_all, on_backward, remote_call, set_mover
 
 # Edges whose backward never came (an evaluation pass, say) are dropped past this many.
 _MAX_EDGES = 4096
@@ -55,3 +58,7 @@ def after_backward(client: Client) -> None:
     for edge, grad in zip(reversed(arrived), reversed(grads), strict=True):
         if grad is not None:
             remote_call("torch.Tensor.backward", [edge.src, grad], {})
+
+
+set_mover(move)
+on_backward(after_backward)

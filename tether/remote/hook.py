@@ -19,22 +19,10 @@ import torch
 from torch import nn
 
 from tether import errors
-from tether.client import Client
 from tether.ops import ALLOWLIST
-from tether.pointer import Pointer, remote_call
+from tether.remote.client import Client, client_of
+from tether.remote.pointer import Pointer, remote_call
 from tether.wire import Ref
-
-
-def client_of(worker: Any) -> Client:
-    """The client for a worker handle (VirtualWorker, network worker, Duet...)."""
-    client = getattr(worker, "client", None)
-    if not isinstance(client, Client):
-        raise TypeError(
-            f"expected a worker (VirtualWorker, WebsocketClientWorker, ...), "
-            f"got {type(worker).__name__}"
-        )
-    return client
-
 
 # ---- tensors --------------------------------------------------------------------------------
 
@@ -360,20 +348,12 @@ def install() -> None:
     nn.Module.get = get_module
     nn.Module.move = send_module
     nn.Module.location = _Location()
-    torch.utils.data.Dataset.federate = _federate
     torch.utils.data.Dataset.send = _send_dataset
     for path in ALLOWLIST:
         module, _, name = path.rpartition(".")
         if module == "torch.optim" and name[:1].isupper():
             _wrap_step(getattr(torch.optim, name))
     _wrap_zero_grad()
-
-
-def _federate(dataset: torch.utils.data.Dataset, workers: Any, **options: Any) -> Any:
-    """`dataset.federate((joe, jane))` on any torch Dataset (see tether.federated.federate)."""
-    from tether.federated.dataset import federate
-
-    return federate(dataset, workers, **options)
 
 
 def _send_dataset(

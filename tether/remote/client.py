@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from tether import errors
-from tether.pointer import Pointer
+from tether.remote.pointer import Pointer
 from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value, encode_parts
 
 Replies = Callable[[], list]
@@ -300,3 +300,14 @@ def _encoding_error(command: Any) -> Exception | None:
     except _UNSENDABLE as exc:
         return exc
     return None
+
+
+def client_of(worker: Any) -> Client:
+    """The client for a worker handle (VirtualWorker, network worker, Duet...)."""
+    client = getattr(worker, "client", None)
+    if not isinstance(client, Client):
+        raise TypeError(
+            f"expected a worker (VirtualWorker, WebsocketClientWorker, ...), "
+            f"got {type(worker).__name__}"
+        )
+    return client

@@ -8,6 +8,7 @@ Only `.get()` and what needs the worker's answer (`.shape` of a result not yet s
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,7 +18,7 @@ from tether.ops import ALLOWLIST, PATH_OF
 from tether.wire import Ref
 
 if TYPE_CHECKING:
-    from tether.client import Client
+    from tether.remote.client import Client
 
 # The namespace in which a pointer's methods are looked up, by the kind of object it names.
 _NAMESPACES = {
@@ -234,7 +235,7 @@ class Pointer:
 
     def move(self, worker: Any, requires_grad: bool = False) -> Pointer:
         """Move the object to another worker (through here); this pointer is spent."""
-        from tether.autograd import move
+        from tether.remote.autograd import move
 
         return move(self, worker, requires_grad=requires_grad)
 
@@ -326,7 +327,7 @@ def remote_call(path: str, args: list, kwargs: dict, client: Client | None = Non
     kind = None if in_place else _result_kind(path, args)
     result = client.call(path, wire_args, wire_kwargs, kind=kind, flush=carries_tensor, refs=refs)
     if path == "torch.Tensor.backward":
-        from tether.autograd import after_backward
+        from tether.remote.autograd import after_backward
 
         after_backward(client)
     if path.endswith("_") and isinstance(args[0], Pointer):
@@ -482,3 +483,20 @@ Pointer.__setitem__ = lambda self, key, value: remote_call(  # type: ignore[meth
 Pointer.__hash__ = object.__hash__  # type: ignore[method-assign]
 
 PointerTensor = Pointer  # the name PySyft users know
+
+
+# ---- extension points: filled from above (tether.remote.autograd), never imported here -------
+
+_after_backward: list[Callable[[Client], None]] = []
+_mover: Callable[[Pointer, Any, bool], Pointer] | None = None
+
+
+def on_backward(callback: Callable[[Client], None]) -> None:
+    """Run `callback(client)` after every remote `backward()` queued on `client`'s worker."""
+    _after_backward.append(callback)
+
+
+def set_mover(move: Callable[[Pointer, Any, bool], Pointer]) -> None:
+    """How `Pointer.move` moves an object between workers (autograd records the edge)."""
+    global _mover
+    _mover = move
