@@ -258,7 +258,7 @@ def run_tether(rounds: int, log_dir: Path) -> dict:
     from tether.federated.coordinator import Net as TetherNet
     from tether.federated.demo import tutorial_workers
     from tether.federated.training import TrainConfig
-    from tether.net import connect
+    from tether.transports.websocket import connect
 
     with tutorial_workers(log_dir, evaluator=False) as (workers, _, token):
         handles = {n: connect(w.url, token=token, id=n) for n, w in workers.items()}

@@ -34,7 +34,7 @@ from tether.federated.coordinator import Coordinator, Net, dataset_pointers, rem
 from tether.federated.demo import tutorial_workers
 from tether.federated.modelspec import describe, with_state
 from tether.federated.training import TrainConfig
-from tether.net import connect
+from tether.transports.websocket import connect
 
 _ECHO = """
 import socket

@@ -24,7 +24,7 @@ import torch
 from torch import nn, optim
 
 import tether as sy
-import tether.net.client as net_client
+import tether.transports.websocket.transport as net_client
 from tether import datasets, transforms
 
 TOKEN = "bench"

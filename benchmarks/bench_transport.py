@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import tether  # noqa: F401  (hooks torch)
-from tether.net import connect
+from tether.transports.websocket import connect
 from tether.wire import Call, Delete, Get, Ref, encode_parts
 
 BIG = 256 * 2**20

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import tether as sy
-from tether.net import ServerThread, WorkerServer
 from tether.node import Node
+from tether.transports.websocket import ServerThread, WorkerServer
 
 TOKEN = "test-token"
 TRANSPORTS = ["virtual", "virtual-direct", "websocket"]

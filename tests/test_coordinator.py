@@ -25,7 +25,7 @@ from tether.federated import report
 from tether.federated.coordinator import Coordinator, FederationError, Net, mlp
 from tether.federated.demo import mnist_tensors, tutorial_workers
 from tether.federated.training import TrainConfig
-from tether.net import connect
+from tether.transports.websocket import connect
 
 GROUPS = {"alice": (0, 1, 2, 3), "bob": (4, 5, 6), "charlie": (7, 8, 9)}
 

@@ -31,8 +31,8 @@ from tether import errors
 from tether.datasets import BaseDataset
 from tether.duet.network import Rendezvous, lookup
 from tether.duet.session import SessionError, await_scientist, start_duet
-from tether.net import AccessDeniedError, WebsocketTransport
 from tether.remote.client import Client
+from tether.transports.websocket import AccessDeniedError, WebsocketTransport
 from tether.wire import Call, Put, Ref
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "duet_mnist"

@@ -27,7 +27,9 @@ from websockets.sync.client import connect as ws_connect
 
 import tether  # noqa: F401  (hooks torch)
 from tether.errors import ConnectionLostError, ObjectNotFoundError, PermissionDeniedError
-from tether.net import (
+from tether.node import Node
+from tether.ops import PUBLISHED
+from tether.transports.websocket import (
     AccessDeniedError,
     ServerLimits,
     ServerThread,
@@ -36,7 +38,7 @@ from tether.net import (
     connect,
     server_ssl_context,
 )
-from tether.net.frames import (
+from tether.transports.websocket.frames import (
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED,
     BufferPool,
@@ -44,8 +46,6 @@ from tether.net.frames import (
     header,
     xor_mask,
 )
-from tether.node import Node
-from tether.ops import PUBLISHED
 from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value, decode, encode
 from tether.wire.codec import ALIGN
 
@@ -208,7 +208,7 @@ def test_exchange_sends_at_once_and_replies_come_back_in_order(server):
     fetch = transport.exchange([Get([11])])
     while not list(server.server.node.requests):  # the worker is now held on the request
         time.sleep(0.001)
-    assert transport._link.outstanding == 5  # all five frames sent, none answered
+    assert transport._connection.outstanding == 5  # all five frames sent, none answered
     server.server.node.requests[0].accept()
     assert torch.equal(held()[1].value[0], torch.arange(10.0))
     assert [type(wait()[0]) for wait in later] == [Done, Done, Done]
@@ -395,7 +395,7 @@ def test_clients_see_only_their_own_objects_and_the_published_ones(server):
 
 
 def test_a_disconnected_client_s_objects_are_freed(server, caplog):
-    caplog.set_level(logging.INFO, logger="tether.net")
+    caplog.set_level(logging.INFO, logger="tether.transports.websocket")
     worker = server.connect()
     kept = [torch.ones(1000).send(worker) for _ in range(3)]
     worker.flush()
@@ -459,7 +459,7 @@ def test_past_max_handshakes_new_sockets_are_closed_until_the_waiting_ones_go(ca
         while len(server._connections) < 2:  # until the server has accepted both
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        with caplog.at_level(logging.WARNING, logger="tether.net.server"):
+        with caplog.at_level(logging.WARNING, logger="tether.transports.websocket.server"):
             extra = socket.create_connection(("127.0.0.1", server.port))
             extra.settimeout(5)
             with contextlib.suppress(ConnectionResetError):  # reset by the server, ...
@@ -714,7 +714,7 @@ def test_quick_frames_of_one_client_are_answered_while_another_s_long_command_ru
         chain = remote
         for _ in range(20):
             chain = (chain @ remote).tanh()  # about a second of work for busy's thread
-        link = busy.client.transport._link
+        link = busy.client.transport._connection
         waiting = threading.Thread(target=busy.flush)
         waiting.start()
         while link.outstanding == 0:

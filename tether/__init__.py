@@ -16,10 +16,10 @@ from tether.errors import (
     WorkerMismatchError,
 )
 from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
-from tether.net import WebsocketClientWorker, connect
 from tether.remote import Pointer, PointerTensor, TorchHook, Worker, get_all, install
 from tether.split import SplitNN
-from tether.workers import VirtualWorker
+from tether.transports.inprocess import VirtualWorker
+from tether.transports.websocket import WebsocketClientWorker, connect
 
 install()  # Tensor.send, Module.send/get, remote optimizer steps
 federated.install()  # Dataset.federate

@@ -163,8 +163,8 @@ def _register_worker(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from tether.net import ServerLimits, WorkerServer, serve, server_ssl_context
     from tether.node import Limits
+    from tether.transports.websocket import ServerLimits, WorkerServer, serve, server_ssl_context
 
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -201,7 +201,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     for thread in busy:
         thread.join(timeout=0.5)
     if any(thread.is_alive() for thread in busy):  # a command outlived the grace period
-        logging.getLogger("tether.net").warning("exiting with commands still running")
+        logging.getLogger(__name__).warning("exiting with commands still running")
         logging.shutdown()
         os._exit(0)
     return 0

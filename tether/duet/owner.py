@@ -15,8 +15,8 @@ import torch
 
 from tether.duet import catalog
 from tether.duet.node import CATALOG, DuetNode
-from tether.net import ServerThread
 from tether.node import Requests
+from tether.transports.websocket import ServerThread
 
 
 class OwnerDuet:

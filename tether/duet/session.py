@@ -31,7 +31,7 @@ from tether.duet.node import HELLO, DuetNode
 from tether.duet.owner import OwnerDuet
 from tether.duet.scientist import ScientistDuet
 from tether.errors import ConnectionLostError, TetherError
-from tether.net import ServerThread, WebsocketTransport, WorkerServer
+from tether.transports.websocket import ServerThread, WebsocketTransport, WorkerServer
 from tether.wire import Call
 
 DEFAULT_TIMEOUT = 600.0

@@ -701,7 +701,7 @@ def train_config(settings: Mapping[str, Any]) -> TrainConfig:
 
 def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
     if connect is None:
-        from tether.net import connect
+        from tether.transports.websocket import connect
     token = settings["token"]
     workers = {
         name: _connect_or_retry(name, url, token, connect)

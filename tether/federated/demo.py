@@ -159,7 +159,7 @@ def run_demo(
     `kill=("bob", 3)` kills bob's process during round 3, to show a round going on without a
     worker. `central=True` also trains the same CNN centrally on the pooled sample with the same
     batch size, learning rate and total number of optimizer steps, for comparison."""
-    from tether.net import connect
+    from tether.transports.websocket import connect
 
     out = Path(out_dir)
     with tutorial_workers(out / "workers") as (workers, evaluator, token):

@@ -235,9 +235,9 @@ class Pointer:
 
     def move(self, worker: Any, requires_grad: bool = False) -> Pointer:
         """Move the object to another worker (through here); this pointer is spent."""
-        from tether.remote.autograd import move
-
-        return move(self, worker, requires_grad=requires_grad)
+        if _mover is None:
+            raise RuntimeError("import tether.remote first: it sets how pointers move")
+        return _mover(self, worker, requires_grad)
 
     def send(self, worker: Any, requires_grad: bool = False) -> Pointer:
         return self.move(worker, requires_grad=requires_grad)
@@ -327,9 +327,8 @@ def remote_call(path: str, args: list, kwargs: dict, client: Client | None = Non
     kind = None if in_place else _result_kind(path, args)
     result = client.call(path, wire_args, wire_kwargs, kind=kind, flush=carries_tensor, refs=refs)
     if path == "torch.Tensor.backward":
-        from tether.remote.autograd import after_backward
-
-        after_backward(client)
+        for callback in _after_backward:
+            callback(client)
     if path.endswith("_") and isinstance(args[0], Pointer):
         return args[0]
     return result

@@ -18,34 +18,29 @@ import math
 import secrets
 import signal
 import ssl
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from tether.errors import WireError
-from tether.net import frames
-from tether.net.frames import ProtocolViolation, Reader
 from tether.node import Node
+from tether.transports.websocket import frames
+from tether.transports.websocket.frames import WORKER_HEADER, ProtocolViolation, Reader
 from tether.wire import Parts, decode
 
-if TYPE_CHECKING:
-    from tether.net.client import WebsocketClientWorker
-
-log = logging.getLogger("tether.net")
+log = logging.getLogger(__name__)
 # The websockets library logs every handshake at INFO; this module logs each connection once.
 _handshake_log = log.getChild("handshake")
 _handshake_log.setLevel(logging.WARNING)
 
-WORKER_HEADER = "X-Tether-Worker"
 _MAX_REQUEST = 16 * 1024
 _SMALL_WRITE = 64 * 1024
 _WRITE_CHUNK = 1 << 20
@@ -111,7 +106,7 @@ class WorkerServer:
         self.limits = limits or ServerLimits()
         self._server: asyncio.Server | None = None
         self._trimmer: asyncio.TimerHandle | None = None
-        self._connections: set[_Connection] = set()
+        self._connections: set[_ServerConnection] = set()
         self._serial = itertools.count(1)
         self._turned_away_at = -math.inf  # when a full handshake queue was last logged
 
@@ -123,7 +118,7 @@ class WorkerServer:
         """Bind and start accepting connections."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self, loop), self.host, self.port, ssl=self.ssl_context
+            lambda: _ServerConnection(self, loop), self.host, self.port, ssl=self.ssl_context
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._trim_pool()
@@ -207,7 +202,7 @@ class WorkerServer:
         return f"{peer}#{next(self._serial)}"
 
 
-class _Connection(asyncio.BufferedProtocol):
+class _ServerConnection(asyncio.BufferedProtocol):
     """One client: handshake, then frames in, commands run in order, replies out."""
 
     def __init__(self, server: WorkerServer, loop: asyncio.AbstractEventLoop) -> None:
@@ -501,59 +496,6 @@ class _Connection(asyncio.BufferedProtocol):
                 nbytes,
             )
         self.finished.set_result(None)
-
-
-class ServerThread:
-    """A WorkerServer on its own event loop in a background thread, for tests and notebooks:
-    `with ServerThread(WorkerServer(node, port=0)) as server: w = server.connect()`."""
-
-    def __init__(self, server: WorkerServer) -> None:
-        self.server = server
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, daemon=True, name=f"tether-server-{server.node.name}"
-        )
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def token(self) -> str:
-        return self.server.token
-
-    def start(self) -> ServerThread:
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
-        except BaseException:  # the port is taken, say: leave no loop running behind
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-    def connect(self, **options: Any) -> WebsocketClientWorker:
-        """A client worker connected to this server (host 127.0.0.1 when it listens on all)."""
-        from tether.net.client import connect
-
-        host = "127.0.0.1" if self.server.host in ("0.0.0.0", "::", "") else self.server.host
-        scheme = "wss" if self.server.ssl_context else "ws"
-        return connect(f"{scheme}://{host}:{self.server.port}", token=self.token, **options)
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def server_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:

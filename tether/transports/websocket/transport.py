@@ -26,12 +26,11 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from tether.errors import ConnectionLostError, TetherError, WireError
-from tether.net import frames
-from tether.net.frames import ProtocolViolation, Reader
-from tether.net.server import WORKER_HEADER
 from tether.remote.client import Client, Replies
+from tether.remote.worker import Worker
+from tether.transports.websocket import frames
+from tether.transports.websocket.frames import WORKER_HEADER, ProtocolViolation, Reader
 from tether.wire import Parts, decode, encode_parts
-from tether.workers import Worker
 
 DEFAULT_TIMEOUT = 60.0
 _SMALL_FRAME = 64 * 1024
@@ -78,8 +77,8 @@ class WebsocketTransport:
         )
         self._lock = threading.Lock()
         self.closed = False
-        self._link: _Link = self._open()
-        self.worker_id: str = self._link.worker_id
+        self._connection: _ClientConnection = self._open()
+        self.worker_id: str = self._connection.worker_id
 
     def exchange(self, commands: list, adopted: frozenset[int] = frozenset()) -> Replies:
         """Send the commands now; the returned function waits for their replies (which arrive
@@ -87,27 +86,29 @@ class WebsocketTransport:
         with self._lock:
             if self.closed:
                 raise ConnectionLostError(f"worker {self.worker_id!r} is gone (it was closed)")
-            link = self._link
-            if link.error is not None and (link.reported or link.outstanding == 0):
+            connection = self._connection
+            if connection.error is not None and (
+                connection.reported or connection.outstanding == 0
+            ):
                 try:
-                    link = self._link = self._open()
+                    connection = self._connection = self._open()
                 except ConnectionLostError as exc:
                     return _raising(exc)
-            seq = link.send(encode_parts(commands))
-        return functools.partial(self._wait, link, seq)
+            seq = connection.send(encode_parts(commands))
+        return functools.partial(self._wait, connection, seq)
 
     def close(self) -> None:
         """Say goodbye; the worker frees everything this client stored. Further use raises."""
         with self._lock:
             self.closed = True
-            self._link.close()
+            self._connection.close()
 
-    def _wait(self, link: _Link, seq: int) -> list:
+    def _wait(self, connection: _ClientConnection, seq: int) -> list:
         with self._lock:
-            return link.wait(seq)
+            return connection.wait(seq)
 
-    def _open(self) -> _Link:
-        return _Link.open(
+    def _open(self) -> _ClientConnection:
+        return _ClientConnection.open(
             self.url, self._uri, self.token, self.timeout, self._ssl, self.max_message_bytes
         )
 
@@ -126,7 +127,7 @@ def _raising(exc: Exception) -> Replies:
     return wait
 
 
-class _Link:
+class _ClientConnection:
     """One websocket connection: frames out in order, replies in order."""
 
     def __init__(
@@ -158,7 +159,7 @@ class _Link:
         timeout: float,
         context: ssl.SSLContext | None,
         max_message_bytes: int,
-    ) -> _Link:
+    ) -> _ClientConnection:
         try:
             sock = socket.create_connection((uri.host, uri.port), timeout=timeout)
         except OSError as exc:
@@ -175,11 +176,11 @@ class _Link:
             sock.close()
             raise
         sock.setblocking(False)
-        link = cls(sock, url, worker_id, timeout, max_message_bytes)
+        connection = cls(sock, url, worker_id, timeout, max_message_bytes)
         if early:
-            link.reader.buffer()[: len(early)] = early
-            link._on_events(link.reader.advance(len(early)))
-        return link
+            connection.reader.buffer()[: len(early)] = early
+            connection._on_events(connection.reader.advance(len(early)))
+        return connection
 
     # ---- out ----------------------------------------------------------------------------------
 

@@ -26,6 +26,9 @@ OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 _DATA_OPS = {OP_CONTINUATION, OP_TEXT, OP_BINARY}
 _CONTROL_OPS = {OP_CLOSE, OP_PING, OP_PONG}
 
+# The handshake response header that names the worker a client reached.
+WORKER_HEADER = "X-Tether-Worker"
+
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
