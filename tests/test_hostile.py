@@ -31,6 +31,7 @@ import torch.jit
 import tether
 from tether.errors import LimitError, NotAllowedError, TetherError
 from tether.node import Limits, Node
+from tether.node.quick import runs_on_loop
 from tether.ops import ALLOWLIST
 from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value, decode, encode
 
@@ -43,7 +44,7 @@ ORIGINAL = torch.tensor([1.0, 2.0, 3.0])
 
 
 def send(node: Node, *commands: object) -> list:
-    return decode(node.handle(encode(list(commands)), CLIENT))
+    return decode(node.run(encode(list(commands)), CLIENT).parts().join())
 
 
 @pytest.fixture
@@ -243,7 +244,7 @@ def test_escape_is_refused(node: Node, tmp_path: Path, op: str, args: list, kwar
     paths = {"SECRET": str(secret), "TARGET": str(tmp_path / "target"), "TMP": str(tmp_path)}
     command = Call(op, _fill(args, paths), kwargs, OUT)
     with watch() as ran:
-        raw = node.handle(encode([command]), CLIENT)
+        raw = node.run(encode([command]), CLIENT).parts().join()
     reply = only_failure(decode(raw))
     assert reply.kind == "NotAllowedError"
     assert repr(op) in reply.message
@@ -464,7 +465,7 @@ GARBAGE = {
 
 @pytest.mark.parametrize("data", list(GARBAGE.values()), ids=list(GARBAGE))
 def test_garbage_frame_gets_a_wire_error(node: Node, data: bytes) -> None:
-    reply = only_failure(decode(node.handle(data, CLIENT)))
+    reply = only_failure(decode(node.run(data, CLIENT).parts().join()))
     assert reply.kind == "WireError" and reply.message
     assert_serves(node)
 
@@ -498,7 +499,7 @@ def test_misaligned_complex_tensor_does_not_kill_the_node() -> None:
             frame = bytes(encode([Put(1, torch.ones(size, dtype=torch.complex128)),
                                   Call("torch.Tensor.clone", [Ref(1)], {}, 2)]))
             for shift in (0, 8):  # wherever the receiving buffer happens to start
-                Node("owner").handle(memoryview(bytearray(shift) + frame)[shift:])
+                Node("owner").run(memoryview(bytearray(shift) + frame)[shift:]).parts().join()
         print("survived")
     """)
     done = subprocess.run(
@@ -799,5 +800,5 @@ def test_special_calls_take_a_single_out(node: Node) -> None:
     for op, args in [("tether.published", ["data"]), ("tether.request", [Ref(X), "n", "r"])]:
         failure = only_failure(send(node, Call(op, args, {}, PIECES)))
         assert failure.kind == "TypeError", failure
-    assert not node.is_quick([Call("operator.add", [Ref(X), 1], {}, PIECES)], CLIENT)
+    assert not runs_on_loop(node, [Call("operator.add", [Ref(X), 1], {}, PIECES)], CLIENT)
     assert_serves(node)

@@ -28,6 +28,7 @@ from websockets.sync.client import connect as ws_connect
 import tether  # noqa: F401  (hooks torch)
 from tether.errors import ConnectionLostError, ObjectNotFoundError, PermissionDeniedError
 from tether.node import Node
+from tether.node.quick import runs_on_loop
 from tether.ops import PUBLISHED
 from tether.transports.websocket import (
     AccessDeniedError,
@@ -666,14 +667,17 @@ def test_a_closed_worker_handle_stays_closed(server):
 def _node_with(**tensors: torch.Tensor) -> tuple[Node, dict[str, int]]:
     node = Node("quick", release_derived=False)
     ids = {name: i for i, name in enumerate(tensors, start=1)}
-    node.execute([Put(ids[name], t) for name, t in tensors.items()])
+    node.run([Put(ids[name], t) for name, t in tensors.items()])
     return node, ids
 
 
 def test_only_small_elementwise_frames_count_as_quick():
     node, ids = _node_with(small=torch.ones(10), big=torch.ones(5000), row=torch.ones(4096))
     small, big, row = (Ref(ids[k]) for k in ("small", "big", "row"))
-    quick = node.is_quick
+
+    def quick(commands: list) -> bool:
+        return runs_on_loop(node, commands)
+
     assert quick([Call("operator.add", [small, 1], {}, 9), Get([9]), Delete([9])])
     assert quick(
         [Call("operator.mul", [small, small], {}, 9), Call("operator.neg", [Ref(9)], {}, 8)]
@@ -701,10 +705,10 @@ def test_only_small_elementwise_frames_count_as_quick():
 def test_a_quick_get_of_private_or_derived_data_is_left_to_the_thread():
     node = Node("owner", release_derived=False)
     node.publish("secret", torch.ones(3))
-    node.execute([Call(PUBLISHED, ["secret"], {}, 1), Call("operator.add", [Ref(1), 1], {}, 2)])
-    assert not node.is_quick([Get([1])])  # private: files a request
-    assert not node.is_quick([Get([2])])  # derived, and this owner releases nothing unasked
-    assert not node.is_quick([Call("operator.add", [Ref(1), 1], {}, 3), Get([3])])
+    node.run([Call(PUBLISHED, ["secret"], {}, 1), Call("operator.add", [Ref(1), 1], {}, 2)])
+    assert not runs_on_loop(node, [Get([1])])  # private: files a request
+    assert not runs_on_loop(node, [Get([2])])  # derived, and this owner releases nothing unasked
+    assert not runs_on_loop(node, [Call("operator.add", [Ref(1), 1], {}, 3), Get([3])])
 
 
 def test_quick_frames_of_one_client_are_answered_while_another_s_long_command_runs(server):

@@ -282,6 +282,7 @@ def test_a_fetched_value_never_shares_the_workers_memory(bob):
 
 def test_nodes_lend_only_what_may_leave_freely():
     from tether.node import Node
+    from tether.node.policy import lendable
     from tether.node.store import Privacy, Stored
 
     for release_derived, privacy, readonly, lent in [
@@ -294,9 +295,10 @@ def test_nodes_lend_only_what_may_leave_freely():
     ]:
         node = Node("owner", release_derived=release_derived)
         node.store("scientist").put(1, Stored(torch.ones(2), privacy, readonly))
-        assert node.lends("scientist", [1]) is lent, (release_derived, privacy, readonly)
-        assert not node.lends("scientist", [1, 2])  # nothing stored there
-        assert not node.lends("someone else", [1])
+        objects = node.store("scientist").objects
+        assert lendable(objects, [1], release_derived) is lent, (release_derived, privacy, readonly)
+        assert not lendable(objects, [1, 2], release_derived)  # nothing stored there
+        assert not lendable(node.store("someone else").objects, [1], release_derived)
 
 
 def test_a_node_hands_an_in_process_client_only_what_it_lends():
@@ -313,9 +315,9 @@ def test_a_node_hands_an_in_process_client_only_what_it_lends():
     store.put(2, Stored(owners, readonly=True))  # shares the owner's memory: never lent
     store.put(3, Stored(private, Privacy.PRIVATE))
     commands = [Get([1]), Get([2]), Get([3]), Get([1])]
-    frame, lent = node.handle_parts(encode_parts(commands), "scientist", frozenset({0, 1, 2}))
-    assert list(lent) == [0] and lent[0].value[0] is mine
-    replies = decode_parts(frame)
+    answer = node.run(encode_parts(commands), "scientist", lend=frozenset({0, 1, 2}))
+    assert list(answer.lent) == [0] and answer.lent[0].value[0] is mine
+    replies = decode_parts(answer.parts())
     assert type(replies[0]) is Done  # left out of the frame, replaced by the transport
     (copied,) = replies[1].value
     assert torch.equal(copied, owners) and copied.data_ptr() != owners.data_ptr()

@@ -81,13 +81,15 @@ class DuetNode(Node):
 
     # ---- what a connection does --------------------------------------------------------------
 
-    def execute(self, commands: list, client: str = "local") -> list:
+    def _admit(self, commands: list, client: str) -> str | list:
+        """Hellos and the unconfirmed are answered here; the confirmed scientist's commands run
+        under its client id."""
         scientist = self._hellos.get(client)
         if scientist is None or scientist is not self._scientist:
             return [
                 self._hello(cmd, client) if _is_hello(cmd) else _unconfirmed() for cmd in commands
             ]
-        return super().execute(commands, scientist.client_id)
+        return scientist.client_id
 
     def forget(self, client: str) -> None:
         super().forget(client)

@@ -8,15 +8,25 @@ command. Nothing a peer sends can make it raise: every failure becomes a `Failur
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import torch
 
 from tether.errors import LimitError, NotAllowedError, WireError
-from tether.node.policy import OWNER_FACTS
+from tether.node.policy import (
+    DERIVED,
+    OWNER_FACTS,
+    PRIVATE,
+    PUBLIC,
+    check_egress,
+    lendable,
+    releases,
+    result_policy,
+    taint,
+    would_change,
+)
 from tether.node.requests import ACCEPTED, PENDING, Request, Requests
 from tether.node.store import Privacy, Store, Stored
 from tether.ops import PUBLISHED, REQUEST, Entry, resolve
@@ -37,53 +47,27 @@ from tether.wire import (
 from tether.wire.codec import DTYPE_NAMES
 
 log = logging.getLogger(__name__)
-# The privacy levels by name: looking a member up on its Enum class costs about 70 ns (Python
-# 3.11), and these are compared for every command and, after backward, for every stored object.
-PUBLIC, DERIVED, PRIVATE = Privacy
+SCALARS = frozenset((int, float, bool, str, type(None)))
+# What `Node.run` takes: raw bytes, an unjoined frame (in process), or decoded commands.
+Frame = bytes | bytearray | memoryview | Parts | list
 
-# Paths that change their first argument in place: refused on the owner's data.
-_IN_PLACE = {"operator.setitem", "tether.assign", "torch.Tensor.backward"}
-_SCALARS = frozenset((int, float, bool, str, type(None)))
-# What `Node.is_quick` lets through: elementwise operators (at most two operands) on tensors of
-# at most this many elements, so a quick frame computes at most this squared.
-_QUICK_OPS = frozenset(
-    f"operator.{name}"
-    for name in (
-        "add",
-        "sub",
-        "mul",
-        "truediv",
-        "floordiv",
-        "mod",
-        "neg",
-        "pos",
-        "abs",
-        "invert",
-        "eq",
-        "ne",
-        "lt",
-        "le",
-        "gt",
-        "ge",
-        "and_",
-        "or_",
-        "xor",
-    )
-)
-_QUICK_ELEMENTS = 4096
-_WIRE_LEAVES = (
-    torch.Tensor,
-    type(None),
-    bool,
-    int,
-    float,
-    str,
-    bytes,
-    complex,
-    slice,
-    torch.dtype,
-    torch.device,
-)
+
+@dataclass(slots=True)
+class Answer:
+    """A node's answer to one frame: one reply per command. `lent`: by position, the Values
+    handed to a client in this process as they are (the stored tensors' own memory); their
+    places in `replies` hold a `Done`."""
+
+    replies: list
+    lent: dict[int, Value] = field(default_factory=dict)
+
+    def parts(self) -> Parts:
+        """The replies encoded as one unjoined frame. Its buffers are views of stored
+        tensors: send (or read) them before the node runs the next frame."""
+        try:
+            return encode_parts(self.replies)
+        except Exception:  # a value the codec cannot carry: that reply becomes a Failure
+            return encode_parts([_encodable(reply) for reply in self.replies])
 
 
 @dataclass(frozen=True)
@@ -166,18 +150,6 @@ class Node:
         with self._lock:
             return list(self._stores)
 
-    def lends(self, client: str, obj_ids: list[int]) -> bool:
-        """Whether a client in this process may hold the memory of these stored objects itself
-        rather than copies (and so see what later commands do to them): only its own data, or
-        data derived from private data where such results leave freely (it could fetch every
-        later value anyway); never memory shared with the owner's data."""
-        objects = self.store(client).objects
-        for obj_id in obj_ids:
-            stored = objects.get(obj_id)
-            if stored is None or stored.readonly or not self._releases(stored.privacy):
-                return False
-        return True
-
     def forget(self, client: str) -> None:
         """Drop everything a client stored (it disconnected)."""
         with self._lock:
@@ -187,124 +159,59 @@ class Node:
 
     # ---- what a client does ------------------------------------------------------------------
 
-    def handle(self, frame: bytes | bytearray | memoryview, client: str = "local") -> memoryview:
-        """Answer one frame of commands with one frame of replies."""
-        return self.answer(frame, client).join()
+    def run(
+        self, frame: Frame, client: str = "local", *, lend: frozenset[int] = frozenset()
+    ) -> Answer:
+        """The one way in: answer a frame of commands with one reply per command. Never raises.
 
-    def answer(self, frame: bytes | bytearray | memoryview, client: str = "local") -> Parts:
-        """`handle`, leaving the reply unjoined for a transport that writes buffers as they are.
-        The reply's buffers are views of stored tensors: send them before the next frame runs."""
-        try:
-            if len(frame) > self.limits.max_frame_bytes:
-                raise WireError(
-                    f"frame of {len(frame)} bytes is over this node's limit of "
-                    f"{self.limits.max_frame_bytes}"
-                )
-            commands = decode(frame)
-        except WireError as exc:
-            return encode_parts([Failure("WireError", str(exc))])
-        return self.reply(commands, client)
-
-    def handle_parts(
-        self, parts: Parts, client: str = "local", adopted: frozenset[int] = frozenset()
-    ) -> tuple[Parts, dict[int, Value]]:
-        """Answer an unjoined frame from a client in this process with an unjoined reply, and
-        what it lends apart (see `execute_lending`). The reply's buffers are views of stored
-        tensors: read them before the next command runs."""
-        try:
-            commands = decode_parts(parts)
-        except WireError as exc:
-            return encode_parts([Failure("WireError", str(exc))]), {}
-        replies, lent = self.execute_lending(commands, client, adopted)
-        return self._encoded(replies), lent
-
-    def execute_lending(
-        self, commands: list, client: str, adopted: frozenset[int]
-    ) -> tuple[list, dict[int, Value]]:
-        """`execute`, for a client in this process that takes the values of the Gets at
-        positions `adopted` as its own. The Values of those this node lends (`lends`) leave
-        the replies (a `Done` stands in) and come back apart, by position, as they are: the
-        client then holds the stored tensors' own memory, so nothing need be encoded or
-        copied."""
-        replies = self.execute(commands, client)
+        `frame` is raw bytes (checked against `max_frame_bytes`, then decoded), an unjoined
+        `Parts` frame from a client in this process, or a list of commands already decoded
+        (by the server, on its loop). A frame that does not decode is answered with one
+        `WireError` failure. `lend`: positions of the Gets whose values a client in this
+        process takes as its own (`Client.get(adopt=True)`); see `Answer.lent`."""
+        if type(frame) is list:
+            commands = frame
+        else:
+            try:
+                if isinstance(frame, Parts):
+                    commands = decode_parts(frame)
+                else:
+                    if len(frame) > self.limits.max_frame_bytes:
+                        raise WireError(
+                            f"frame of {len(frame)} bytes is over this node's limit of "
+                            f"{self.limits.max_frame_bytes}"
+                        )
+                    commands = decode(frame)
+            except WireError as exc:
+                return Answer([Failure("WireError", str(exc))])
+        admitted = self._admit(commands, client)
+        if type(admitted) is list:
+            return Answer(admitted)
+        client = cast(str, admitted)
+        replies = self._execute(commands, client)
+        if not lend:
+            return Answer(replies)
+        # Lending, the in-process fast path (see tether.transports.inprocess): the Values of
+        # adopted Gets that the policy lets the client hold leave the replies (a Done stands in)
+        # and are handed over as they are, so nothing is encoded or copied.
+        objects = self.store(client).objects
         lent = {
             i: replies[i]
-            for i in adopted
+            for i in lend
             if type(replies[i]) is Value
             and type(commands[i]) is Get
-            and self.lends(client, commands[i].ids)
+            and lendable(objects, commands[i].ids, self.release_derived)
         }
         for i in lent:
             replies[i] = Done()
-        return replies, lent
+        return Answer(replies, lent)
 
-    def reply(self, commands: list, client: str = "local") -> Parts:
-        """Run decoded commands; their replies as one unjoined frame."""
-        return self._encoded(self.execute(commands, client))
+    def _admit(self, commands: list, client: str) -> str | list:
+        """Whom this frame runs for: the client id to run it as, or instead the replies that
+        answer it (a subclass's gate: Duet's hello and confirmation). Here, `client`."""
+        return client
 
-    @staticmethod
-    def _encoded(replies: list) -> Parts:
-        try:
-            return encode_parts(replies)
-        except Exception:  # a value the codec cannot carry: that reply becomes a Failure
-            return encode_parts([_encodable(reply) for reply in replies])
-
-    def is_quick(self, commands: list, client: str = "local") -> bool:
-        """Whether these commands surely finish in microseconds: elementwise operators on
-        small tensors, fetching small values the client may have without asking, freeing.
-        A server may run such a frame where it stands instead of handing it to a thread."""
-        objects = self.store(client).objects
-        made: dict[int, tuple[int, Privacy]] = {}  # what earlier commands of the frame make
-
-        def object_size_and_privacy(obj_id: int | None) -> tuple[int, Privacy] | None:
-            if type(obj_id) is not int:
-                return None
-            if obj_id in made:
-                return made[obj_id]
-            stored = objects.get(obj_id)
-            if stored is None or not isinstance(stored.value, torch.Tensor):
-                return None
-            return stored.value.numel(), stored.privacy
-
-        def size_and_privacy(cmd: Call, i: int) -> tuple[int, Privacy] | None:
-            obj_id = _object_id(cmd, i)
-            if obj_id is not None:
-                return object_size_and_privacy(obj_id)
-            return (1, PUBLIC) if type(cmd.args[i]) in _SCALARS else None
-
-        for cmd in commands:
-            if isinstance(cmd, Delete):
-                continue
-            if isinstance(cmd, Get):
-                for obj_id in cmd.ids:
-                    found = object_size_and_privacy(obj_id)
-                    if (
-                        cmd.wait
-                        or found is None
-                        or found[0] > _QUICK_ELEMENTS
-                        or not (self._releases(found[1]))
-                    ):
-                        return False
-            elif (
-                isinstance(cmd, Call)
-                and cmd.op in _QUICK_OPS
-                and not cmd.kwargs
-                and type(cmd.out) is not list
-            ):  # elementwise ops give one result
-                inputs = [size_and_privacy(cmd, i) for i in range(len(cmd.args))]
-                if None in inputs or max((n for n, _ in inputs), default=1) > _QUICK_ELEMENTS:
-                    return False
-                if cmd.out is not None:  # broadcasting at most multiplies the sizes
-                    derived = any(p > PUBLIC for _, p in inputs)
-                    made[cmd.out] = (
-                        math.prod(n for n, _ in inputs),
-                        DERIVED if derived else PUBLIC,
-                    )
-            else:
-                return False
-        return True
-
-    def execute(self, commands: list, client: str = "local") -> list:
+    def _execute(self, commands: list, client: str) -> list:
         """Run decoded commands in order; one reply each. Never raises."""
         store = self.store(client)
         # Results a later command of this frame frees: the client holds no pointer to them, so
@@ -356,14 +263,14 @@ class Node:
                 self._object(a, store, inputs)
                 if refs >> i & 1
                 else a
-                if type(a) in _SCALARS
+                if type(a) in SCALARS
                 else self._resolve(a, store, inputs)
                 for i, a in enumerate(cmd.args)
             ]
         )
         kwargs = (
             {
-                k: v if type(v) in _SCALARS else self._resolve(v, store, inputs)
+                k: v if type(v) in SCALARS else self._resolve(v, store, inputs)
                 for k, v in cmd.kwargs.items()
             }
             if cmd.kwargs
@@ -398,7 +305,7 @@ class Node:
                 ) from None
             raise
         if privacy:
-            _taint(entry.path, inputs, store)
+            taint(entry.path, inputs, store)
         _check_result_size(entry.path, result, self.limits.max_elements, secret)
         out = cmd.out
         if out is None:
@@ -422,11 +329,8 @@ class Node:
     def _stored(
         result: Any, privacy: Privacy, protected: list, inputs: list[Stored], tags: tuple[str, ...]
     ) -> Stored:
-        """A result with its policy: read-only if it shares the owner's memory, and private
-        if it is a view of the owner's private data."""
-        readonly = bool(protected) and _shares_memory(result, protected)
-        if readonly and _shares_memory(result, [s.value for s in inputs if s.privacy == PRIVATE]):
-            privacy = PRIVATE  # a view of the owner's data is that data
+        """A result with its policy (`policy.result_policy`)."""
+        privacy, readonly = result_policy(result, privacy, protected, inputs)
         return Stored(result, privacy, readonly, tags=tags)
 
     def _describe(self, stored: Stored) -> list:
@@ -473,7 +377,7 @@ class Node:
     def _request_status(self, cmd: Call, store: Store, client: str) -> Done:
         """File a request for an object (or find this client's last one) without releasing
         anything; the result is its status."""
-        obj_id = _object_id(cmd, 0) if cmd.args else None
+        obj_id = object_id(cmd, 0) if cmd.args else None
         if (
             len(cmd.args) != 3
             or obj_id is None
@@ -484,11 +388,11 @@ class Node:
         stored = self._lookup(obj_id, store)
         get = Get([obj_id], cmd.args[1], cmd.args[2])
         granted = any(
-            r.id not in self._released for r in self.requests.answered(client, obj_id, ACCEPTED)
+            r.id not in self._released for r in self.requests.matching(client, obj_id, ACCEPTED)
         )
         status = (
             ACCEPTED
-            if self._releases(stored.privacy) or granted
+            if releases(stored.privacy, self.release_derived) or granted
             else self._ask(get, obj_id, stored, client).status
         )
         store.put(cmd.out, Stored(status))
@@ -506,7 +410,7 @@ class Node:
                 "TypeError",
                 f"{entry.path} needs a {entry.self_type.__name__} as its first argument, got {got}",
             )
-        if protected and _would_change(entry.path, args, kwargs, protected):
+        if protected and would_change(entry.path, args, kwargs, protected):
             raise _Refused(
                 NotAllowedError.__name__,
                 f"{entry.path} could change the owner's data in place; copy it first",
@@ -527,7 +431,7 @@ class Node:
 
     def _resolve(self, value: Any, store: Store, inputs: list[Stored]) -> Any:
         """Replace Refs by the objects they name (collecting those objects' policies)."""
-        if type(value) in _SCALARS:
+        if type(value) in SCALARS:
             return value
         if type(value) is Ref:
             return self._object(value.id, store, inputs)
@@ -569,21 +473,17 @@ class Node:
         values, released = [], []
         for obj_id in cmd.ids:
             stored = self._lookup(obj_id, store)
-            _check_wire_value(stored.value)
-            if not self._releases(stored.privacy):
+            check_egress(stored.value)
+            if not releases(stored.privacy, self.release_derived):
                 released.append(self._granted(cmd, obj_id, stored, client).id)
             values.append(stored.value)
         self._released.update(released)
         return Value(values)
 
-    def _releases(self, privacy: Privacy) -> bool:
-        """Whether objects of this privacy leave without the owner's approval."""
-        return privacy == PUBLIC or (privacy == DERIVED and self.release_derived)
-
     def _granted(self, cmd: Get, obj_id: int, stored: Stored, client: str) -> Request:
         """The accepted request that releases this object to the client (filing one, and waiting
         for it, if there is none); raise if there is none yet or it was denied."""
-        for request in self.requests.answered(client, obj_id, ACCEPTED):
+        for request in self.requests.matching(client, obj_id, ACCEPTED):
             if request.id not in self._released:
                 return request
         request = self._ask(cmd, obj_id, stored, client)
@@ -596,7 +496,7 @@ class Node:
 
     def _ask(self, cmd: Get, obj_id: int, stored: Stored, client: str) -> Request:
         """File a request (or find the pending one) and wait up to `cmd.wait` for the answer."""
-        pending = self.requests.answered(client, obj_id, PENDING)
+        pending = self.requests.matching(client, obj_id, PENDING)
         request = (
             pending[0]
             if pending
@@ -609,24 +509,7 @@ class Node:
         return request
 
 
-_BACKWARD = {"torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad"}
-
-
-def _would_change(path: str, args: tuple, kwargs: dict, protected: list[Any]) -> bool:
-    """In-place ops on it, `out=` into it, or wrapping it into something that changes its
-    contents later (a Parameter an optimizer steps, a list items are set in)."""
-    if path in _WRAPPERS or (path.startswith("torch.optim.") and path.count(".") == 2):
-        return True
-    targets = [args[0]] if args and (path.endswith("_") or path in _IN_PLACE) else []
-    out = kwargs.get("out")
-    targets += list(out) if isinstance(out, list | tuple) else [out] if out is not None else []
-    return any(t is p for t in targets for p in protected)
-
-
-_WRAPPERS = {"torch.nn.Parameter", "builtins.list", "builtins.tuple", "builtins.dict"}
-
-
-def _object_id(cmd: Call, i: int) -> int | None:
+def object_id(cmd: Call, i: int) -> int | None:
     """The id that positional argument `i` of a Call names (as a Ref, or a plain id marked in
     `refs`), or None if it names none."""
     arg = cmd.args[i]
@@ -641,20 +524,6 @@ def _encodable(reply: Any) -> Any:
     except Exception as exc:
         return Failure("TypeError", f"the result cannot be sent: {type(exc).__name__}: {exc}")
     return reply
-
-
-def _taint(path: str, inputs: list[Stored], store: Store) -> None:
-    """A computation on private data may change what it is given (in-place ops, BatchNorm's
-    running statistics, an optimizer's step) and, for backward, every tensor that can hold a
-    gradient: all of those become derived data too."""
-    touched = store.objects.values() if path in _BACKWARD else inputs
-    for stored in touched:
-        if stored.privacy == PUBLIC and _mutable(stored.value):
-            stored.privacy = DERIVED
-
-
-def _mutable(value: Any) -> bool:
-    return isinstance(value, torch.Tensor | torch.nn.Module | torch.optim.Optimizer | list | dict)
 
 
 def _not_allowed(op: Any) -> str:
@@ -694,16 +563,6 @@ def _check_result_size(path: str, result: Any, limit: int, secret: bool) -> None
             )
 
 
-def _shares_memory(result: Any, protected: list[Any]) -> bool:
-    if not protected:
-        return False
-    results = result if isinstance(result, list | tuple) else (result,)
-    owned = {t.untyped_storage().data_ptr() for t in protected if isinstance(t, torch.Tensor)}
-    return any(
-        isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in owned for t in results
-    ) or any(r is p for r in results for p in protected)
-
-
 def _meta(value: Any) -> list:
     """What the client may know of a stored object without fetching it: its kind and shape."""
     if isinstance(value, torch.Tensor):
@@ -722,21 +581,3 @@ def _meta(value: Any) -> list:
     if isinstance(value, list | tuple):
         return ["object", type(value).__name__, len(value)]
     return ["object", type(value).__name__]
-
-
-def _check_wire_value(value: Any, depth: int = 0) -> None:
-    """Only plain data leaves a node: tensors, scalars, and containers of them."""
-    if depth > 32:
-        raise _Refused("TypeError", "value is nested too deeply to send")
-    if isinstance(value, _WIRE_LEAVES):
-        return
-    if isinstance(value, list | tuple):
-        for v in value:
-            _check_wire_value(v, depth + 1)
-        return
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        for v in value.values():
-            _check_wire_value(v, depth + 1)
-        return
-    hint = "; fetch its state_dict() instead" if isinstance(value, torch.nn.Module) else ""
-    raise _Refused("TypeError", f"a {type(value).__name__} cannot leave the node as data{hint}")

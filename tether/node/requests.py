@@ -181,8 +181,9 @@ class Requests:
 
     # ---- the owner's view ---------------------------------------------------------------------
 
-    def answered(self, client: str, obj_id: int, status: str) -> list[Request]:
-        """This client's requests for this object that have this status."""
+    def matching(self, client: str, obj_id: int, status: str) -> list[Request]:
+        """This client's requests for this object that have this status (any status: pending
+        ones too)."""
         with self._lock:
             return [
                 r

@@ -250,7 +250,7 @@ class Client:
         need the owner's approval file a request and wait up to `wait` seconds for it.
         `adopt`: the caller takes the values as its own copy of the objects, so a worker in
         this process may hand over the stored tensors themselves instead of copies (see
-        `Node.lends`); the caller must not change them in place."""
+        `tether.node.policy.lendable`); the caller must not change them in place."""
         with self._lock:
             get = Get(list(obj_ids), name, reason, wait)
             if adopt:

@@ -16,9 +16,16 @@ from tether.wire import Call, Put, Value, decode_parts, encode_parts
 class InProcessTransport:
     """Hands frames to a Node in the same process. With `serialize=False` the messages skip the
     codec. Either way the tensors are copied, so neither side sees the other's later changes,
-    except what the node lends (`Node.lends`) to a client adopting it (`model.get()`): then
-    the client's tensor is the worker's, as a model's tensors are its optimizer's in plain
-    PyTorch, so neither fetching it nor sending it back moves anything."""
+    except what the node lends to a client adopting it (`model.get()`; the rule is
+    `tether.node.policy.lendable`): then the client's tensor is the worker's, as a model's
+    tensors are its optimizer's in plain PyTorch, so neither fetching it nor sending it back
+    moves anything.
+
+    Lending is a speed trick, and this is the only transport that asks for it
+    (`Node.run(..., lend=...)`; the websocket transport ignores `adopted`). What it buys,
+    measured by alternating runs before and after it landed: `bench_core.py --repeats 9`
+    1.44-1.47x -> 1.38-1.40x of plain PyTorch, `bench_overhead.py` 369/380 -> 291/300 µs of
+    overhead per batch (BENCHMARKS.md at 3341795, "Eleventh session")."""
 
     def __init__(self, node: Node, client_name: str = "local", serialize: bool = True) -> None:
         self.node = node
@@ -30,14 +37,14 @@ class InProcessTransport:
         if self.closed:
             raise ConnectionLostError(f"worker {self.node.name!r} is gone (it was closed)")
         if self.serialize:
-            frame, lent = self.node.handle_parts(encode_parts(commands), self.client_name, adopted)
-            replies = decode_parts(frame)
+            answer = self.node.run(encode_parts(commands), self.client_name, lend=adopted)
+            replies = decode_parts(answer.parts())
         else:
-            replies, lent = self.node.execute_lending(
-                [_copy_tensors_in(c) for c in commands], self.client_name, adopted
+            answer = self.node.run(
+                [_copy_tensors_in(c) for c in commands], self.client_name, lend=adopted
             )
-            replies = [Value(_copy(r.value)) if type(r) is Value else r for r in replies]
-        for i, value in lent.items():
+            replies = [Value(_copy(r.value)) if type(r) is Value else r for r in answer.replies]
+        for i, value in answer.lent.items():
             replies[i] = value
         return lambda: replies
 

@@ -526,8 +526,8 @@ def _tensor(head: bytes, buffers: list[memoryview], used: set[int], copy: bool) 
 
 def _copied(buf: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
     """The bytes as a tensor in memory of its own, from torch's allocator (so aligned, and
-    lendable in process: see `Node.lends`). Copied as bytes: the buffer may be misaligned for
-    the dtype, which kernels cannot meet."""
+    lendable in process: see `tether.node.policy.lendable`). Copied as bytes: the buffer may be
+    misaligned for the dtype, which kernels cannot meet."""
     if buf.nbytes < _THREADED_COPY_BYTES or buf.readonly:  # torch warns viewing read-only memory
         raw = torch.empty(buf.nbytes, dtype=torch.uint8)
         raw.numpy()[:] = np.frombuffer(buf, dtype=np.uint8)

@@ -32,6 +32,7 @@ from websockets.server import ServerProtocol
 
 from tether.errors import WireError
 from tether.node import Node
+from tether.node.quick import runs_on_loop
 from tether.transports.websocket import frames
 from tether.transports.websocket.frames import WORKER_HEADER, ProtocolViolation, Reader
 from tether.wire import Parts, decode
@@ -384,7 +385,7 @@ class _ServerConnection(asyncio.BufferedProtocol):
 
     def _enqueue(self, payload: memoryview) -> None:
         """Queue a frame to run after those before it; a small frame of quick commands that
-        nothing waits before runs at once, here (see `Node.is_quick`): no thread hand-offs."""
+        nothing waits before runs at once, here (see `tether.node.quick`): no thread hand-offs."""
         job: memoryview | list = payload
         if len(payload) <= _INLINE_BYTES:
             with contextlib.suppress(WireError):  # if not, the thread says what is wrong
@@ -393,9 +394,9 @@ class _ServerConnection(asyncio.BufferedProtocol):
                 isinstance(job, list)
                 and self._task is None
                 and self._writable is None
-                and self.server.node.is_quick(job, self.name)
+                and runs_on_loop(self.server.node, job, self.name)
             ):
-                self._send_small(self.server.node.reply(job, self.name))
+                self._send_small(self.server.node.run(job, self.name).parts())
                 return
         self._queue.append((len(payload), job))
         self._queued_bytes += len(payload)
@@ -432,9 +433,10 @@ class _ServerConnection(asyncio.BufferedProtocol):
     async def _answer(self, job: memoryview | list) -> Parts:
         """The reply to one frame (or to its commands, decoded where it arrived), computed on
         the connection's thread, so a long command never stalls other clients or the pings."""
-        node = self.server.node
-        run = node.reply if isinstance(job, list) else node.answer
-        return await self.loop.run_in_executor(self._executor, run, job, self.name)
+        return await self.loop.run_in_executor(self._executor, self._run, job)
+
+    def _run(self, job: memoryview | list) -> Parts:
+        return self.server.node.run(job, self.name).parts()
 
     def _send_small(self, parts: Parts) -> None:
         assert self.transport is not None
