@@ -236,7 +236,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     samples = args.batches * BATCH
-    service = _spawn("-m", "tether.duet.network", "--port", "0", "--quiet")
+    service = _spawn("-m", "tether.cli", "network", "--port", "0", "--quiet")
     processes = [service]
     try:
         network = _line(service, r"listening on (ws://\S+)")

@@ -254,10 +254,10 @@ def _free_port() -> int:
 
 
 def run_tether(rounds: int, log_dir: Path) -> dict:
+    from tether.cli.demo import tutorial_workers
     from tether.federated.coordinator import Coordinator
-    from tether.federated.coordinator import Net as TetherNet
-    from tether.federated.demo import tutorial_workers
-    from tether.federated.training import TrainConfig
+    from tether.federated.delegated.training import TrainConfig
+    from tether.federated.models import Net as TetherNet
     from tether.transports.websocket import connect
 
     with tutorial_workers(log_dir, evaluator=False) as (workers, _, token):

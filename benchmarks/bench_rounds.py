@@ -30,10 +30,12 @@ from pathlib import Path
 
 import torch
 
-from tether.federated.coordinator import Coordinator, Net, dataset_pointers, remote_fit
-from tether.federated.demo import tutorial_workers
-from tether.federated.modelspec import describe, with_state
-from tether.federated.training import TrainConfig
+from tether.cli.demo import tutorial_workers
+from tether.federated.coordinator import Coordinator
+from tether.federated.delegated.modelspec import describe, with_state
+from tether.federated.delegated.remote import dataset_pointers, remote_fit
+from tether.federated.delegated.training import TrainConfig
+from tether.federated.models import Net
 from tether.transports.websocket import connect
 
 _ECHO = """

@@ -20,11 +20,15 @@ import torch
 import torch.nn.functional as F
 
 import tether as sy
+from tether.cli import train as train_cli
+from tether.cli.demo import mnist_tensors, tutorial_workers
 from tether.federated import coordinator as coord
 from tether.federated import report
-from tether.federated.coordinator import Coordinator, FederationError, Net, mlp
-from tether.federated.demo import mnist_tensors, tutorial_workers
-from tether.federated.training import TrainConfig
+from tether.federated.checkpoint import CHECKPOINT_JSON
+from tether.federated.coordinator import Coordinator, FederationError
+from tether.federated.delegated import remote
+from tether.federated.delegated.training import TrainConfig
+from tether.federated.models import Net, mlp
 from tether.transports.websocket import connect
 
 GROUPS = {"alice": (0, 1, 2, 3), "bob": (4, 5, 6), "charlie": (7, 8, 9)}
@@ -165,7 +169,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(parts, tmp_path: Path) ->
     whole = run(checkpoint_dir=tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
         run(on_round_start=interrupt)
-    assert json.loads((tmp_path / coord.CHECKPOINT_JSON).read_text())["round"] == 3
+    assert json.loads((tmp_path / CHECKPOINT_JSON).read_text())["round"] == 3
     lines: list[str] = []
     torch.manual_seed(99)  # a different initial model: the checkpoint's weights win
     resumed = Coordinator(
@@ -198,7 +202,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(parts, tmp_path: Path) ->
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    coord.add_arguments(parser)
+    train_cli.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -209,19 +213,19 @@ def test_federation_file_and_flags(tmp_path: Path) -> None:
         '[workers]\nalice = "ws://127.0.0.1:1"\nbob = "ws://127.0.0.1:2"\n'
         '[evaluator]\ntesting = "ws://127.0.0.1:3"\n'
     )
-    settings = coord._settings(parse(["--federation", str(path), "--lr", "0.2"]))
+    settings = train_cli._settings(parse(["--federation", str(path), "--lr", "0.2"]))
     assert settings["training_rounds"] == 12 and settings["lr"] == 0.2
     assert settings["workers"] == {"alice": "ws://127.0.0.1:1", "bob": "ws://127.0.0.1:2"}
     assert settings["evaluator"] == ("testing", "ws://127.0.0.1:3")
-    assert coord.parse_groups(settings["groups"]) == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
-    assert coord.train_config(settings).optimizer_args == {"lr": 0.2}
+    assert train_cli.parse_groups(settings["groups"]) == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
+    assert train_cli.train_config(settings).optimizer_args == {"lr": 0.2}
     example = Path(__file__).parents[1] / "examples" / "websocket_mnist" / "federation.toml"
-    tutorial = coord._settings(parse(["--federation", str(example)]))
+    tutorial = train_cli._settings(parse(["--federation", str(example)]))
     assert (tutorial["training_rounds"], tutorial["federate_after_n_batches"]) == (40, 10)
     assert list(tutorial["workers"]) == ["alice", "bob", "charlie"]
     path.write_text("rounds = 3\nworkerz = 1\n")
     with pytest.raises(ValueError, match="unknown keys \\['workerz'\\]"):
-        coord._settings(parse(["--federation", str(path)]))
+        train_cli._settings(parse(["--federation", str(path)]))
 
 
 # ---- real worker processes ----------------------------------------------------------------------
@@ -294,7 +298,8 @@ def _coordinator_argv(workers, checkpoint: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "tether.federated.coordinator",
+        "tether.cli",
+        "train",
         "--training_rounds",
         "6",
         "--federate_after_n_batches",
@@ -310,7 +315,7 @@ def _coordinator_argv(workers, checkpoint: Path, *extra: str) -> list[str]:
 def _final_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    meta = json.loads((checkpoint / coord.CHECKPOINT_JSON).read_text())
+    meta = json.loads((checkpoint / CHECKPOINT_JSON).read_text())
     assert meta["round"] == 6
     return load_file(checkpoint / meta["weights"])
 
@@ -335,7 +340,7 @@ def test_killed_coordinator_resumes_from_its_checkpoint(processes, tmp_path: Pat
     deadline = time.monotonic() + 120
     while done < 3 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-        state = checkpoint / coord.CHECKPOINT_JSON
+        state = checkpoint / CHECKPOINT_JSON
         done = json.loads(state.read_text())["round"] if state.exists() else 0
     first.send_signal(signal.SIGKILL)
     first.wait(30)
@@ -347,7 +352,7 @@ def test_killed_coordinator_resumes_from_its_checkpoint(processes, tmp_path: Pat
     assert f"Resuming after round {done} from {checkpoint}" in resumed.stdout
     assert f"Training round {done + 1}/6" in resumed.stdout
     assert "Training round 1/6" not in resumed.stdout
-    final = json.loads((checkpoint / coord.CHECKPOINT_JSON).read_text())
+    final = json.loads((checkpoint / CHECKPOINT_JSON).read_text())
     assert [r["round"] for r in final["history"]] == [1, 2, 3, 4, 5, 6]
     expected, got = _final_weights(tmp_path / "whole"), _final_weights(checkpoint)
     assert expected.keys() == got.keys()
@@ -411,7 +416,7 @@ def test_killed_worker_processes_are_left_out_until_too_few_remain(
     assert message.startswith("round 2: 1 of 3 workers answered (alice), fewer than min_workers=2")
     assert "bob: unreachable" in message and "charlie: unreachable" in message
     assert "--resume" in message
-    saved = json.loads((tmp_path / "second" / coord.CHECKPOINT_JSON).read_text())
+    saved = json.loads((tmp_path / "second" / CHECKPOINT_JSON).read_text())
     assert saved["round"] == 1 and saved["history"][0]["workers"] == ["alice", "charlie"]
 
 
@@ -487,25 +492,25 @@ def test_main_goes_on_without_an_unreachable_worker(processes, tmp_path, capsys)
         "--out",
         str(tmp_path / "out"),
     ]
-    assert coord.main(parse(argv)) == 0
+    assert train_cli.main(parse(argv)) == 0
     captured = capsys.readouterr()
     assert f"worker bob at {nowhere} is unreachable (cannot reach a worker at" in captured.err
     assert "Round 2: worker bob left out (unreachable: cannot reach a worker at" in captured.out
-    history = json.loads((tmp_path / "ckpt" / coord.CHECKPOINT_JSON).read_text())["history"]
+    history = json.loads((tmp_path / "ckpt" / CHECKPOINT_JSON).read_text())["history"]
     assert [r["workers"] for r in history] == [["alice", "charlie"]] * 2
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
         "metrics.csv",
         "metrics.json",
         "accuracy.png",
     }
-    assert coord.main(parse([*argv, "--min_workers", "3"])) == 1
+    assert train_cli.main(parse([*argv, "--min_workers", "3"])) == 1
     assert "2 of 3 workers are reachable, fewer than --min_workers 3" in capsys.readouterr().err
 
 
 def test_an_answer_that_is_not_the_model_is_refused() -> None:
     state = mlp().state_dict()
     good = {"weights": dict(state), "samples": 32, "losses": [1.0], "seconds": 0.1}
-    assert coord._checked(good, state, "alice") is good
+    assert remote._checked(good, state, "alice") is good
     for bad in [
         None,
         {**good, "weights": {k: v[:1] for k, v in state.items()}},
@@ -514,4 +519,4 @@ def test_an_answer_that_is_not_the_model_is_refused() -> None:
         {**good, "samples": "32"},
     ]:
         with pytest.raises(FederationError, match="worker 'eve' answered with something"):
-            coord._checked(bad, state, "eve")
+            remote._checked(bad, state, "eve")

@@ -9,19 +9,14 @@ import torch.nn.functional as F
 
 import tether as sy
 from tether import errors
+from tether.cli.demo import mnist_tensors
 from tether.errors import RemoteError
-from tether.federated.coordinator import (
-    FederationError,
-    Net,
-    dataset_pointers,
-    mlp,
-    remote_evaluate,
-    remote_fit,
-)
-from tether.federated.demo import mnist_tensors
-from tether.federated.fedavg import Update, fedavg, weighted_average
-from tether.federated.modelspec import describe, with_state
-from tether.federated.training import EvalConfig, TrainConfig, canonical, evaluate, fit
+from tether.federated.coordinator import FederationError
+from tether.federated.delegated.modelspec import describe, with_state
+from tether.federated.delegated.remote import dataset_pointers, remote_evaluate, remote_fit
+from tether.federated.delegated.training import EvalConfig, TrainConfig, canonical, evaluate, fit
+from tether.federated.models import Net, mlp
+from tether.federated.strategies import Update, fedavg, weighted_average
 from tether.node import Limits
 from tether.remote.client import ref
 

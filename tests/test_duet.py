@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import tether as sy
 from tether import errors
 from tether.datasets import BaseDataset
-from tether.duet.network import Rendezvous, lookup
+from tether.duet.rendezvous import Rendezvous, lookup
 from tether.duet.session import SessionError, await_scientist, start_duet
 from tether.remote.client import Client
 from tether.transports.websocket import AccessDeniedError, WebsocketTransport

@@ -31,7 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "federated": ("tether.federated",),
     "split": ("tether.split",),
     "duet": ("tether.duet",),
-    "cli": ("tether.cli", "tether.federated.demo"),
+    "cli": ("tether.cli", "tether.__main__"),
     "api": ("tether",),
 }
 # What each layer builds on directly (the test takes the closure). Features (federated, split,

@@ -13,8 +13,8 @@ from torch import nn
 
 import tether as sy
 from tether.errors import LimitError, NotAllowedError, RemoteError
-from tether.federated.coordinator import Net, mlp
-from tether.federated.modelspec import build, describe, structure, with_state
+from tether.federated.delegated.modelspec import build, describe, structure, with_state
+from tether.federated.models import Net, mlp
 from tether.remote.client import ref
 from tether.wire import Call, decode, encode
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tether.federated.partition import (
+from tether.federated.data.partition import (
     by_label_groups,
     dirichlet,
     format_label_table,

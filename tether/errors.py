@@ -51,3 +51,7 @@ class ConnectionLostError(TetherError):
 
 class DatasetError(TetherError):
     """A dataset file is missing, corrupt, or inconsistent; the message names the file."""
+
+
+class FederationError(TetherError):
+    """A federated run cannot go on: too few workers answered, or the checkpoint does not fit."""

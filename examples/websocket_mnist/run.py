@@ -13,7 +13,7 @@ Run: python examples/websocket_mnist/run.py [--out websocket-mnist] [--rounds 40
 import argparse
 import sys
 
-from tether.federated import demo
+from tether.cli import demo
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 demo.add_arguments(parser)

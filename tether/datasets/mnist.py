@@ -22,6 +22,9 @@ from tether.datasets.base import BaseDataset
 from tether.datasets.download import download_file
 from tether.errors import DatasetError
 
+# The mean and standard deviation of MNIST's training pixels (in [0, 1]): the tutorials'
+# Normalize((0.1307,), (0.3081,)).
+MEAN, STD = 0.1307, 0.3081
 SAMPLE_DIR = Path(__file__).resolve().parent / "mnist_sample"
 
 # Base URLs tried in order by `download=True`; each serves the four `.gz` files.

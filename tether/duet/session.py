@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tether.duet.network import DEFAULT_URL, OwnerLink, lookup, relay_url
 from tether.duet.node import HELLO, DuetNode
 from tether.duet.owner import OwnerDuet
+from tether.duet.rendezvous import DEFAULT_URL, OwnerLink, lookup, relay_url
 from tether.duet.scientist import ScientistDuet
 from tether.errors import ConnectionLostError, TetherError
 from tether.transports.websocket import ServerThread, WebsocketTransport, WorkerServer

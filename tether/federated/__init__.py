@@ -1,9 +1,16 @@
-"""Federated learning: federated datasets and loaders, per-worker optimizers, partitioners."""
+"""Federated learning: federated data (`data`), delegated training (`delegated`: the model as
+data, `fit`/`evaluate` on the worker), aggregation `strategies`, and the round loop
+(`coordinator`), with its `checkpoint`, tutorial `models` and `report`."""
 
-from tether.federated.dataloader import FederatedDataLoader
-from tether.federated.dataset import FederatedDataset, WorkerData, federate, install
+from tether.federated.data import (
+    FederatedDataLoader,
+    FederatedDataset,
+    Optims,
+    WorkerData,
+    federate,
+    install,
+)
 from tether.federated.delegated import EVALUATE, FIT  # registers the fit and evaluate ops
-from tether.federated.floptimizer import Optims
 
 __all__ = [
     "EVALUATE",

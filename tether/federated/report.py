@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 Groups = Sequence[Sequence[int]]
+# The websocket tutorial's label groups: each of its three workers holds one.
+TUTORIAL_GROUPS = ((0, 1, 2, 3), (4, 5, 6), (7, 8, 9))
 
 
 def group_label(group: Sequence[int]) -> str:

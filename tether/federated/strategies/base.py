@@ -1,8 +1,9 @@
-"""Aggregation strategies: pure functions from the round's updates to the next global weights.
+"""What every aggregation strategy shares: a strategy is a pure function from the round's
+updates to the next global weights.
 
 Each strategy has the shape `(updates, global_state) -> new_state`, so the coordinator can take
-any of them and others (FedProx's server side, trimmed mean, FedAdam) can follow without
-touching transport or scheduling.
+any of them and others (FedProx's server side, trimmed mean, FedAdam) can follow, one file
+each in this package, without touching transport or scheduling.
 """
 
 from __future__ import annotations
@@ -57,11 +58,3 @@ def weighted_average(
             acc.add_(state[key], alpha=share)
         averaged[key] = acc if exact else acc.round_().to(first.dtype)
     return averaged
-
-
-def fedavg(updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]) -> State:
-    """FedAvg (McMahan et al. 2017): the average of the workers' weights, each weighted by the
-    samples it trained on. `global_state` is unused; it is part of every strategy's shape."""
-    if not updates:
-        raise ValueError("FedAvg needs at least one update")
-    return weighted_average([u.state for u in updates], [u.samples for u in updates])

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import torch
 
-from tether.federated.dataset import FederatedDataset
+from tether.federated.data.dataset import FederatedDataset
 from tether.remote.pointer import Pointer
 from tether.wire import Ref
 

@@ -213,7 +213,7 @@ def build(spec: Any, max_elements: int | None = None) -> nn.Module:
     if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION:
         raise ValueError(
             f"not a model spec of version {SPEC_VERSION} (make one with "
-            "tether.federated.modelspec.describe(model))"
+            "tether.federated.delegated.modelspec.describe(model))"
         )
     unknown = set(spec) - {"version", "layers", "attributes", "graph", "state"}
     if unknown:

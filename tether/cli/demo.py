@@ -26,11 +26,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tether.datasets import MNIST, materialize
+from tether.datasets.mnist import MEAN, STD
 from tether.federated import report
-from tether.federated.coordinator import TUTORIAL_GROUPS, Coordinator, FederationResult, Net
-from tether.federated.training import TrainConfig, batches
+from tether.federated.coordinator import Coordinator, FederationResult
+from tether.federated.delegated.training import TrainConfig, batches
+from tether.federated.models import Net
+from tether.federated.report import TUTORIAL_GROUPS
+from tether.transforms import Compose, Normalize, ToTensor
+from tether.transports.websocket import connect
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+SUMMARY = "the websocket MNIST tutorial end to end, offline"
+DESCRIPTION = __doc__
 _READY = re.compile(r"listening on (ws://\S+)")
 
 
@@ -159,8 +166,6 @@ def run_demo(
     `kill=("bob", 3)` kills bob's process during round 3, to show a round going on without a
     worker. `central=True` also trains the same CNN centrally on the pooled sample with the same
     batch size, learning rate and total number of optimizer steps, for comparison."""
-    from tether.transports.websocket import connect
-
     out = Path(out_dir)
     with tutorial_workers(out / "workers") as (workers, evaluator, token):
         for worker in workers.values():
@@ -280,10 +285,7 @@ def _write(result: FederationResult, out: Path, seconds: float) -> dict[str, Any
 
 def mnist_tensors(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The embedded MNIST sample as `tether worker` serves it: normalized NCHW images, labels."""
-    from tether.datasets import MNIST, materialize
-    from tether.transforms import Compose, Normalize, ToTensor
-
-    transform = Compose([ToTensor(), Normalize((MNIST_MEAN,), (MNIST_STD,))])
+    transform = Compose([ToTensor(), Normalize((MEAN,), (STD,))])
     return materialize(MNIST(train=train, transform=transform))
 
 

@@ -21,16 +21,13 @@ relay through a service you trust, or serve `wss://`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
 import logging
 import re
 import secrets
-import signal
 import socket
-import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,7 +35,7 @@ from urllib.parse import urlsplit
 
 from tether.errors import ConnectionLostError
 
-log = logging.getLogger("tether.duet.network")
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7600
 DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}"
@@ -402,52 +399,3 @@ def _unreachable(network_url: str, exc: BaseException) -> str:
         " start one with `tether network`, pass network_url=..., or use loopback=True on one "
         "machine"
     )
-
-
-# ---- the command --------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `tether network`."""
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (0.0.0.0: every interface; default 127.0.0.1)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=DEFAULT_PORT,
-        help=f"port (0: any free one; default {DEFAULT_PORT})",
-    )
-    parser.add_argument("--quiet", action="store_true", help="log only warnings")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the service until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    asyncio.run(_serve(Rendezvous(args.host, args.port)))
-    return 0
-
-
-async def _serve(service: Rendezvous) -> None:
-    await service.start()
-    print(f"tether network listening on {service.url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await service.stop()
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(
-        prog="tether network", description="Where Duet owners and scientists meet."
-    )
-    add_arguments(_parser)
-    sys.exit(main(_parser.parse_args()))

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tether.datasets import materialize
-from tether.federated import partition as partitioners
+from tether.federated.data import partition as partitioners
 from tether.ops import PUBLISHED
 from tether.remote.client import client_of
 from tether.remote.pointer import Pointer

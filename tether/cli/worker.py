@@ -1,94 +1,34 @@
-"""The `tether` command: `tether worker` serves a worker (`tether worker --id alice --port 8777
---dataset mnist --labels 0-3`); `train`, `network` and `demo` run the federated jobs. Each
-subcommand adds its own parser."""
+"""`tether worker`: serve a worker that others reach over a websocket (`tether worker --id alice
+--port 8777 --dataset mnist --labels 0-3`), publishing its MNIST part privately."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
 
 import torch
 
-from tether.errors import DatasetError
-from tether.node import Node
+from tether.datasets import MNIST, materialize
+from tether.datasets.mnist import MEAN, STD
+from tether.federated.data.partition import parse_label_range, parse_spec
+from tether.node import Limits, Node
+from tether.transforms import Compose, Normalize, ToTensor
+from tether.transports.websocket import ServerLimits, WorkerServer, serve, server_ssl_context
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+SUMMARY = "serve a worker that others reach over a websocket"
+DESCRIPTION = (
+    "Serve a worker: clients connect with "
+    "tether.connect('ws://HOST:PORT', token=...) and compute on its data "
+    "through pointers; private data never leaves."
+)
 _MB = 2**20
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `tether` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "handler"):
-        parser.print_help()
-        return 2
-    try:
-        return args.handler(args)
-    except (DatasetError, ValueError, OSError) as exc:
-        print(f"tether {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tether",
-        description="Privacy-preserving machine learning on PyTorch: train on data you cannot see.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _register_worker(commands)
-    _register(
-        commands,
-        "train",
-        "federated training across network workers",
-        "tether.federated.coordinator",
-    )
-    _register(
-        commands,
-        "demo",
-        "the websocket MNIST tutorial end to end, offline",
-        "tether.federated.demo",
-    )
-    _register(
-        commands,
-        "network",
-        "where Duet owners and scientists meet (and are relayed)",
-        "tether.duet.network",
-    )
-    return parser
-
-
-def _register(
-    commands: argparse._SubParsersAction, name: str, summary: str, module_name: str
-) -> None:
-    """A subcommand whose module has `add_arguments(parser)` and `main(args)`."""
-    module = importlib.import_module(module_name)
-    parser = commands.add_parser(
-        name,
-        help=summary,
-        description=module.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    module.add_arguments(parser)
-    parser.set_defaults(handler=module.main)
-
-
-# ---- tether worker ------------------------------------------------------------------------------
-
-
-def _register_worker(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "worker",
-        help="serve a worker that others reach over a websocket",
-        description="Serve a worker: clients connect with "
-        "tether.connect('ws://HOST:PORT', token=...) and compute on its data "
-        "through pointers; private data never leaves.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `tether worker`."""
     p.add_argument("--id", default="worker", help="the worker's name (default: worker)")
     p.add_argument(
         "--host",
@@ -159,13 +99,10 @@ def _register_worker(commands: argparse._SubParsersAction) -> None:
         "closed at once (default 256)",
     )
     p.add_argument("--quiet", action="store_true", help="log only warnings")
-    p.set_defaults(handler=_run_worker)
 
 
-def _run_worker(args: argparse.Namespace) -> int:
-    from tether.node import Limits
-    from tether.transports.websocket import ServerLimits, WorkerServer, serve, server_ssl_context
-
+def main(args: argparse.Namespace) -> int:
+    """Serve the worker until SIGINT or SIGTERM."""
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -210,14 +147,10 @@ def _run_worker(args: argparse.Namespace) -> int:
 def _publish_mnist(node: Node, args: argparse.Namespace) -> None:
     """Load MNIST, keep the asked-for samples, print the per-digit counts as the websocket
     tutorial's workers do, and publish `(images, labels)` privately."""
-    from tether.datasets import MNIST, materialize
-    from tether.federated.partition import parse_label_range, parse_spec
-    from tether.transforms import Compose, Normalize, ToTensor
-
     dataset = MNIST(
         root=args.data_root,
         train=not args.testing,
-        transform=Compose([ToTensor(), Normalize((MNIST_MEAN,), (MNIST_STD,))]),
+        transform=Compose([ToTensor(), Normalize((MEAN,), (STD,))]),
     )
     data, targets = materialize(dataset)
     if args.labels:
@@ -248,7 +181,3 @@ def _publish_mnist(node: Node, args: argparse.Namespace) -> None:
     )
     print(f"datasets: {{{key!r}: {len(targets)} samples, private}}")
     print(f"len(datasets[{key}]): {len(targets)}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

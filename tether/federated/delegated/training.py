@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tether.federated.modelspec import build
+from tether.federated.delegated.modelspec import build
 from tether.ops import ALLOWLIST
 
 LOSSES = (

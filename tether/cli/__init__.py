@@ -1,0 +1,55 @@
+"""The `tether` command, one module per subcommand: `worker` serves a worker (`tether worker
+--id alice --port 8777 --dataset mnist --labels 0-3`); `train`, `network` and `demo` run the
+federated jobs. Each subcommand module has SUMMARY, DESCRIPTION, `add_arguments(parser)` and
+`main(args)`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from tether.cli import demo, network, train, worker
+from tether.errors import DatasetError
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tether` console script (and `python -m tether`, `-m tether.cli`)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (DatasetError, ValueError, OSError) as exc:
+        print(f"tether {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="Privacy-preserving machine learning on PyTorch: train on data you cannot see.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _register(commands, "worker", worker, raw=False)
+    _register(commands, "train", train)
+    _register(commands, "demo", demo)
+    _register(commands, "network", network)
+    return parser
+
+
+def _register(
+    commands: argparse._SubParsersAction, name: str, module: ModuleType, raw: bool = True
+) -> None:
+    """A subcommand from its module's SUMMARY, DESCRIPTION, `add_arguments` and `main`."""
+    options = {"formatter_class": argparse.RawDescriptionHelpFormatter} if raw else {}
+    parser = commands.add_parser(
+        name, help=module.SUMMARY, description=module.DESCRIPTION, **options
+    )
+    module.add_arguments(parser)
+    parser.set_defaults(handler=module.main)

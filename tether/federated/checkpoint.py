@@ -1,0 +1,87 @@
+"""A federated run's checkpoint: the global weights (safetensors) and the history (JSON),
+written atomically after every round, so `resume=True` continues where a stopped run left off,
+with the same result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tether.errors import FederationError
+from tether.federated import report
+from tether.federated.delegated import modelspec
+
+CHECKPOINT_JSON = "checkpoint.json"
+
+
+def fingerprint(spec: dict, config: Mapping[str, Any]) -> str:
+    """What must match for a checkpoint to fit: the model's structure and the config."""
+    described = json.dumps([modelspec.structure(spec), dict(config)], default=str, sort_keys=True)
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+class Checkpoint:
+    """The checkpoint in `directory` of a run whose model and config have `fingerprint`."""
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        self.directory = directory
+        self.fingerprint = fingerprint
+
+    def save(
+        self,
+        r: int,
+        rounds: int,
+        state: Mapping[str, torch.Tensor],
+        history: list[dict[str, Any]],
+    ) -> None:
+        """Weights first (a new file per round), then the JSON that names them: the JSON's
+        replacement is the commit, so a kill at any moment leaves the last complete round."""
+        from safetensors.torch import save
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        weights = f"global-round{r:05d}.safetensors"
+        payload = save({k: v.contiguous() for k, v in state.items()})
+        report.write_atomic(self.directory / weights, lambda f: f.write(payload))
+        meta = {
+            "round": r,
+            "rounds": rounds,
+            "weights": weights,
+            "fingerprint": self.fingerprint,
+            "history": history,
+        }
+        report.write_atomic(
+            self.directory / CHECKPOINT_JSON,
+            lambda f: f.write(json.dumps(meta, indent=1).encode()),
+        )
+        for old in self.directory.glob("global-round*.safetensors"):
+            if old.name != weights:
+                old.unlink(missing_ok=True)
+
+    def load(
+        self, keys: Iterable[str]
+    ) -> tuple[int, dict[str, torch.Tensor], list[dict[str, Any]]] | None:
+        """The last round completed, its weights and the history; None when there is no
+        checkpoint. Raises FederationError if it was made for another model or config, or
+        its weights do not have `keys`."""
+        from safetensors.torch import load
+
+        path = self.directory / CHECKPOINT_JSON
+        if not path.exists():
+            return None
+        meta = json.loads(path.read_text())
+        if meta.get("fingerprint") != self.fingerprint:
+            raise FederationError(
+                f"the checkpoint in {self.directory} was made with another "
+                "model or training config; use those, or another directory"
+            )
+        state = load((self.directory / meta["weights"]).read_bytes())
+        if state.keys() != set(keys):
+            raise FederationError(
+                f"the checkpoint's weights in {self.directory} do not fit this model"
+            )
+        return int(meta["round"]), state, meta["history"]

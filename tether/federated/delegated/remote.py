@@ -1,0 +1,76 @@
+"""The coordinator's side of delegated training: run `fit` and `evaluate` on a worker, through
+pointers, and check what it answers before anything averages it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from tether.errors import FederationError, RemoteError
+from tether.federated.delegated import EVALUATE, FIT
+from tether.federated.delegated.training import EvalConfig, TrainConfig
+from tether.remote.client import ref
+from tether.remote.pointer import get_all
+
+
+def dataset_pointers(client: Any, key: str) -> tuple[Any, Any]:
+    """Pointers to a published `(data, targets)` dataset (the form `tether worker` publishes).
+    Waits for the lookup, so an unknown key is reported as such, not by a later command."""
+    data, targets = client.worker.dataset(key)
+    try:
+        client.flush()
+    except RemoteError as exc:  # not a stale pointer: the worker has no such dataset
+        raise FederationError(f"worker {client.name!r} has no dataset {key!r}: {exc}") from None
+    return data, targets
+
+
+def remote_fit(client: Any, dataset: tuple[Any, Any], spec: dict, config: TrainConfig) -> dict:
+    """Run `fit` on a worker's dataset; its answer (weights and metrics)."""
+    data, targets = dataset
+    result = client.call(
+        FIT, [spec, ref(data), ref(targets), config.to_dict()], kind="object", flush=True
+    )
+    return _checked(result.get(), spec["state"], client.name)
+
+
+def _checked(answer: Any, state: Mapping[str, torch.Tensor], worker: str) -> dict:
+    """A worker's answer, if it can be averaged: weights of the model's shapes, samples used."""
+    weights = answer.get("weights") if isinstance(answer, dict) else None
+    fits = (
+        isinstance(weights, dict)
+        and weights.keys() == state.keys()
+        and all(
+            isinstance(weights[k], torch.Tensor)
+            and weights[k].shape == v.shape
+            and weights[k].dtype == v.dtype
+            for k, v in state.items()
+        )
+    )
+    samples = answer.get("samples") if fits else None
+    if not (
+        fits
+        and type(samples) is int
+        and samples > 0
+        and isinstance(answer.get("losses"), list)
+        and isinstance(answer.get("seconds"), float)
+    ):
+        raise FederationError(
+            f"worker {worker!r} answered with something other than this model's weights and metrics"
+        )
+    return answer
+
+
+def remote_evaluate(
+    client: Any, dataset: tuple[Any, Any], specs: Mapping[str, dict], config: EvalConfig
+) -> dict[str, dict]:
+    """Score several models on an evaluator's test set, in one round trip."""
+    data, targets = dataset
+    pointers = [
+        client.call(
+            EVALUATE, [spec, ref(data), ref(targets), config.to_dict()], kind="object", flush=True
+        )
+        for spec in specs.values()
+    ]
+    return dict(zip(specs, get_all(pointers), strict=True))
