@@ -13,13 +13,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.duet.names import HELLO
 from tether.errors import PermissionDeniedError
 from tether.node import Node, Requests
 from tether.wire import Call, Done, Failure
 
-HELLO = "tether.duet.hello"
-# Where the owner's catalog (id, tags and description of what it published) is published.
-CATALOG = "tether.duet.catalog"
 MAX_HELLO_WAIT = 3600.0
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from tether.duet import catalog
-from tether.duet.node import CATALOG, DuetNode
+from tether.duet.names import CATALOG
+from tether.duet.node import DuetNode
 from tether.node import Requests
 from tether.transports.websocket import ServerThread
 

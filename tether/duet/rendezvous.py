@@ -17,6 +17,9 @@ line of each connection:
 
 The session's secret never appears in this protocol, but it is in the relayed handshake:
 relay through a service you trust, or serve `wss://`.
+
+Long because the protocol, both of its ends (the service, the owner's registration and the
+scientist's lookup) and the relay belong together: one reader of this file knows the bytes.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tether.duet import catalog
-from tether.duet.node import CATALOG
+from tether.duet.names import CATALOG
 from tether.ops import ALLOWLIST, PUBLISHED
 from tether.remote.client import Client, Transport
 from tether.remote.pointer import Pointer, remote_call

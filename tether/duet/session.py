@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tether.duet.node import HELLO, DuetNode
+from tether.duet.names import HELLO
+from tether.duet.node import DuetNode
 from tether.duet.owner import OwnerDuet
 from tether.duet.rendezvous import DEFAULT_URL, OwnerLink, lookup, relay_url
 from tether.duet.scientist import ScientistDuet

@@ -3,6 +3,11 @@
 A node takes a frame, decodes it, checks each command against the allowlist and the policies
 of the objects it names, runs it on the sending client's store and answers with one reply per
 command. Nothing a peer sends can make it raise: every failure becomes a `Failure` reply.
+
+One entry point, `Node.run`. The rules it applies (what may leave, what is tainted) are in
+`tether.node.policy`; the server's event-loop fast path is `tether.node.quick`. Long because
+it is the whole execution path (decode, admit, resolve, check, run, store, release, request),
+kept readable in one file: the one place where remote code runs.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 A pointer behaves like the object it names: operators, Tensor methods and torch functions
 (through `__torch_function__`) on it run remotely and give pointers to their results at once.
 Only `.get()` and what needs the worker's answer (`.shape` of a result not yet seen) wait.
+
+Long because a pointer stands in for every kind of remote object (tensor, module, optimizer,
+plain object) and predicts each call's result kind locally, so calls pipeline; the calls
+themselves are one table lookup each (`remote_call`).
 """
 
 from __future__ import annotations

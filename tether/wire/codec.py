@@ -12,6 +12,9 @@ instead be the plain id, marked in the Call's `refs` bitmask (as pointers are se
 
 Every length is checked against the frame before anything is allocated, so a decoder never
 allocates more than the frame it was given justifies. Every failure is a `WireError`.
+
+Long because the format and its checks against hostile input belong together: a reader of
+this one file knows every byte a peer may send and how each is refused.
 """
 
 from __future__ import annotations

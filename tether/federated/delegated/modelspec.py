@@ -7,6 +7,9 @@ allowlisted functions, and its weights as tensors. `build` resolves every layer 
 function through tether's allowlist (`tether.ops`), sizes each layer on the meta
 device before allocating it, and runs the graph with a small interpreter: no pickle, no eval,
 no generated source, no TorchScript.
+
+Long because `describe` and `build` are the two halves of one format, and a reader checking
+what a worker will build from a peer's bytes should find both in one file.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ and enforces the limits; commands run in a thread pool, so a slow command never 
 clients (or the pings that tell a waiting client its worker is alive). Each connection is its
 own client of the Node, with its own store: it sees only its own objects and what the owner
 published, its frames run in the order they came, and its objects are freed when it disconnects.
+
+Long because it is one end of the protocol, whole: handshake, token, limits, framing, the
+queue of frames and the replies written as they are; the client end is `transport.py`.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ frame is being written, as they arrive, so neither side can block the other). No
 in the background, so a blocking round trip costs one write and one read. A worker that stays
 silent is pinged; one that answers nothing for `timeout` seconds, or whose connection breaks,
 gives `ConnectionLostError` instead of a hang, and the next use connects again.
+
+Long because it is one end of the protocol, whole: handshake, framing, pipelining, pings and
+reconnection; the other end is `server.py`, the frames both speak are in `frames.py`.
 """
 
 from __future__ import annotations
