@@ -436,7 +436,7 @@ def test_a_frozen_worker_process_misses_the_round_and_rejoins(own_processes) -> 
         def thaw(r: int) -> None:
             if r == 2:
                 charlie.send_signal(signal.SIGCONT)
-                busy = next(link for link in run.links if link.name == "charlie").busy
+                busy = next(p for p in run.participants if p.name == "charlie").busy
                 busy.thread.join(30)
                 assert not busy.running()
 

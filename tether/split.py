@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tether import errors
+from tether.remote.hook import get_module, send_module
 from tether.remote.pointer import Pointer
 
 
@@ -39,7 +40,7 @@ class SplitNN:
         self.locations = list(locations)
         self.optimizers = list(optimizers)
         for segment, location in zip(self.segments, self.locations, strict=True):
-            segment.send(location)
+            send_module(segment, location)
         self._checked = False
 
     def forward(self, x: Pointer) -> Pointer:
@@ -76,4 +77,4 @@ class SplitNN:
 
     def get(self) -> list[nn.Module]:
         """Bring every segment's trained weights back here."""
-        return [segment.get() for segment in self.segments]
+        return [get_module(segment) for segment in self.segments]

@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 from tether.cli import demo, network, train, worker
 from tether.errors import DatasetError
@@ -47,7 +48,9 @@ def _register(
     commands: argparse._SubParsersAction, name: str, module: ModuleType, raw: bool = True
 ) -> None:
     """A subcommand from its module's SUMMARY, DESCRIPTION, `add_arguments` and `main`."""
-    options = {"formatter_class": argparse.RawDescriptionHelpFormatter} if raw else {}
+    options: dict[str, Any] = (
+        {"formatter_class": argparse.RawDescriptionHelpFormatter} if raw else {}
+    )
     parser = commands.add_parser(
         name, help=module.SUMMARY, description=module.DESCRIPTION, **options
     )

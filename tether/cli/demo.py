@@ -271,7 +271,7 @@ def _digit_counts(log: Path) -> str:
 def _write(result: FederationResult, out: Path, seconds: float) -> dict[str, Any]:
     paths = report.save_metrics(result.history, TUTORIAL_GROUPS, out)
     paths.append(report.plot_accuracy(result.history, out / "accuracy.png"))
-    last = next((r["eval"] for r in reversed(result.history) if r.get("eval")), {})
+    last: dict[str, Any] = next((r["eval"] for r in reversed(result.history) if r.get("eval")), {})
     return {
         "paths": paths,
         "seconds": seconds,

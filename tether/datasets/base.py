@@ -66,7 +66,7 @@ def materialize(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     dataset whose transform is None, ToTensor, Normalize or a Compose of those is transformed
     in one vectorized call; any other dataset (torchvision's too) is read sample by sample.
     """
-    n = len(dataset)
+    n = len(dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; map-style ones have it
     if n == 0:
         raise DatasetError("cannot materialize an empty dataset")
     if isinstance(dataset, BaseDataset) and _vectorizable(dataset):

@@ -32,8 +32,9 @@ import re
 import secrets
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from tether.errors import ConnectionLostError
@@ -363,8 +364,8 @@ class OwnerLink:
             return
         await splice(*service, *worker)
 
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        task = self._loop.create_task(coroutine)  # type: ignore[arg-type]
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

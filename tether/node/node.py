@@ -174,7 +174,7 @@ class Node:
         (by the server, on its loop). A frame that does not decode is answered with one
         `WireError` failure. `lend`: positions of the Gets whose values a client in this
         process takes as its own (`Client.get(adopt=True)`); see `Answer.lent`."""
-        if type(frame) is list:
+        if isinstance(frame, list):
             commands = frame
         else:
             try:
@@ -245,8 +245,8 @@ class Node:
         except Exception as exc:  # a failing op is reported, never fatal
             failure = Failure(type(exc).__name__, str(exc))
         if isinstance(cmd, Call | Put):
-            out = cmd.out if isinstance(cmd, Call) else cmd.id
-            for obj_id in () if out is None else out if type(out) is list else (out,):
+            made = cmd.out if isinstance(cmd, Call) else cmd.id
+            for obj_id in [] if made is None else made if isinstance(made, list) else [made]:
                 store.mark_failed(obj_id, f"{getattr(cmd, 'op', 'put')}: {failure.message}")
         return failure
 
@@ -320,11 +320,12 @@ class Node:
             stored = self._stored(result, privacy, protected, inputs, tags)
             _keep(store, out, stored, secret)
             return Done(None if out in freed else self._describe(stored))
-        if not (isinstance(result, tuple | list) and len(result) == len(out)):
+        outs = cast(list[int], out)  # the codec gives an int or a list of ints
+        if not (isinstance(result, tuple | list) and len(result) == len(outs)):
             got = f"{len(result)} results" if isinstance(result, tuple | list) else "one result"
-            raise _Refused("TypeError", f"{entry.path} gave {got}, not the {len(out)} asked for")
+            raise _Refused("TypeError", f"{entry.path} gave {got}, not the {len(outs)} asked for")
         described = []
-        for obj_id, item in zip(out, result, strict=True):
+        for obj_id, item in zip(outs, result, strict=True):
             stored = self._stored(item, privacy, protected, inputs, tags)
             _keep(store, obj_id, stored, secret)
             described.append(None if obj_id in freed else self._describe(stored))

@@ -14,6 +14,7 @@ replaces this module.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 
@@ -93,12 +94,15 @@ def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
             and not cmd.kwargs
             and type(cmd.out) is not list
         ):  # elementwise ops give one result
-            inputs = [size_and_privacy(cmd, i) for i in range(len(cmd.args))]
-            if None in inputs or max((n for n, _ in inputs), default=1) > QUICK_ELEMENTS:
+            sizes = [size_and_privacy(cmd, i) for i in range(len(cmd.args))]
+            if None in sizes:
+                return False
+            inputs = cast(list[tuple[int, Privacy]], sizes)
+            if max((n for n, _ in inputs), default=1) > QUICK_ELEMENTS:
                 return False
             if cmd.out is not None:  # broadcasting at most multiplies the sizes
                 derived = any(p > PUBLIC for _, p in inputs)
-                made[cmd.out] = (
+                made[cast(int, cmd.out)] = (
                     math.prod(n for n, _ in inputs),
                     DERIVED if derived else PUBLIC,
                 )

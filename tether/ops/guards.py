@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -148,7 +148,7 @@ def repeat_interleave(args: tuple, kwargs: dict) -> int:
 
 def index_select(args: tuple, kwargs: dict) -> int:
     x, dim = args[0], int(kwargs.get("dim", args[1] if len(args) > 1 else 0))
-    index = kwargs.get("index", args[2] if len(args) > 2 else None)
+    index: Any = kwargs.get("index", args[2] if len(args) > 2 else None)  # None: refused
     return index.numel() * (x.numel() // max(x.shape[dim], 1))
 
 
@@ -193,6 +193,7 @@ def embedding(args: tuple, kwargs: dict) -> int:
 def conv(args: tuple, kwargs: dict) -> int:
     """An upper bound: stride and kernel only shrink the padded input."""
     x, w = args[0], kwargs.get("weight", args[1] if len(args) > 1 else None)
+    w = cast(Any, w)  # a peer's arguments: whatever fails here refuses the call
     padding = kwargs.get("padding", args[4] if len(args) > 4 else 0)
     spatial = list(x.shape[2:]) if x.dim() > w.dim() - 2 else list(x.shape[1:])
     if isinstance(padding, str):

@@ -89,8 +89,9 @@ backward retain_grad
 new_tensor
 """.split()
 
-_TENSOR_ATTRIBUTES = "grad data T mT H shape dtype requires_grad is_leaf ndim device real imag"
-_TENSOR_ATTRIBUTES = _TENSOR_ATTRIBUTES.split()
+_TENSOR_ATTRIBUTES = (
+    "grad data T mT H shape dtype requires_grad is_leaf ndim device real imag".split()
+)
 
 _FUNCTIONAL = """
 relu relu6 leaky_relu elu selu celu gelu silu mish softplus softsign hardtanh hardswish

@@ -12,7 +12,7 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import torch
 
@@ -104,7 +104,7 @@ class Client:
         if not self._queue:
             return
         commands, self._queue = self._queue, []
-        adopted = frozenset()
+        adopted: frozenset[int] = frozenset()
         if self._adopted:
             adopted = frozenset(i for i, c in enumerate(commands) if id(c) in self._adopted)
             self._adopted.clear()
@@ -156,7 +156,7 @@ class Client:
                         self._meta.update(
                             (i, meta) for i, meta in zip(out, reply.meta, strict=False) if meta
                         )
-                    elif out is not None:
+                    elif isinstance(out, int):
                         self._meta[out] = reply.meta
                 elif type(command) is Delete:  # what a reply described before it was freed
                     for obj_id in command.ids:
@@ -204,6 +204,30 @@ class Client:
         ]
         return Pointer(self, obj_id)
 
+    @overload
+    def call(
+        self,
+        op: str,
+        args: list,
+        kwargs: dict | None = None,
+        *,
+        kind: None,
+        flush: bool = False,
+        refs: int = 0,
+    ) -> None: ...
+
+    @overload
+    def call(
+        self,
+        op: str,
+        args: list,
+        kwargs: dict | None = None,
+        *,
+        kind: str = "tensor",
+        flush: bool = False,
+        refs: int = 0,
+    ) -> Pointer: ...
+
     def call(
         self,
         op: str,
@@ -216,9 +240,12 @@ class Client:
     ) -> Pointer | None:
         """Queue a remote call; a pointer to its result (None when `kind` is None: no result).
         `refs`: which of `args` are ids of objects on the worker (see `Call.refs`)."""
-        obj_id = None if kind is None else self.new_id()
+        if kind is None:
+            self.submit(Call(op, args, kwargs or {}, None, refs), flush=flush)
+            return None
+        obj_id = self.new_id()
         self.submit(Call(op, args, kwargs or {}, obj_id, refs), flush=flush)
-        return None if obj_id is None else Pointer(self, obj_id, kind)
+        return Pointer(self, obj_id, kind)
 
     def call_each(
         self,

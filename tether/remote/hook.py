@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +23,8 @@ from tether.ops import ALLOWLIST
 from tether.remote.client import Client, client_of
 from tether.remote.pointer import Pointer, remote_call
 from tether.wire import Ref
+
+M = TypeVar("M", bound=nn.Module)
 
 # ---- tensors --------------------------------------------------------------------------------
 
@@ -122,7 +124,7 @@ def module_location(module: nn.Module) -> Any:
     return client.worker if client is not None else None
 
 
-def send_module(module: nn.Module, worker: Any) -> nn.Module:
+def send_module(module: M, worker: Any) -> M:
     """`model.send(worker)`: the module's parameters and buffers become pointers, in place."""
     client = client_of(worker)
     current = module.__dict__.get("_tether_client")
@@ -279,7 +281,7 @@ def _wrap_step(cls: type[torch.optim.Optimizer]) -> None:
     """Route `step()` to the worker when the parameters are there. The wrapper goes outside
     torch's profiling wrapper (installed here as torch would on first use), so a remote step
     costs no local profiler record; step hooks run only where the step runs locally."""
-    original = cls.step
+    original: Any = cls.step
     if getattr(original, "_tether", False):
         return
     if not getattr(original, "hooked", False):
@@ -299,11 +301,11 @@ def _wrap_step(cls: type[torch.optim.Optimizer]) -> None:
 
     step._tether = True  # type: ignore[attr-defined]
     step.hooked = True  # type: ignore[attr-defined]  # torch must not wrap it again
-    cls.step = step
+    setattr(cls, "step", step)  # noqa: B010  (torch's stubs forbid assigning a method)
 
 
 def _wrap_zero_grad() -> None:
-    original = torch.optim.Optimizer.zero_grad
+    original: Any = torch.optim.Optimizer.zero_grad
     if getattr(original, "_tether", False):
         return
 
@@ -322,7 +324,7 @@ def _wrap_zero_grad() -> None:
         return None
 
     zero_grad._tether = True  # type: ignore[attr-defined]
-    torch.optim.Optimizer.zero_grad = zero_grad
+    setattr(torch.optim.Optimizer, "zero_grad", zero_grad)  # noqa: B010  (as above)
 
 
 # ---- installing -----------------------------------------------------------------------------
@@ -342,13 +344,16 @@ class _Location:
 
 def install() -> None:
     """Teach torch the tether methods. Idempotent; draws nothing from torch's RNG."""
-    torch.Tensor.send = send_tensor
-    torch.Tensor.move = send_tensor
-    nn.Module.send = send_module
-    nn.Module.get = get_module
-    nn.Module.move = send_module
-    nn.Module.location = _Location()
-    torch.utils.data.Dataset.send = _send_dataset
+    for cls, name, method in (
+        (torch.Tensor, "send", send_tensor),
+        (torch.Tensor, "move", send_tensor),
+        (nn.Module, "send", send_module),
+        (nn.Module, "get", get_module),
+        (nn.Module, "move", send_module),
+        (nn.Module, "location", _Location()),
+        (torch.utils.data.Dataset, "send", _send_dataset),
+    ):
+        setattr(cls, name, method)
     for path in ALLOWLIST:
         module, _, name = path.rpartition(".")
         if module == "torch.optim" and name[:1].isupper():

@@ -80,6 +80,11 @@ class Pointer:
 
     __slots__ = ("__weakref__", "_client", "_kind", "_live", "_touches", "id")
 
+    if TYPE_CHECKING:  # attached below the class, with the operators
+
+        def __getitem__(self, key: Any) -> Pointer: ...
+        def __setitem__(self, key: Any, value: Any) -> None: ...
+
     def __init__(self, client: Client, obj_id: int, kind: str = "tensor") -> None:
         self._client = client
         self.id = obj_id
@@ -261,16 +266,16 @@ class Pointer:
         if name.startswith("_"):
             raise AttributeError(name)
         namespace = _NAMESPACES.get(self.kind)
-        path = f"{namespace}.{name}" if namespace else None
-        entry = ALLOWLIST.get(path) if path else None
+        entry = ALLOWLIST.get(f"{namespace}.{name}") if namespace else None
         if entry is None:
+            path = f"{namespace}.{name}" if namespace else name
             raise AttributeError(
-                f"{path or name!r} is not a remote attribute tether allows "
+                f"{path!r} is not a remote attribute tether allows "
                 f"(pointer to a {self.kind} on {self._client.name!r})"
             )
         if isinstance(entry.fn, operator.attrgetter):
-            return remote_call(path, [self], {})
-        return _RemoteMethod(self, path)
+            return remote_call(entry.path, [self], {})
+        return _RemoteMethod(self, entry.path)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return remote_call("torch.nn.Module.call", [self, *args], kwargs)

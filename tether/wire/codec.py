@@ -24,7 +24,7 @@ import math
 import operator
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import msgpack
@@ -135,7 +135,7 @@ _MEMFMT_NAMES = {v: k for k, v in _MEMORY_FORMATS.items()}
 
 _TAGS: dict[type, int] = {cls: i for i, cls in enumerate(m.MESSAGE_TYPES)}
 _FIELDS: dict[type, tuple[str, ...]] = {
-    cls: tuple(cls.__dataclass_fields__) for cls in m.MESSAGE_TYPES
+    cls: tuple(f.name for f in fields(cls)) for cls in m.MESSAGE_TYPES
 }
 
 
@@ -166,9 +166,9 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     if not array.flags.c_contiguous:
         return _converted_bytes(t)
     try:
-        return memoryview(array).cast("B")
+        return memoryview(array).cast("B")  # type: ignore[arg-type]  # numpy's stubs give ndarray __buffer__ on Python >= 3.12 only
     except TypeError:  # zeros in its shape or strides: empty, or size-1 dims expanded
-        return memoryview(array.reshape(-1).view(np.uint8))
+        return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy's stubs give ndarray __buffer__ on Python >= 3.12 only
 
 
 def _converted_bytes(t: torch.Tensor) -> memoryview:
@@ -183,7 +183,7 @@ def _converted_bytes(t: torch.Tensor) -> memoryview:
     t = t.cpu().resolve_conj().resolve_neg().contiguous()
     if t.numel() <= 1:  # contiguous() keeps odd strides on these; bytes need stride 1
         t = t.as_strided((t.numel(),), (1,))
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]  # numpy's stubs give ndarray __buffer__ on Python >= 3.12 only
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class Parts:
             size = len(piece) if isinstance(piece, bytes) else piece.nbytes
             out[pos : pos + size] = np.frombuffer(piece, dtype=np.uint8)
             pos += size
-        return memoryview(out)
+        return memoryview(out)  # type: ignore[arg-type]  # numpy's stubs give ndarray __buffer__ on Python >= 3.12 only
 
 
 def aligned_bytes(n: int) -> np.ndarray:

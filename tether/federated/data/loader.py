@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import torch
 
 from tether.federated.data.dataset import FederatedDataset
+from tether.remote.hook import send_tensor
 from tether.remote.pointer import Pointer
 from tether.wire import Ref
 
@@ -55,8 +56,8 @@ class FederatedDataLoader:
             if self.shuffle:
                 # A shuffled epoch's order goes to the worker once and is applied there once
                 # (gathering no more than batch by batch would); each batch is then a slice.
-                order = torch.randperm(part.size, generator=self._epoch_generator()).send(
-                    part.location
+                order = send_tensor(
+                    torch.randperm(part.size, generator=self._epoch_generator()), part.location
                 )
                 data, targets = data[order], targets[order]
             count = self._batches(part.size)

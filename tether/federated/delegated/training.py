@@ -139,7 +139,7 @@ def optimizer_class(name: Any, arguments: Any) -> type[torch.optim.Optimizer]:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(known)}")
     if not isinstance(arguments, Mapping):
         raise ValueError(f"optimizer_args must be a mapping, got {type(arguments).__name__}")
-    accepted = set(inspect.signature(entry.fn.__init__).parameters) - {"self", "params"}
+    accepted = set(inspect.signature(entry.fn).parameters) - {"self", "params"}
     for key, value in arguments.items():
         if key not in accepted or key.startswith("_"):
             raise ValueError(f"{short} takes no argument {key!r}; it takes {sorted(accepted)}")

@@ -129,7 +129,7 @@ class BufferPool:
                 block.madvise(mmap.MADV_HUGEPAGE)
         array = np.frombuffer(block, np.uint8)
         weakref.finalize(array, self._give_back, block).atexit = False
-        return memoryview(array[:n]).cast("B")
+        return memoryview(array[:n]).cast("B")  # type: ignore[arg-type]  # numpy's stubs give ndarray __buffer__ on Python >= 3.12 only
 
     def trim(self) -> None:
         """Release blocks idle for longer than `keep_seconds`."""
@@ -166,7 +166,7 @@ def receive_buffer(n: int) -> memoryview:
     (so tensors decoded from it use it in place), and pooled when large."""
     if n >= POOLED_BYTES:
         return POOL.take(n)
-    return memoryview(aligned_bytes(n)).cast("B")
+    return memoryview(aligned_bytes(n)).cast("B")  # type: ignore[arg-type]  # numpy's stubs give ndarray __buffer__ on Python >= 3.12 only
 
 
 class Reader:
@@ -251,6 +251,7 @@ class Reader:
         if opcode in _CONTROL_OPS or size + length <= len(self._staging):
             if available < size + length:
                 return False
+            payload: bytearray | memoryview
             if opcode in _CONTROL_OPS or length < _ALIGNED_FROM:
                 payload = bytearray(view[body : body + length])
             else:  # aligned, so the tensors decoded from it need no copy of their own
