@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 import tether as sy
 from tether.node import Node
@@ -26,6 +31,136 @@ LOGS = Path(tempfile.mkdtemp(prefix="tether-test-logs-"))
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(LOGS, ignore_errors=True)
+
+
+# ---- no test waits forever, nor leaves a thread behind -----------------------------------------
+
+THREAD_GRACE = 5.0  # seconds a test's threads get to end after it
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a new non-daemon thread alive: such a thread keeps the test
+    run from exiting once every test has passed. (Torn down after the test's other
+    fixtures, so the servers they stop have ended their threads by then.)"""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_GRACE
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and not t.daemon]
+        if not left or time.monotonic() >= deadline:
+            break
+        left[0].join(max(0.0, min(0.1, deadline - time.monotonic())))
+    if left:
+        names = ", ".join(sorted(t.name for t in left))
+        pytest.fail(
+            f"{request.node.nodeid} left {len(left)} non-daemon thread(s) running "
+            f"{THREAD_GRACE:g} s after it ended: {names}. A thread a test starts must end "
+            "(join it with a timeout) or be a daemon.",
+            pytrace=False,
+        )
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll `condition` until it returns something true (returned); fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() >= deadline:
+            pytest.fail(f"waited {timeout:g} s for {what or condition}", pytrace=False)
+        time.sleep(0.001)
+    return result
+
+
+def join(thread: threading.Thread, timeout: float = 30.0) -> None:
+    """Join a thread the test started, failing (not hanging) if it does not end in time."""
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"thread {thread.name} still runs after {timeout:g} s", pytrace=False)
+
+
+# ---- leak detection: private values, compared as values -------------------------------------
+
+# A number as Python, torch or a format spec writes it: 3, -2.5, 2.7183e+05, .5, 1e-3; not the
+# digits inside a word such as a hex id.
+_NUMBER = re.compile(r"(?<!\w)[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?!\w)")
+
+
+def private_values(secret: torch.Tensor) -> torch.Tensor:
+    """The private tensor's entries, and the sum and mean of it (and of each row and each
+    column of a matrix): what a leak of the tensor, or of one statistic of it, would carry."""
+    s = secret.detach().double()
+    stats = [s.flatten(), s.sum().view(1), s.mean().view(1)]
+    if s.dim() == 2:
+        stats += [s.sum(0), s.mean(0), s.sum(1), s.mean(1)]
+    return torch.cat(stats)
+
+
+def numbers_in(value: Any) -> list[float]:
+    """Every number in `value`: tensors' elements, numbers, the numbers written in text, in
+    containers, wire messages (Done, Value, Failure) and exceptions, however nested."""
+    found: list[float] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            found.extend(v.detach().double().flatten().tolist())
+        elif isinstance(v, bool) or v is None:
+            return
+        elif isinstance(v, int | float):
+            found.append(float(v))
+        elif isinstance(v, str):
+            found.extend(float(n) for n in _NUMBER.findall(v))
+        elif isinstance(v, bytes | bytearray | memoryview):
+            walk(bytes(v).decode("latin-1"))
+        elif isinstance(v, dict):
+            for key, item in v.items():
+                walk(key)
+                walk(item)
+        elif isinstance(v, list | tuple | set | frozenset):
+            for item in v:
+                walk(item)
+        elif isinstance(v, BaseException):
+            walk(str(v))
+            walk(list(v.args))
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            for f in dataclasses.fields(v):
+                walk(getattr(v, f.name))
+        else:
+            walk(str(v))
+
+    walk(value)
+    return found
+
+
+def leaked(value: Any, private: torch.Tensor, rtol: float = 5e-4) -> list[float]:
+    """The numbers in `value` that equal one of the `private` values (to `rtol`, the
+    precision of a printed tensor): empty where nothing private is there."""
+    numbers = torch.tensor(numbers_in(value), dtype=torch.float64)
+    if not len(numbers):
+        return []
+    close = (numbers[:, None] - private[None, :]).abs() <= rtol * private.abs()[None, :]
+    return numbers[close.any(dim=1)].tolist()
+
+
+class Replies:
+    """Records every reply a client receives from its worker (each frame's list of messages),
+    so a test can check all that came back, not only what its calls returned."""
+
+    def __init__(self, client: Any) -> None:
+        self.received: list[list] = []
+        transport = client.transport
+        exchange = transport.exchange
+
+        def recording(commands: list, adopted: frozenset[int] = frozenset()):
+            wait = exchange(commands, adopted)
+
+            def waited() -> list:
+                replies = wait()
+                self.received.append(list(replies))
+                return replies
+
+            return waited
+
+        transport.exchange = recording
 
 
 def _network_worker(name: str, servers: list) -> sy.Worker:

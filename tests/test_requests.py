@@ -8,14 +8,19 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Replies, join, leaked, private_values
 from torch import nn
 
 import tether as sy
 from tether import errors
 from tether.ops import PUBLISHED
 
-SECRET = torch.tensor([[3.0, 1.0, 4.0], [1.0, 5.0, 9.0]])
+# Values no id, size or count could equal: any of them (or a sum or mean of them) in what comes
+# back to the scientist is a leak.
+SECRET = torch.tensor([[31.4159, 27.1828, 16.1803], [14.1421, 17.3205, 22.3606]])
+PRIVATE = private_values(SECRET)
 LABELS = torch.tensor([2, 0])
+ANSWER = 5.0  # seconds to wait for an answer a handler gives at once: a broken desk fails
 
 
 @pytest.fixture
@@ -32,13 +37,17 @@ def _dataset(worker):
     return worker.client.call(PUBLISHED, ["secret"]), worker.client.call(PUBLISHED, ["labels"])
 
 
-def _leaks(value) -> bool:
-    """Whether `value` (or its text) carries any of the secret numbers 9 and 5 together."""
-    text = str(value.detach() if isinstance(value, torch.Tensor) else value)
-    return "9" in text and "5" in text
+def test_the_leak_detector_finds_private_values_however_they_are_written():
+    """So that an empty `leaked(...)` below means something."""
+    for form in (SECRET, SECRET[1], SECRET.sum(), str(SECRET), repr(SECRET.mean(0))):
+        assert leaked(form, PRIVATE), form
+    assert leaked(f"the value is {SECRET[0, 1].item():.4}.", PRIVATE) == [27.18]
+    assert leaked({"loss": [(1, SECRET[1, 2].item())]}, PRIVATE) == [SECRET[1, 2].item()]
+    assert not leaked("request 3 for object 12 of shape (2, 3) on 0a31b4159c: 4.1421", PRIVATE)
 
 
 def test_nothing_computed_from_private_data_leaves_without_a_request(owner):
+    replies = Replies(owner.client)
     x, y = _dataset(owner)
     model = nn.Linear(3, 3).send(owner)
     output = model(x)
@@ -56,19 +65,22 @@ def test_nothing_computed_from_private_data_leaves_without_a_request(owner):
         "weight after training on x": model.weight,
     }
     for what, pointer in attempts.items():
-        with pytest.raises(errors.PermissionDeniedError):
+        with pytest.raises(errors.RequestPendingError, match="waits for the owner's answer"):
             pointer.get()
         assert pointer.get(request_block=True, name=what, timeout_secs=0.05) is None, what
-    for pointer in (x, x.sum(), loss):
-        assert not _leaks(repr(pointer)) and not _leaks(str(pointer))
+        assert not leaked([repr(pointer), str(pointer)], PRIVATE), what
     with pytest.raises(errors.RemoteError) as failure:
         (x @ torch.ones(2, 2)).get()  # the error text of an op on x is withheld
-    assert not _leaks(failure.value) and "withholds" in str(failure.value)
+    assert not leaked(failure.value, PRIVATE) and "withholds" in str(failure.value)
     # the scientist's own data stays theirs
     assert torch.equal(torch.ones(2).send(owner).get(), torch.ones(2))
+    assert len(replies.received) > 2 * len(attempts)
+    assert not leaked(replies.received, PRIVATE)  # not in any value, meta or error text
+    assert [e["decision"] for e in owner.node.requests.audit] == ["timed out"] * len(attempts)
 
 
 def test_an_accepted_request_releases_exactly_that_object_once(owner):
+    replies = Replies(owner.client)
     x, _ = _dataset(owner)
     total, other = x.sum(), x.mean()
     assert total.request(name="total", reason="a sum is fine") == "pending"
@@ -76,10 +88,11 @@ def test_an_accepted_request_releases_exactly_that_object_once(owner):
     assert (request.name, request.reason, request.status) == ("total", "a sum is fine", "pending")
     request.accept()
     assert total.get(delete=False).item() == SECRET.sum().item()
-    with pytest.raises(errors.PermissionDeniedError):
+    with pytest.raises(errors.RequestPendingError):
         total.get()  # released once
-    with pytest.raises(errors.PermissionDeniedError):
+    with pytest.raises(errors.RequestPendingError):
         other.get()  # and nothing else
+    assert leaked(replies.received, PRIVATE) == [pytest.approx(SECRET.sum().item())]
     log = owner.node.requests.audit
     assert [(e["name"], e["decision"], e["by"]) for e in log] == [("total", "accepted", "owner")]
 
@@ -102,7 +115,10 @@ def test_cleared_handlers_decide_nothing_more(owner):
     x, _ = _dataset(owner)
     desk = owner.node.requests
     desk.add_handler(tags=["mnist"], action="accept")
-    assert x.sum().get(request_block=True, name="before").item() == SECRET.sum().item()
+    assert (
+        x.sum().get(request_block=True, name="before", timeout_secs=ANSWER).item()
+        == SECRET.sum().item()
+    )
     desk.clear_handlers()
     assert x.sum().get(request_block=True, name="after", timeout_secs=0.05) is None
     assert [(e["name"], e["decision"]) for e in desk.audit] == [
@@ -133,13 +149,21 @@ def test_handlers_by_name_and_tag_and_which_wins(owner, capsys):
     desk.add_handler(name="loss", action="deny", print_local=True)
     desk.add_handler(tags=["mnist"], action="accept")
     desk.add_handler(name="cuda_is_available", action="accept")
-    assert x.sum().get(request_block=True, name="loss") is None  # name beats tag
+    assert (
+        x.sum().get(request_block=True, name="loss", timeout_secs=ANSWER) is None
+    )  # name beats tag
     assert "deny" in capsys.readouterr().out  # the owner saw the value it denied
-    assert x.max().get(request_block=True, name="anything").item() == 9.0  # tag matched
+    assert (
+        x.max().get(request_block=True, name="anything", timeout_secs=ANSWER).item()
+        == SECRET.max().item()
+    )
     desk.add_handler(name="loss", tags=["mnist"], action="accept")  # name + tag beats name
-    assert x.min().get(request_block=True, name="loss").item() == 1.0
+    assert (
+        x.min().get(request_block=True, name="loss", timeout_secs=ANSWER).item()
+        == SECRET.min().item()
+    )
     desk.add_handler(name="loss", tags=["mnist"], action="deny")  # equal: the newest wins
-    assert x.min().get(request_block=True, name="loss") is None
+    assert x.min().get(request_block=True, name="loss", timeout_secs=ANSWER) is None
     decisions = [(e["name"], e["decision"]) for e in desk.audit]
     assert decisions == [
         ("loss", "denied"),
@@ -161,16 +185,25 @@ def test_handlers_expire_and_requests_time_out(owner):
 
 def test_a_waiting_get_is_woken_by_the_answer_not_by_a_poll(owner):
     x, _ = _dataset(owner)
+    answered = threading.Event()
 
     def answer_soon():
-        while not list(owner.node.requests):
+        deadline = time.monotonic() + 5
+        while not list(owner.node.requests) and time.monotonic() < deadline:
             time.sleep(0.001)
-        owner.node.requests[0].accept()
+        if list(owner.node.requests):
+            owner.node.requests[0].accept()
+            answered.set()
 
-    threading.Thread(target=answer_soon).start()
+    answering = threading.Thread(target=answer_soon, daemon=True)
+    answering.start()
     start = time.perf_counter()
-    assert x.sum().get(request_block=True, name="sum", timeout_secs=10).item() == 23.0
-    assert time.perf_counter() - start < 0.5
+    got = x.sum().get(request_block=True, name="sum", timeout_secs=5)
+    waited = time.perf_counter() - start
+    join(answering, 10)
+    assert answered.is_set(), "no request was filed within 5 s"
+    assert got.item() == SECRET.sum().item()
+    assert waited < 0.5
 
 
 def test_requests_table_for_the_owner(owner):

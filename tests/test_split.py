@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 from conftest import WorkerProcess
 from torch import nn, optim
+from torch.utils.data import TensorDataset
 
 import tether as sy
 from tether import datasets, errors, transforms
@@ -156,7 +158,36 @@ def test_mismatched_split_arguments_are_refused():
         sy.SplitNN([nn.Linear(2, 2)], [sy.VirtualWorker("a"), sy.VirtualWorker("b")], [])
 
 
-def test_split_example_runs():
+def _plain_split_example() -> tuple[float, int]:
+    """examples/split_mnist.py's first epoch in plain PyTorch, the two segments as one model:
+    the same seed, batch order and SGD; its mean training loss and correct test predictions."""
+    t = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    # the same samples, transformed once: the loader's shuffle draws the same order from the seed
+    train = TensorDataset(*datasets.materialize(datasets.MNIST(None, train=True, transform=t)))
+    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True)
+    torch.manual_seed(0)
+    models = [
+        nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 640), nn.ReLU()),
+        nn.Sequential(nn.Linear(640, 10), nn.LogSoftmax(dim=1)),
+    ]
+    whole = nn.Sequential(*models)
+    optimizer = optim.SGD(whole.parameters(), lr=0.03)
+    running = 0.0
+    for images, labels in loader:
+        optimizer.zero_grad()
+        loss = nn.NLLLoss()(whole(images.view(len(images), -1)), labels)
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+    images, labels = datasets.materialize(datasets.MNIST(None, train=False, transform=t))
+    with torch.no_grad():
+        correct = (whole(images.view(len(images), -1)).argmax(1) == labels).sum().item()
+    return running / len(loader), correct
+
+
+def test_split_example_equals_plain_pytorch():
+    """examples/split_mnist.py, one epoch: its training loss and test accuracy are those of
+    the same training in plain PyTorch (the example is seeded), and above chance by far."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "split_mnist.py"), "--epochs", "1"],
         capture_output=True,
@@ -164,8 +195,13 @@ def test_split_example_runs():
         timeout=300,
         check=True,
     )
-    assert "Epoch 0 - Training loss:" in done.stdout
-    assert "Test set: Accuracy:" in done.stdout and "/10000" in done.stdout
+    loss = re.search(r"Epoch 0 - Training loss: (\d+\.\d+)", done.stdout)
+    result = re.search(r"Test set: Accuracy: (\d+)/10000", done.stdout)
+    assert loss and result, done.stdout[-2000:]
+    plain_loss, plain_correct = _plain_split_example()
+    assert abs(float(loss.group(1)) - plain_loss) <= 1e-4, (loss.group(1), plain_loss)
+    assert abs(int(result.group(1)) - plain_correct) <= 5, (result.group(1), plain_correct)
+    assert plain_correct > 4000  # 40%: chance is 10% (one epoch lands near 57%)
 
 
 def test_split_training_on_worker_processes_matches_the_unsplit_model():

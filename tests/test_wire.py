@@ -340,7 +340,8 @@ CRAFTED: dict[str, bytes] = {
     "255 dims announced, 1 given": value_frame(tensor_meta(ndim=255), (EIGHT,)),
     "fewer dims announced than given": value_frame(tensor_meta(shape=(2, 1), ndim=1), (EIGHT,)),
     "bytes after the dims": value_frame(tensor_meta(extra=b"\0"), (EIGHT,)),
-    "bytes mismatch": value_frame(tensor_meta(shape=(3,)), (EIGHT,)),
+    "buffer shorter than its tensor": value_frame(tensor_meta(shape=(3,)), (EIGHT,)),
+    "buffer longer than its tensor": value_frame(tensor_meta(shape=(1,)), (EIGHT,)),
     "unknown dtype code": value_frame(tensor_meta(dtype=200), (EIGHT,)),
     "dtype code past the table": value_frame(tensor_meta(dtype=len(codec._DTYPE_NAMES)), (EIGHT,)),
     "requires_grad of 2": value_frame(tensor_meta(grad=2), (EIGHT,)),
@@ -595,6 +596,43 @@ def _decode_or_wire_error(data: bytes) -> str:
 def test_crafted_frames_raise_wire_error() -> None:
     accepted = {name for name, data in CRAFTED.items() if _decode_or_wire_error(data) == "ok"}
     assert accepted == {"nested tuples (64)"}  # valid: 64 tuples, well within the limits
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape"),
+    [(torch.float32, (2,)), (torch.int64, (3, 2)), (torch.uint8, (5,)), (torch.complex128, (1,))],
+    ids=str,
+)
+def test_a_tensor_buffer_must_be_exactly_as_long_as_its_header_says(
+    dtype: torch.dtype, shape: tuple[int, ...]
+) -> None:
+    """Exactly the bytes the shape and dtype need decode to the tensor; a buffer shorter or
+    longer by any amount is refused, not read short or cut to fit."""
+    sent = torch.arange(math.prod(shape)).to(dtype).reshape(shape)
+    exact = sent.numpy().tobytes()
+    meta = tensor_meta(codec.DTYPE_NAMES[dtype], shape)
+    (reply,) = decode(value_frame(meta, (exact,)))
+    assert same(reply.value, sent)
+    itemsize = sent.element_size()
+    for nbytes in (0, len(exact) - itemsize, len(exact) - 1, len(exact) + 1, len(exact) + 64):
+        if nbytes < 0:
+            continue
+        buffer = (exact + bytes(64))[:nbytes]
+        why = f"needs {len(exact)} bytes, its buffer has {nbytes}"
+        with pytest.raises(WireError, match=why):
+            decode(value_frame(meta, (buffer,)))
+
+
+@pytest.mark.parametrize("grow", [1, 4, 56], ids=lambda n: f"+{n}")
+def test_an_encoded_tensor_whose_length_field_grows_into_its_padding_is_refused(grow: int) -> None:
+    """A real frame with its buffer's length raised within the 64-byte padding: the frame's
+    layout still adds up, so only the tensor's own check can refuse it."""
+    data = bytearray(encode([Value(torch.tensor([1.5, 2.5]))]))
+    (length,) = struct.unpack_from("<Q", data, codec._PREFIX.size)
+    assert length == 8
+    struct.pack_into("<Q", data, codec._PREFIX.size, length + grow)
+    with pytest.raises(WireError, match=f"needs 8 bytes, its buffer has {8 + grow}"):
+        decode(data)
 
 
 def test_fuzz_decoder() -> None:

@@ -121,16 +121,19 @@ TUTORIAL_WORKERS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
 
 @contextmanager
 def tutorial_workers(
-    log_dir: Path, evaluator: bool = True
+    log_dir: Path, evaluator: bool = True, test_samples: int | None = None
 ) -> Iterator[tuple[dict[str, WorkerProcess], WorkerProcess | None, str]]:
     """alice, bob and charlie (each holding its digits of the MNIST sample) and the evaluator
-    `testing` (the test set) as processes; stopped on exit. Yields (workers, evaluator, token)."""
+    `testing` (the test set, or its first `test_samples` images) as processes; stopped on exit.
+    Yields (workers, evaluator, token)."""
     token = secrets.token_urlsafe(16)
     threads = max(1, (os.cpu_count() or 1) // len(TUTORIAL_WORKERS))
     data = ["--dataset", "mnist", "--quiet"]
     commands = {name: [*data, "--labels", digits] for name, digits in TUTORIAL_WORKERS.items()}
     if evaluator:
         commands["testing"] = [*data, "--testing"]
+        if test_samples is not None:
+            commands["testing"] += ["--samples", str(test_samples)]
     processes: dict[str, subprocess.Popen] = {}
     ready: dict[str, WorkerProcess] = {}
     try:
@@ -158,6 +161,7 @@ def run_demo(
     seed: int = 1,
     kill: tuple[str, int] | None = None,
     central: bool = False,
+    test_samples: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -165,9 +169,14 @@ def run_demo(
 
     `kill=("bob", 3)` kills bob's process during round 3, to show a round going on without a
     worker. `central=True` also trains the same CNN centrally on the pooled sample with the same
-    batch size, learning rate and total number of optimizer steps, for comparison."""
+    batch size, learning rate and total number of optimizer steps, for comparison.
+    `test_samples`: evaluate on the first N test images only (a quicker run; default all)."""
     out = Path(out_dir)
-    with tutorial_workers(out / "workers") as (workers, evaluator, token):
+    with tutorial_workers(out / "workers", test_samples=test_samples) as (
+        workers,
+        evaluator,
+        token,
+    ):
         for worker in workers.values():
             log(f"worker {worker.name} at {worker.url}: {_digit_counts(worker.log)}")
         torch.manual_seed(seed)
@@ -232,6 +241,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kill", metavar="WORKER@ROUND", help="kill a worker's process during a round, e.g. bob@3"
     )
     parser.add_argument(
+        "--test_samples",
+        type=int,
+        metavar="N",
+        help="evaluate on the first N test images only (default: all 10,000)",
+    )
+    parser.add_argument(
         "--central",
         action="store_true",
         help="also train the CNN centrally with the same steps, to compare",
@@ -252,7 +267,12 @@ def main(args: argparse.Namespace) -> int:
             return 2
         kill = (name, int(at))
     summary = run_demo(
-        args.out, args.rounds, eval_every=args.eval_every, kill=kill, central=args.central
+        args.out,
+        args.rounds,
+        eval_every=args.eval_every,
+        kill=kill,
+        central=args.central,
+        test_samples=args.test_samples,
     )
     print(f"{summary['rounds']} rounds in {summary['seconds']:.1f} s")
     for name, accuracy in summary["accuracy"].items():

@@ -65,6 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--part", type=int, default=0, help="which part of --partition (default 0)")
     data.add_argument("--seed", type=int, default=0, help="seed of --partition (default 0)")
+    data.add_argument(
+        "--samples",
+        type=int,
+        help="keep only the first N of the samples kept (default: all)",
+    )
     limits = p.add_argument_group("limits")
     limits.add_argument(
         "--max-message-mb",
@@ -166,6 +171,10 @@ def _publish_mnist(node: Node, args: argparse.Namespace) -> None:
         keep = None
     if keep is not None:
         data, targets = data[keep].contiguous(), targets[keep].contiguous()
+    if args.samples is not None:
+        if args.samples < 1:
+            raise ValueError(f"--samples must be a positive integer, got {args.samples}")
+        data, targets = data[: args.samples].contiguous(), targets[: args.samples].contiguous()
     key = "mnist_testing" if args.testing else "mnist"
     split = "test" if args.testing else "train"
     counts = torch.bincount(targets, minlength=10)
