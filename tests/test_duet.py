@@ -211,7 +211,7 @@ def test_a_waiting_get_is_answered_by_a_push_and_blocks_no_other_client(pair, ne
     got: queue.Queue = queue.Queue()
     waiter = threading.Thread(
         target=lambda: got.put(
-            total.get(request_block=True, name="sum", reason="to plot", timeout_secs=30)
+            total.get(request_block=True, name="sum", reason="to plot", timeout_secs=10)
         ),
         daemon=True,
     )
