@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures.thread
 import ctypes
 import dataclasses
+import os
 import re
 import shutil
 import signal
@@ -29,8 +31,29 @@ TRANSPORTS = ["virtual", "virtual-direct", "websocket"]
 LOGS = Path(tempfile.mkdtemp(prefix="tether-test-logs-"))
 
 
+_EXIT_STATUS = [0]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(LOGS, ignore_errors=True)
+    _EXIT_STATUS[0] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run never waits forever at exit: threads that a failed (timed-out) test left
+    waiting would hold the interpreter up; give them a moment, then exit without them."""
+    deadline = time.monotonic() + 10
+    stuck = _stuck_threads()
+    while stuck and time.monotonic() < deadline:
+        stuck[0].join(0.1)
+        stuck = _stuck_threads()
+    if stuck:
+        names = ", ".join(sorted(t.name for t in stuck))
+        print(f"\ntests left threads running: {names}; exiting without them", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[0] or 1)
 
 
 # ---- no test waits forever, nor leaves a thread behind -----------------------------------------
@@ -38,25 +61,41 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 THREAD_GRACE = 5.0  # seconds a test's threads get to end after it
 
 
+def _keeps_the_run_alive(thread: threading.Thread) -> bool:
+    """Whether the interpreter waits for this thread before it exits: a non-daemon thread, or
+    a thread pool's worker (concurrent.futures joins those at exit, daemon or not: a server's
+    per-client thread, say, still running a command)."""
+    return not thread.daemon or thread in getattr(concurrent.futures.thread, "_threads_queues", {})
+
+
+def _stuck_threads() -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and t.is_alive() and _keeps_the_run_alive(t)
+    ]
+
+
 @pytest.fixture(autouse=True)
 def no_thread_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves a new non-daemon thread alive: such a thread keeps the test
-    run from exiting once every test has passed. (Torn down after the test's other
-    fixtures, so the servers they stop have ended their threads by then.)"""
+    """Fail a test that leaves a new thread alive that keeps the test run from exiting once
+    every test has passed. (Torn down after the test's other fixtures, so the servers they
+    stop have ended their threads by then.)"""
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + THREAD_GRACE
     while True:
-        left = [t for t in threading.enumerate() if t not in before and not t.daemon]
+        left = [t for t in threading.enumerate() if t not in before and _keeps_the_run_alive(t)]
         if not left or time.monotonic() >= deadline:
             break
         left[0].join(max(0.0, min(0.1, deadline - time.monotonic())))
     if left:
         names = ", ".join(sorted(t.name for t in left))
         pytest.fail(
-            f"{request.node.nodeid} left {len(left)} non-daemon thread(s) running "
-            f"{THREAD_GRACE:g} s after it ended: {names}. A thread a test starts must end "
-            "(join it with a timeout) or be a daemon.",
+            f"{request.node.nodeid} left {len(left)} thread(s) that the run would wait for at "
+            f"exit, still running {THREAD_GRACE:g} s after it ended: {names}. A thread a test "
+            "starts must end (join it with a timeout) or be a daemon; a server's client "
+            "thread ends when the command it runs does.",
             pytrace=False,
         )
 

@@ -211,7 +211,7 @@ def test_a_waiting_get_is_answered_by_a_push_and_blocks_no_other_client(pair, ne
     got: queue.Queue = queue.Queue()
     waiter = threading.Thread(
         target=lambda: got.put(
-            total.get(request_block=True, name="sum", reason="to plot", timeout_secs=30)
+            total.get(request_block=True, name="sum", reason="to plot", timeout_secs=10)
         ),
         daemon=True,
     )
@@ -296,8 +296,9 @@ def test_strangers_and_unconfirmed_scientists_are_refused(network):
         with pytest.raises(AccessDeniedError):  # the session id's secret is the token
             WebsocketTransport(owner.server.url, "not-the-secret")
         wrong = owner.session_id[:16] + "a" * 32
-        with pytest.raises(errors.TetherError):
+        with pytest.raises(errors.ConnectionLostError, match=r"refused the access token") as bad:
             sy.join_duet(wrong, network, timeout=5)
+        assert "direct" in str(bad.value) and "relayed" in str(bad.value)  # both ways refused
         with pytest.raises(errors.PermissionDeniedError, match="did not confirm"):
             sy.join_duet(owner.session_id, network, timeout=0.2)  # the owner never confirms
         unconfirmed = Client(None, WebsocketTransport(owner.server.url, owner.session_id[16:]))
@@ -346,7 +347,9 @@ def test_confirmation_fails_clearly_without_a_match_or_a_scientist(network, monk
             await_scientist(owner, True, 10)
         owner.close()  # the waiting scientist is told at once, not after its 30 s
         join(joining, 10)
-        assert isinstance(refused.get_nowait(), errors.TetherError)
+        told = refused.get_nowait()
+        assert isinstance(told, errors.ConnectionLostError)
+        assert "1001: worker shutting down" in str(told)
 
 
 def test_the_service_names_what_is_missing(network):

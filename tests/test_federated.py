@@ -137,6 +137,7 @@ def _pooled_run(pooled: tuple[torch.Tensor, torch.Tensor], model: nn.Module) -> 
             opt.step()
 
 
+@pytest.mark.timeout(600)  # 5 seeds x 10 epochs twice: about 40 s on a quiet 2-core machine
 def test_federated_tutorial_accuracy_matches_plain_pytorch_on_pooled_data():
     """Mean test accuracy over five seeds, federated vs pooled: one run's accuracy moves by
     about a point with the batch order alone at these settings, so single runs prove nothing."""
