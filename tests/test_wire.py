@@ -789,3 +789,14 @@ def test_empty_containers_allocate_no_more_than_they_carry(item: bytes) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 16 * len(data) + 2**20, f"{peak} bytes for a {len(data)}-byte frame"
+
+
+def test_a_frame_over_the_size_limit_is_refused_before_it_is_read(monkeypatch) -> None:
+    """`decode` checks the frame's size first: a frame one byte over the limit is refused
+    whatever it holds, and one at the limit is read."""
+    frame = bytes(encode([Value(torch.arange(4.0))]))
+    monkeypatch.setattr(codec, "MAX_FRAME_BYTES", len(frame))
+    (reply,) = decode(frame)
+    assert same(reply.value, torch.arange(4.0))
+    with pytest.raises(WireError, match=f"frame of {len(frame) + 1} bytes is over the"):
+        decode(frame + b"\0")
