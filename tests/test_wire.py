@@ -142,12 +142,19 @@ def test_encoding_leaves_nothing_for_the_cycle_collector() -> None:
     """A reference cycle per frame kept the tensors' byte views alive until the next collection
     (and cost a collection every few training batches)."""
     x = torch.ones(3, requires_grad=True)
-    gc.collect()
-    for _ in range(3):
-        parts = codec.encode_parts([Call("operator.getitem", [x, slice(0, 2)], {}, 1), Value([x])])
-        codec.decode_parts(parts)
-        del parts
-    assert gc.collect() == 0
+    found = []
+    for _ in range(5):  # other threads of the test process may leave garbage meanwhile: a
+        gc.collect()  # cycle per frame shows in every try, theirs not
+        for _ in range(3):
+            parts = codec.encode_parts(
+                [Call("operator.getitem", [x, slice(0, 2)], {}, 1), Value([x])]
+            )
+            codec.decode_parts(parts)
+            del parts
+        found.append(gc.collect())
+        if not found[-1]:
+            break
+    assert found[-1] == 0, found
 
 
 def test_a_slice_of_anything_but_integers_cannot_be_sent() -> None:
@@ -782,3 +789,14 @@ def test_empty_containers_allocate_no_more_than_they_carry(item: bytes) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 16 * len(data) + 2**20, f"{peak} bytes for a {len(data)}-byte frame"
+
+
+def test_a_frame_over_the_size_limit_is_refused_before_it_is_read(monkeypatch) -> None:
+    """`decode` checks the frame's size first: a frame one byte over the limit is refused
+    whatever it holds, and one at the limit is read."""
+    frame = bytes(encode([Value(torch.arange(4.0))]))
+    monkeypatch.setattr(codec, "MAX_FRAME_BYTES", len(frame))
+    (reply,) = decode(frame)
+    assert same(reply.value, torch.arange(4.0))
+    with pytest.raises(WireError, match=f"frame of {len(frame) + 1} bytes is over the"):
+        decode(frame + b"\0")
