@@ -3,10 +3,17 @@ baseline doing the same work in the same setup, measured in the same run:
 
 - one epoch of the tutorial's SyNet on an MNIST subset, trained through the duet (data on the
   owner, driven op by op from here) against plain PyTorch on the same data, seed and order. The
-  owner computes on its connection's pool thread, so plain PyTorch runs on a pool thread too,
-  with the same number of torch threads (default 1 on each side: on a small shared machine,
-  OpenMP threads that spin while another process holds a core make multi-threaded epochs swing
-  tenfold);
+  plain epoch runs in its own process too, started as the owner's is (same interpreter, flags,
+  environment, data loading code), on a pool thread as the owner's node computes, with the same
+  number of torch threads (default 1 on each side: on a small shared machine, OpenMP threads
+  that spin while another process holds a core make multi-threaded epochs swing tenfold). Both
+  processes start with glibc's allocator told to keep the memory it has (ALLOCATOR): with its
+  defaults it maps the epoch's larger tensors afresh and returns freed heap to the kernel, and
+  the page faults of taking the memory back (measured: 35,000-170,000 per plain epoch, whether
+  run in the scientist's process or in one started as the owner's) cost it up to a quarter,
+  while the owner, allocating differently as it serves the duet's messages, faulted less
+  (12,000-90,000 after the first epoch) and computed the same epoch faster than plain PyTorch
+  did (0.88-0.92x);
 - a blocking round trip (`(ptr + 1).get()`) through the relay against a direct connection, the
   same for a get the owner's handler approves, and copying a 9216x96 float32 tensor to the owner
   and back;
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import os
 import re
 import statistics
@@ -40,6 +48,10 @@ from tether.duet.session import start_duet
 from tether.transforms import Compose, Normalize, ToTensor
 
 BATCH = 64
+# glibc malloc settings for every process this script starts (owner, plain epoch, service):
+# serve blocks up to 32 MiB from the heap rather than mapping each, and return freed heap to the
+# kernel only past 1 GiB, so that no epoch's compute pays for faulting back memory it just freed.
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 class SyNet(sy.Module):
@@ -81,6 +93,34 @@ def owner(network: str, samples: int, threads: int) -> None:
         duet.requests.add_handler(tags=["approved"], action="accept")
         print("owner ready", flush=True)
         duet.wait(3600)
+
+
+# ---- the plain epoch's process ----------------------------------------------------------------
+
+
+def plain_process(samples: int, threads: int) -> None:
+    """Train plain PyTorch epochs on a pool thread, one for each seed read from stdin, printing
+    each one's wall and CPU seconds and the trained weights' digest."""
+    torch.set_num_threads(threads)
+    dataset = _subset(samples)
+    torch.manual_seed(0)
+    model = SyNet(torch)  # the same initial weights as the scientist's
+    with ThreadPoolExecutor(1) as pool:  # as the owner's node computes on a pool thread
+        pool.submit(torch.set_num_threads, threads).result()
+        print("plain ready", flush=True)
+        for line in sys.stdin:
+            job = pool.submit(plain_epoch, dataset, copy.deepcopy(model), int(line))
+            wall, cpu, trained = job.result()
+            print(f"epoch {wall!r} {cpu!r} {digest(trained)}", flush=True)
+
+
+def digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's weights."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # ---- the scientist's measurements -------------------------------------------------------------
@@ -202,7 +242,8 @@ def _spawn(*args: str) -> subprocess.Popen:
         [sys.executable, *args],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.PIPE,
+        env={**os.environ, **ALLOCATOR, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -229,10 +270,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of epochs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on each side")
     parser.add_argument("--owner", help=argparse.SUPPRESS)
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.owner:
         owner(args.owner, args.samples, args.threads)
+        return
+    if args.plain:
+        plain_process(args.samples, args.threads)
         return
     torch.set_num_threads(args.threads)
     samples = args.batches * BATCH
@@ -260,23 +305,20 @@ def main() -> None:
 
         torch.manual_seed(0)
         model = SyNet(torch)
-        dataset = _subset(samples)
-        plain_thread = ThreadPoolExecutor(1)  # as the owner's node computes on a pool thread
-        plain_thread.submit(torch.set_num_threads, args.threads).result()
+        baseline = _spawn(
+            __file__, "--plain", "--samples", str(samples), "--threads", str(args.threads)
+        )
+        processes.append(baseline)
+        _line(baseline, r"(plain ready)")
         rounds, same = [], True
         for seed in range(args.repeats + 1):  # round 0 warms up both sides
             *ours, remote = duet_epoch(duets[False], copy.deepcopy(model), seed, owners[False].pid)
-            job = plain_thread.submit(plain_epoch, dataset, copy.deepcopy(model), seed)
-            *base, local = job.result()
-            same &= all(
-                torch.equal(a, b)
-                for a, b in zip(
-                    local.state_dict().values(), remote.state_dict().values(), strict=True
-                )
-            )
+            baseline.stdin.write(f"{seed}\n")  # type: ignore[union-attr]
+            baseline.stdin.flush()  # type: ignore[union-attr]
+            wall, cpu, local = _line(baseline, r"^epoch (\S+ \S+ \w+)$").split()
+            same &= local == digest(remote)
             if seed:
-                rounds.append((ours, base))
-        plain_thread.shutdown()
+                rounds.append((ours, (float(wall), float(cpu))))
         duets[False].close()
         print(
             f"SyNet, 1 epoch of {samples} MNIST images, batch {BATCH}, {args.repeats} "
