@@ -3,7 +3,7 @@
 Trains the tutorial's 784-500-10 MLP across two virtual workers, joe and jane, on the MNIST
 sample shipped inside tether, then evaluates it on the official 10,000-image test set.
 
-Run: python examples/federated_mnist.py [--epochs 10] [--data PATH]
+Run: python examples/federated_mnist.py [--epochs 10] [--data PATH] [--seed N]
 """
 
 import argparse
@@ -22,7 +22,15 @@ parser.add_argument("--epochs", type=int, default=10)
 parser.add_argument(
     "--data", default=None, help="folder with MNIST IDX files (default: the sample inside tether)"
 )
+parser.add_argument(
+    "--seed",
+    type=int,
+    default=None,
+    help="seed torch's generator (the tutorial leaves it unseeded)",
+)
 args = parser.parse_args()
+if args.seed is not None:
+    torch.manual_seed(args.seed)
 
 hook = sy.TorchHook(torch)  # attach the pytorch hook
 joe = sy.VirtualWorker(hook, id="joe")  # remote worker joe

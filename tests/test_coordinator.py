@@ -363,19 +363,23 @@ def test_killed_coordinator_resumes_from_its_checkpoint(processes, tmp_path: Pat
 def test_killed_worker_processes_are_left_out_until_too_few_remain(
     own_processes, tmp_path: Path
 ) -> None:
-    """bob's process is killed (SIGKILL) during round 3 of 6: training finishes without it, the
+    """bob's process is killed (SIGKILL) as round 3 of 6 begins: training finishes without it, the
     log says which rounds ran without it, the results are written. Then a run that needs 2
     workers loses charlie's process in round 2 too, and stops with a message naming both."""
     workers, _, token = own_processes
     lines: list[str] = []
 
-    def kill(victims: list[str], at: int):
-        def on_start(r: int) -> None:
-            if r == at:
+    def killing(victims: list[str], at: int, lines: list[str]):
+        """A log that records its lines and kills `victims` as round `at` begins, before its
+        jobs go out (after they go out, a 2-batch fit can finish before the kill lands)."""
+
+        def log(line: str) -> None:
+            lines.append(line)
+            if line.startswith(f"Training round {at}/"):
                 for victim in victims:
                     workers[victim].kill()
 
-        return on_start
+        return log
 
     with connected(workers, token) as handles:
         torch.manual_seed(0)
@@ -385,8 +389,7 @@ def test_killed_worker_processes_are_left_out_until_too_few_remain(
             config=TrainConfig(max_batches=2),
             rounds=6,
             checkpoint_dir=tmp_path / "checkpoint",
-            log=lines.append,
-            on_round_start=kill(["bob"], 3),
+            log=killing(["bob"], 3, lines),
         ).run()
         assert [sorted(r["left_out"]) for r in result.history] == [[]] * 2 + [["bob"]] * 4
         assert [r["workers"] for r in result.history[2:]] == [["alice", "charlie"]] * 4
@@ -407,8 +410,7 @@ def test_killed_worker_processes_are_left_out_until_too_few_remain(
             rounds=3,
             min_workers=2,
             checkpoint_dir=tmp_path / "second",
-            log=quiet([]),
-            on_round_start=kill(["charlie"], 2),
+            log=killing(["charlie"], 2, []),
         )
         with pytest.raises(FederationError) as caught:
             too_few.run()

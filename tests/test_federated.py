@@ -163,10 +163,18 @@ def test_federated_tutorial_accuracy_matches_plain_pytorch_on_pooled_data():
 
 def test_federated_example_learns():
     """examples/federated_mnist.py, one epoch across joe and jane: the test loss falls well
-    below the untrained model's ln(10) = 2.30, and the accuracy is far above chance (10%). The
-    example is unseeded, so bounds (one epoch lands at 50-75%, test loss about 1.55)."""
+    below the untrained model's ln(10) = 2.30, and the accuracy is far above chance (10%).
+    Seeded (the tutorial is not: unseeded, one epoch lands anywhere from 32% to 75%), so the
+    bounds hold on every run; seed 0 gives 67%, test loss 1.47."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "federated_mnist.py"), "--epochs", "1"],
+        [
+            sys.executable,
+            str(ROOT / "examples" / "federated_mnist.py"),
+            "--epochs",
+            "1",
+            "--seed",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -178,4 +186,4 @@ def test_federated_example_learns():
     start, loss, correct = float(first.group(1)), float(result.group(1)), int(result.group(2))
     assert start > 2.1  # the untrained model's loss on its first batch, about ln(10)
     assert loss < 1.9 and loss < start - 0.4, (start, loss)
-    assert correct > 3500, correct
+    assert correct > 5000, correct
