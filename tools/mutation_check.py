@@ -64,11 +64,16 @@ MUTATIONS = [
     ),
     Mutation(
         "policy-releases-everything",
-        "the node releases private and derived objects without the owner's approval",
+        "the node releases derived objects under every policy, as if each were 'open'",
         "tether/node/policy.py",
-        "return privacy == PUBLIC or (privacy == DERIVED and release_derived)",
-        "return True",
-        ("tests/test_requests.py", "tests/test_duet.py", "tests/test_hostile.py"),
+        "    if release is OPEN:\n        return Verdict(True, stored.value)\n",
+        "    if True:\n        return Verdict(True, stored.value)\n",
+        (
+            "tests/test_policies.py",
+            "tests/test_requests.py",
+            "tests/test_duet.py",
+            "tests/test_hostile.py",
+        ),
     ),
     Mutation(
         "owner-data-writable",

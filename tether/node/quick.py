@@ -7,8 +7,8 @@ thread wake-ups, ~70 µs of a ~300 µs small blocking round trip (`benchmarks/be
 (a); BENCHMARKS.md, transport). Everything else runs on the connection's thread, so a long
 command never stalls other clients or the pings.
 
-It re-derives the release rule (`policy.releases`) for the frame; the owner-control issue
-replaces this module.
+It re-derives the release rule (`policy.releases`, by the objects' marks) to choose which
+frames run on the loop; the Get itself still decides with `policy.may_leave`.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
                     cmd.wait
                     or found is None
                     or found[0] > QUICK_ELEMENTS
-                    or not releases(found[1], node.release_derived)
+                    or not releases(found[1], node.release)
                 ):
                     return False
         elif (
