@@ -402,30 +402,51 @@ def test_the_policy_is_chosen_by_name() -> None:
 # ---- open and strict ------------------------------------------------------------------------
 
 
-def test_open_releases_what_training_refuses_and_warns() -> None:
+@pytest.fixture(scope="module")
+def open_worker() -> Iterator[WorkerProcess]:
     process = WorkerProcess("--id", "olive", "--policy", "open", *ARGS)
-    try:
-        assert "release policy: open" in process.lines
-        log = process.log.read_text()
-        assert "WARNING: release policy 'open'" in log and "(data * 1).get()" in log
-        with process.connect() as worker:
-            data, targets = worker.dataset("mnist")
-            got = (data * 1).get()
-            assert torch.equal(got, DATA)  # the private images, byte for byte
-            assert torch.equal(torch.cat([targets, targets]).get(), torch.cat([TARGETS] * 2))
-            replies = exchange(
-                worker,
-                Call(PUBLISHED, ["mnist", 0], {}, D),
-                Call(PUBLISHED, ["mnist", 1], {}, L),
-                *ROUTES["a module whose parameter was assigned from data (its state_dict)"],
-                Get([T]),
-            )
-            (weight,) = [v for k, v in replies[-1].value[0].items() if k.endswith("weight")]
-            assert torch.equal(weight.flatten(), DATA[0].flatten())
-            with pytest.raises(RequestPendingError):  # the data itself: only by request
-                data.get()
-    finally:
-        process.stop()
+    yield process
+    process.stop()
+
+
+def test_open_warns_at_start_and_releases_the_data_computed_on(open_worker) -> None:
+    assert "release policy: open" in open_worker.lines
+    log = open_worker.log.read_text()
+    assert "WARNING: release policy 'open'" in log and "(data * 1).get()" in log
+    with open_worker.connect() as worker:
+        data, targets = worker.dataset("mnist")
+        assert torch.equal((data * 1).get(), DATA)  # the private images, byte for byte
+        assert torch.equal(torch.cat([targets, targets]).get(), torch.cat([TARGETS] * 2))
+        with pytest.raises(RequestPendingError):  # the data itself: only by request
+            data.get()
+
+
+# Routes whose result is a view of the owner's memory: that is the data itself, which no
+# policy releases without an accepted request.
+VIEWS = {"reshape and back", "slicing", "the data itself"}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_open_releases_every_route_but_views_of_the_data(open_worker, route: str) -> None:
+    """The same frames that training refuses: open answers them with values (a view of the
+    owner's memory with a request, as under every policy)."""
+    with open_worker.connect() as worker:
+        *computed, released = exchange(
+            worker,
+            Call(PUBLISHED, ["mnist", 0], {}, D),
+            Call(PUBLISHED, ["mnist", 1], {}, L),
+            *ROUTES[route],
+            Get([T]),
+        )
+    assert all(type(r) is Done for r in computed), computed
+    if route in VIEWS:
+        assert isinstance(released, Failure) and released.kind == "RequestPendingError"
+        return
+    assert isinstance(released, Value), released
+    if "module" in route:  # the parameter assigned from the data is the first image
+        state = released.value[0]
+        weight = state["weight"] if isinstance(state, dict) else state[0]
+        assert torch.equal(weight.flatten(), DATA[0].flatten())
 
 
 def test_strict_files_a_request_for_what_is_computed_from_the_data() -> None:
