@@ -345,6 +345,41 @@ def test_a_fit_result_leaves_as_fit_returned_it(mallory) -> None:
     assert_serves(mallory)
 
 
+def _fit_on_weights_from_the_data(worker, how: str) -> list:
+    """fit, its spec's weights set from the data (a view of it, or derived), nearly no step."""
+    spec = describe(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, SAMPLES)))
+    spec["state"]["1.weight"] = Ref(B)
+    config = TrainConfig(batch_size=8, max_batches=1, optimizer_args={"lr": 1e-12}).to_dict()
+    weights = [Call("torch.Tensor.reshape", [Ref(D), [SAMPLES, 784]], {}, A)]
+    if how == "view":
+        weights.append(Call("torch.Tensor.view", [Ref(A), [SAMPLES, 784]], {}, B))
+    else:
+        weights.append(Call("operator.mul", [Ref(A), 1], {}, B))
+    return exchange(
+        worker,
+        Call(PUBLISHED, ["mnist", 0], {}, D),
+        Call(PUBLISHED, ["mnist", 1], {}, L),
+        *weights,
+        Call("tether.federated.fit", [spec, Ref(D), Ref(L), config], {}, T),
+        Get([T]),
+    )
+
+
+@pytest.mark.parametrize("how", ["view", "derived"])
+def test_a_routine_given_the_data_elsewhere_than_as_its_data_releases_nothing(
+    mallory, open_worker, how: str
+) -> None:
+    """fit releases what it returns only when the owner's data reached it as its data: a spec
+    whose weights are the images would otherwise hand them back (as an open worker shows)."""
+    *_, refused = _fit_on_weights_from_the_data(mallory, how)
+    assert_training_refusal(refused)
+    with open_worker.connect() as worker:
+        *_, released = _fit_on_weights_from_the_data(worker, how)
+    weights = released.value[0]["weights"]["1.weight"]
+    assert torch.allclose(weights, DATA.reshape(SAMPLES, 784), atol=1e-6)
+    assert_serves(mallory)
+
+
 def test_the_owner_declares_an_aggregate_that_leaves() -> None:
     """Besides the registered routines, an owner may declare an aggregate of its own: its
     result leaves a training node; the same counts computed through pointers do not."""

@@ -76,6 +76,22 @@ MUTATIONS = [
         ),
     ),
     Mutation(
+        "routine-grant-any-input",
+        "fit's result leaves a training worker though the data reached it inside its spec",
+        "tether/node/node.py",
+        "            and self._owner_data_only_at(entry, cmd, store)\n",
+        "",
+        ("tests/test_policies.py",),
+    ),
+    Mutation(
+        "taint-not-shared",
+        "a tensor written with derived data does not taint the views, lists and modules holding it",
+        "tether/node/policy.py",
+        "    if tainted and release is not OPEN and path not in BACKWARD:",
+        "    if False:",
+        ("tests/test_policies.py",),
+    ),
+    Mutation(
         "owner-data-writable",
         "in-place ops and out= may write into the owner's published data",
         "tether/node/policy.py",

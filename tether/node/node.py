@@ -151,17 +151,18 @@ class Node:
             value, privacy, readonly=True, tags=tuple(tags), description=description
         )
 
-    def declare(self, path: str, fn: Any) -> Entry:
+    def declare(self, path: str, fn: Any, data_args: tuple[int, ...] = (0,)) -> Entry:
         """Declare an aggregate whose result may leave this node under the `training` policy
         (as `fit`'s does): a function of what clients name (`client.call(path, [ref(data)])`)
         that returns plain data, such as per-label counts. Only this node serves it. `path`
-        is named as a feature's op is ("tether.<owner>.<name>"), and must be new. Declare
-        only what you would publish: its result leaves whatever it is computed from."""
+        is named as a feature's op is ("tether.<owner>.<name>"), and must be new. The
+        owner's data may reach it at positions `data_args`, as the published objects
+        themselves. Declare only what you would publish: its result leaves."""
         if resolve(path) is not None or path in self.routines:
             raise ValueError(f"{path!r} is already an op of this node")
         if not path.startswith("tether.") or "__" in path or path.count(".") < 2:
             raise ValueError(f"a declared aggregate must be named tether.<owner>.<name>: {path!r}")
-        entry = Entry(path, fn, releases=True)
+        entry = Entry(path, fn, releases=True, data_args=tuple(data_args))
         self.routines[path] = entry
         return entry
 
@@ -342,8 +343,15 @@ class Node:
         if out is None:
             return Done()
         tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if tagged else ()
-        # A releasing routine's result on private data leaves a training node as it is now.
-        granted = entry.path if privacy and entry.releases and self.release is TRAINING else ""
+        # A releasing routine's result on the owner's data leaves a training node as it is now.
+        granted = (
+            entry.path
+            if privacy
+            and entry.releases
+            and self.release is TRAINING
+            and self._owner_data_only_at(entry, cmd, store)
+            else ""
+        )
         if type(out) is int:
             stored = self._stored(result, privacy, protected, inputs, tags, granted)
             _keep(store, out, stored, secret)
@@ -526,6 +534,35 @@ class Node:
             values.append(stored.value)
         self._released.update(released)
         return Value(values)
+
+    def _owner_data_only_at(self, entry: Entry, cmd: Call, store: Store) -> bool:
+        """Whether a routine's call carries private data only where the routine takes the
+        owner's data (`entry.data_args`), and there only as a published object itself: no
+        derived value and no view of the data anywhere (a spec's weights set from the data,
+        a config holding it), which the routine could hand back as its result."""
+        published = {id(s.value) for s in self.published.values()}
+        published |= {
+            id(v)
+            for s in self.published.values()
+            if isinstance(s.value, tuple | list)
+            for v in s.value
+        }
+        for i, arg in enumerate(cmd.args):
+            found: list[Stored] = []
+            marked = cmd.refs >> i & 1
+            if marked:
+                self._object(arg, store, found)
+            else:
+                self._resolve(arg, store, found)
+            if all(s.privacy == PUBLIC for s in found):
+                continue
+            ref = marked or type(arg) is Ref
+            if not (i in entry.data_args and ref and id(found[0].value) in published):
+                return False
+        found = []
+        for value in (cmd.kwargs or {}).values():
+            self._resolve(value, store, found)
+        return all(s.privacy == PUBLIC for s in found)
 
     def _may_leave(self, stored: Stored, store: Store) -> Verdict:
         return may_leave(stored, self.release, store, self.published.values())

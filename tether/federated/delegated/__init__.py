@@ -6,7 +6,11 @@ release policy is `training`."""
 from tether.federated.delegated.training import evaluate, fit
 from tether.ops import register
 
-FIT = register("tether.federated.fit", fit, node_limited=True, releases=True).path
-EVALUATE = register("tether.federated.evaluate", evaluate, node_limited=True, releases=True).path
+# fit(spec, data, targets, config) and evaluate(...): the owner's data goes in at 1 and 2 only
+# (a spec whose weights came from the data would give them back), so only there may it be.
+FIT = register("tether.federated.fit", fit, node_limited=True, releases=True, data_args=(1, 2)).path
+EVALUATE = register(
+    "tether.federated.evaluate", evaluate, node_limited=True, releases=True, data_args=(1, 2)
+).path
 
 __all__ = ["EVALUATE", "FIT"]
