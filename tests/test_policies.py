@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -223,6 +224,14 @@ def test_training_refuses_the_python_api_routes(scientist) -> None:
             route().get()
         assert WHAT_LEAVES in str(refused.value), name
         assert not leaked(str(refused.value), PRIVATE), name
+    # asking the owner changes nothing: a training worker files no request, waits for none
+    derived = data * 1
+    started = time.monotonic()
+    with pytest.raises(NotAllowedError, match=REFUSAL):
+        derived.get(request_block=True, name="train_size", reason="please", timeout_secs=20)
+    assert time.monotonic() - started < 10
+    with pytest.raises(NotAllowedError, match=REFUSAL):
+        derived.request("train_size", "please")
     # a model trained on the data through pointers (the driven style): it stays there
     model = torch.nn.Linear(784, 1)
     model.send(scientist)
