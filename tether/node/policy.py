@@ -12,8 +12,8 @@ Each node has a release policy its owner chooses (`Release`):
 
 Sensitivity follows memory: a result that shares storage with the owner's data is that data,
 any computation on private data taints what it could have written into, and (outside `open`)
-so is every stored object that shares memory with what it tainted. Whether a value leaves is
-decided in one place, `may_leave`, which walks what the reply would carry. The node
+every stored object sharing memory with what it tainted is tainted too. Whether a value
+leaves is decided in one place, `may_leave`, which walks what the reply would carry. The node
 (`tether.node.node`) applies these rules; the request workflow (filing, waiting, spending an
 accepted request) stays there.
 """
@@ -21,7 +21,6 @@ accepted request) stays there.
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +29,9 @@ import torch
 
 from tether.node.store import Grant, Privacy, Store, Stored
 
-log = logging.getLogger(__name__)
-
 
 class Release(enum.Enum):
-    """A node's release policy, chosen by its owner (see the module's table)."""
+    """A node's release policy, chosen by its owner (see the module's docstring)."""
 
     OPEN = "open"
     TRAINING = "training"
