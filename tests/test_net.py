@@ -34,7 +34,7 @@ from tether.errors import (
     PermissionDeniedError,
 )
 from tether.node import Node, Release
-from tether.node.quick import runs_on_loop
+from tether.node.quick import QUICK_STORE_OBJECTS, runs_on_loop
 from tether.ops import PUBLISHED
 from tether.transports.websocket import (
     AccessDeniedError,
@@ -712,6 +712,17 @@ def test_only_small_elementwise_frames_count_as_quick():
     assert not quick([Call("operator.add", [ids["big"], 1], {}, 9, refs=1)])
     assert not quick([Call("operator.add", [1, ids["big"]], {}, 9, refs=2)])
     assert not quick([Call("operator.add", [[1], 1], {}, 9, refs=1)])  # not an id
+
+
+def test_a_quick_get_from_a_large_store_is_left_to_the_thread_outside_open():
+    """Outside open a Get walks the memory of the client's marked objects: not on the loop
+    once the store is large."""
+    for release, quick_when_large in (("open", True), ("training", False), ("strict", False)):
+        node = Node("many", release=release)
+        node.run([Put(i, torch.ones(1)) for i in range(1, QUICK_STORE_OBJECTS + 1)])
+        assert runs_on_loop(node, [Get([1])])
+        node.run([Put(QUICK_STORE_OBJECTS + 1, torch.ones(1))])
+        assert runs_on_loop(node, [Get([1])]) is quick_when_large, release
 
 
 def test_a_quick_get_of_private_or_derived_data_is_left_to_the_thread():
