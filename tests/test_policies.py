@@ -534,3 +534,19 @@ def test_may_leave_walks_the_memory_of_what_the_reply_carries() -> None:
     assert may_leave(routine, Release.OPEN, store).value is routine.value
     with pytest.raises(TypeError, match="fetch its state_dict"):
         may_leave(Stored(torch.nn.Linear(1, 1)), Release.OPEN, store)
+
+
+def test_tether_worker_documents_its_policies(capsys) -> None:
+    from tether.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["worker"]).policy == "training"
+    assert parser.parse_args(["worker", "--policy", "strict"]).policy == "strict"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["worker", "--policy", "closed"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["worker", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--policy {open,training,strict}" in text
+    for words in ("training (default)", "delegated fit/evaluate", "strict:", "prints a warning"):
+        assert words in text, words
