@@ -204,8 +204,9 @@ class Replies:
 
 def _network_worker(name: str, servers: list) -> sy.Worker:
     """A worker server on 127.0.0.1 and a client connected to it. The test may play the
-    owner through `worker.node` (the server's Node), as it can with a VirtualWorker."""
-    node = Node(name)
+    owner through `worker.node` (the server's Node), as it can with a VirtualWorker. Its
+    release policy is a VirtualWorker's, "open", so that the transports compare alike."""
+    node = Node(name, release="open")
     server = ServerThread(WorkerServer(node, port=0)).start()
     servers.append(server)
     worker = server.connect(id=name)

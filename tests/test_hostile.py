@@ -562,9 +562,9 @@ SECRET_VALUE = torch.tensor([10.25, 20.5, 30.75])  # no id, size or count is one
 PRIVATE = private_values(SECRET_VALUE)
 
 
-def owner_node(release_derived: bool = True) -> tuple[Node, torch.Tensor]:
+def owner_node(release: str = "open") -> tuple[Node, torch.Tensor]:
     """A node whose owner published a private tensor; the attacker holds a pointer to it."""
-    node = Node("owner", limits=Limits(max_elements=LIMIT), release_derived=release_derived)
+    node = Node("owner", limits=Limits(max_elements=LIMIT), release=release)
     secret = SECRET_VALUE.clone()
     node.publish("secret", secret)
     replies = send(node, Call("tether.published", ["secret"], {}, SECRET), Put(X, ORIGINAL.clone()))
@@ -668,7 +668,7 @@ def test_private_values_do_not_leak_into_the_attackers_tensor(
     op: str, args: list, kwargs: dict
 ) -> None:
     """Writing private values into one's own tensor makes that tensor derived data."""
-    node, _ = owner_node(release_derived=False)
+    node, _ = owner_node(release="strict")
     replies = send(node, Put(OUT, torch.zeros(3)), Call(op, args, kwargs, None), Get([OUT]))
     assert isinstance(replies[1], Done), replies[1]
     assert isinstance(replies[-1], Failure) and replies[-1].kind == "RequestPendingError"
@@ -682,7 +682,7 @@ def test_a_refused_allocation_tells_private_sizes_only_where_they_are_known(hide
     """`repeat` of the owner's tensor past the limit is refused either way; the refusal states
     the size it would have had (so the size of the owner's data) only on a node that describes
     the sizes of private results anyway."""
-    node, _ = owner_node(release_derived=False)
+    node, _ = owner_node(release="strict")
     node.hides_private_sizes = hides
     times = LIMIT // len(SECRET_VALUE) + 1
     reply = only_failure(send(node, Call("torch.Tensor.repeat", [Ref(SECRET), times], {}, OUT)))
@@ -693,7 +693,7 @@ def test_a_refused_allocation_tells_private_sizes_only_where_they_are_known(hide
 
 @pytest.mark.parametrize("hides", [False, True], ids=["node", "duet-like node"])
 def test_a_store_over_its_limit_tells_private_sizes_only_where_they_are_known(hides: bool) -> None:
-    node, _ = owner_node(release_derived=False)
+    node, _ = owner_node(release="strict")
     node.hides_private_sizes = hides
     node.store(CLIENT).max_bytes = 100
     reply = only_failure(send(node, Call("torch.Tensor.repeat", [Ref(SECRET), 9], {}, OUT)))

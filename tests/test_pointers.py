@@ -286,24 +286,26 @@ def test_a_fetched_value_never_shares_the_workers_memory(bob):
 
 
 def test_nodes_lend_only_what_may_leave_freely():
-    from tether.node import Node
+    from tether.node import Node, Release
     from tether.node.policy import lendable
     from tether.node.store import Privacy, Stored
 
-    for release_derived, privacy, readonly, lent in [
-        (True, Privacy.PUBLIC, False, True),
-        (False, Privacy.PUBLIC, False, True),
-        (True, Privacy.DERIVED, False, True),
-        (False, Privacy.DERIVED, False, False),
-        (True, Privacy.PRIVATE, False, False),
-        (True, Privacy.PUBLIC, True, False),
+    for release, privacy, readonly, lent in [
+        (Release.OPEN, Privacy.PUBLIC, False, True),
+        (Release.STRICT, Privacy.PUBLIC, False, True),
+        (Release.TRAINING, Privacy.PUBLIC, False, True),
+        (Release.OPEN, Privacy.DERIVED, False, True),
+        (Release.STRICT, Privacy.DERIVED, False, False),
+        (Release.TRAINING, Privacy.DERIVED, False, False),
+        (Release.OPEN, Privacy.PRIVATE, False, False),
+        (Release.OPEN, Privacy.PUBLIC, True, False),
     ]:
-        node = Node("owner", release_derived=release_derived)
+        node = Node("owner", release=release)
         node.store("scientist").put(1, Stored(torch.ones(2), privacy, readonly))
-        objects = node.store("scientist").objects
-        assert lendable(objects, [1], release_derived) is lent, (release_derived, privacy, readonly)
-        assert not lendable(objects, [1, 2], release_derived)  # nothing stored there
-        assert not lendable(node.store("someone else").objects, [1], release_derived)
+        store = node.store("scientist")
+        assert lendable(store, [1], release) is lent, (release, privacy, readonly)
+        assert not lendable(store, [1, 2], release)  # nothing stored there
+        assert not lendable(node.store("someone else"), [1], release)
 
 
 def test_a_node_hands_an_in_process_client_only_what_it_lends():

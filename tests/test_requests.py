@@ -13,6 +13,7 @@ from torch import nn
 
 import tether as sy
 from tether import errors
+from tether.node import Release
 from tether.ops import PUBLISHED
 
 # Values no id, size or count could equal: any of them (or a sum or mean of them) in what comes
@@ -27,7 +28,7 @@ ANSWER = 5.0  # seconds to wait for an answer a handler gives at once: a broken 
 def owner(make_worker):
     """A strict worker publishing a private dataset tagged 'mnist'."""
     worker = make_worker("owner")
-    worker.node.release_derived = False
+    worker.node.release = Release.STRICT
     worker.publish("secret", SECRET.clone(), tags=("mnist",), description="two rows")
     worker.publish("labels", LABELS.clone(), tags=("mnist",), description="their labels")
     return worker
@@ -234,5 +235,8 @@ def test_owner_data_cannot_be_changed_in_place(owner):
 
 
 def test_worker_accepts_a_strict_policy_at_creation():
-    worker = sy.VirtualWorker("duet-like", release_derived=False)
-    assert worker.node.release_derived is False
+    worker = sy.VirtualWorker("duet-like", release="strict")
+    assert worker.node.release is Release.STRICT
+    assert sy.VirtualWorker("tutorial").node.release is Release.OPEN
+    with pytest.raises(ValueError, match="choose one of open, training, strict"):
+        sy.VirtualWorker("typo", release="closed")

@@ -15,6 +15,7 @@ from tether.datasets import MNIST, materialize
 from tether.datasets.mnist import MEAN, STD
 from tether.federated.data.partition import parse_label_range, parse_spec
 from tether.node import Limits, Node
+from tether.node.policy import OPEN_WARNING, Release
 from tether.transforms import Compose, Normalize, ToTensor
 from tether.transports.websocket import ServerLimits, WorkerServer, serve, server_ssl_context
 
@@ -22,7 +23,18 @@ SUMMARY = "serve a worker that others reach over a websocket"
 DESCRIPTION = (
     "Serve a worker: clients connect with "
     "tether.connect('ws://HOST:PORT', token=...) and compute on its data "
-    "through pointers; private data never leaves."
+    "through pointers; private data never leaves. Which results computed from it may leave "
+    "is the release policy's choice (--policy): 'training' (the default) releases only the results "
+    "of the worker's routines (delegated fit and evaluate), 'strict' nothing without an "
+    "accepted request, 'open' anything derived (only where the scientist may see the data)."
+)
+POLICY_HELP = (
+    "release policy: what computed from the private data may leave. "
+    "training (default): only what the worker's routines return (delegated fit/evaluate: "
+    "weights and metrics); pointer computations on the data give pointers that never leave. "
+    "strict: nothing computed from the data leaves (requests wait for an owner who does not "
+    "answer here). open: anything computed from the data leaves, e.g. (data * 1).get() "
+    "returns it; prints a warning; use only where the scientist may see the data"
 )
 _MB = 2**20
 
@@ -41,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("TETHER_TOKEN"),
         help="access token clients must give (default: $TETHER_TOKEN, else a "
         "generated one, printed at start)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=[r.value for r in Release],
+        default=Release.TRAINING.value,
+        help=POLICY_HELP,
     )
     p.add_argument("--certfile", help="TLS certificate chain (PEM): serve wss://")
     p.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
@@ -115,7 +133,13 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.keyfile and not args.certfile:
         raise ValueError("--keyfile needs --certfile")
-    node = Node(args.id, limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB)))
+    release = Release.parse(args.policy)
+    if release is Release.OPEN:
+        print(f"WARNING: {OPEN_WARNING}", file=sys.stderr, flush=True)
+        logging.getLogger(__name__).warning("%s", OPEN_WARNING)
+    node = Node(
+        args.id, limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB)), release=release
+    )
     if args.dataset:
         _publish_mnist(node, args)
     generated = not args.token
@@ -136,6 +160,7 @@ def main(args: argparse.Namespace) -> int:
     def ready(server: WorkerServer) -> None:
         if generated:
             print(f"access token: {server.token}  (clients: token=... or TETHER_TOKEN)")
+        print(f"release policy: {release.value}")
         print(f"worker {args.id} listening on {server.url}", flush=True)
 
     serve(server, on_ready=ready)

@@ -16,6 +16,7 @@ from typing import Any
 from tether.duet.names import HELLO
 from tether.errors import PermissionDeniedError
 from tether.node import Node, Requests
+from tether.node.policy import Release
 from tether.wire import Call, Done, Failure
 
 MAX_HELLO_WAIT = 3600.0
@@ -28,7 +29,7 @@ class _Scientist:
 
 
 class DuetNode(Node):
-    """A strict node (`release_derived=False`, sizes of private results kept from the
+    """A strict node (release policy "strict", sizes of private results kept from the
     scientist) that runs commands only for the scientist the owner confirmed.
     `confirm=False` confirms the first scientist who says hello."""
 
@@ -37,7 +38,7 @@ class DuetNode(Node):
     def __init__(
         self, name: str, *, confirm: bool = True, requests: Requests | None = None
     ) -> None:
-        super().__init__(name, release_derived=False, requests=requests)
+        super().__init__(name, release=Release.STRICT, requests=requests)
         self.confirm = confirm
         self.left = threading.Event()  # the confirmed scientist disconnected
         self._hellos: dict[str, _Scientist] = {}  # connection -> who said hello on it

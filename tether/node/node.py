@@ -22,19 +22,24 @@ import torch
 from tether.errors import LimitError, NotAllowedError, WireError
 from tether.node.policy import (
     DERIVED,
+    OPEN,
     OWNER_FACTS,
     PRIVATE,
     PUBLIC,
-    check_egress,
+    STRICT,
+    TRAINING,
+    Release,
+    Verdict,
+    grant,
     lendable,
-    releases,
+    may_leave,
     result_policy,
     taint,
     would_change,
 )
 from tether.node.requests import ACCEPTED, PENDING, Request, Requests
 from tether.node.store import Privacy, Store, Stored
-from tether.ops import PUBLISHED, REQUEST, Entry, resolve
+from tether.ops import ALLOWLIST, PUBLISHED, REQUEST, Entry, resolve
 from tether.wire import (
     Call,
     Delete,
@@ -95,11 +100,15 @@ class _Refused(Exception):
 class Node:
     """Executes commands for its clients against their stores.
 
-    `release_derived`: whether results computed from private data may be fetched without a
-    request. True suits federated learning, where model updates and losses are meant to leave
-    (and so, in effect, may anything computed from the data); False is Duet's rule: nothing
-    computed from private data leaves without an accepted request, and error texts from
-    computations on it are withheld. Requests go to `requests` (the owner's desk).
+    `release`: the owner's release policy (`tether.node.policy.Release`, or its name):
+    - "open": results computed from private data may be fetched freely (the owner's data
+      itself only through an accepted request): simulation, tutorials (`VirtualWorker`);
+    - "training" (the default): only what the node's own routines return leaves (delegated
+      `fit`/`evaluate`, aggregates the owner `declare`d); pointer computations on private data
+      give pointers that never release, and their error texts are withheld;
+    - "strict" (Duet): nothing computed from private data leaves without an accepted request,
+      and error texts from computations on it are withheld.
+    Requests go to `requests` (the owner's desk).
     """
 
     # Whether the sizes of what is computed from private data are kept from clients too:
@@ -111,13 +120,14 @@ class Node:
         name: str,
         *,
         limits: Limits | None = None,
-        release_derived: bool = True,
+        release: Release | str = TRAINING,
         requests: Requests | None = None,
     ) -> None:
         self.name = name
         self.limits = limits or Limits()
-        self.release_derived = release_derived
+        self.release = Release.parse(release)
         self.requests = requests or Requests()
+        self.routines: dict[str, Entry] = {}  # the owner's declared aggregates
         self.published: dict[str, Stored] = {}
         self._stores: dict[str, Store] = {}
         self._released: set[int] = set()  # accepted requests whose object was handed out
@@ -140,6 +150,21 @@ class Node:
         self.published[key] = Stored(
             value, privacy, readonly=True, tags=tuple(tags), description=description
         )
+
+    def declare(self, path: str, fn: Any, data_args: tuple[int, ...] = (0,)) -> Entry:
+        """Declare an aggregate whose result may leave this node under the `training` policy
+        (as `fit`'s does): a function of what clients name (`client.call(path, [ref(data)])`)
+        that returns plain data, such as per-label counts. Only this node serves it. `path`
+        is named as a feature's op is ("tether.<owner>.<name>"), and must be new. The
+        owner's data may reach it at positions `data_args`, as the published objects
+        themselves. Declare only what you would publish: its result leaves."""
+        if resolve(path) is not None or path in self.routines:
+            raise ValueError(f"{path!r} is already an op of this node")
+        if not path.startswith("tether.") or "__" in path or path.count(".") < 2:
+            raise ValueError(f"a declared aggregate must be named tether.<owner>.<name>: {path!r}")
+        entry = Entry(path, fn, releases=True, data_args=tuple(data_args))
+        self.routines[path] = entry
+        return entry
 
     def store(self, client: str = "local") -> Store:
         """The store of one client (made on first use)."""
@@ -199,13 +224,13 @@ class Node:
         # Lending, the in-process fast path (see tether.transports.inprocess): the Values of
         # adopted Gets that the policy lets the client hold leave the replies (a Done stands in)
         # and are handed over as they are, so nothing is encoded or copied.
-        objects = self.store(client).objects
+        store = self.store(client)
         lent = {
             i: replies[i]
             for i in lend
             if type(replies[i]) is Value
             and type(commands[i]) is Get
-            and lendable(objects, commands[i].ids, self.release_derived)
+            and lendable(store, commands[i].ids, self.release, self.published.values())
         }
         for i in lent:
             replies[i] = Done()
@@ -254,7 +279,7 @@ class Node:
         """Run an allowlisted call; store its result under `out`, or each of its results
         under each of a list of outs (a batch loader's `split`: one command, many pointers).
         Results a later command of the frame frees (`freed`) go undescribed."""
-        entry = resolve(cmd.op)
+        entry = resolve(cmd.op) or self.routines.get(cmd.op)
         if entry is None:
             if cmd.op == PUBLISHED:
                 return self._published(cmd, store)
@@ -301,7 +326,9 @@ class Node:
         try:
             result = entry.fn(*args, **kwargs)
         except Exception as exc:
-            if privacy and not self.release_derived:
+            if privacy and (
+                self.release is STRICT or (self.release is TRAINING and not entry.releases)
+            ):
                 log.info("%s failed on private data for a client: %r", entry.path, exc)
                 raise _Refused(
                     type(exc).__name__,
@@ -310,34 +337,52 @@ class Node:
                 ) from None
             raise
         if privacy:
-            taint(entry.path, inputs, store)
+            taint(entry.path, inputs, store, self.release)
         _check_result_size(entry.path, result, self.limits.max_elements, secret)
         out = cmd.out
         if out is None:
             return Done()
         tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if tagged else ()
+        # A releasing routine's result on the owner's data leaves a training node as it is now.
+        granted = (
+            entry.path
+            if privacy
+            and entry.releases
+            and self.release is TRAINING
+            and self._owner_data_only_at(entry, cmd, store)
+            else ""
+        )
         if type(out) is int:
-            stored = self._stored(result, privacy, protected, inputs, tags)
+            stored = self._stored(result, privacy, protected, inputs, tags, granted)
             _keep(store, out, stored, secret)
             return Done(None if out in freed else self._describe(stored))
         outs = cast(list[int], out)  # the codec gives an int or a list of ints
         if not (isinstance(result, tuple | list) and len(result) == len(outs)):
             got = f"{len(result)} results" if isinstance(result, tuple | list) else "one result"
+            if privacy and self.release is not OPEN:  # a count computed from private data
+                got = "another number of results"
             raise _Refused("TypeError", f"{entry.path} gave {got}, not the {len(outs)} asked for")
         described = []
         for obj_id, item in zip(outs, result, strict=True):
-            stored = self._stored(item, privacy, protected, inputs, tags)
+            stored = self._stored(item, privacy, protected, inputs, tags, granted)
             _keep(store, obj_id, stored, secret)
             described.append(None if obj_id in freed else self._describe(stored))
         return Done(described)
 
     @staticmethod
     def _stored(
-        result: Any, privacy: Privacy, protected: list, inputs: list[Stored], tags: tuple[str, ...]
+        result: Any,
+        privacy: Privacy,
+        protected: list,
+        inputs: list[Stored],
+        tags: tuple[str, ...],
+        routine: str = "",
     ) -> Stored:
-        """A result with its policy (`policy.result_policy`)."""
+        """A result with its policy (`policy.result_policy`), and the grant of the `routine`
+        that made it, if one may release it (`policy.grant`)."""
         privacy, readonly = result_policy(result, privacy, protected, inputs)
-        return Stored(result, privacy, readonly, tags=tags)
+        made = grant(routine, result) if routine and not readonly else None
+        return Stored(result, privacy, readonly, tags=tags, grant=made)
 
     def _describe(self, stored: Stored) -> list:
         """What the client may know of a stored object without fetching it: kind, shape (or
@@ -393,13 +438,14 @@ class Node:
             raise _Refused("TypeError", f"{REQUEST} takes a reference, a name and a reason")
         stored = self._lookup(obj_id, store)
         get = Get([obj_id], cmd.args[1], cmd.args[2])
+        verdict = self._may_leave(stored, store)
+        if not verdict.leaves:
+            self._refuse_without_requests(obj_id, verdict)
         granted = any(
             r.id not in self._released for r in self.requests.matching(client, obj_id, ACCEPTED)
         )
         status = (
-            ACCEPTED
-            if releases(stored.privacy, self.release_derived) or granted
-            else self._ask(get, obj_id, stored, client).status
+            ACCEPTED if verdict.leaves or granted else self._ask(get, obj_id, stored, client).status
         )
         store.put(cmd.out, Stored(status))
         return Done(_meta(status))
@@ -479,12 +525,68 @@ class Node:
         values, released = [], []
         for obj_id in cmd.ids:
             stored = self._lookup(obj_id, store)
-            check_egress(stored.value)
-            if not releases(stored.privacy, self.release_derived):
-                released.append(self._granted(cmd, obj_id, stored, client).id)
+            verdict = self._may_leave(stored, store)
+            if verdict.leaves:
+                values.append(verdict.value)
+                continue
+            self._refuse_without_requests(obj_id, verdict)
+            released.append(self._granted(cmd, obj_id, stored, client).id)
             values.append(stored.value)
         self._released.update(released)
         return Value(values)
+
+    def _owner_data_only_at(self, entry: Entry, cmd: Call, store: Store) -> bool:
+        """Whether a routine's call carries private data only where the routine takes the
+        owner's data (`entry.data_args`), and there only as a published object itself: no
+        derived value and no view of the data anywhere (a spec's weights set from the data,
+        a config holding it), which the routine could hand back as its result."""
+        published = {id(s.value) for s in self.published.values()}
+        published |= {
+            id(v)
+            for s in self.published.values()
+            if isinstance(s.value, tuple | list)
+            for v in s.value
+        }
+        for i, arg in enumerate(cmd.args):
+            found: list[Stored] = []
+            marked = cmd.refs >> i & 1
+            if marked:
+                self._object(arg, store, found)
+            else:
+                self._resolve(arg, store, found)
+            if all(s.privacy == PUBLIC for s in found):
+                continue
+            ref = marked or type(arg) is Ref
+            if not (i in entry.data_args and ref and id(found[0].value) in published):
+                return False
+        found = []
+        for value in (cmd.kwargs or {}).values():
+            self._resolve(value, store, found)
+        return all(s.privacy == PUBLIC for s in found)
+
+    def _may_leave(self, stored: Stored, store: Store) -> Verdict:
+        return may_leave(stored, self.release, store, self.published.values())
+
+    def _refuse_without_requests(self, obj_id: int, verdict: Verdict) -> None:
+        """Under `training`, what may not leave is refused outright: no request is filed (a
+        network worker has no owner at a desk), and the refusal says what does leave."""
+        if self.release is not TRAINING:
+            return
+        what = (
+            "is the owner's private data"
+            if verdict.why == "private"
+            else "was computed from private data (or shares memory with what was)"
+        )
+        routines = ", ".join(self._routine_names()) or "none registered"
+        raise _Refused(
+            NotAllowedError.__name__,
+            f"object {obj_id} on worker {self.name!r} {what}; this worker's release policy is "
+            f"'training': only the results of its routines leave ({routines}), and pointer "
+            "computations on its data give pointers that never do",
+        )
+
+    def _routine_names(self) -> list[str]:
+        return sorted({p for p, e in ALLOWLIST.items() if e.releases} | set(self.routines))
 
     def _granted(self, cmd: Get, obj_id: int, stored: Stored, client: str) -> Request:
         """The accepted request that releases this object to the client (filing one, and waiting

@@ -1,19 +1,60 @@
 """The owner's release and taint rules: what may leave a node, what may be lent to a client in
 the same process, and what counts as (derived from) the owner's data.
 
+Each node has a release policy its owner chooses (`Release`):
+
+- `open` (simulation, tutorials on the scientist's own data; `VirtualWorker`): anything but
+  the owner's data itself leaves;
+- `training` (a network worker: `tether worker`'s default): the scientist's own data, and what
+  the node's routines return (delegated `fit`/`evaluate`, aggregates the owner declared);
+  pointer computations on private data give pointers that never leave;
+- `strict` (Duet): the scientist's own data; the rest only through an accepted request.
+
 Sensitivity follows memory: a result that shares storage with the owner's data is that data,
-and any computation on private data taints what it could have written into. The owner-control
-issue rewrites this module; keep its surface small. The node (`tether.node.node`) applies these
-rules; the request workflow (filing, waiting, spending an accepted request) stays there.
+any computation on private data taints what it could have written into, and (outside `open`)
+every stored object sharing memory with what it tainted is tainted too. Whether a value
+leaves is decided in one place, `may_leave`, which walks what the reply would carry. The node
+(`tether.node.node`) applies these rules; the request workflow (filing, waiting, spending an
+accepted request) stays there.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from tether.node.store import Privacy, Store, Stored
+from tether.node.store import Grant, Privacy, Store, Stored
+
+
+class Release(enum.Enum):
+    """A node's release policy, chosen by its owner (see the module's docstring)."""
+
+    OPEN = "open"
+    TRAINING = "training"
+    STRICT = "strict"
+
+    @classmethod
+    def parse(cls, value: Release | str) -> Release:
+        """A policy from its name ("open", "training", "strict") or itself."""
+        if isinstance(value, Release):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(p.value for p in cls)
+            raise ValueError(f"unknown release policy {value!r}: choose one of {names}") from None
+
+
+OPEN, TRAINING, STRICT = Release
+OPEN_WARNING = (
+    "release policy 'open': anything computed from this worker's private data may be fetched "
+    "by any client that connects (e.g. (data * 1).get() returns the data). Use it only where "
+    "the scientist may see the data; 'training' (the default) releases only fit/evaluate results"
+)
 
 # The privacy levels by name: looking a member up on its Enum class costs about 70 ns (Python
 # 3.11), and these are compared for every command and, after backward, for every stored object.
@@ -50,21 +91,146 @@ WIRE_LEAVES = (
 )
 
 
-def releases(privacy: Privacy, release_derived: bool) -> bool:
-    """Whether objects of this privacy leave without the owner's approval."""
-    return privacy == PUBLIC or (privacy == DERIVED and release_derived)
+def releases(privacy: Privacy, release: Release) -> bool:
+    """Whether objects of this privacy leave without the owner's approval (before `may_leave`
+    looks at their memory and at grants)."""
+    return privacy == PUBLIC or (privacy == DERIVED and release is OPEN)
 
 
-def lendable(objects: dict[int, Stored], obj_ids: list[int], release_derived: bool) -> bool:
+def lendable(
+    store: Store, obj_ids: list[int], release: Release, published: Iterable[Stored] = ()
+) -> bool:
     """Whether a client in this process may hold the memory of these stored objects itself
-    rather than copies (and so see what later commands do to them): only its own data, or
-    data derived from private data where such results leave freely (it could fetch every
-    later value anyway); never memory shared with the owner's data."""
+    rather than copies (and so see what later commands do to them): only what leaves freely
+    as it is stored (its own data, or derived data where such results leave freely: it could
+    fetch every later value anyway); never memory shared with the owner's data, never a
+    routine's result (what leaves of it is the copy taken when the routine returned)."""
     for obj_id in obj_ids:
-        stored = objects.get(obj_id)
-        if stored is None or stored.readonly or not releases(stored.privacy, release_derived):
+        stored = store.objects.get(obj_id)
+        if stored is None or stored.readonly or stored.grant is not None:
+            return False
+        verdict = may_leave(stored, release, store, published)
+        if not verdict.leaves or verdict.value is not stored.value:
             return False
     return True
+
+
+# ---- egress: the one decision -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What `may_leave` decided. `leaves`: without a request; `value`: what leaves then (the
+    stored value, or the copy a routine's grant holds); `why`: for one that does not, "private"
+    (the owner's data itself) or "derived" (computed from it, or sharing memory with what was)."""
+
+    leaves: bool
+    value: Any = None
+    why: str = ""
+
+
+def may_leave(
+    stored: Stored, release: Release, store: Store | None = None, published: Iterable[Stored] = ()
+) -> Verdict:
+    """Whether a stored object may leave the node without an accepted request, and what leaves.
+
+    Every release asks this: a Get, the lending of in-process values, a request's status.
+    It walks everything the reply would carry (containers, their tensors; the wire does not
+    carry a tensor's `.grad`, which is fetched as an object of its own) and refuses what is not
+    plain data (`check_egress`). Then, by policy:
+    - `open`: anything but the owner's data itself;
+    - `training`: the scientist's own data, and what a releasing routine returned (its
+      grant's copy, taken when it returned: later changes through pointers do not leave);
+    - `strict`: the scientist's own data only.
+    Outside `open`, a value the object marks count as the scientist's own still does not leave
+    if any tensor in it shares memory with a private or derived object of the client's
+    `store` or with the owner's `published` data (a view of something later written with
+    derived data)."""
+    check_egress(stored.value)
+    privacy = stored.privacy
+    if privacy == PRIVATE:
+        return Verdict(False, why="private")
+    if release is OPEN:
+        return Verdict(True, stored.value)
+    if privacy == DERIVED:
+        if release is TRAINING and stored.grant is not None:
+            return Verdict(True, stored.grant.snapshot)
+        return Verdict(False, why="derived")
+    if store is not None and shares_storage(stored.value, marked_storages(store, published)):
+        return Verdict(False, why="derived")
+    return Verdict(True, stored.value)
+
+
+def tensors_in(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """The tensors a value holds: itself, a container's items, a module's parameters and
+    buffers, an optimizer's parameters and state. Other objects hold none that can leave."""
+    if depth > 32:
+        return
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from tensors_in(v, depth + 1)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from tensors_in(v, depth + 1)
+    elif isinstance(value, torch.nn.Module):
+        yield from value.parameters()
+        yield from value.buffers()
+    elif isinstance(value, torch.optim.Optimizer):
+        for group in value.param_groups:
+            yield from tensors_in(group.get("params", ()), depth + 1)
+        for state in value.state.values():
+            yield from tensors_in(state, depth + 1)
+
+
+def _storage_key(t: torch.Tensor) -> int | None:
+    """Which memory a tensor lives in (shared by all its views); None for empty memory."""
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # no storage (sparse, meta): one key for all
+        return -1
+    return storage.data_ptr() if storage.nbytes() else None
+
+
+def storages_of(value: Any) -> set[int]:
+    keys = {_storage_key(t) for t in tensors_in(value)}
+    keys.discard(None)
+    return keys  # type: ignore[return-value]
+
+
+def marked_storages(store: Store, published: Iterable[Stored] = ()) -> set[int]:
+    """The memory of every private or derived object of a client's store, and of the owner's
+    published data."""
+    keys: set[int] = set()
+    for stored in store.objects.values():
+        if stored.privacy != PUBLIC:
+            keys |= storages_of(stored.value)
+    for stored in published:
+        keys |= storages_of(stored.value)
+    return keys
+
+
+def shares_storage(value: Any, keys: set[int]) -> bool:
+    return bool(keys) and any(_storage_key(t) in keys for t in tensors_in(value))
+
+
+def grant(routine: str, result: Any) -> Grant:
+    """What a releasing routine's result may release: a copy into fresh memory, taken now, so
+    nothing done to the stored result later (through pointers or views of it) can leave."""
+    return Grant(routine, _copy(result))
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
 
 
 def would_change(path: str, args: tuple, kwargs: dict, protected: list[Any]) -> bool:
@@ -78,14 +244,25 @@ def would_change(path: str, args: tuple, kwargs: dict, protected: list[Any]) -> 
     return any(t is p for t in targets for p in protected)
 
 
-def taint(path: str, inputs: list[Stored], store: Store) -> None:
+def taint(path: str, inputs: list[Stored], store: Store, release: Release = OPEN) -> None:
     """A computation on private data may change what it is given (in-place ops, BatchNorm's
     running statistics, an optimizer's step) and, for backward, every tensor that can hold a
-    gradient: all of those become derived data too."""
+    gradient: all of those become derived data too. Outside `open` (where derived data leaves
+    anyway) so does every stored object sharing memory with them: a view of a tensor written
+    with derived data, a list or module holding it."""
     touched = store.objects.values() if path in BACKWARD else inputs
+    tainted = []
     for stored in touched:
         if stored.privacy == PUBLIC and mutable(stored.value):
             stored.privacy = DERIVED
+            tainted.append(stored)
+    if tainted and release is not OPEN and path not in BACKWARD:
+        keys: set[int] = set()
+        for stored in tainted:
+            keys |= storages_of(stored.value)
+        for stored in store.objects.values():
+            if stored.privacy == PUBLIC and shares_storage(stored.value, keys):
+                stored.privacy = DERIVED
 
 
 def mutable(value: Any) -> bool:

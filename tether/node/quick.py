@@ -7,8 +7,8 @@ thread wake-ups, ~70 µs of a ~300 µs small blocking round trip (`benchmarks/be
 (a); BENCHMARKS.md, transport). Everything else runs on the connection's thread, so a long
 command never stalls other clients or the pings.
 
-It re-derives the release rule (`policy.releases`) for the frame; the owner-control issue
-replaces this module.
+It re-derives the release rule (`policy.releases`, by the objects' marks) to choose which
+frames run on the loop; the Get itself still decides with `policy.may_leave`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import cast
 import torch
 
 from tether.node.node import SCALARS, Node, object_id
-from tether.node.policy import DERIVED, PUBLIC, releases
+from tether.node.policy import DERIVED, OPEN, PUBLIC, releases
 from tether.node.store import Privacy
 from tether.wire import Call, Delete, Get
 
@@ -50,6 +50,9 @@ QUICK_OPS = frozenset(
     )
 )
 QUICK_ELEMENTS = 4096
+# Outside the open policy a Get also checks the memory of the client's private and derived
+# objects (`policy.may_leave`): on the loop only while there are at most this many objects.
+QUICK_STORE_OBJECTS = 256
 
 
 def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
@@ -79,13 +82,15 @@ def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
         if isinstance(cmd, Delete):
             continue
         if isinstance(cmd, Get):
+            if node.release is not OPEN and len(objects) > QUICK_STORE_OBJECTS:
+                return False
             for obj_id in cmd.ids:
                 found = object_size_and_privacy(obj_id)
                 if (
                     cmd.wait
                     or found is None
                     or found[0] > QUICK_ELEMENTS
-                    or not releases(found[1], node.release_derived)
+                    or not releases(found[1], node.release)
                 ):
                     return False
         elif (

@@ -18,10 +18,19 @@ class Privacy(IntEnum):
     PRIVATE = 2  # the owner's data itself: leaves only through an accepted request
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a releasing routine (`fit`, `evaluate`, an aggregate the owner declared) returned,
+    copied when it returned: under the `training` policy this copy, and only it, leaves."""
+
+    routine: str
+    snapshot: Any = field(repr=False)
+
+
 @dataclass(slots=True)
 class Stored:
     """A stored object and its policy. `readonly`: it shares memory with the owner's data, so
-    in-place changes are refused."""
+    in-place changes are refused. `grant`: set on a releasing routine's result (see Grant)."""
 
     value: Any
     privacy: Privacy = Privacy.PUBLIC
@@ -29,6 +38,7 @@ class Stored:
     nbytes: int = 0
     tags: tuple[str, ...] = ()
     description: str = ""
+    grant: Grant | None = None
 
 
 def tensor_nbytes(value: Any) -> int:
@@ -59,6 +69,8 @@ class Store:
     def put(self, obj_id: int, stored: Stored) -> None:
         # what shares the owner's memory costs this client nothing
         stored.nbytes = 0 if stored.readonly else tensor_nbytes(stored.value)
+        if stored.grant is not None:
+            stored.nbytes += tensor_nbytes(stored.grant.snapshot)
         old = self.objects.get(obj_id)
         grown = stored.nbytes - (old.nbytes if old else 0)
         if self.nbytes + grown > self.max_bytes:

@@ -32,13 +32,17 @@ class Entry:
     """What a path resolves to. `self_type`: the type the first argument must have (methods).
     `guard`: estimates the elements the call will allocate, so huge ones are refused first.
     `node_limited`: the call builds and runs a whole model, so the node hands it its own
-    per-result limit as `max_elements=` (a peer may not)."""
+    per-result limit as `max_elements=` (a peer may not). `releases`: a routine whose result
+    may leave a `training` node though computed from the owner's data, given only as the
+    published objects themselves at positions `data_args` (`tether.node.policy`)."""
 
     path: str
     fn: Callable
     self_type: type | None = None
     guard: Guard | None = None
     node_limited: bool = False
+    releases: bool = False
+    data_args: tuple[int, ...] = ()
 
 
 # ---- the table ------------------------------------------------------------------------------
@@ -378,11 +382,15 @@ def register(
     self_type: type | None = None,
     guard: Guard | None = None,
     node_limited: bool = False,
+    releases: bool = False,
+    data_args: tuple[int, ...] = (),
 ) -> Entry:
     """Add a feature's op to the table, from the feature's own package at import time (the
     node never imports a feature). `path` must lie in tether's namespace ("tether.<feature>.
     ..."), must not hold "__", and must be new, unless it names the same `fn` again (a
-    re-import). Returns the entry."""
+    re-import). `releases=True`: a routine the feature vouches for, whose result may leave a
+    `training` node (fit's weights) when the owner's data reaches it only at `data_args`.
+    Returns the entry."""
     if not path.startswith("tether.") or path.startswith(_RESERVED) or "__" in path:
         raise ValueError(f"a feature's op must be named tether.<feature>.<name>: {path!r}")
     known = ALLOWLIST.get(path)
@@ -390,7 +398,7 @@ def register(
         if known.fn is fn:
             return known
         raise ValueError(f"{path!r} is already in the op table, for {known.fn!r}")
-    entry = Entry(path, fn, self_type, guard, node_limited)
+    entry = Entry(path, fn, self_type, guard, node_limited, releases, tuple(data_args))
     ALLOWLIST[path] = entry
     PATH_OF.setdefault(id(fn), path)
     return entry

@@ -8,6 +8,7 @@ import torch
 
 from tether.errors import ConnectionLostError
 from tether.node import Limits, Node, Store
+from tether.node.policy import Release
 from tether.remote.client import Client, Replies
 from tether.remote.worker import DatasetPointers, Worker
 from tether.wire import Call, Put, Value, decode_parts, encode_parts
@@ -80,7 +81,10 @@ class VirtualWorker(Worker):
 
     Every message goes through the real encoder and decoder unless `serialize=False`, so what
     works here works over the network. The one exception is what the worker lends to
-    `model.get()` (see `InProcessTransport`): that memory is already the client's."""
+    `model.get()` (see `InProcessTransport`): that memory is already the client's.
+
+    `release`: the node's release policy (`tether.node.policy.Release`); "open" by default,
+    as in the tutorials, where the scientist sent the data it computes on."""
 
     def __init__(
         self,
@@ -89,12 +93,12 @@ class VirtualWorker(Worker):
         *,
         serialize: bool = True,
         limits: Limits | None = None,
-        release_derived: bool = True,
+        release: Release | str = Release.OPEN,
     ) -> None:
         if isinstance(hook, str) and id is None:
             hook, id = None, hook
         self.id = id or "worker"
-        self.node = Node(self.id, limits=limits, release_derived=release_derived)
+        self.node = Node(self.id, limits=limits, release=release)
         self.client = Client(self, InProcessTransport(self.node, "local", serialize))
 
     @property

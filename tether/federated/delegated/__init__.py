@@ -1,10 +1,16 @@
 """Delegated training: a coordinator sends a model (as data) and a config, each worker runs
-`fit`/`evaluate` on its own data. Importing this package registers the two node ops."""
+`fit`/`evaluate` on its own data. Importing this package registers the two node ops, as
+releasing routines: what they return (weights and metrics) is meant to leave a worker whose
+release policy is `training`."""
 
 from tether.federated.delegated.training import evaluate, fit
 from tether.ops import register
 
-FIT = register("tether.federated.fit", fit, node_limited=True).path
-EVALUATE = register("tether.federated.evaluate", evaluate, node_limited=True).path
+# fit(spec, data, targets, config) and evaluate(...): the owner's data goes in at 1 and 2 only
+# (a spec whose weights came from the data would give them back), so only there may it be.
+FIT = register("tether.federated.fit", fit, node_limited=True, releases=True, data_args=(1, 2)).path
+EVALUATE = register(
+    "tether.federated.evaluate", evaluate, node_limited=True, releases=True, data_args=(1, 2)
+).path
 
 __all__ = ["EVALUATE", "FIT"]
