@@ -31,10 +31,8 @@ from tether.ops.guards import Guard
 class Entry:
     """What a path resolves to. `self_type`: the type the first argument must have (methods).
     `guard`: estimates the elements the call will allocate, so huge ones are refused first.
-    `node_limited`: the call builds and runs a whole model, so the node hands it its own
-    per-result limit as `max_elements=` (a peer may not). `releases`: a routine whose result
-    may leave a `training` node though computed from the owner's data, given only as the
-    published objects themselves at positions `data_args` (`tether.node.policy`)."""
+    `node_limited`: the call builds and runs a whole model, so the node hands it its own limit
+    per result as `max_elements=` (a peer may not). `releases`, `data_args`: see `register`."""
 
     path: str
     fn: Callable
@@ -385,12 +383,10 @@ def register(
     releases: bool = False,
     data_args: tuple[int, ...] = (),
 ) -> Entry:
-    """Add a feature's op to the table, from the feature's own package at import time (the
-    node never imports a feature). `path` must lie in tether's namespace ("tether.<feature>.
-    ..."), must not hold "__", and must be new, unless it names the same `fn` again (a
-    re-import). `releases=True`: a routine the feature vouches for, whose result may leave a
-    `training` node (fit's weights) when the owner's data reaches it only at `data_args`.
-    Returns the entry."""
+    """Add a feature's op to the table, from its own package at import time (the node never
+    imports a feature). `path`: "tether.<feature>.<name>", without "__", new unless it names
+    the same `fn` again (a re-import). `releases=True`: a routine whose result (fit's weights)
+    may leave a `training` node when the owner's data reaches it only at `data_args`."""
     if not path.startswith("tether.") or path.startswith(_RESERVED) or "__" in path:
         raise ValueError(f"a feature's op must be named tether.<feature>.<name>: {path!r}")
     known = ALLOWLIST.get(path)
