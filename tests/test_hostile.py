@@ -677,28 +677,36 @@ def test_private_values_do_not_leak_into_the_attackers_tensor(
     assert torch.equal(node.store(CLIENT).objects[OUT].value, SECRET_VALUE)
 
 
-@pytest.mark.parametrize("hides", [False, True], ids=["node", "duet-like node"])
-def test_a_refused_allocation_tells_private_sizes_only_where_they_are_known(hides: bool) -> None:
-    """`repeat` of the owner's tensor past the limit is refused either way; the refusal states
-    the size it would have had (so the size of the owner's data) only on a node that describes
-    the sizes of private results anyway."""
-    node, _ = owner_node(release="strict")
-    node.hides_private_sizes = hides
+@pytest.mark.parametrize("release", ["open", "training", "strict"])
+def test_a_refused_allocation_on_private_data_is_quiet_outside_open(release: str) -> None:
+    """`repeat` of the owner's tensor past the limit is refused. An open node says so (and by
+    how much); elsewhere the refusal would be a channel from the data (its size), so the
+    result is poisoned and the reply is the one a success gets. The owner sees the cause."""
+    node, _ = owner_node(release=release)
     times = LIMIT // len(SECRET_VALUE) + 1
-    reply = only_failure(send(node, Call("torch.Tensor.repeat", [Ref(SECRET), times], {}, OUT)))
-    assert reply.kind == "LimitError" and f"{LIMIT:,}" in reply.message
-    assert (f"{len(SECRET_VALUE) * times:,}" in reply.message) is not hides
+    command = Call("torch.Tensor.repeat", [Ref(SECRET), times], {}, OUT)
+    if release == "open":
+        reply = only_failure(send(node, command))
+        assert reply.kind == "LimitError" and f"{len(SECRET_VALUE) * times:,}" in reply.message
+    else:
+        assert send(node, command) == [Done()]
+        assert send(node, Call("torch.Tensor.repeat", [Ref(SECRET), 2], {}, OUT + 1)) == [Done()]
+        poisoned = node.store(CLIENT).objects[OUT].value
+        assert "LimitError" in poisoned.cause and f"{LIMIT:,}" in poisoned.cause
     assert_serves(node)
 
 
-@pytest.mark.parametrize("hides", [False, True], ids=["node", "duet-like node"])
-def test_a_store_over_its_limit_tells_private_sizes_only_where_they_are_known(hides: bool) -> None:
-    node, _ = owner_node(release="strict")
-    node.hides_private_sizes = hides
+@pytest.mark.parametrize("release", ["open", "strict"])
+def test_a_store_over_its_limit_is_quiet_about_private_sizes(release: str) -> None:
+    node, _ = owner_node(release=release)
     node.store(CLIENT).max_bytes = 100
-    reply = only_failure(send(node, Call("torch.Tensor.repeat", [Ref(SECRET), 9], {}, OUT)))
-    assert reply.kind == "LimitError" and "limit of 100 bytes" in reply.message
-    assert ("storing 108 bytes" in reply.message) is not hides
+    replies = send(node, Call("torch.Tensor.repeat", [Ref(SECRET), 9], {}, OUT))
+    if release == "open":
+        reply = only_failure(replies)
+        assert reply.kind == "LimitError" and "storing 108 bytes" in reply.message
+    else:
+        assert replies == [Done()]
+        assert "storing 108 bytes" in node.store(CLIENT).objects[OUT].value.cause
     assert_serves(node)
 
 

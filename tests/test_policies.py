@@ -233,9 +233,15 @@ def test_training_refuses_the_python_api_routes(scientist) -> None:
     with pytest.raises(NotAllowedError, match=REFUSAL):
         derived.request("train_size", "please")
     # a model trained on the data through pointers (the driven style): it stays there
+    # (backward writes only the gradients: the weights are still the scientist's own until a
+    # step writes the gradients into them)
     model = torch.nn.Linear(784, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     model.send(scientist)
     model(data.reshape(SAMPLES, 784)).sum().backward()
+    with pytest.raises(NotAllowedError, match=REFUSAL):
+        model.weight.grad.get()
+    optimizer.step()
     with pytest.raises(NotAllowedError, match=REFUSAL):
         model.get()
     assert_serves(scientist)
@@ -421,19 +427,29 @@ def test_the_owner_declares_an_aggregate_that_leaves() -> None:
     assert reply[0].kind == "NotAllowedError" and "not in the allowlist" in reply[0].message
 
 
-def test_training_withholds_error_texts_of_computations_on_the_data(mallory) -> None:
-    """An op failing on private data may say why in values (a label out of range, say): a
-    training worker withholds the text; on the scientist's own data it does not."""
+def test_training_says_nothing_of_failures_on_the_data(mallory) -> None:
+    """An op failing on private data may say why in values (a label out of range, say), and
+    whether it failed is itself a bit of the data: a training worker answers it as it answers
+    a success (the result is poisoned), and refuses it at `.get()` as it refuses any result
+    computed from the data. On the scientist's own data it says what failed."""
     replies = exchange(
         mallory,
         Call(PUBLISHED, ["mnist", 1], {}, L),
         Put(A, torch.zeros(SAMPLES, 2)),
+        Put(B, torch.zeros(SAMPLES, 10)),
         Call("torch.nn.functional.nll_loss", [Ref(A), Ref(L)], {}, T),
-        Put(B, torch.tensor([0, 7])),
-        Call("torch.nn.functional.nll_loss", [Ref(A), Ref(B)], {}, T),
+        Call("torch.nn.functional.nll_loss", [Ref(B), Ref(L)], {}, T + 1),
+        Get([T]),
+        Get([T + 1]),
+        Put(C, torch.zeros(2, 2)),
+        Put(D, torch.tensor([0, 7])),
+        Call("torch.nn.functional.nll_loss", [Ref(C), Ref(D)], {}, T),
     )
-    assert "withholds the details" in replies[2].message, replies[2]
-    assert "withholds" not in replies[4].message, replies[4]
+    failed, ran = replies[3], replies[4]  # labels 0-3 are out of range for 2 classes, not 10
+    assert failed == ran == Done(), (failed, ran)
+    assert replies[5].kind == replies[6].kind == "NotAllowedError"
+    assert replies[5].message.replace(str(T), str(T + 1)) == replies[6].message
+    assert "Target 7 is out of bounds" in replies[9].message, replies[9]
     assert_serves(mallory)
 
 
@@ -515,25 +531,29 @@ def test_strict_files_a_request_for_what_is_computed_from_the_data() -> None:
 def test_may_leave_walks_the_memory_of_what_the_reply_carries() -> None:
     """`policy.may_leave` is the one decision: by policy, by the object's mark, by its grant,
     and (outside open) by the memory of every tensor the reply would carry."""
+    from tether.node.guard import DERIVED, Guard
     from tether.node.policy import may_leave
-    from tether.node.store import Grant, Privacy, Store, Stored
+    from tether.node.store import Grant, Privacy, Stored
 
-    store = Store(2**20)
+    guard = Guard(max_elements=2**20, max_flops=2**30)
     secret = torch.arange(4.0)
-    store.put(1, Stored(secret, Privacy.DERIVED))
+    guard.mark(secret, DERIVED)
     # marked as mine, but a container holding a view of derived memory (a hole in the marks)
     aliasing = Stored([{"w": secret.view(2, 2)}, 3])
     mine = Stored([torch.ones(2), torch.empty(0), "text", (1.5, None)])
     for release in Release:
-        assert may_leave(mine, release, store).leaves
-        assert may_leave(aliasing, release, store).leaves is (release is Release.OPEN)
-        assert not may_leave(Stored(secret.clone(), Privacy.PRIVATE), release, store).leaves
+        assert may_leave(mine, release, guard).leaves
+        assert may_leave(aliasing, release, guard).leaves is (release is Release.OPEN)
+        assert not may_leave(Stored(secret.clone(), Privacy.PRIVATE), release, guard).leaves
     routine = Stored(torch.zeros(2), Privacy.DERIVED, grant=Grant("r", torch.ones(2)))
-    assert torch.equal(may_leave(routine, Release.TRAINING, store).value, torch.ones(2))
-    assert not may_leave(routine, Release.STRICT, store).leaves
-    assert may_leave(routine, Release.OPEN, store).value is routine.value
+    assert torch.equal(may_leave(routine, Release.TRAINING, guard).value, torch.ones(2))
+    assert not may_leave(routine, Release.STRICT, guard).leaves
+    assert may_leave(routine, Release.OPEN, guard).value is routine.value
     with pytest.raises(TypeError, match="fetch its state_dict"):
-        may_leave(Stored(torch.nn.Linear(1, 1)), Release.OPEN, store)
+        may_leave(Stored(torch.nn.Linear(1, 1)), Release.OPEN, guard)
+    # what is held back is not looked at: a refusal tells nothing of what the value is
+    held = Stored(torch.nn.Linear(1, 1), Privacy.DERIVED)
+    assert not may_leave(held, Release.STRICT, guard).leaves
 
 
 def test_tether_worker_documents_its_policies(capsys) -> None:

@@ -41,6 +41,11 @@ class RequestPendingError(PermissionDeniedError):
     """A request for a private object was filed and waits for the owner's answer."""
 
 
+class PoisonedValueError(RemoteError):
+    """A computation on private data failed; the owner's node keeps the cause, and the value
+    that should have been computed is poisoned (a strict node reports no failure otherwise)."""
+
+
 class WorkerMismatchError(TetherError):
     """One operation mixed pointers that live on different workers."""
 

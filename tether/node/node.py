@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import torch
 
 from tether.errors import LimitError, NotAllowedError, WireError
+from tether.node.guard import Guard
 from tether.node.policy import (
     DERIVED,
     OPEN,
@@ -30,15 +32,16 @@ from tether.node.policy import (
     TRAINING,
     Release,
     Verdict,
+    check_egress,
+    cow_view,
     grant,
     lendable,
     may_leave,
     result_policy,
-    taint,
     would_change,
 )
 from tether.node.requests import ACCEPTED, PENDING, Request, Requests
-from tether.node.store import Privacy, Store, Stored
+from tether.node.store import Poisoned, Privacy, Store, Stored
 from tether.ops import ALLOWLIST, PUBLISHED, REQUEST, Entry, resolve
 from tether.wire import (
     Call,
@@ -87,6 +90,7 @@ class Limits:
     max_elements: int = 2**28
     max_stored_bytes: int = 8 * 2**30
     max_frame_bytes: int = 2**31
+    max_flops: int = 2**36  # of one command (about 69 GFLOP: seconds of one core)
 
 
 class _Refused(Exception):
@@ -122,10 +126,28 @@ class Node:
         limits: Limits | None = None,
         release: Release | str = TRAINING,
         requests: Requests | None = None,
+        guarded: bool | None = None,
     ) -> None:
         self.name = name
         self.limits = limits or Limits()
         self.release = Release.parse(release)
+        # Every command runs in the guard (tether.node.guard) except on an in-process `open`
+        # node, where the scientist may see everything anyway and the per-op cost would show
+        # (`guarded=True`: a network worker in `open`, for its cost bounds and zeroed memory).
+        if guarded is None:
+            guarded = self.release is not OPEN
+        self.guard = (
+            Guard(
+                strict=self.release is STRICT,
+                taint=self.release is not OPEN,
+                max_elements=self.limits.max_elements,
+                max_flops=self.limits.max_flops,
+            )
+            if guarded
+            else None
+        )
+        # The copy-on-write clones of published tensors handed out, by id (see `_published`).
+        self._clones: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
         self.requests = requests or Requests()
         self.routines: dict[str, Entry] = {}  # the owner's declared aggregates
         self.published: dict[str, Stored] = {}
@@ -147,6 +169,7 @@ class Node:
         """Expose `value` to clients under `key` (they reach it with `worker.published(key)`).
         Private values can be computed on but not fetched; nobody may change them in place."""
         privacy = PRIVATE if private else PUBLIC
+        value = cow_view(value)  # so that every later view can be a lazy copy, and cost nothing
         self.published[key] = Stored(
             value, privacy, readonly=True, tags=tuple(tags), description=description
         )
@@ -230,7 +253,7 @@ class Node:
             for i in lend
             if type(replies[i]) is Value
             and type(commands[i]) is Get
-            and lendable(store, commands[i].ids, self.release, self.published.values())
+            and lendable(store, commands[i].ids, self.release)
         }
         for i in lent:
             replies[i] = Done()
@@ -254,6 +277,8 @@ class Node:
             if isinstance(cmd, Call):
                 return self._call(cmd, store, client, freed)
             if isinstance(cmd, Put):
+                if self.guard is not None:  # the client's own bytes, in fresh memory
+                    self.guard.mark(cmd.value, PUBLIC)
                 store.put(cmd.id, Stored(cmd.value))
                 return Done(_meta(cmd.value))
             if isinstance(cmd, Get):
@@ -313,36 +338,65 @@ class Node:
                     f"{entry.path}: max_elements is this node's own limit, not a client's",
                 )
             kwargs["max_elements"] = self.limits.max_elements
-        privacy, protected, tagged = PUBLIC, [], False  # one pass over the inputs
+        privacy, protected, poisoned = PUBLIC, [], False  # one pass over the inputs
+        level = PUBLIC  # of the memory of the tensors named directly
+        guard = self.guard
         for stored in inputs:
             if stored.privacy > privacy:
                 privacy = stored.privacy
-            tagged = tagged or bool(stored.tags)
             if stored.readonly:
                 protected.append(stored.value)
-        secret = bool(privacy) and self.hides_private_sizes  # sizes tell of the owner's data
-        self._check(entry, args, kwargs, protected, secret)
-        privacy = DERIVED if privacy or entry.path in OWNER_FACTS else PUBLIC
+            value = stored.value
+            if guard is not None and isinstance(value, torch.Tensor):
+                level = max(level, guard.level_of((value,)))
+            poisoned = poisoned or type(value) is Poisoned
+        ambient = DERIVED if privacy or entry.path in OWNER_FACTS else PUBLIC
+        level = max(level, ambient)
         try:
-            result = entry.fn(*args, **kwargs)
+            if poisoned:  # what was computed from a failure is poisoned too, without running
+                raise _Refused("PoisonedValueError", f"{entry.path}: an input is poisoned")
+            self._check(entry, args, kwargs, protected)
+            if guard is None:
+                result = entry.fn(*args, **kwargs)
+            else:
+                with guard.command(ambient) as mode:
+                    try:
+                        result = entry.fn(*args, **kwargs)
+                    finally:
+                        level = max(level, mode.read)
+            return self._keep_results(cmd, entry, result, inputs, store, level, protected, freed)
         except Exception as exc:
-            if privacy and (
-                self.release is STRICT or (self.release is TRAINING and not entry.releases)
-            ):
-                log.info("%s failed on private data for a client: %r", entry.path, exc)
-                raise _Refused(
-                    type(exc).__name__,
-                    f"{entry.path} failed on private data; its "
-                    "owner withholds the details (they are in the node's log)",
-                ) from None
-            raise
-        if privacy:
-            taint(entry.path, inputs, store, self.release)
-        _check_result_size(entry.path, result, self.limits.max_elements, secret)
+            if not self._quiet(entry, level):
+                raise
+            kind = exc.kind if isinstance(exc, _Refused) else type(exc).__name__
+            return self._poison(cmd, store, f"{entry.path}: {kind}: {exc}")
+
+    def _keep_results(
+        self,
+        cmd: Call,
+        entry: Entry,
+        result: Any,
+        inputs: list[Stored],
+        store: Store,
+        level: int,
+        protected: list,
+        freed: set[int],
+    ) -> Done:
+        """Store a call's result under its out id (or each item under each of a list of
+        ids), with the policy its inputs and the memory it read (`level`) give it."""
+        privacy = DERIVED if level else PUBLIC
+        _check_result_size(entry.path, result, self.limits.max_elements)
         out = cmd.out
         if out is None:
             return Done()
-        tags = tuple(dict.fromkeys(t for s in inputs for t in s.tags)) if tagged else ()
+        if type(out) is list and not (isinstance(result, tuple | list) and len(result) == len(out)):
+            got = f"{len(result)} results" if isinstance(result, tuple | list) else "one result"
+            raise _Refused("TypeError", f"{entry.path} gave {got}, not the {len(out)} asked for")
+        tags = (
+            tuple(dict.fromkeys(t for s in inputs for t in s.tags))
+            if any(s.tags for s in inputs)
+            else ()
+        )
         # A releasing routine's result on the owner's data leaves a training node as it is now.
         granted = (
             entry.path
@@ -352,22 +406,34 @@ class Node:
             and self._owner_data_only_at(entry, cmd, store)
             else ""
         )
-        if type(out) is int:
-            stored = self._stored(result, privacy, protected, inputs, tags, granted)
-            _keep(store, out, stored, secret)
-            return Done(None if out in freed else self._describe(stored))
-        outs = cast(list[int], out)  # the codec gives an int or a list of ints
-        if not (isinstance(result, tuple | list) and len(result) == len(outs)):
-            got = f"{len(result)} results" if isinstance(result, tuple | list) else "one result"
-            if privacy and self.release is not OPEN:  # a count computed from private data
-                got = "another number of results"
-            raise _Refused("TypeError", f"{entry.path} gave {got}, not the {len(outs)} asked for")
+        # A quiet call's reply is the same whether it ran or was poisoned: no description.
+        quiet = self._quiet(entry, level)
         described = []
-        for obj_id, item in zip(outs, result, strict=True):
+        for obj_id, item in [(out, result)] if type(out) is int else zip(out, result, strict=True):
             stored = self._stored(item, privacy, protected, inputs, tags, granted)
-            _keep(store, obj_id, stored, secret)
-            described.append(None if obj_id in freed else self._describe(stored))
-        return Done(described)
+            store.put(obj_id, stored)
+            described.append(None if quiet or obj_id in freed else self._describe(stored))
+        return Done(described[0] if type(out) is int else described)
+
+    def _quiet(self, entry: Entry, level: int) -> bool:
+        """Whether a failure of this call tells nothing: on private data (`level`), outside the
+        node's releasing routines, where the policy is not `open` (then the failure, and its
+        text, would be a channel from the data to the client)."""
+        if not level or self.release is OPEN:
+            return False
+        return self.release is STRICT or not entry.releases
+
+    def _poison(self, cmd: Call, store: Store, cause: str) -> Done:
+        """Store a poisoned value in place of each result of a failed call on private data and
+        answer as if it ran: the client learns nothing from whether (or why) it failed."""
+        log.info("a command on private data failed for a client: %s", cause)
+        poison = Stored(Poisoned(cause), DERIVED)
+        out = cmd.out
+        if out is None:
+            return Done()
+        for obj_id in [out] if type(out) is int else cast(list[int], out):
+            store.put(obj_id, replace(poison))
+        return Done(None if type(out) is int else [None] * len(out))
 
     @staticmethod
     def _stored(
@@ -421,6 +487,16 @@ class Node:
                     f"{args[0]!r} on worker {self.name!r} has no item {args[1]}",
                 )
             value = value[args[1]]
+        # Never the owner's tensors themselves: copy-on-write clones, which no write reaches
+        # through (policy.cow_view); their memory is the owner's data to the guard.
+        value = cow_view(value)
+        clones = [value] if isinstance(value, torch.Tensor) else []
+        if isinstance(value, tuple | list):
+            clones = [v for v in value if isinstance(v, torch.Tensor)]
+        for clone in clones:
+            self._clones[id(clone)] = clone
+        if self.guard is not None:
+            self.guard.mark(clones, stored.privacy)
         item = replace(stored, value=value)
         store.put(cmd.out, item)
         return Done(self._describe(item))
@@ -450,12 +526,9 @@ class Node:
         store.put(cmd.out, Stored(status))
         return Done(_meta(status))
 
-    def _check(
-        self, entry: Entry, args: tuple, kwargs: dict, protected: list, secret: bool
-    ) -> None:
+    def _check(self, entry: Entry, args: tuple, kwargs: dict, protected: list) -> None:
         """Refuse a call on the wrong type, one that could change the owner's data (the
-        `protected` inputs), or one whose result would be too large (saying by how much
-        only when the sizes involved are not `secret`)."""
+        `protected` inputs), or one whose result would be too large."""
         if entry.self_type is not None and not (args and isinstance(args[0], entry.self_type)):
             got = type(args[0]).__name__ if args else "nothing"
             raise _Refused(
@@ -471,14 +544,14 @@ class Node:
             try:
                 elements = entry.guard(args, kwargs)
             except Exception as exc:
-                why = "" if secret else f" ({exc})"
                 raise _Refused(
-                    LimitError.__name__, f"{entry.path}: cannot bound the size of its result{why}"
+                    LimitError.__name__,
+                    f"{entry.path}: cannot bound the size of its result ({exc})",
                 ) from None
             if elements > self.limits.max_elements:
                 raise _Refused(
                     LimitError.__name__,
-                    _too_big(entry.path, None if secret else elements, self.limits.max_elements),
+                    _too_big(entry.path, elements, self.limits.max_elements),
                 )
 
     def _resolve(self, value: Any, store: Store, inputs: list[Stored]) -> Any:
@@ -531,6 +604,7 @@ class Node:
                 continue
             self._refuse_without_requests(obj_id, verdict)
             released.append(self._granted(cmd, obj_id, stored, client).id)
+            check_egress(stored.value)
             values.append(stored.value)
         self._released.update(released)
         return Value(values)
@@ -540,13 +614,6 @@ class Node:
         owner's data (`entry.data_args`), and there only as a published object itself: no
         derived value and no view of the data anywhere (a spec's weights set from the data,
         a config holding it), which the routine could hand back as its result."""
-        published = {id(s.value) for s in self.published.values()}
-        published |= {
-            id(v)
-            for s in self.published.values()
-            if isinstance(s.value, tuple | list)
-            for v in s.value
-        }
         for i, arg in enumerate(cmd.args):
             found: list[Stored] = []
             marked = cmd.refs >> i & 1
@@ -557,15 +624,21 @@ class Node:
             if all(s.privacy == PUBLIC for s in found):
                 continue
             ref = marked or type(arg) is Ref
-            if not (i in entry.data_args and ref and id(found[0].value) in published):
+            if not (i in entry.data_args and ref and self._is_published(found[0].value)):
                 return False
         found = []
         for value in (cmd.kwargs or {}).values():
             self._resolve(value, store, found)
         return all(s.privacy == PUBLIC for s in found)
 
+    def _is_published(self, value: Any) -> bool:
+        """Whether `value` is published data as `_published` handed it out: a clone of a
+        published tensor, or a tuple or list of them."""
+        items = value if isinstance(value, tuple | list) and value else [value]
+        return all(self._clones.get(id(v)) is v for v in items)
+
     def _may_leave(self, stored: Stored, store: Store) -> Verdict:
-        return may_leave(stored, self.release, store, self.published.values())
+        return may_leave(stored, self.release, self.guard)
 
     def _refuse_without_requests(self, obj_id: int, verdict: Verdict) -> None:
         """Under `training`, what may not leave is refused outright: no request is filed (a
@@ -641,34 +714,16 @@ def _not_allowed(op: Any) -> str:
     return f"{name!r} is not in the allowlist (see tether/ops/table.py)"
 
 
-def _keep(store: Store, obj_id: int, stored: Stored, secret: bool) -> None:
-    """Store a result; past the client's byte limit, say by how much only where the result's
-    size is not `secret`."""
-    try:
-        store.put(obj_id, stored)
-    except MemoryError:
-        if not secret:
-            raise
-        raise MemoryError(
-            f"storing this result would exceed this client's limit of "
-            f"{store.max_bytes} bytes; free pointers"
-        ) from None
-
-
-def _too_big(path: str, elements: int | None, limit: int) -> str:
-    if elements is None:  # the owner's data would tell its size
-        return f"{path} would allocate more than the {limit:,} elements this node allows per result"
+def _too_big(path: str, elements: int, limit: int) -> str:
     return f"{path} would allocate {elements:,} elements; this node allows {limit:,} per result"
 
 
-def _check_result_size(path: str, result: Any, limit: int, secret: bool) -> None:
+def _check_result_size(path: str, result: Any, limit: int) -> None:
     """Catch views (expand, ...) whose size the guards did not bound, before anything uses them."""
     tensors = result if isinstance(result, list | tuple) else (result,)
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.numel() > limit:
-            raise _Refused(
-                LimitError.__name__, _too_big(path, None if secret else t.numel(), limit)
-            )
+            raise _Refused(LimitError.__name__, _too_big(path, t.numel(), limit))
 
 
 def _meta(value: Any) -> list:

@@ -11,23 +11,29 @@ Each node has a release policy its owner chooses (`Release`):
 - `strict` (Duet): the scientist's own data; the rest only through an accepted request.
 
 Sensitivity follows memory: a result that shares storage with the owner's data is that data,
-any computation on private data taints what it could have written into, and (outside `open`)
-every stored object sharing memory with what it tainted is tainted too. Whether a value
-leaves is decided in one place, `may_leave`, which walks what the reply would carry. The node
-(`tether.node.node`) applies these rules; the request workflow (filing, waiting, spending an
-accepted request) stays there.
+and outside `open` the node's `Guard` (tether.node.guard) marks every storage an op writes
+with private-derived data. Whether a value leaves is decided in one place, `may_leave`, which
+walks the memory of what the reply would carry. The owner's data itself never reaches a client
+or a routine: each gets a copy-on-write clone (`cow_view`), so no write through any route
+changes it. The node (`tether.node.node`) applies these rules; the request workflow (filing,
+waiting, spending an accepted request) stays there.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from tether.node.store import Grant, Privacy, Store, Stored
+from tether.errors import PoisonedValueError
+from tether.node.guard import Guard
+from tether.node.store import Grant, Poisoned, Privacy, Store, Stored
+
+_sid = torch._C._storage_id
 
 
 class Release(enum.Enum):
@@ -71,8 +77,6 @@ OWNER_FACTS = frozenset(
 )
 # Paths that change their first argument in place: refused on the owner's data.
 IN_PLACE = {"operator.setitem", "tether.assign", "torch.Tensor.backward"}
-# Paths that may write a gradient into every tensor of the store.
-BACKWARD = {"torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad"}
 # Paths that wrap their argument into something whose contents change later.
 WRAPPERS = {"torch.nn.Parameter", "builtins.list", "builtins.tuple", "builtins.dict"}
 # What may leave a node as data (and containers of these).
@@ -97,19 +101,18 @@ def releases(privacy: Privacy, release: Release) -> bool:
     return privacy == PUBLIC or (privacy == DERIVED and release is OPEN)
 
 
-def lendable(
-    store: Store, obj_ids: list[int], release: Release, published: Iterable[Stored] = ()
-) -> bool:
+def lendable(store: Store, obj_ids: list[int], release: Release) -> bool:
     """Whether a client in this process may hold the memory of these stored objects itself
-    rather than copies (and so see what later commands do to them): only what leaves freely
-    as it is stored (its own data, or derived data where such results leave freely: it could
-    fetch every later value anyway); never memory shared with the owner's data, never a
-    routine's result (what leaves of it is the copy taken when the routine returned)."""
+    rather than copies (and so see what later commands do to them): only on an `open` node
+    (which tracks no memory: it could fetch every later value anyway), only what leaves as it
+    is stored, never memory shared with the owner's data, never a routine's result."""
+    if release is not OPEN:
+        return False
     for obj_id in obj_ids:
         stored = store.objects.get(obj_id)
         if stored is None or stored.readonly or stored.grant is not None:
             return False
-        verdict = may_leave(stored, release, store, published)
+        verdict = may_leave(stored, release)
         if not verdict.leaves or verdict.value is not stored.value:
             return False
     return True
@@ -129,35 +132,28 @@ class Verdict:
     why: str = ""
 
 
-def may_leave(
-    stored: Stored, release: Release, store: Store | None = None, published: Iterable[Stored] = ()
-) -> Verdict:
+def may_leave(stored: Stored, release: Release, guard: Guard | None = None) -> Verdict:
     """Whether a stored object may leave the node without an accepted request, and what leaves.
 
     Every release asks this: a Get, the lending of in-process values, a request's status.
-    It walks everything the reply would carry (containers, their tensors; the wire does not
-    carry a tensor's `.grad`, which is fetched as an object of its own) and refuses what is not
-    plain data (`check_egress`). Then, by policy:
-    - `open`: anything but the owner's data itself;
+    It walks the memory of every tensor the reply would carry (`guard.level_of`: a view of memory later written with derived
+    data, a list or a state dict holding it). By policy:
+    - `open`: anything but the owner's data itself (no memory is tracked);
     - `training`: the scientist's own data, and what a releasing routine returned (its
       grant's copy, taken when it returned: later changes through pointers do not leave);
     - `strict`: the scientist's own data only.
-    Outside `open`, a value the object marks count as the scientist's own still does not leave
-    if any tensor in it shares memory with a private or derived object of the client's
-    `store` or with the owner's `published` data (a view of something later written with
-    derived data)."""
-    check_egress(stored.value)
+    What leaves must be plain data (`check_egress`: asked only of what leaves, so that a
+    poisoned or unsendable value held back tells nothing by its refusal)."""
     privacy = stored.privacy
     if privacy == PRIVATE:
         return Verdict(False, why="private")
-    if release is OPEN:
-        return Verdict(True, stored.value)
-    if privacy == DERIVED:
-        if release is TRAINING and stored.grant is not None:
-            return Verdict(True, stored.grant.snapshot)
-        return Verdict(False, why="derived")
-    if store is not None and shares_storage(stored.value, marked_storages(store, published)):
-        return Verdict(False, why="derived")
+    if release is not OPEN:
+        level = guard.level_of(tensors_in(stored.value)) if guard is not None else PUBLIC
+        if privacy == DERIVED or level:
+            if release is TRAINING and stored.grant is not None:
+                return Verdict(True, stored.grant.snapshot)
+            return Verdict(False, why="private" if level == PRIVATE else "derived")
+    check_egress(stored.value)
     return Verdict(True, stored.value)
 
 
@@ -184,35 +180,28 @@ def tensors_in(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
             yield from tensors_in(state, depth + 1)
 
 
-def _storage_key(t: torch.Tensor) -> int | None:
-    """Which memory a tensor lives in (shared by all its views); None for empty memory."""
-    try:
-        storage = t.untyped_storage()
-    except (RuntimeError, NotImplementedError):  # no storage (sparse, meta): one key for all
-        return -1
-    return storage.data_ptr() if storage.nbytes() else None
-
-
-def storages_of(value: Any) -> set[int]:
-    keys = {_storage_key(t) for t in tensors_in(value)}
-    keys.discard(None)
-    return keys  # type: ignore[return-value]
-
-
-def marked_storages(store: Store, published: Iterable[Stored] = ()) -> set[int]:
-    """The memory of every private or derived object of a client's store, and of the owner's
-    published data."""
-    keys: set[int] = set()
-    for stored in store.objects.values():
-        if stored.privacy != PUBLIC:
-            keys |= storages_of(stored.value)
-    for stored in published:
-        keys |= storages_of(stored.value)
-    return keys
-
-
-def shares_storage(value: Any, keys: set[int]) -> bool:
-    return bool(keys) and any(_storage_key(t) in keys for t in tensors_in(value))
+def cow_view(value: Any) -> Any:
+    """What a client (or a routine) gets of published data: the same values in copy-on-write
+    clones (`Tensor._lazy_clone`, about 1 µs; the first write copies the memory, so no write
+    by any op, annotated or not, reaches the owner's tensor). Tuples, lists and string-keyed
+    dicts are rebuilt; a dataset (tether's, torch's TensorDataset) is copied with the tensors it
+    holds cloned. Other values are handed out as they are: publish data in those forms."""
+    if isinstance(value, torch.Tensor):
+        try:
+            return value._lazy_clone()
+        except RuntimeError:  # memory torch cannot share lazily (from numpy, say): a real copy
+            return value.detach().clone()
+    if isinstance(value, list | tuple):
+        return type(value)(cow_view(v) for v in value)
+    if isinstance(value, dict):
+        return {k: cow_view(v) for k, v in value.items()}
+    if isinstance(value, torch.utils.data.Dataset):
+        clone = copy.copy(value)
+        for name, attribute in vars(value).items():
+            if isinstance(attribute, torch.Tensor | list | tuple):
+                setattr(clone, name, cow_view(attribute))
+        return clone
+    return value
 
 
 def grant(routine: str, result: Any) -> Grant:
@@ -244,31 +233,6 @@ def would_change(path: str, args: tuple, kwargs: dict, protected: list[Any]) -> 
     return any(t is p for t in targets for p in protected)
 
 
-def taint(path: str, inputs: list[Stored], store: Store, release: Release = OPEN) -> None:
-    """A computation on private data may change what it is given (in-place ops, BatchNorm's
-    running statistics, an optimizer's step) and, for backward, every tensor that can hold a
-    gradient: all of those become derived data too. Outside `open` (where derived data leaves
-    anyway) so does every stored object sharing memory with them: a view of a tensor written
-    with derived data, a list or module holding it."""
-    touched = store.objects.values() if path in BACKWARD else inputs
-    tainted = []
-    for stored in touched:
-        if stored.privacy == PUBLIC and mutable(stored.value):
-            stored.privacy = DERIVED
-            tainted.append(stored)
-    if tainted and release is not OPEN and path not in BACKWARD:
-        keys: set[int] = set()
-        for stored in tainted:
-            keys |= storages_of(stored.value)
-        for stored in store.objects.values():
-            if stored.privacy == PUBLIC and shares_storage(stored.value, keys):
-                stored.privacy = DERIVED
-
-
-def mutable(value: Any) -> bool:
-    return isinstance(value, torch.Tensor | torch.nn.Module | torch.optim.Optimizer | list | dict)
-
-
 def result_policy(
     result: Any, privacy: Privacy, protected: list, inputs: list[Stored]
 ) -> tuple[Privacy, bool]:
@@ -284,10 +248,11 @@ def shares_memory(result: Any, protected: list[Any]) -> bool:
     if not protected:
         return False
     results = result if isinstance(result, list | tuple) else (result,)
-    owned = {t.untyped_storage().data_ptr() for t in protected if isinstance(t, torch.Tensor)}
-    return any(
-        isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in owned for t in results
-    ) or any(r is p for r in results for p in protected)
+    # storage ids, not data pointers: reading a copy-on-write clone's data pointer copies it
+    owned = {_sid(t) for t in protected if isinstance(t, torch.Tensor)}
+    return any(isinstance(t, torch.Tensor) and _sid(t) in owned for t in results) or any(
+        r is p for r in results for p in protected
+    )
 
 
 def check_egress(value: Any, depth: int = 0) -> None:
@@ -297,6 +262,10 @@ def check_egress(value: Any, depth: int = 0) -> None:
         raise TypeError("value is nested too deeply to send")
     if isinstance(value, WIRE_LEAVES):
         return
+    if isinstance(value, Poisoned):
+        raise PoisonedValueError(
+            "the value could not be computed (its cause is in the owner's log)"
+        )
     if isinstance(value, list | tuple):
         for v in value:
             check_egress(v, depth + 1)

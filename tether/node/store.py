@@ -27,6 +27,15 @@ class Grant:
     snapshot: Any = field(repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Poisoned:
+    """What is stored in place of each result of a command on private data that failed, on a
+    node that reports no failure of such commands (`strict`, and `training` outside its
+    routines): the cause stays on the node, for the owner."""
+
+    cause: str
+
+
 @dataclass(slots=True)
 class Stored:
     """A stored object and its policy. `readonly`: it shares memory with the owner's data, so
@@ -41,14 +50,16 @@ class Stored:
     grant: Grant | None = None
 
 
-def tensor_nbytes(value: Any) -> int:
-    """Bytes of tensor data that `value` keeps alive (counted per tensor, views included)."""
+def tensor_nbytes(value: Any, whole: bool = False) -> int:
+    """Bytes of tensor data that `value` keeps alive (counted per tensor, views included);
+    `whole`: each tensor's whole storage, not just its view of it."""
     if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
+        view = value.numel() * value.element_size()
+        return max(view, value.untyped_storage().nbytes()) if whole else view
     if isinstance(value, list | tuple):
-        return sum(tensor_nbytes(v) for v in value)
+        return sum(tensor_nbytes(v, whole) for v in value)
     if isinstance(value, dict):
-        return sum(tensor_nbytes(v) for v in value.values())
+        return sum(tensor_nbytes(v, whole) for v in value.values())
     return 0
 
 
@@ -68,7 +79,9 @@ class Store:
 
     def put(self, obj_id: int, stored: Stored) -> None:
         # what shares the owner's memory costs this client nothing
-        stored.nbytes = 0 if stored.readonly else tensor_nbytes(stored.value)
+        # what shares the owner's memory counts all of that memory: it is a copy-on-write clone,
+        # which the first write copies whole
+        stored.nbytes = tensor_nbytes(stored.value, whole=stored.readonly)
         if stored.grant is not None:
             stored.nbytes += tensor_nbytes(stored.grant.snapshot)
         old = self.objects.get(obj_id)

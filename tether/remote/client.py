@@ -31,6 +31,7 @@ _ERROR_KINDS: dict[str, type[errors.RemoteError]] = {
     "ObjectNotFoundError": errors.ObjectNotFoundError,
     "PermissionDeniedError": errors.PermissionDeniedError,
     "RequestPendingError": errors.RequestPendingError,
+    "PoisonedValueError": errors.PoisonedValueError,
 }
 _LOCAL_KINDS: dict[str, type[errors.TetherError]] = {
     "NotAllowedError": errors.NotAllowedError,

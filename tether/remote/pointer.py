@@ -122,15 +122,21 @@ class Pointer:
     # ---- what is known locally ----------------------------------------------------------------
 
     def _tensor_meta(self) -> list:
-        meta = self._client.meta(self.id)
+        meta = self._client.known_meta(self.id)
+        if meta is None and self._live:
+            self._client.flush()  # the description comes with the reply, if the node gives one
+            meta = self._client.known_meta(self.id)
+        if meta is None:  # the node describes nothing computed from its owner's private data
+            meta = ["tensor", None]
         if meta[0] != "tensor":
             raise AttributeError(
                 f"the object on {self._client.name!r} is a {meta[1]}, not a tensor"
             )
         if meta[1] is None:  # a strict owner keeps the sizes of its data to itself
             raise errors.PermissionDeniedError(
-                f"the shape of tensor {self.id} on {self._client.name!r} is private to its owner "
-                "(it holds or was computed from their data); compute on it through the pointer",
+                f"the shape and dtype of tensor {self.id} on {self._client.name!r} are private to "
+                "its owner (it holds or was computed from their data); compute on it through the "
+                "pointer",
                 op="shape",
                 worker=self._client.name,
             )
