@@ -367,6 +367,7 @@ def test_a_request_does_not_keep_long_texts():
         ({"provenance": "builtins.len(published['x'])"}, 3, 3),  # see provenance_of below
         ({"provenance": lambda p: p.startswith("builtins.len(")}, 3, 3),
         ({"predicate": lambda v: v < 10}, 3, 12),
+        ({"predicate": lambda v: v.sum() < 10}, torch.ones(3), torch.ones(30)),  # tensor(True)
         ({"predicate": lambda v: v.startswith("a")}, "abc", 12),  # raising: does not hold
     ],
 )

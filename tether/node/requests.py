@@ -169,9 +169,9 @@ class Handler:
         try:
             if isinstance(self.provenance, str) and self.provenance != request.provenance:
                 return False
-            if callable(self.provenance) and self.provenance(request.provenance) is not True:
+            if callable(self.provenance) and not self.provenance(request.provenance):
                 return False
-            return self.predicate is None or self.predicate(snapshot) is True
+            return self.predicate is None or bool(self.predicate(snapshot))
         except Exception:
             log.exception("a request handler's constraint raised: request %s waits", request.id)
             return False
@@ -231,15 +231,17 @@ class Requests:
         - `dtype`: every tensor in it has this torch dtype, or every value in it is of this
           Python type (`int`: ints, not bools, not tensors);
         - `provenance`: the chain of ops from published data to the value, as shown on the
-          request: this exact string, or a callable on it that returns True;
-        - `predicate`: a callable on the snapshot that returns True. It looks at the value,
+          request ("" where the node does not know it): this exact string, or a callable on
+          it that says whether it fits;
+        - `predicate`: a callable on the snapshot that says whether it fits. It reads the value,
           so it is a channel: the scientist learns whether it held (the request was
           answered or not). Prefer the structural constraints above.
 
         The name is the scientist's choice, so an accept handler without constraints
         accepts anything filed under that name, the raw data included; the first one added
         logs a warning. Say what it accepts: `add_handler(name="train_size",
-        action="accept", max_elements=1, dtype=int)`."""
+        action="accept", max_elements=1, dtype=int)`. Of the handlers that apply, the most
+        specific answers (`Handler.specificity`), then the newest."""
         if action not in ("accept", "deny"):
             raise ValueError(f"action must be 'accept' or 'deny', got {action!r}")
         if max_elements is not None and (type(max_elements) is not int or max_elements < 0):
