@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -13,7 +14,9 @@ from torch import nn
 
 import tether as sy
 from tether import errors
-from tether.node import Release
+from tether.errors import LimitError
+from tether.node import Release, Requests
+from tether.node.requests import digest
 from tether.ops import PUBLISHED
 
 # Values no id, size or count could equal: any of them (or a sum or mean of them) in what comes
@@ -212,8 +215,18 @@ def test_requests_table_for_the_owner(owner):
     x, _ = _dataset(owner)
     x.sum().request(name="train_size", reason="to plan the epochs")
     table = owner.node.requests.pandas
-    assert list(table.columns) == ["id", "name", "reason", "requester", "object", "status", "time"]
-    assert table.iloc[0]["name"] == "train_size" and table.iloc[0]["status"] == "pending"
+    assert list(table.columns) == [
+        *("id", "name", "reason", "requester", "object", "status", "time"),
+        *("type", "dtype", "shape", "elements", "digest", "provenance"),
+    ]
+    row = table.iloc[0]
+    assert (row["name"], row["status"], row["type"], row["dtype"]) == (
+        "train_size",
+        "pending",
+        "Tensor",
+        "float32",
+    )
+    assert (row["shape"], row["elements"], row["digest"]) == ("()", 1, digest(SECRET.sum()))
 
 
 def test_federated_mode_releases_derived_results_but_not_the_data(make_worker):
@@ -240,3 +253,178 @@ def test_worker_accepts_a_strict_policy_at_creation():
     assert sy.VirtualWorker("tutorial").node.release is Release.OPEN
     with pytest.raises(ValueError, match="choose one of open, training, strict"):
         sy.VirtualWorker("typo", release="closed")
+
+
+# ---- the desk itself: caps, snapshots, release, constraints ---------------------------------
+
+
+def _desk(**caps) -> Requests:
+    return Requests(show=lambda _: None, **caps)
+
+
+def _file(desk: Requests, value, obj_id: int = 1, name: str = "n", client: str = "c", **kw):
+    return desk.submit(client, obj_id, name, "why", ("mnist",), "", value, **kw)
+
+
+def test_a_client_keeps_at_most_its_cap_of_requests_waiting():
+    desk = _desk(max_pending_per_client=3)
+    filed = [_file(desk, i, obj_id=i) for i in range(3)]
+    with pytest.raises(LimitError, match="3 requests of this client already wait"):
+        _file(desk, 3, obj_id=3)
+    assert _file(desk, 0, obj_id=0, client="other").status == "pending"  # per client
+    filed[0].deny()  # an answer frees a place
+    assert _file(desk, 3, obj_id=3).status == "pending"
+    with pytest.raises(LimitError):
+        _file(desk, 4, obj_id=4)
+    assert len(desk) == 4 and [e["decision"] for e in desk.audit] == ["denied"]
+
+
+def test_one_waiting_request_per_client_and_object():
+    desk = _desk(max_pending_per_client=1)
+    first = _file(desk, torch.ones(2), name="first")
+    assert _file(desk, torch.zeros(2), name="second") is first  # the waiting one, not a new one
+    assert len(desk) == 1 and first.name == "first"
+    first.accept()
+    second = _file(desk, torch.zeros(2), name="second")  # a new one once it is answered
+    assert second is not first and second.status == "pending"
+
+
+def test_a_request_holds_a_copy_and_its_digest():
+    weights = torch.arange(6.0).reshape(2, 3).requires_grad_()
+    value = {"w": weights, "steps": [3, 2.5]}
+    desk = _desk()
+    request = _file(desk, value, provenance="torch.Tensor.sum(published['x'])")
+    with torch.no_grad():
+        weights.add_(100)  # what the object holds later is not what the owner sees
+    value["steps"].append(7)
+    snapshot = request.snapshot
+    assert torch.equal(snapshot["w"], torch.arange(6.0).reshape(2, 3))
+    assert snapshot["w"].requires_grad and snapshot["steps"] == [3, 2.5]
+    assert request.digest == digest({"w": torch.arange(6.0).reshape(2, 3), "steps": [3, 2.5]})
+    assert request.digest != digest({"w": torch.arange(6.0).reshape(3, 2), "steps": [3, 2.5]})
+    assert request.digest != digest({"w": torch.arange(6.0).reshape(2, 3), "steps": [3, 2]})
+    assert digest(torch.tensor([1], dtype=torch.int32)) != digest(torch.tensor([1]))
+    assert (request.kind, request.dtype, request.shape, request.elements) == (
+        "dict",
+        "float, float32, int, str",
+        "2 items",
+        len("w") + 6 + len("steps") + 2,  # a dict's keys count: they are data too
+    )
+    shown = repr(request)
+    for fact in ("dict", "float32", "14 elements", request.digest[:12], "published['x']"):
+        assert fact in shown
+    assert repr(request) in repr(desk)
+    request.deny()
+    entry = desk.audit[-1]
+    assert (entry["digest"], entry["provenance"]) == (request.digest, request.provenance)
+    assert request.value is None  # a denied request's copy is dropped
+
+
+def test_an_accepted_request_releases_its_snapshot_once():
+    desk = _desk(max_snapshot_bytes=100)
+    secret = torch.zeros(20)  # 80 bytes
+    request = _file(desk, secret)
+    with pytest.raises(LimitError, match="more than 100 bytes"):
+        _file(desk, torch.zeros(20), obj_id=2)  # both copies would not fit
+    with pytest.raises(ValueError, match="was pending: nothing to release"):
+        request.release()
+    request.accept()
+    secret.fill_(1)
+    assert request.releasable
+    assert torch.equal(request.release(), torch.zeros(20))  # what the owner saw
+    assert not request.releasable and request.released
+    with pytest.raises(ValueError, match="was released already"):
+        request.release()
+    assert _file(desk, torch.zeros(20), obj_id=2).status == "pending"  # its bytes were freed
+    denied = _file(desk, 1.5, obj_id=3)
+    denied.deny()
+    with pytest.raises(ValueError, match="was denied"):
+        denied.release()
+    kept = _file(desk, torch.ones(1), obj_id=4)
+    kept.accept()
+    newer = _file(desk, torch.ones(1), obj_id=4)  # the node files anew once one was spent
+    with pytest.raises(ValueError, match="gave way to a newer one"):
+        kept.release()
+    assert newer.status == "pending"
+
+
+def test_a_request_does_not_keep_long_texts():
+    with pytest.raises(LimitError, match="at most 256 characters"):
+        _file(_desk(), 1, name="n" * 257)
+    with pytest.raises(LimitError, match="reason"):
+        _desk().submit("c", 1, "n", "r" * 5000, (), "", 1)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "fits", "does_not_fit"),
+    [
+        ({"max_elements": 1}, 60000, torch.zeros(2)),
+        ({"max_elements": 3}, [1, 2, 3], "four"),
+        ({"dtype": int}, 60000, True),  # a bool is not an int here
+        ({"dtype": int}, [1, 2], torch.tensor(1)),  # nor is a tensor
+        ({"dtype": torch.float32}, [torch.zeros(2), torch.ones(1)], torch.zeros(2).double()),
+        ({"dtype": bool}, False, 0),
+        ({"provenance": "builtins.len(published['x'])"}, 3, 3),  # see provenance_of below
+        ({"provenance": lambda p: p.startswith("builtins.len(")}, 3, 3),
+        ({"predicate": lambda v: v < 10}, 3, 12),
+        ({"predicate": lambda v: v.sum() < 10}, torch.ones(3), torch.ones(30)),  # tensor(True)
+        ({"predicate": lambda v: v.startswith("a")}, "abc", 12),  # raising: does not hold
+    ],
+)
+@pytest.mark.parametrize("action", ["accept", "deny"])
+def test_a_handler_applies_only_where_its_constraints_hold(constraint, fits, does_not_fit, action):
+    """A constraint that fails never denies: the request waits for the owner."""
+    desk = _desk()
+    handler = desk.add_handler(name="train_size", action=action, **constraint)
+    provenance_of = {True: "builtins.len(published['x'])", False: "torch.sum(published['x'])"}
+    good = _file(desk, fits, obj_id=1, name="train_size", provenance=provenance_of[True])
+    assert good.status == ("accepted" if action == "accept" else "denied")
+    assert good.handler is handler and good.decided_by == "handler train_size"
+    bad = _file(desk, does_not_fit, obj_id=2, name="train_size", provenance=provenance_of[False])
+    assert bad.status == "pending" and bad.snapshot is not None
+    assert [r.id for r in desk] == [bad.id]
+    bad.accept()  # the owner still answers it
+
+
+def test_a_constrained_handler_beats_an_unconstrained_one_where_it_holds():
+    desk = _desk()
+    desk.add_handler(name="train_size", action="accept", max_elements=1, dtype=int)
+    desk.add_handler(name="train_size", action="deny")  # newer, but less specific
+    assert _file(desk, 60000, name="train_size").status == "accepted"
+    assert _file(desk, torch.zeros(3), obj_id=2, name="train_size").status == "denied"
+
+
+def test_a_late_constrained_handler_answers_only_the_waiting_requests_it_fits():
+    desk = _desk()
+    size = _file(desk, 60000, obj_id=1, name="train_size")
+    data = _file(desk, SECRET.clone(), obj_id=2, name="train_size")
+    desk.add_handler(name="train_size", action="accept", max_elements=1, dtype=int)
+    assert (size.status, data.status) == ("accepted", "pending")
+
+
+def test_handler_constraints_are_checked_when_added():
+    desk = _desk()
+    with pytest.raises(TypeError, match="max_elements"):
+        desk.add_handler(name="n", max_elements=-1)
+    with pytest.raises(TypeError, match="dtype"):
+        desk.add_handler(name="n", dtype="int")
+    with pytest.raises(TypeError, match="provenance"):
+        desk.add_handler(name="n", provenance=3)
+    with pytest.raises(TypeError, match="predicate"):
+        desk.add_handler(name="n", predicate="x > 1")
+
+
+def test_an_unconstrained_accept_handler_warns_once(caplog):
+    desk = _desk()
+    with caplog.at_level(logging.WARNING, logger="tether.node.requests"):
+        desk.add_handler(name="loss", action="deny")
+        desk.add_handler(name="train_size", action="accept", max_elements=1, dtype=int)
+        assert not caplog.records  # denying, or saying what it accepts, warns of nothing
+        desk.add_handler(name="train_size", action="accept")
+        desk.add_handler(name="model", action="accept")
+    [warning] = caplog.records
+    assert warning.levelno == logging.WARNING and "\n" not in warning.getMessage()
+    assert "'train_size' has no constraints" in warning.getMessage()
+    request = _file(desk, SECRET.clone(), name="train_size")
+    assert request.status == "accepted"  # still the owner's choice: it accepts by name
+    assert "an unconstrained handler" in repr(request)

@@ -6,13 +6,18 @@
 
 The owner's data never leaves: the scientist learns whether this machine has CUDA, how many
 training images there are, and gets the model they trained, because the handlers below
-accept those requests; the training loss they ask for is denied (and shown here instead).
+accept those requests (each handler says what it accepts: a bool, an int, float32 weights of
+SyNet's size); the training loss they ask for is denied (and shown here instead).
 """
 
 import argparse
 
+import torch
+
 import tether as sy
 from tether import datasets, transforms
+
+SYNET_WEIGHTS = 1_199_882  # the tutorial's SyNet: what the "model" request may carry at most
 
 
 def serve(duet, data_root=None):
@@ -29,15 +34,23 @@ def serve(duet, data_root=None):
     )
     print(duet.store.pandas)
 
-    duet.requests.add_handler(name="cuda_is_available", action="accept")
+    # The scientist names a request, so an accept handler says what it accepts under that
+    # name: a request that does not fit waits for you (it is not denied). `print(duet.requests)`
+    # shows each one's type, dtype, size, digest and provenance.
+    duet.requests.add_handler(name="cuda_is_available", action="accept", max_elements=1, dtype=bool)
     duet.requests.add_handler(
         name="loss",
         action="deny",
         timeout_secs=-1,  # no timeout
         print_local=True,  # print the result in your notebook
     )
-    duet.requests.add_handler(name="train_size", action="accept")
-    duet.requests.add_handler(name="model", action="accept")
+    duet.requests.add_handler(name="train_size", action="accept", max_elements=1, dtype=int)
+    duet.requests.add_handler(
+        name="model",
+        action="accept",
+        dtype=torch.float32,
+        max_elements=SYNET_WEIGHTS,  # a model's weights, not a copy of the 47M pixels
+    )
 
 
 def report(duet):

@@ -33,8 +33,11 @@ class OwnerDuet:
 
     @property
     def requests(self) -> Requests:
-        """The scientist's requests: iterate the pending ones, `[i].accept()`, `.pandas`,
-        `.add_handler(...)`, and the audit log in `.audit`."""
+        """The scientist's requests: `print()` lists the pending ones with what each carries
+        (type, dtype, size, digest, provenance: a copy taken when it was filed, which is what
+        accepting releases); iterate them, `[i].accept()`, `.pandas`, `.audit` (the log).
+        `.add_handler(name=..., action="accept", max_elements=1, dtype=int)` answers
+        requests; the scientist chooses the name, so say what an accept handler takes."""
         return self.node.requests
 
     @property
