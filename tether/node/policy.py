@@ -136,8 +136,8 @@ def may_leave(stored: Stored, release: Release, guard: Guard | None = None) -> V
     """Whether a stored object may leave the node without an accepted request, and what leaves.
 
     Every release asks this: a Get, the lending of in-process values, a request's status.
-    It walks the memory of every tensor the reply would carry (`guard.level_of`: a view of memory later written with derived
-    data, a list or a state dict holding it). By policy:
+    It walks the memory of every tensor the reply would carry (`guard.level_of`: a view of
+    memory later written with derived data, a list or a state dict holding it). By policy:
     - `open`: anything but the owner's data itself (no memory is tracked);
     - `training`: the scientist's own data, and what a releasing routine returned (its
       grant's copy, taken when it returned: later changes through pointers do not leave);
