@@ -73,14 +73,23 @@ def test_nothing_computed_from_private_data_leaves_without_a_request(owner):
             pointer.get()
         assert pointer.get(request_block=True, name=what, timeout_secs=0.05) is None, what
         assert not leaked([repr(pointer), str(pointer)], PRIVATE), what
-    with pytest.raises(errors.RemoteError) as failure:
-        (x @ torch.ones(2, 2)).get()  # the error text of an op on x is withheld
-    assert not leaked(failure.value, PRIVATE) and "withholds" in str(failure.value)
+    # an op on x that fails (shapes do not match) is not reported: its result is poisoned,
+    # and held back as any other (the owner sees why when asked to release it)
+    with pytest.raises(errors.RequestPendingError) as failure:
+        (x @ torch.ones(2, 2)).get()
+    assert not leaked(failure.value, PRIVATE)
+    [poisoned] = [r for r in owner.node.requests.pending() if "Poisoned" in r.kind]
+    assert "mat1 and mat2 shapes cannot be multiplied" in repr(poisoned.snapshot)
     # the scientist's own data stays theirs
     assert torch.equal(torch.ones(2).send(owner).get(), torch.ones(2))
     assert len(replies.received) > 2 * len(attempts)
     assert not leaked(replies.received, PRIVATE)  # not in any value, meta or error text
     assert [e["decision"] for e in owner.node.requests.audit] == ["timed out"] * len(attempts)
+    # accepted, a poisoned value leaves as an error with no text
+    poisoned.accept()
+    with pytest.raises(errors.PoisonedValueError) as failure:
+        owner.client.get([poisoned.obj_id], delete=False)
+    assert "owner's log" in str(failure.value) and "mat1" not in str(failure.value)
 
 
 def test_an_accepted_request_releases_exactly_that_object_once(owner):
@@ -238,12 +247,20 @@ def test_federated_mode_releases_derived_results_but_not_the_data(make_worker):
         x.get()
 
 
-def test_owner_data_cannot_be_changed_in_place(owner):
+@pytest.mark.parametrize("release", [Release.OPEN, Release.STRICT])
+def test_owner_data_cannot_be_changed_in_place(owner, release):
+    """Refused (on a strict node quietly: the refusal is about private data) and, whatever
+    gets through, the owner's data is not reached: clients hold copy-on-write clones."""
+    owner.node.release = release
     x, _ = _dataset(owner)
     x.add_(1)
     x[0].zero_()  # a view of the owner's data is protected too
-    with pytest.raises(errors.NotAllowedError, match="in place"):
-        owner.flush()
+    if release is Release.OPEN:
+        with pytest.raises(errors.NotAllowedError, match="in place"):
+            owner.flush()
+    owner.flush()
+    F.batch_norm(torch.zeros(4, 3).send(owner), x[0], x[1], training=True)  # unannotated write
+    owner.flush()
     assert torch.equal(owner.node.published["secret"].value, SECRET)
 
 

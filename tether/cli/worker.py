@@ -138,7 +138,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"WARNING: {OPEN_WARNING}", file=sys.stderr, flush=True)
         logging.getLogger(__name__).warning("%s", OPEN_WARNING)
     node = Node(
-        args.id, limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB)), release=release
+        args.id,
+        limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB)),
+        release=release,
+        guarded=True,  # a network peer's commands are bounded whatever the policy
     )
     if args.dataset:
         _publish_mnist(node, args)

@@ -130,30 +130,38 @@ class Node:
     ) -> None:
         self.name = name
         self.limits = limits or Limits()
+        self._guarded = guarded
         self.release = Release.parse(release)
-        # Every command runs in the guard (tether.node.guard) except on an in-process `open`
-        # node, where the scientist may see everything anyway and the per-op cost would show
-        # (`guarded=True`: a network worker in `open`, for its cost bounds and zeroed memory).
-        if guarded is None:
-            guarded = self.release is not OPEN
-        self.guard = (
-            Guard(
-                strict=self.release is STRICT,
-                taint=self.release is not OPEN,
-                max_elements=self.limits.max_elements,
-                max_flops=self.limits.max_flops,
-            )
-            if guarded
-            else None
-        )
         # The copy-on-write clones of published tensors handed out, by id (see `_published`).
         self._clones: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
         self.requests = requests or Requests()
         self.routines: dict[str, Entry] = {}  # the owner's declared aggregates
         self.published: dict[str, Stored] = {}
         self._stores: dict[str, Store] = {}
-        self._released: set[int] = set()  # accepted requests whose object was handed out
         self._lock = threading.Lock()
+
+    @property
+    def release(self) -> Release:
+        return self._release
+
+    @release.setter
+    def release(self, release: Release | str) -> None:
+        """Set the policy, and with it the guard (`tether.node.guard`) every command runs in,
+        except on an `open` node that is not `guarded` (in process, where the scientist may
+        see everything anyway and the per-op cost would show; `guarded=True`: a network
+        worker in `open`, for its cost bounds and zeroed memory)."""
+        self._release = release = Release.parse(release)
+        guarded = release is not OPEN if self._guarded is None else self._guarded
+        self.guard = (
+            Guard(
+                strict=release is STRICT,
+                taint=release is not OPEN,
+                max_elements=self.limits.max_elements,
+                max_flops=self.limits.max_flops,
+            )
+            if guarded
+            else None
+        )
 
     # ---- what the owner does -----------------------------------------------------------------
 
@@ -517,9 +525,7 @@ class Node:
         verdict = self._may_leave(stored, store)
         if not verdict.leaves:
             self._refuse_without_requests(obj_id, verdict)
-        granted = any(
-            r.id not in self._released for r in self.requests.matching(client, obj_id, ACCEPTED)
-        )
+        granted = any(r.releasable for r in self.requests.matching(client, obj_id, ACCEPTED))
         status = (
             ACCEPTED if verdict.leaves or granted else self._ask(get, obj_id, stored, client).status
         )
@@ -595,7 +601,8 @@ class Node:
     def _get(self, cmd: Get, store: Store, client: str) -> Value:
         """All the values asked for, or (if one may not leave) none: an accepted request is
         spent only when its value leaves."""
-        values, released = [], []
+        values: list = []
+        granted: dict[int, Request] = {}  # by position
         for obj_id in cmd.ids:
             stored = self._lookup(obj_id, store)
             verdict = self._may_leave(stored, store)
@@ -603,10 +610,13 @@ class Node:
                 values.append(verdict.value)
                 continue
             self._refuse_without_requests(obj_id, verdict)
-            released.append(self._granted(cmd, obj_id, stored, client).id)
-            check_egress(stored.value)
-            values.append(stored.value)
-        self._released.update(released)
+            granted[len(values)] = self._granted(cmd, obj_id, stored, client)
+            values.append(None)
+        # Every id may leave: each accepted request releases the copy the owner saw when it
+        # was filed (whatever the id holds now: a later write or rebinding changes nothing).
+        for i, request in granted.items():
+            values[i] = request.release()
+            check_egress(values[i])
         return Value(values)
 
     def _owner_data_only_at(self, entry: Entry, cmd: Call, store: Store) -> bool:
@@ -665,7 +675,7 @@ class Node:
         """The accepted request that releases this object to the client (filing one, and waiting
         for it, if there is none); raise if there is none yet or it was denied."""
         for request in self.requests.matching(client, obj_id, ACCEPTED):
-            if request.id not in self._released:
+            if request.releasable:
                 return request
         request = self._ask(cmd, obj_id, stored, client)
         where = f"object {obj_id} on worker {self.name!r} is private: request {request.id}"
