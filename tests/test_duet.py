@@ -136,8 +136,8 @@ def test_nothing_private_reaches_the_scientist_without_a_request(pair):
             pointer.get()
         assert pointer.get(request_block=True, name=what, timeout_secs=0.01) is None, what
         assert not leaked([repr(pointer), str(pointer)], PRIVATE), what
-    with pytest.raises(errors.RequestPendingError) as refused:
-        rows.get()  # a dataset never leaves as data, but that is said only once it would
+    with pytest.raises(errors.RemoteError) as refused:
+        rows.get()  # a dataset never leaves as data
     assert not leaked(refused.value, PRIVATE)
     # shapes do not match: the failure is not reported (its text and the bit are the data's);
     # the result is poisoned and held back like any other
