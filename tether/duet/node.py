@@ -109,8 +109,9 @@ class DuetNode(Node):
             self.left.set()
 
     def _hello(self, cmd: Call, connection: str) -> Done | Failure:
-        """Register the client id said on this connection (in place of one said on it before)
-        and wait (up to the wait it asks for) until the owner confirms it."""
+        """Register the client id said on this connection and wait (up to the wait it asks
+        for) until the owner confirms it. A connection's commands run in order, so a second
+        hello on it comes once the first has ended, and takes its place."""
         if not (
             len(cmd.args) == 2
             and isinstance(cmd.args[0], str)
@@ -124,7 +125,6 @@ class DuetNode(Node):
                 return Failure(
                     PermissionDeniedError.__name__, "this duet already has its scientist"
                 )
-            self._hellos.pop(connection, None)
             if len(self._hellos) >= MAX_WAITING:
                 oldest = self._hellos.pop(next(iter(self._hellos)))
                 oldest.displaced = True

@@ -159,9 +159,8 @@ class Rendezvous:
         return f"ws://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        # The limit bounds the first line (and what a connection buffers before it is read).
         self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, limit=_MAX_LINE
+            self._serve, self.host, self.port, limit=_STREAM_LIMIT
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("tether network listening on %s", self.url)
@@ -184,18 +183,16 @@ class Rendezvous:
         try:
             timeout = _CURT_TIMEOUT if self.failed.over_cap(ip) else OPEN_TIMEOUT
             try:
-                line = await asyncio.wait_for(reader.readline(), timeout)
-            except ValueError:
-                line = b""  # longer than _MAX_LINE
+                head = await asyncio.wait_for(_first_line(reader), timeout)
             except TimeoutError:
                 self._refuse(writer, ip, "no request line in time")
                 return
-            words = line.decode("ascii", "replace").split()
+            words = head.partition(b"\n")[0].decode("ascii", "replace").split()
             handler = self._handlers().get(words[0] if words else "")
             if handler is None:
                 self._refuse(writer, ip, "expected REGISTER, LOOKUP, ATTACH or GET /relay/...")
                 return
-            await handler(words, line, reader, writer)
+            await handler(words, head, reader, writer)
         except (
             ConnectionError,
             asyncio.IncompleteReadError,
@@ -235,7 +232,7 @@ class Rendezvous:
     async def _register(
         self,
         words: list[str],
-        line: bytes,
+        head: bytes,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
@@ -268,7 +265,7 @@ class Rendezvous:
     async def _lookup(
         self,
         words: list[str],
-        line: bytes,
+        head: bytes,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
@@ -285,7 +282,7 @@ class Rendezvous:
     async def _attach(
         self,
         words: list[str],
-        line: bytes,
+        head: bytes,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
@@ -294,12 +291,12 @@ class Rendezvous:
         if future is None or future.done():
             self._refuse(writer, _peer_ip(writer), "no relay is waiting for this nonce")
             return
-        future.set_result((reader, writer))
+        future.set_result((reader, writer, head.partition(b"\n")[2]))
 
     async def _relay(
         self,
         words: list[str],
-        line: bytes,
+        head: bytes,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
@@ -317,18 +314,30 @@ class Rendezvous:
         future = entry.pending[nonce] = asyncio.get_running_loop().create_future()
         entry.control.write(f"RELAY {nonce}\n".encode())
         try:
-            owner_reader, owner_writer = await asyncio.wait_for(future, OPEN_TIMEOUT)
+            owner_reader, owner_writer, owner_said = await asyncio.wait_for(future, OPEN_TIMEOUT)
         except (TimeoutError, asyncio.CancelledError):
             _http_error(writer, 504, "the duet's owner did not open the relay")
             writer.close()
             return
         finally:
             entry.pending.pop(nonce, None)
-        owner_writer.write(line)  # the rest of the handshake follows through the pipe
+        owner_writer.write(head)  # the rest of the handshake follows through the pipe
+        writer.write(owner_said)
         await splice(reader, writer, owner_reader, owner_writer)
 
 
 _NO_ROOM = "no duet with this session id is registered here"
+
+
+async def _first_line(reader: asyncio.StreamReader) -> bytes:
+    """The first line and what came with it, at most _MAX_LINE bytes in all (b"" when no whole
+    line came): a line without end is refused as soon as it is too long, not waited on."""
+    head = b""
+    while b"\n" not in head and len(head) < _MAX_LINE:
+        if not (chunk := await reader.read(_MAX_LINE - len(head))):
+            return b""
+        head += chunk
+    return head if b"\n" in head else b""
 
 
 def _peer_ip(writer: asyncio.StreamWriter) -> str:
