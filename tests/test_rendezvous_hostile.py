@@ -6,6 +6,8 @@ owner and scientist meet through the same service and compute."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 import socket
@@ -118,6 +120,17 @@ def assert_the_pair_still_computes(
 
 def room_of(owner: sy.duet.OwnerDuet) -> str:
     return SessionId.parse(owner.session_id).room
+
+
+def test_the_relay_key_is_the_hkdf_the_protocol_states():
+    """The bytes in rendezvous.py's docstring, computed here by RFC 5869 with hmac alone, so
+    that another client can be written from the docstring."""
+    room, secret = "abcdefghijklmnop", "qrstuvwxyz234567" * 2
+    prk = hmac.new(bytes(32), secret.encode(), hashlib.sha256).digest()  # no salt: 32 zeros
+    okm = hmac.new(prk, b"tether-relay " + room.encode() + b"\x01", hashlib.sha256).digest()
+    assert relay_key(room, secret) == okm.hex()
+    assert verifier(okm.hex()) == hashlib.sha256(okm).hexdigest()
+    assert relay_key(room, secret[::-1]) != okm.hex()
 
 
 # ---- lookups and relays knowing only the room -------------------------------------------------

@@ -23,13 +23,14 @@ secret, and the owner registers a verifier of it:
         owner, answering RELAY <nonce>: raw bytes follow.
     GET /relay/<room>/<relay_key> HTTP/1.1
         a scientist's websocket handshake, handed to the owner; else an HTTP 404 (no such
-        room or a wrong key), 503 (the room's relay slots are taken) or 504.
+        room or a wrong key), 503 (8 relays already wait for the owner) or 504 (the owner did
+        not attach in time).
 
 The service accepts a key when `hmac.compare_digest(SHA-256(key), verifier)`. A line without a
 valid key gets the same ERROR whether or not the room exists, and creates no state: a stranger
 who knows only the room cannot look the owner up, take its room, or hold a relay slot. A room
-has at most MAX_PENDING_RELAYS relays waiting for the owner to attach. Per address, past
-MAX_FAILED_LINES failed lines in a minute, failing lines are answered `ERROR too many failed
+has at most 8 relays waiting for the owner to attach (MAX_PENDING_RELAYS). Per address, past 30
+failed lines in a minute (MAX_FAILED_LINES), failing lines are answered `ERROR too many failed
 requests ...` and a first line must come within a second; a valid key is always served, so a
 stranger behind the scientist's address (a NAT) cannot lock them out.
 
