@@ -20,12 +20,16 @@ from tether.node.policy import Release
 from tether.wire import Call, Done, Failure
 
 MAX_HELLO_WAIT = 3600.0
+# Hellos waiting for the owner at once: a newer one takes the oldest one's place, so hellos
+# from many connections can neither grow without end nor keep a later scientist out.
+MAX_WAITING = 8
 
 
 @dataclass
 class _Scientist:
     client_id: str
-    confirmed: threading.Event = field(default_factory=threading.Event)
+    confirmed: threading.Event = field(default_factory=threading.Event)  # or woken otherwise
+    displaced: bool = False  # a newer hello took its place
 
 
 class DuetNode(Node):
@@ -65,6 +69,12 @@ class DuetNode(Node):
                     return True
         return False
 
+    @property
+    def waiting(self) -> list[str]:
+        """The client ids of the scientists waiting for confirmation (at most MAX_WAITING)."""
+        with self._changed:
+            return [s.client_id for s in self._hellos.values() if s is not self._scientist]
+
     def close(self) -> None:
         """The duet ends: scientists still waiting for confirmation are told so at once."""
         with self._changed:
@@ -100,7 +110,8 @@ class DuetNode(Node):
 
     def _hello(self, cmd: Call, connection: str) -> Done | Failure:
         """Register the client id said on this connection and wait (up to the wait it asks
-        for) until the owner confirms it."""
+        for) until the owner confirms it. A connection's commands run in order, so a second
+        hello on it comes once the first has ended, and takes its place."""
         if not (
             len(cmd.args) == 2
             and isinstance(cmd.args[0], str)
@@ -114,18 +125,29 @@ class DuetNode(Node):
                 return Failure(
                     PermissionDeniedError.__name__, "this duet already has its scientist"
                 )
+            if len(self._hellos) >= MAX_WAITING:
+                oldest = self._hellos.pop(next(iter(self._hellos)))
+                oldest.displaced = True
+                oldest.confirmed.set()
             scientist = self._hellos[connection] = _Scientist(client_id)
             if not self.confirm:
                 self._scientist = scientist
                 scientist.confirmed.set()
             self._changed.notify_all()
-        if scientist.confirmed.wait(wait) and not self._closed:
-            return Done()
+        scientist.confirmed.wait(wait)
+        with self._changed:
+            if scientist is self._scientist and not self._closed:
+                return Done()
+            if self._hellos.get(connection) is scientist:
+                del self._hellos[connection]
         if self._closed:
             return Failure(PermissionDeniedError.__name__, "the owner ended the duet")
-        with self._changed:
-            if self._hellos.get(connection) is scientist and scientist is not self._scientist:
-                del self._hellos[connection]
+        if scientist.displaced:
+            return Failure(
+                PermissionDeniedError.__name__,
+                f"{MAX_WAITING} newer scientists said hello while client id {client_id} waited "
+                "for the owner's confirmation: join again",
+            )
         return Failure(
             PermissionDeniedError.__name__,
             f"the owner did not confirm client id {client_id} within {wait:g} s",

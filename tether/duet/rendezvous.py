@@ -5,18 +5,40 @@ its worker; a scientist looks the room up and connects to the owner directly or,
 reach the owner, through this service, which then pipes the bytes of the scientist's websocket
 to the owner over a connection the owner opened (so an owner behind NAT is reachable). The
 websocket and everything in it stay between the two ends; the service parses only the first
-line of each connection:
+line of each connection (at most 1 KiB, sent within 10 s).
 
-    REGISTER <room> <host> <port>  owner: answered OK or ERROR <why>; then the service sends
-                                   RELAY <nonce> for each scientist to relay. The room lives
-                                   as long as this connection.
-    LOOKUP <room>                  scientist: answered OWNER <url>, RELAY (connect through
-                                   the service) or ERROR <why>.
-    ATTACH <room> <nonce>          owner, answering RELAY <nonce>: raw bytes follow.
-    GET /relay/<room> HTTP/1.1     a scientist's websocket handshake, handed to the owner.
+Knowing the room is not enough to use it. Both ends derive a relay key from the session's
+secret, and the owner registers a verifier of it:
 
-The session's secret never appears in this protocol, but it is in the relayed handshake:
-relay through a service you trust, or serve `wss://`.
+    relay_key = HKDF-SHA256(ikm=secret, salt=None, info=b"tether-relay " + room, length=32)
+    verifier  = SHA-256(relay_key)          (both written as 64 lowercase hex digits)
+
+    REGISTER <room> <host> <port> <verifier>
+        owner: answered OK, or ERROR <why> (a room already registered is refused); then the
+        service sends RELAY <nonce> for each scientist to relay. The room lives as long as
+        this connection.
+    LOOKUP <room> <relay_key>
+        scientist: answered OWNER <url>, RELAY (connect through the service) or ERROR <why>.
+    ATTACH <room> <nonce>
+        owner, answering RELAY <nonce>: raw bytes follow.
+    GET /relay/<room>/<relay_key> HTTP/1.1
+        a scientist's websocket handshake, handed to the owner; else an HTTP 404 (no such
+        room or a wrong key), 503 (8 relays already wait for the owner) or 504 (the owner did
+        not attach in time).
+
+The service accepts a key when `hmac.compare_digest(SHA-256(key), verifier)`. A line without a
+valid key gets the same ERROR whether or not the room exists, and creates no state: a stranger
+who knows only the room cannot look the owner up, take its room, or hold a relay slot. A room
+has at most 8 relays waiting for the owner to attach (MAX_PENDING_RELAYS). Per address, past 30
+failed lines in a minute (MAX_FAILED_LINES), failing lines are answered `ERROR too many failed
+requests ...` and a first line must come within a second; a valid key is always served, so a
+stranger behind the scientist's address (a NAT) cannot lock them out.
+
+The scientist sends the key itself rather than a proof of it: the service learns the key, which
+only opens a rendezvous slot, and the secret cannot be computed from it (HKDF is one-way). The
+websocket behind the slot still needs the secret (the worker's token) and the owner's
+confirmation. The secret is in the relayed handshake, though: relay through a service you
+trust, or serve `wss://`.
 
 Long because the protocol, both of its ends (the service, the owner's registration and the
 scientist's lookup) and the relay belong together: one reader of this file knows the bytes.
@@ -26,16 +48,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import ipaddress
 import logging
 import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tether.errors import ConnectionLostError
 
@@ -44,10 +72,27 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 7600
 DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}"
 OPEN_TIMEOUT = 10.0  # seconds to connect, to send the first line, and for an owner to attach
+MAX_PENDING_RELAYS = 8  # relays of one room waiting for its owner to attach
+MAX_FAILED_LINES = 30  # failed lines per address and minute before it is answered curtly
+_FAILURE_WINDOW = 60.0
+_CURT_TIMEOUT = 1.0  # seconds an address past MAX_FAILED_LINES has to send its first line
+_MAX_ADDRESSES = 4096  # addresses whose failures are remembered (the oldest are forgotten)
 _MAX_LINE = 1024
 _STREAM_LIMIT = 1 << 20
 _CHUNK = 1 << 20
 _ROOM = re.compile(r"[a-z2-7]{8,64}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def relay_key(room: str, secret: str) -> str:
+    """The key that opens `room`'s rendezvous slots, derived from the session's secret."""
+    hkdf = HKDF(hashes.SHA256(), length=32, salt=None, info=b"tether-relay " + room.encode())
+    return hkdf.derive(secret.encode()).hex()
+
+
+def verifier(key: str) -> str:
+    """What the owner registers for `key` (hex): the service checks keys against it."""
+    return hashlib.sha256(bytes.fromhex(key)).hexdigest()
 
 
 def address(url: str) -> tuple[str, int]:
@@ -58,10 +103,10 @@ def address(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or DEFAULT_PORT
 
 
-def relay_url(network_url: str, room: str) -> str:
+def relay_url(network_url: str, room: str, key: str) -> str:
     """Where a scientist's websocket reaches the owner of `room` through the service."""
     host, port = address(network_url)
-    return f"ws://{host}:{port}/relay/{room}"
+    return f"ws://{host}:{port}/relay/{room}/{key}"
 
 
 # ---- the service ----------------------------------------------------------------------------
@@ -72,8 +117,31 @@ class _Room:
     host: str
     port: int
     owner_ip: str
+    verifier: str
     control: asyncio.StreamWriter
     pending: dict[str, asyncio.Future] = field(default_factory=dict)
+
+
+class _FailedLines:
+    """Failed lines per address in the current minute (for the latest _MAX_ADDRESSES)."""
+
+    def __init__(self) -> None:
+        self._by_ip: dict[str, tuple[float, int]] = {}  # ip -> (minute's start, failures)
+
+    def over_cap(self, ip: str) -> bool:
+        start, failures = self._by_ip.get(ip, (0.0, 0))
+        return failures >= MAX_FAILED_LINES and time.monotonic() - start < _FAILURE_WINDOW
+
+    def add(self, ip: str) -> None:
+        now = time.monotonic()
+        start, failures = self._by_ip.pop(ip, (now, 0))
+        if now - start >= _FAILURE_WINDOW:
+            start, failures = now, 0
+        self._by_ip[ip] = (start, failures + 1)  # last in the dict's order: forgotten last
+        if len(self._by_ip) > _MAX_ADDRESSES:
+            del self._by_ip[next(iter(self._by_ip))]
+        if failures + 1 == MAX_FAILED_LINES:
+            log.warning("%s sent %d failed lines within a minute", ip, MAX_FAILED_LINES)
 
 
 class Rendezvous:
@@ -83,6 +151,7 @@ class Rendezvous:
         self.host = host
         self.port = port
         self.rooms: dict[str, _Room] = {}
+        self.failed = _FailedLines()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -111,18 +180,21 @@ class Rendezvous:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._tasks.add(task := asyncio.current_task())  # type: ignore[arg-type]
+        ip = _peer_ip(writer)
         try:
-            line = await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)
-            words = line.decode("ascii", "replace").split() if len(line) <= _MAX_LINE else []
+            timeout = _CURT_TIMEOUT if self.failed.over_cap(ip) else OPEN_TIMEOUT
+            try:
+                head = await asyncio.wait_for(_first_line(reader), timeout)
+            except TimeoutError:
+                self._refuse(writer, ip, "no request line in time")
+                return
+            words = head.partition(b"\n")[0].decode("ascii", "replace").split()
             handler = self._handlers().get(words[0] if words else "")
             if handler is None:
-                writer.write(b"ERROR expected REGISTER, LOOKUP, ATTACH or GET /relay/<room>\n")
-                writer.close()
+                self._refuse(writer, ip, "expected REGISTER, LOOKUP, ATTACH or GET /relay/...")
                 return
-            await handler(words, line, reader, writer)
+            await handler(words, head, reader, writer)
         except (
-            TimeoutError,
-            ValueError,
             ConnectionError,
             asyncio.IncompleteReadError,
             asyncio.CancelledError,
@@ -139,25 +211,48 @@ class Rendezvous:
             "GET": self._relay,
         }
 
+    def _refuse(self, writer: asyncio.StreamWriter, ip: str, why: str, status: int = 0) -> None:
+        """Answer a failed line (ERROR, or an HTTP `status`), count it, and close."""
+        if self.failed.over_cap(ip):
+            why = f"too many failed requests from {ip} in the last minute: retry later"
+            status = 429 if status else 0
+        self.failed.add(ip)
+        if status:
+            _http_error(writer, status, why)
+        else:
+            writer.write(f"ERROR {why}\n".encode())
+        writer.close()
+
+    def _room(self, room: str, key: str) -> _Room | None:
+        """The room, when `key` opens it (the same work whether or not it exists)."""
+        entry = self.rooms.get(room)
+        expected = entry.verifier if entry else "-" * 64
+        offered = verifier(key) if _HEX64.fullmatch(key) else ""
+        return entry if hmac.compare_digest(offered, expected) else None
+
     async def _register(
         self,
         words: list[str],
-        line: bytes,
+        head: bytes,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        if len(words) != 4 or not _ROOM.fullmatch(words[1]) or not words[3].isdigit():
-            writer.write(b"ERROR usage: REGISTER <room> <host> <port>\n")
-            writer.close()
+        ip = _peer_ip(writer)
+        if (
+            len(words) != 5
+            or not _ROOM.fullmatch(words[1])
+            or not words[3].isdigit()
+            or not _HEX64.fullmatch(words[4])
+        ):
+            self._refuse(writer, ip, "usage: REGISTER <room> <host> <port> <verifier>")
             return
         room = words[1]
         if room in self.rooms:
-            writer.write(b"ERROR this room is taken\n")
-            writer.close()
+            self._refuse(writer, ip, "this room is taken")
             return
-        self.rooms[room] = _Room(words[2], int(words[3]), _peer_ip(writer), writer)
+        self.rooms[room] = _Room(words[2], int(words[3]), ip, words[4], writer)
         writer.write(b"OK\n")
-        log.info("duet %s registered by %s", room, _peer_ip(writer))
+        log.info("duet %s registered by %s", room, ip)
         try:
             while await reader.read(_MAX_LINE):  # the owner says nothing more; EOF ends it
                 pass
@@ -171,57 +266,79 @@ class Rendezvous:
     async def _lookup(
         self,
         words: list[str],
-        line: bytes,
+        head: bytes,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        entry = self.rooms.get(words[1]) if len(words) == 2 else None
+        ip = _peer_ip(writer)
+        entry = self._room(words[1], words[2]) if len(words) == 3 else None
         if entry is None:
-            writer.write(b"ERROR no duet with this session id is registered here\n")
-        else:
-            direct = _direct_url(entry, _peer_ip(writer))
-            writer.write(f"OWNER {direct}\n".encode() if direct else b"RELAY\n")
+            self._refuse(writer, ip, _NO_ROOM)
+            return
+        direct = _direct_url(entry, ip)
+        writer.write(f"OWNER {direct}\n".encode() if direct else b"RELAY\n")
         await writer.drain()
         writer.close()
 
     async def _attach(
         self,
         words: list[str],
-        line: bytes,
+        head: bytes,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
         entry = self.rooms.get(words[1]) if len(words) == 3 else None
         future = entry.pending.get(words[2]) if entry else None
         if future is None or future.done():
-            writer.close()
+            self._refuse(writer, _peer_ip(writer), "no relay is waiting for this nonce")
             return
-        future.set_result((reader, writer))
+        future.set_result((reader, writer, head.partition(b"\n")[2]))
 
     async def _relay(
         self,
         words: list[str],
-        line: bytes,
+        head: bytes,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        room = words[1].removeprefix("/relay/").partition("?")[0] if len(words) > 1 else ""
-        entry = self.rooms.get(room) if words[1:2] and words[1].startswith("/relay/") else None
+        ip = _peer_ip(writer)
+        path = words[1].partition("?")[0].split("/") if len(words) > 1 else []
+        entry = self._room(path[2], path[3]) if len(path) == 4 and path[1] == "relay" else None
         if entry is None:
-            await _http_error(writer, 404, "no duet with this session id is registered here")
+            self._refuse(writer, ip, _NO_ROOM, 404)
+            return
+        if len(entry.pending) >= MAX_PENDING_RELAYS:
+            _http_error(writer, 503, "the duet's owner is opening other relays: retry soon")
+            writer.close()
             return
         nonce = secrets.token_hex(16)
         future = entry.pending[nonce] = asyncio.get_running_loop().create_future()
         entry.control.write(f"RELAY {nonce}\n".encode())
         try:
-            owner_reader, owner_writer = await asyncio.wait_for(future, OPEN_TIMEOUT)
+            owner_reader, owner_writer, owner_said = await asyncio.wait_for(future, OPEN_TIMEOUT)
         except (TimeoutError, asyncio.CancelledError):
-            await _http_error(writer, 504, "the duet's owner did not open the relay")
+            _http_error(writer, 504, "the duet's owner did not open the relay")
+            writer.close()
             return
         finally:
             entry.pending.pop(nonce, None)
-        owner_writer.write(line)  # the rest of the handshake follows through the pipe
+        owner_writer.write(head)  # the rest of the handshake follows through the pipe
+        writer.write(owner_said)
         await splice(reader, writer, owner_reader, owner_writer)
+
+
+_NO_ROOM = "no duet with this session id is registered here"
+
+
+async def _first_line(reader: asyncio.StreamReader) -> bytes:
+    """The first line and what came with it, at most _MAX_LINE bytes in all (b"" when no whole
+    line came): a line without end is refused as soon as it is too long, not waited on."""
+    head = b""
+    while b"\n" not in head and len(head) < _MAX_LINE:
+        if not (chunk := await reader.read(_MAX_LINE - len(head))):
+            return b""
+        head += chunk
+    return head if b"\n" in head else b""
 
 
 def _peer_ip(writer: asyncio.StreamWriter) -> str:
@@ -246,17 +363,19 @@ def _direct_url(entry: _Room, scientist_ip: str) -> str | None:
     return f"ws://{f'[{host}]' if ':' in host else host}:{entry.port}"
 
 
-async def _http_error(writer: asyncio.StreamWriter, status: int, text: str) -> None:
-    reason = {404: "Not Found", 504: "Gateway Timeout"}[status]
+def _http_error(writer: asyncio.StreamWriter, status: int, text: str) -> None:
+    reason = {
+        404: "Not Found",
+        429: "Too Many Requests",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }[status]
     body = f"tether network: {text}\n".encode()
-    writer.write(
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-        + body
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
-    writer.close()
+    writer.write(head.encode() + body)
 
 
 async def splice(
@@ -286,11 +405,14 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 class OwnerLink:
     """The owner's connection to the service: keeps its room registered and, for each scientist
     the service relays, connects the relay to the owner's worker. Runs on its own event loop in
-    a background thread."""
+    a background thread. `key`: the room's relay key (see `relay_key`)."""
 
-    def __init__(self, network_url: str, room: str, worker_host: str, worker_port: int) -> None:
+    def __init__(
+        self, network_url: str, room: str, key: str, worker_host: str, worker_port: int
+    ) -> None:
         self.network_url = network_url
         self.room = room
+        self.verifier = verifier(key)
         self.worker_host = worker_host
         self.worker_port = worker_port
         self.lost = threading.Event()  # the service went away: nobody new can find the duet
@@ -325,7 +447,10 @@ class OwnerLink:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, limit=_STREAM_LIMIT), OPEN_TIMEOUT
             )
-            writer.write(f"REGISTER {self.room} {self.worker_host} {self.worker_port}\n".encode())
+            writer.write(
+                f"REGISTER {self.room} {self.worker_host} {self.worker_port} "
+                f"{self.verifier}\n".encode()
+            )
             answer = await asyncio.wait_for(reader.readline(), OPEN_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise ConnectionLostError(_unreachable(self.network_url, exc)) from None
@@ -377,11 +502,12 @@ class OwnerLink:
             task.cancel()
 
 
-def lookup(network_url: str, room: str, timeout: float = OPEN_TIMEOUT) -> str | None:
-    """Ask the service how to reach the owner of `room`: its URL, or None to relay."""
+def lookup(network_url: str, room: str, key: str, timeout: float = OPEN_TIMEOUT) -> str | None:
+    """Ask the service how to reach the owner of `room` (`key`: its relay key): its URL, or
+    None to relay."""
     try:
         with socket.create_connection(address(network_url), timeout=timeout) as sock:
-            sock.sendall(f"LOOKUP {room}\n".encode())
+            sock.sendall(f"LOOKUP {room} {key}\n".encode())
             reply = sock.makefile("rb").readline(_MAX_LINE).decode("ascii", "replace").strip()
     except OSError as exc:
         raise ConnectionLostError(_unreachable(network_url, exc)) from None

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from tether.duet.names import HELLO
 from tether.duet.node import DuetNode
 from tether.duet.owner import OwnerDuet
-from tether.duet.rendezvous import DEFAULT_URL, OwnerLink, lookup, relay_url
+from tether.duet.rendezvous import DEFAULT_URL, OwnerLink, lookup, relay_key, relay_url
 from tether.duet.scientist import ScientistDuet
 from tether.errors import ConnectionLostError, TetherError
 from tether.transports.websocket import ServerThread, WebsocketTransport, WorkerServer
@@ -133,9 +133,9 @@ def start_duet(
             )
         else:
             network = _network(network_url)
-            duet.add_closer(
-                OwnerLink(network, session.room, host, server.server.port).start().close
-            )
+            key = relay_key(session.room, session.secret)
+            link = OwnerLink(network, session.room, key, host, server.server.port)
+            duet.add_closer(link.start().close)
             _say(f"session id: {session}")
             _say(f'the scientist joins with sy.join_duet("{session}") (network {network})')
     except BaseException:
@@ -156,16 +156,21 @@ def await_scientist(duet: OwnerDuet, confirm: bool, timeout: float) -> None:
 
 def _confirm(node: DuetNode, attempts: int = 3) -> None:
     for _ in range(attempts):
+        waiting = len(node.waiting)
+        who = "a scientist is" if waiting <= 1 else f"{waiting} scientists are"
         try:
-            typed = input("tether duet: a scientist is waiting; enter their client id: ").strip()
+            typed = input(f"tether duet: {who} waiting; enter your scientist's client id: ")
         except EOFError:
             raise SessionError(
                 "no client id to confirm the scientist with (stdin is closed); "
                 "pass confirm=False to let the first scientist in"
             ) from None
-        if node.confirm_client(typed):
+        if node.confirm_client(typed.strip()):
             return
-        _say(f"no scientist with client id {typed!r} is waiting: ask the scientist for theirs")
+        _say(
+            f"no scientist with client id {typed.strip()!r} is waiting: ask the scientist "
+            "for theirs"
+        )
     raise SessionError(f"no waiting scientist matched the client id after {attempts} tries")
 
 
@@ -212,10 +217,11 @@ def join_duet(
 def _connect_via_network(
     session: SessionId, network: str, relay: bool | None
 ) -> tuple[WebsocketTransport, str]:
-    direct = lookup(network, session.room) if relay is not True else None
+    key = relay_key(session.room, session.secret)
+    direct = lookup(network, session.room, key) if relay is not True else None
     routes = [] if direct is None else [(direct, "direct")]
     if relay is not False:
-        routes.append((relay_url(network, session.room), f"relayed by {network}"))
+        routes.append((relay_url(network, session.room, key), f"relayed by {network}"))
     if not routes:
         raise ConnectionLostError(
             f"the owner of duet {session.room} cannot be reached directly and relay=False"
