@@ -15,6 +15,7 @@ snapshot and its digest, handlers and their constraints, the one release, the ow
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -304,10 +305,8 @@ class Requests:
                 f"a request's name is at most {MAX_NAME_CHARS} characters and its reason "
                 f"at most {MAX_REASON_CHARS}"
             )
-        try:
-            check_egress(value)
-        except PoisonedValueError:  # the owner sees the cause; refusing here would tell it
-            pass
+        with contextlib.suppress(PoisonedValueError):  # the owner sees the cause; a refusal
+            check_egress(value)  # here would tell the scientist the value is poisoned
         key, nbytes = (client, obj_id), tensor_nbytes(value)
         with self._lock:
             found = self._admit(key, nbytes)
