@@ -37,6 +37,7 @@ from tether.node.policy import (
     grant,
     lendable,
     may_leave,
+    provenance,
     result_policy,
     would_change,
 )
@@ -416,9 +417,11 @@ class Node:
         )
         # A quiet call's reply is the same whether it ran or was poisoned: no description.
         quiet = self._quiet(entry, level)
+        made = provenance(entry.path, inputs) if privacy else ""
         described = []
         for obj_id, item in [(out, result)] if type(out) is int else zip(out, result, strict=True):
             stored = self._stored(item, privacy, protected, inputs, tags, granted)
+            stored.provenance = made
             store.put(obj_id, stored)
             described.append(None if quiet or obj_id in freed else self._describe(stored))
         return Done(described[0] if type(out) is int else described)
@@ -435,7 +438,7 @@ class Node:
         """Store a poisoned value in place of each result of a failed call on private data and
         answer as if it ran: the client learns nothing from whether (or why) it failed."""
         log.info("a command on private data failed for a client: %s", cause)
-        poison = Stored(Poisoned(cause), DERIVED)
+        poison = Stored(Poisoned(cause), DERIVED, provenance=f"{cause} (poisoned)")
         out = cmd.out
         if out is None:
             return Done()
@@ -505,7 +508,8 @@ class Node:
             self._clones[id(clone)] = clone
         if self.guard is not None:
             self.guard.mark(clones, stored.privacy)
-        item = replace(stored, value=value)
+        where = f"published[{args[0]!r}]" + (f"[{args[1]}]" if len(args) == 2 else "")
+        item = replace(stored, value=value, provenance=where if stored.privacy else "")
         store.put(cmd.out, item)
         return Done(self._describe(item))
 
@@ -692,7 +696,14 @@ class Node:
             pending[0]
             if pending
             else self.requests.submit(
-                client, obj_id, cmd.name, cmd.reason, stored.tags, stored.description, stored.value
+                client,
+                obj_id,
+                cmd.name,
+                cmd.reason,
+                stored.tags,
+                stored.description,
+                stored.value,
+                provenance=stored.provenance,
             )
         )
         if request.status == PENDING and cmd.wait > 0:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -202,6 +203,18 @@ def cow_view(value: Any) -> Any:
                 setattr(clone, name, cow_view(attribute))
         return clone
     return value
+
+
+def provenance(path: str, inputs: list[Stored], limit: int = 240) -> str:
+    """How a result came from the published data, for the owner who is asked to release it:
+    the op applied to its inputs' provenance, `torch.Tensor.sum(published['mnist'][0])`.
+    Past `limit` characters, the op and the published data it comes from."""
+    sources = list(dict.fromkeys(s.provenance for s in inputs if s.provenance))
+    text = f"{path}({', '.join(sources)})"
+    if len(text) <= limit:
+        return text
+    keys = sorted(set(re.findall(r"published\[[^\]]*\]", " ".join(sources))))
+    return f"{path}(... computed from {', '.join(keys) or 'private data'})"
 
 
 def grant(routine: str, result: Any) -> Grant:

@@ -48,6 +48,7 @@ class Stored:
     tags: tuple[str, ...] = ()
     description: str = ""
     grant: Grant | None = None
+    provenance: str = ""  # for private and derived data: how it came from the published data
 
 
 def tensor_nbytes(value: Any, whole: bool = False) -> int:
