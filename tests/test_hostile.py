@@ -695,9 +695,9 @@ def test_a_refused_allocation_tells_private_sizes_only_where_they_are_known(hide
 def test_a_store_over_its_limit_tells_private_sizes_only_where_they_are_known(hides: bool) -> None:
     node, _ = owner_node(release="strict")
     node.hides_private_sizes = hides
-    node.store(CLIENT).max_bytes = 100
+    node.store(CLIENT).max_bytes = 200  # it holds 128: two objects of at least 64 bytes each
     reply = only_failure(send(node, Call("torch.Tensor.repeat", [Ref(SECRET), 9], {}, OUT)))
-    assert reply.kind == "LimitError" and "limit of 100 bytes" in reply.message
+    assert reply.kind == "LimitError" and "limit of 200 bytes" in reply.message
     assert ("storing 108 bytes" in reply.message) is not hides
     assert_serves(node)
 

@@ -87,6 +87,7 @@ class Limits:
     max_elements: int = 2**28
     max_stored_bytes: int = 8 * 2**30
     max_frame_bytes: int = 2**31
+    max_objects: int = 100_000  # stored at once (see Store)
 
 
 class _Refused(Exception):
@@ -171,7 +172,9 @@ class Node:
         with self._lock:
             found = self._stores.get(client)
             if found is None:
-                found = self._stores[client] = Store(self.limits.max_stored_bytes)
+                found = self._stores[client] = Store(
+                    self.limits.max_stored_bytes, self.limits.max_objects
+                )
             return found
 
     @property
