@@ -699,7 +699,7 @@ def test_a_refused_allocation_on_private_data_is_quiet_outside_open(release: str
 @pytest.mark.parametrize("release", ["open", "strict"])
 def test_a_store_over_its_limit_is_quiet_about_private_sizes(release: str) -> None:
     node, _ = owner_node(release=release)
-    node.store(CLIENT).max_bytes = 100
+    node.store(CLIENT).max_bytes = 200  # it holds 128: two objects of at least 64 bytes
     replies = send(node, Call("torch.Tensor.repeat", [Ref(SECRET), 9], {}, OUT))
     if release == "open":
         reply = only_failure(replies)
@@ -707,6 +707,7 @@ def test_a_store_over_its_limit_is_quiet_about_private_sizes(release: str) -> No
     else:
         assert replies == [Done()]
         assert "storing 108 bytes" in node.store(CLIENT).objects[OUT].value.cause
+        send(node, Delete([OUT]))  # (the poisoned record takes room too)
     assert_serves(node)
 
 

@@ -338,10 +338,10 @@ def test_a_request_holds_a_copy_and_its_digest():
 
 
 def test_an_accepted_request_releases_its_snapshot_once():
-    desk = _desk(max_snapshot_bytes=100)
+    desk = _desk(max_snapshot_bytes=120)
     secret = torch.zeros(20)  # 80 bytes
     request = _file(desk, secret)
-    with pytest.raises(LimitError, match="more than 100 bytes"):
+    with pytest.raises(LimitError, match="more than 120 bytes"):
         _file(desk, torch.zeros(20), obj_id=2)  # both copies would not fit
     with pytest.raises(ValueError, match="was pending: nothing to release"):
         request.release()

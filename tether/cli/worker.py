@@ -99,7 +99,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-stored-mb",
         type=float,
         default=8192,
-        help="tensor bytes one client may keep on the worker (default 8192)",
+        help="MB one client may keep on the worker: tensors, Python objects (default 8192)",
+    )
+    limits.add_argument(
+        "--max-objects",
+        type=int,
+        default=100_000,
+        help="objects one client may keep on the worker at once (default 100000)",
     )
     limits.add_argument(
         "--idle-timeout",
@@ -139,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning("%s", OPEN_WARNING)
     node = Node(
         args.id,
-        limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB)),
+        limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB), max_objects=args.max_objects),
         release=release,
         guarded=True,  # a network peer's commands are bounded whatever the policy
     )

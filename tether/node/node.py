@@ -92,6 +92,7 @@ class Limits:
     max_stored_bytes: int = 8 * 2**30
     max_frame_bytes: int = 2**31
     max_flops: int = 2**36  # of one command (about 69 GFLOP: seconds of one core)
+    max_objects: int = 100_000  # stored at once (see Store)
 
 
 class _Refused(Exception):
@@ -203,7 +204,9 @@ class Node:
         with self._lock:
             found = self._stores.get(client)
             if found is None:
-                found = self._stores[client] = Store(self.limits.max_stored_bytes)
+                found = self._stores[client] = Store(
+                    self.limits.max_stored_bytes, self.limits.max_objects
+                )
             return found
 
     @property

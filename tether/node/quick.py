@@ -3,9 +3,10 @@
 A small frame whose commands surely finish in microseconds (elementwise operators on small
 tensors, fetches of small values the client may have without asking, frees) is answered on the
 server's event loop instead of going to the connection's thread and back. What it buys: two
-thread wake-ups, ~70 µs of a ~300 µs small blocking round trip (`benchmarks/bench_transport.py`
-(a); BENCHMARKS.md, transport). Everything else runs on the connection's thread, so a long
-command never stalls other clients or the pings.
+thread wake-ups, ~100 µs of a ~300 µs small blocking round trip (`benchmarks/bench_transport.py`
+(a), measured with and without it: 290-337 µs against 402-430 µs). Everything else runs on the
+connection's thread: the loop serves every client and the pings, so what runs on it must be
+bounded by what it touches (elements, commands, objects freed), never by the frame's bytes.
 
 It re-derives the release rule (`policy.releases`, by the objects' marks) to choose which
 frames run on the loop; the Get itself still decides with `policy.may_leave`.
@@ -18,13 +19,15 @@ from typing import cast
 
 import torch
 
-from tether.node.node import SCALARS, Node, object_id
+from tether.node.node import Node, object_id
 from tether.node.policy import DERIVED, OPEN, PUBLIC, releases
-from tether.node.store import Privacy
+from tether.node.store import Privacy, Stored
 from tether.wire import Call, Delete, Get
 
-# What runs on the loop: elementwise operators (at most two operands) on tensors of
-# at most this many elements, so a quick frame computes at most this squared.
+# What runs on the loop: elementwise operators (at most two operands) on tensors of at most
+# QUICK_ELEMENTS elements, in frames of at most QUICK_COMMANDS commands whose element-ops
+# (an operator's operands' sizes multiplied, a fetch's or free's elements) add up to at most
+# QUICK_FRAME_ELEMENTS: under a millisecond (0.65 ms for 64 operators here), whatever the bytes.
 QUICK_OPS = frozenset(
     f"operator.{name}"
     for name in (
@@ -50,19 +53,29 @@ QUICK_OPS = frozenset(
     )
 )
 QUICK_ELEMENTS = 4096
-# Outside the open policy a Get also checks the memory of the client's private and derived
-# objects (`policy.may_leave`): on the loop only while there are at most this many objects.
+QUICK_FRAME_ELEMENTS = 50_000
+QUICK_COMMANDS = 64
+# Numbers only: `"a" * 2**28` is one operator too.
+_NUMBERS = frozenset((int, float, bool))
+# Outside the open policy a Get walks the memory of the client's private and derived objects
+# (`policy.may_leave`): on the loop only while there are at most this many, all of them tensors.
 QUICK_STORE_OBJECTS = 256
 
 
 def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
-    """Whether these commands surely finish in microseconds: elementwise operators on
-    small tensors, fetching small values the client may have without asking, freeing.
-    A server may run such a frame where it stands instead of handing it to a thread."""
+    """Whether these commands surely finish in microseconds: few elementwise operators on small
+    tensors, fetching small values the client may have without asking, freeing tensors.
+    A server may run such a frame where it stands instead of handing it to a thread.
+    Everything they touch is costed, freeing included: replacing or deleting an object that is
+    not a tensor (a list of 2**27 items, say) could take seconds."""
+    if len(commands) > QUICK_COMMANDS:
+        return False
     objects = node.store(client).objects
     made: dict[int, tuple[int, Privacy]] = {}  # what earlier commands of the frame make
+    budget = QUICK_FRAME_ELEMENTS
 
-    def object_size_and_privacy(obj_id: int | None) -> tuple[int, Privacy] | None:
+    def tensor_at(obj_id: object) -> tuple[int, Privacy] | None:
+        """Elements and privacy of the tensor `obj_id` names; None if it names no tensor."""
         if type(obj_id) is not int:
             return None
         if obj_id in made:
@@ -72,45 +85,70 @@ def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
             return None
         return stored.value.numel(), stored.privacy
 
-    def size_and_privacy(cmd: Call, i: int) -> tuple[int, Privacy] | None:
+    def freed(obj_id: object) -> int | None:
+        """What dropping the object under `obj_id` costs (None: too much to know)."""
+        if type(obj_id) is int and obj_id not in made and obj_id not in objects:
+            return 1
+        found = tensor_at(obj_id)
+        return None if found is None else max(found[0], 1)
+
+    def operand(cmd: Call, i: int) -> tuple[int, Privacy | None] | None:
+        """Elements and privacy of a Call's operand (privacy None: a number in the frame)."""
         obj_id = object_id(cmd, i)
         if obj_id is not None:
-            return object_size_and_privacy(obj_id)
-        return (1, PUBLIC) if type(cmd.args[i]) in SCALARS else None
+            return tensor_at(obj_id)
+        return (1, None) if type(cmd.args[i]) in _NUMBERS else None
 
     for cmd in commands:
         if isinstance(cmd, Delete):
-            continue
-        if isinstance(cmd, Get):
-            if node.release is not OPEN and len(objects) > QUICK_STORE_OBJECTS:
+            for obj_id in cmd.ids:
+                cost = freed(obj_id)
+                if cost is None:
+                    return False
+                budget -= cost
+                made.pop(obj_id, None)
+        elif isinstance(cmd, Get):
+            if cmd.wait or (node.release is not OPEN and not _small_marked_store(objects)):
                 return False
             for obj_id in cmd.ids:
-                found = object_size_and_privacy(obj_id)
-                if (
-                    cmd.wait
-                    or found is None
-                    or found[0] > QUICK_ELEMENTS
-                    or not releases(found[1], node.release)
-                ):
+                found = tensor_at(obj_id)
+                if found is None or not releases(found[1], node.release):
                     return False
+                budget -= max(found[0], 1)
         elif (
             isinstance(cmd, Call)
             and cmd.op in QUICK_OPS
             and not cmd.kwargs
-            and type(cmd.out) is not list
+            and (cmd.out is None or type(cmd.out) is int)
         ):  # elementwise ops give one result
-            sizes = [size_and_privacy(cmd, i) for i in range(len(cmd.args))]
+            sizes = [operand(cmd, i) for i in range(len(cmd.args))]
             if None in sizes:
                 return False
-            inputs = cast(list[tuple[int, Privacy]], sizes)
+            inputs = cast(list[tuple[int, Privacy | None]], sizes)
             if max((n for n, _ in inputs), default=1) > QUICK_ELEMENTS:
                 return False
-            if cmd.out is not None:  # broadcasting at most multiplies the sizes
-                derived = any(p > PUBLIC for _, p in inputs)
-                made[cast(int, cmd.out)] = (
-                    math.prod(n for n, _ in inputs),
-                    DERIVED if derived else PUBLIC,
-                )
+            marked = {p > PUBLIC for _, p in inputs if p is not None}
+            # Outside open, a public operand of private data becomes derived, and so does all
+            # of the store that shares its memory (`policy.taint`): a walk, left to the thread.
+            if node.release is not OPEN and marked == {True, False}:
+                return False
+            elements = math.prod(n for n, _ in inputs)  # broadcasting at most multiplies sizes
+            budget -= elements
+            if cmd.out is not None:
+                cost = freed(cmd.out)  # what the result replaces
+                if cost is None:
+                    return False
+                budget -= cost
+                made[cmd.out] = (elements, DERIVED if True in marked else PUBLIC)
         else:
             return False
+        if budget < 0:
+            return False
     return True
+
+
+def _small_marked_store(objects: dict[int, Stored]) -> bool:
+    """Whether a Get's walk of the client's private and derived objects is surely short."""
+    return len(objects) <= QUICK_STORE_OBJECTS and all(
+        s.privacy == PUBLIC or isinstance(s.value, torch.Tensor) for s in objects.values()
+    )

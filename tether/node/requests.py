@@ -30,7 +30,7 @@ import torch
 
 from tether.errors import LimitError, PoisonedValueError
 from tether.node.policy import check_egress
-from tether.node.store import tensor_nbytes
+from tether.node.store import value_nbytes
 from tether.wire.codec import DTYPE_NAMES, tensor_bytes
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ class Requests:
             )
         with contextlib.suppress(PoisonedValueError):  # the owner sees the cause; a refusal
             check_egress(value)  # here would tell the scientist the value is poisoned
-        key, nbytes = (client, obj_id), tensor_nbytes(value)
+        key, nbytes = (client, obj_id), value_nbytes(value)
         with self._lock:
             found = self._admit(key, nbytes)
         if found is not None:

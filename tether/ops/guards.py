@@ -15,6 +15,8 @@ from typing import Any, cast
 
 import torch
 
+from tether.errors import LimitError
+
 Guard = Callable[[tuple, dict], int]
 
 
@@ -270,9 +272,42 @@ def python_items(args: tuple, kwargs: dict) -> int:
     return sum(16 * t.numel() for t in args if isinstance(t, torch.Tensor))
 
 
+# ---- Python ints ------------------------------------------------------------------------------
+# A Python int grows without bound (`3 ** (2 * 10**7)` holds the GIL for seconds, `1 << 2**29` is
+# 67 MB): every op that can make one bounds its bit length before it runs, and the node's store
+# refuses any larger int that some other path made.
+
+MAX_INT_BITS = 4096
+
+
+def _bounded_int(bits: int, what: str) -> int:
+    """One element, if an int of `bits` bits is within MAX_INT_BITS; raises LimitError if not."""
+    if bits > MAX_INT_BITS:
+        raise LimitError(
+            f"{what} would be a Python int of about {bits:,} bits; this node allows "
+            f"{MAX_INT_BITS:,}"
+        )
+    return 1
+
+
+def _ints(args: tuple) -> bool:
+    return len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], int)
+
+
+def plus(args: tuple, kwargs: dict) -> int:
+    """operator.add / sub: ints grow by a bit; otherwise it broadcasts like torch.add."""
+    if _ints(args):
+        a, b = args[:2]
+        return _bounded_int(max(abs(a).bit_length(), abs(b).bit_length()) + 1, "the sum")
+    return broadcast(args, kwargs)
+
+
 def sequence_times(args: tuple, kwargs: dict) -> int:
-    """operator.mul: [0] * n makes n items; otherwise it broadcasts like torch.mul."""
+    """operator.mul: ints add their bit lengths; [0] * n makes n items; otherwise it
+    broadcasts like torch.mul."""
     a, b = args[:2]
+    if _ints(args):
+        return _bounded_int(abs(a).bit_length() + abs(b).bit_length(), "the product")
     for seq, n in ((a, b), (b, a)):
         if isinstance(seq, list | tuple | str | bytes) and isinstance(n, int):
             return len(seq) * n
@@ -280,15 +315,50 @@ def sequence_times(args: tuple, kwargs: dict) -> int:
 
 
 def power(args: tuple, kwargs: dict) -> int:
-    """Python ints grow without bound: 10 ** 10**9 is a billion digits."""
+    """operator.pow: `a ** b` of ints has b * log2(a) bits, plus one (0, 1 and -1 stay small;
+    a negative `b` makes a float)."""
     a, b = args[:2]
-    if isinstance(a, int) and isinstance(b, int):
-        return abs(a).bit_length() * max(b, 0) // 64
+    if _ints(args):
+        bits = 1 if abs(a) <= 1 else int(max(b, 0) * math.log2(abs(a))) + 1
+        return _bounded_int(bits, f"{a} ** {b}" if abs(a) < 2**64 else "the power")
     return broadcast(args, kwargs)
 
 
 def shift(args: tuple, kwargs: dict) -> int:
+    """operator.lshift: `a << b` has a.bit_length() + b bits."""
     a, b = args[:2]
-    if isinstance(a, int) and isinstance(b, int):
-        return (abs(a).bit_length() + max(b, 0)) // 64
+    if _ints(args):
+        return _bounded_int(abs(a).bit_length() + max(b, 0) if a else 0, f"a shift by {b}")
     return broadcast(args, kwargs)
+
+
+def integer(args: tuple, kwargs: dict) -> int:
+    """builtins.int: from text, at most MAX_INT_BITS characters (Python parses decimal text in
+    quadratic time; the store refuses a result over MAX_INT_BITS bits)."""
+    text = args[0] if args else kwargs.get("x")
+    if isinstance(text, str | bytes | bytearray) and len(text) > MAX_INT_BITS:
+        raise LimitError(
+            f"int() of {len(text):,} characters; this node parses at most {MAX_INT_BITS:,}"
+        )
+    return 1
+
+
+def rounding(args: tuple, kwargs: dict) -> int:
+    """builtins.round: rounding an int to -n digits computes 10 ** n."""
+    digits = kwargs.get("ndigits", args[1] if len(args) > 1 else None)
+    if args and isinstance(args[0], int) and isinstance(digits, int) and digits < 0:
+        return _bounded_int(math.ceil(-digits * math.log2(10)), f"rounding to {digits} digits")
+    return 1
+
+
+def summation(args: tuple, kwargs: dict) -> int:
+    """builtins.sum: of numbers or tensors only (summing lists or tuples copies them over and
+    over, in quadratic time), ints bounded by the largest and the count."""
+    items = args[0] if args else ()
+    start = kwargs.get("start", args[1] if len(args) > 1 else 0)
+    if not isinstance(start, int | float | torch.Tensor):
+        raise TypeError(f"sum() starts from a number or a tensor, not a {type(start).__name__}")
+    if isinstance(items, list | tuple):
+        ints = [abs(x).bit_length() for x in (*items, start) if isinstance(x, int)]
+        _bounded_int(max(ints, default=0) + len(ints).bit_length(), "the sum")
+    return python_items(args, kwargs)

@@ -207,21 +207,19 @@ _OPERATORS = """
 add sub mul truediv floordiv mod pow matmul neg pos abs invert and_ or_ xor
 eq ne lt le gt ge getitem setitem lshift rshift
 """.split()
+_BROADCASTING_OPERATORS = "truediv floordiv mod and_ or_ xor eq ne lt le gt ge rshift".split()
+# Those that can make a Python int bound its bits first (`guards.MAX_INT_BITS`).
 _OPERATOR_GUARDS: dict[str, Guard] = {
-    **{
-        name: guards.broadcast
-        for name in "add sub truediv floordiv mod and_ or_ xor eq ne lt le gt ge rshift".split()
-    },
-    "mul": guards.sequence_times,
-    "pow": guards.power,
-    "lshift": guards.shift,
-    "matmul": guards.matmul,
+    **{name: guards.broadcast for name in _BROADCASTING_OPERATORS},
+    **{"add": guards.plus, "sub": guards.plus, "mul": guards.sequence_times},
+    **{"pow": guards.power, "lshift": guards.shift, "matmul": guards.matmul},
     "getitem": guards.index,
 }
 
 _BUILTINS = "float int bool len abs min max round sum list tuple dict str".split()
 _BUILTIN_GUARDS: dict[str, Guard] = {
-    name: guards.python_items for name in ("list", "tuple", "sum", "min", "max")
+    **{name: guards.python_items for name in ("list", "tuple", "min", "max")},
+    **{"sum": guards.summation, "int": guards.integer, "round": guards.rounding},
 }
 
 

@@ -35,6 +35,12 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_BIG = 1009
 
+# A message may come in at most this many frames, each charged this many bytes more than its
+# payload against the message limit: 2 million empty continuation frames would otherwise hold
+# hundreds of MB of bookkeeping for a message of no bytes at all.
+MAX_FRAGMENTS = 1024
+FRAGMENT_BYTES = 64
+
 # Frames that fit in the reader's staging buffer are copied out of it; larger payloads are
 # received straight into their own buffer.
 STAGING_BYTES = 256 * 1024
@@ -176,7 +182,8 @@ class Reader:
 
     `masked`: whether the peer must mask (it must when it is a client). `max_message`: a
     message that would grow past it is refused as soon as a frame header announces it, before
-    anything is allocated. Raises ProtocolViolation.
+    anything is allocated; each frame of a fragmented message counts FRAGMENT_BYTES more, and
+    one of more than MAX_FRAGMENTS frames is refused. Raises ProtocolViolation.
     """
 
     def __init__(self, *, masked: bool, max_message: int) -> None:
@@ -192,6 +199,7 @@ class Reader:
         self._bulk_fin = False
         self._fragments: list[memoryview | bytearray] = []
         self._message_size = 0
+        self._charged = 0  # _message_size, plus FRAGMENT_BYTES per frame of a fragmented one
         self._in_message = False  # between the first and the last frame of a fragmented one
 
     def buffer(self) -> memoryview:
@@ -294,14 +302,29 @@ class Reader:
             raise ProtocolViolation(CLOSE_PROTOCOL_ERROR, "continuation frame out of place")
         if opcode == OP_TEXT:
             raise ProtocolViolation(CLOSE_UNSUPPORTED, "tether speaks binary messages only")
-        if self._message_size + length > self.max_message:
+        if len(self._fragments) >= MAX_FRAGMENTS:
+            raise ProtocolViolation(
+                CLOSE_TOO_BIG, f"a message in more than {MAX_FRAGMENTS:,} frames"
+            )
+        if self._charged + self._charge(length, fin) > self.max_message:
+            frames = len(self._fragments) + 1
+            counted = (
+                f" in {frames} frames (each counted as {FRAGMENT_BYTES} bytes more)"
+                if self._in_message or not fin
+                else ""
+            )
             raise ProtocolViolation(
                 CLOSE_TOO_BIG,
-                f"a message of {self._message_size + length:,}"
-                f" bytes exceeds this side's limit of {self.max_message:,}",
+                f"a message of {self._message_size + length:,} bytes{counted}"
+                f" exceeds this side's limit of {self.max_message:,}",
             )
 
+    def _charge(self, length: int, fin: bool) -> int:
+        """What a data frame of `length` bytes counts against the message limit."""
+        return length + (FRAGMENT_BYTES if self._in_message or not fin else 0)
+
     def _data(self, payload: memoryview, fin: bool, events: list) -> None:
+        self._charged += self._charge(len(payload), fin)
         self._message_size += len(payload)
         if not fin:
             self._in_message = True
@@ -315,7 +338,7 @@ class Reader:
                 payload[pos : pos + len(piece)] = piece
                 pos += len(piece)
             self._fragments = []
-        self._message_size = 0
+        self._message_size = self._charged = 0
         self._in_message = False
         events.append(("message", payload))
 
