@@ -24,7 +24,7 @@ Design and measurements: docs/design/owner-control/README.md, sections 1 and 5.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tether.ops.cost import UNINITIALIZED, Budget
 
-_sid = torch._C._storage_id
+_sid = torch._C._storage_id  # type: ignore[attr-defined]
 _SA = torch._C._SchemaArgument
 _INPUT = torch._C._SchemaArgType.input
 Tensor = torch.Tensor
@@ -90,7 +90,7 @@ class Guard:
             else:
                 self.levels.pop(_sid(t), None)
 
-    def level_of(self, tensors: Iterator[Tensor]) -> int:
+    def level_of(self, tensors: Iterable[Tensor]) -> int:
         """The highest level of the memory these tensors live in. (The wire does not carry a
         tensor's `.grad`: a gradient leaves as an object of its own, judged by its memory.)"""
         levels, level = self.levels, PUBLIC

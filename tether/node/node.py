@@ -351,7 +351,7 @@ class Node:
                 )
             kwargs["max_elements"] = self.limits.max_elements
         privacy, protected, poisoned = PUBLIC, [], False  # one pass over the inputs
-        level = PUBLIC  # of the memory of the tensors named directly
+        level: int = PUBLIC  # of the memory of the tensors named directly
         guard = self.guard
         for stored in inputs:
             if stored.privacy > privacy:
@@ -362,7 +362,7 @@ class Node:
             if guard is not None and isinstance(value, torch.Tensor):
                 level = max(level, guard.level_of((value,)))
             poisoned = poisoned or type(value) is Poisoned
-        ambient = DERIVED if privacy or entry.path in OWNER_FACTS else PUBLIC
+        ambient: int = DERIVED if privacy or entry.path in OWNER_FACTS else PUBLIC
         level = max(level, ambient)
         try:
             if poisoned:  # what was computed from a failure is poisoned too, without running
@@ -403,7 +403,8 @@ class Node:
             return Done()
         if type(out) is list and not (isinstance(result, tuple | list) and len(result) == len(out)):
             got = f"{len(result)} results" if isinstance(result, tuple | list) else "one result"
-            raise _Refused("TypeError", f"{entry.path} gave {got}, not the {len(out)} asked for")
+            asked = len(cast(list, out))
+            raise _Refused("TypeError", f"{entry.path} gave {got}, not the {asked} asked for")
         tags = (
             tuple(dict.fromkeys(t for s in inputs for t in s.tags))
             if any(s.tags for s in inputs)
@@ -422,7 +423,8 @@ class Node:
         quiet = self._quiet(entry, level)
         made = provenance(entry.path, inputs) if privacy else ""
         described = []
-        for obj_id, item in [(out, result)] if type(out) is int else zip(out, result, strict=True):
+        outs = [(out, result)] if type(out) is int else zip(cast(list, out), result, strict=True)
+        for obj_id, item in outs:
             stored = self._stored(item, privacy, protected, inputs, tags, granted)
             stored.provenance = made
             store.put(obj_id, stored)
@@ -447,7 +449,7 @@ class Node:
             return Done()
         for obj_id in [out] if type(out) is int else cast(list[int], out):
             store.put(obj_id, replace(poison))
-        return Done(None if type(out) is int else [None] * len(out))
+        return Done(None if type(out) is int else [None] * len(cast(list, out)))
 
     @staticmethod
     def _stored(

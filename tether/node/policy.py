@@ -34,7 +34,7 @@ from tether.errors import PoisonedValueError
 from tether.node.guard import Guard
 from tether.node.store import Grant, Poisoned, Privacy, Store, Stored
 
-_sid = torch._C._storage_id
+_sid = torch._C._storage_id  # type: ignore[attr-defined]
 
 
 class Release(enum.Enum):
