@@ -292,8 +292,8 @@ def test_nodes_lend_only_what_may_leave_freely():
 
     for release, privacy, readonly, lent in [
         (Release.OPEN, Privacy.PUBLIC, False, True),
-        (Release.STRICT, Privacy.PUBLIC, False, True),
-        (Release.TRAINING, Privacy.PUBLIC, False, True),
+        (Release.STRICT, Privacy.PUBLIC, False, False),  # (it tracks memory: copies only)
+        (Release.TRAINING, Privacy.PUBLIC, False, False),
         (Release.OPEN, Privacy.DERIVED, False, True),
         (Release.STRICT, Privacy.DERIVED, False, False),
         (Release.TRAINING, Privacy.DERIVED, False, False),
@@ -315,7 +315,7 @@ def test_a_node_hands_an_in_process_client_only_what_it_lends():
     from tether.node.store import Privacy, Stored
     from tether.wire import Done, Failure, Get, decode_parts, encode_parts
 
-    node = Node("owner")
+    node = Node("owner", release="open")
     mine, owners, private = torch.ones(2), torch.zeros(3), torch.full((2,), 7.0)
     store = node.store("scientist")
     store.put(1, Stored(mine))
