@@ -778,6 +778,12 @@ def test_nested_tuples_allocate_no_more_than_they_carry() -> None:
     assert peak < 4 * len(data) + 2**20, f"{peak} bytes for a {len(data)}-byte frame"
 
 
+def test_a_reply_of_many_bare_dones_decodes() -> None:
+    """The densest legitimate header: a frame of commands whose replies say nothing (frees,
+    backward calls, a strict node's answers about private data), three bytes each."""
+    assert decode(encode([Done()] * 10_000)) == [Done()] * 10_000
+
+
 @pytest.mark.parametrize("item", [b"\x90", b"\x80"], ids=["lists", "maps"])
 def test_empty_containers_allocate_no_more_than_they_carry(item: bytes) -> None:
     count = 100_000

@@ -103,15 +103,15 @@ class Guard:
         return level
 
     @contextmanager
-    def command(self, ambient: int = PUBLIC) -> Iterator[_Mode]:
+    def command(self, ambient: int = PUBLIC, flops: int | None = None) -> Iterator[_Mode]:
         """Run one command inside the mode: `ambient` is the level of its non-tensor inputs
-        (numbers computed from private data); the mode's `read` says afterwards the highest
-        level the command read."""
+        (numbers computed from private data); `flops` its budget (the node's `max_flops` by
+        default); the mode's `read` says afterwards the highest level the command read."""
         mode = getattr(self._modes, "mode", None)
         if mode is None:
             mode = self._modes.mode = _Mode(self)
         mode.ambient = mode.read = ambient
-        mode.budget = Budget(self.max_elements, self.max_flops)
+        mode.budget = Budget(self.max_elements, self.max_flops if flops is None else flops)
         with mode:
             yield mode
 

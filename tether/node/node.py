@@ -92,6 +92,8 @@ class Limits:
     max_stored_bytes: int = 8 * 2**30
     max_frame_bytes: int = 2**31
     max_flops: int = 2**36  # of one command (about 69 GFLOP: seconds of one core)
+    # of one call of a releasing routine (`fit`: epochs of training; about 70 TFLOP)
+    max_routine_flops: int = 2**46
     max_objects: int = 100_000  # stored at once (see Store)
 
 
@@ -305,6 +307,8 @@ class Node:
         except MemoryError as exc:
             failure = Failure(LimitError.__name__, str(exc) or "out of memory")
         except Exception as exc:  # a failing op is reported, never fatal
+            if isinstance(exc, LimitError) and isinstance(exc.__cause__, RuntimeError):
+                exc = exc.__cause__  # the cost estimate failed on the op's own checks: say why
             failure = Failure(type(exc).__name__, str(exc))
         if isinstance(cmd, Call | Put):
             made = cmd.out if isinstance(cmd, Call) else cmd.id
@@ -371,7 +375,8 @@ class Node:
             if guard is None:
                 result = entry.fn(*args, **kwargs)
             else:
-                with guard.command(ambient) as mode:
+                flops = self.limits.max_routine_flops if entry.releases else None
+                with guard.command(ambient, flops) as mode:
                     try:
                         result = entry.fn(*args, **kwargs)
                     finally:

@@ -50,8 +50,9 @@ _TENSOR, _REF, _TUPLE, _SLICE, _DTYPE, _ELLIPSIS, _COMPLEX, _DEVICE, _MEMFMT = r
 _TUPLE_MARK = msgpack.ExtType(_TUPLE, b"")
 _TUPLE_MARK_BYTES = msgpack.packb(_TUPLE_MARK)
 ALIGN = 64  # buffers start at multiples of this in a frame: no kernel meets misaligned data
-# Containers a header may hold: a quarter of its bytes (legit headers hold far fewer).
-_CONTAINERS_PER_BYTE = 4
+# Containers a header may hold: one per three of its bytes (a reply of many `Done()`s, three
+# bytes each, is the densest legitimate header; an empty container is one byte).
+_BYTES_PER_CONTAINER = 3
 # The bytes that can open a msgpack array or map (fix-, 16- and 32-bit forms), and the rest.
 _OPENERS = frozenset((*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF))
 _NOT_OPENERS = bytes(b for b in range(256) if b not in _OPENERS)
@@ -385,7 +386,7 @@ def _decode_parts(parts: Parts) -> list:
 
 def _decode_body(header: memoryview, buffers: list[memoryview], copy: bool) -> list:
     used: set[int] = set()
-    body = _unpack(header, _ext_hook(buffers, used, copy), len(header) // _CONTAINERS_PER_BYTE + 64)
+    body = _unpack(header, _ext_hook(buffers, used, copy), len(header) // _BYTES_PER_CONTAINER + 64)
     if len(used) != len(buffers):
         raise WireError("frame carries buffers that no tensor uses")
     if not isinstance(body, list):
