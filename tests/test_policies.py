@@ -368,6 +368,11 @@ def _fit_on_weights_from_the_data(worker, how: str) -> list:
     weights = [Call("torch.Tensor.reshape", [Ref(D), [SAMPLES, 784]], {}, A)]
     if how == "view":
         weights.append(Call("torch.Tensor.view", [Ref(A), [SAMPLES, 784]], {}, B))
+    elif how == "written into mine":  # the object is the scientist's; its memory is the data
+        weights += [
+            Put(B, torch.zeros(SAMPLES, 784)),
+            Call("torch.Tensor.copy_", [Ref(B), Ref(A)], {}, None),
+        ]
     else:
         weights.append(Call("operator.mul", [Ref(A), 1], {}, B))
     return exchange(
@@ -380,7 +385,7 @@ def _fit_on_weights_from_the_data(worker, how: str) -> list:
     )
 
 
-@pytest.mark.parametrize("how", ["view", "derived"])
+@pytest.mark.parametrize("how", ["view", "derived", "written into mine"])
 def test_a_routine_given_the_data_elsewhere_than_as_its_data_releases_nothing(
     mallory, open_worker, how: str
 ) -> None:

@@ -85,6 +85,14 @@ MUTATIONS = [
         ("tests/test_policies.py",),
     ),
     Mutation(
+        "routine-grant-object-marks",
+        "fit's result leaves though its spec holds a tensor of the scientist's written with data",
+        "tether/node/node.py",
+        "bool(self.guard.level_of(tensors_in(stored.value)))",
+        "False",
+        ("tests/test_policies.py",),
+    ),
+    Mutation(
         "guard-no-write-marks",
         "the guard does not mark the memory an op writes with private-derived data",
         "tether/node/guard.py",

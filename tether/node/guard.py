@@ -135,9 +135,9 @@ class _Mode(TorchDispatchMode):
         guard = self.guard
         info = guard.info(func)
         kwargs = kwargs or {}
-        if self.budget is not None:
-            self.budget.charge(func, args, kwargs)
         if not guard.taint:
+            if self.budget is not None:
+                self.budget.charge(func, args, kwargs)
             out = func(*args, **kwargs)
             if info.uninitialized:
                 out.zero_()
@@ -149,8 +149,10 @@ class _Mode(TorchDispatchMode):
             found = levels.get(s, PUBLIC)
             if found > level:
                 level = found
-        if level > self.read:
+        if level > self.read:  # before charging: a refusal on private data is quiet too
             self.read = level
+        if self.budget is not None:
+            self.budget.charge(func, args, kwargs)
         out = func(*args, **kwargs)
         if info.uninitialized:
             out.zero_()

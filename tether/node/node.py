@@ -39,6 +39,7 @@ from tether.node.policy import (
     may_leave,
     provenance,
     result_policy,
+    tensors_in,
     would_change,
 )
 from tether.node.requests import ACCEPTED, PENDING, Request, Requests
@@ -645,7 +646,7 @@ class Node:
                 self._object(arg, store, found)
             else:
                 self._resolve(arg, store, found)
-            if all(s.privacy == PUBLIC for s in found):
+            if not any(self._private(s) for s in found):
                 continue
             ref = marked or type(arg) is Ref
             if not (i in entry.data_args and ref and self._is_published(found[0].value)):
@@ -653,7 +654,13 @@ class Node:
         found = []
         for value in (cmd.kwargs or {}).values():
             self._resolve(value, store, found)
-        return all(s.privacy == PUBLIC for s in found)
+        return not any(self._private(s) for s in found)
+
+    def _private(self, stored: Stored) -> bool:
+        """Whether an object is, or holds memory written with, private data."""
+        if stored.privacy:
+            return True
+        return self.guard is not None and bool(self.guard.level_of(tensors_in(stored.value)))
 
     def _is_published(self, value: Any) -> bool:
         """Whether `value` is published data as `_published` handed it out: a clone of a
