@@ -308,8 +308,7 @@ class Node:
         except MemoryError as exc:
             failure = Failure(LimitError.__name__, str(exc) or "out of memory")
         except Exception as exc:  # a failing op is reported, never fatal
-            if isinstance(exc, LimitError) and isinstance(exc.__cause__, RuntimeError):
-                exc = exc.__cause__  # the cost estimate failed on the op's own checks: say why
+            exc = _reported(exc)
             failure = Failure(type(exc).__name__, str(exc))
         if isinstance(cmd, Call | Put):
             made = cmd.out if isinstance(cmd, Call) else cmd.id
@@ -386,6 +385,7 @@ class Node:
         except Exception as exc:
             if not self._quiet(entry, level):
                 raise
+            exc = _reported(exc)
             kind = exc.kind if isinstance(exc, _Refused) else type(exc).__name__
             return self._poison(cmd, store, f"{entry.path}: {kind}: {exc}")
 
@@ -735,6 +735,14 @@ def object_id(cmd: Call, i: int) -> int | None:
     if cmd.refs >> i & 1:
         return arg if type(arg) is int else None
     return arg.id if type(arg) is Ref else None
+
+
+def _reported(exc: Exception) -> Exception:
+    """The error to report: where the cost estimate failed on the op's own checks (shapes
+    that do not match), the op's own error, which says why."""
+    if isinstance(exc, LimitError) and isinstance(exc.__cause__, RuntimeError):
+        return exc.__cause__
+    return exc
 
 
 def _encodable(reply: Any) -> Any:
