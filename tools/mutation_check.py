@@ -67,8 +67,8 @@ MUTATIONS = [
         "policy-releases-everything",
         "the node releases derived objects under every policy, as if each were 'open'",
         "tether/node/policy.py",
-        "    if release is not OPEN:\n",
-        "    if False:\n",
+        "    if release is not OPEN:\n        level = ",
+        "    if False:\n        level = ",
         (
             "tests/test_policies.py",
             "tests/test_requests.py",
