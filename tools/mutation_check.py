@@ -102,7 +102,7 @@ MUTATIONS = [
     ),
     Mutation(
         "guard-precise-only",
-        "a strict node counts only annotated writes (torch is silent about BatchNorm's)",
+        "a training node counts only annotated writes (torch's schema is silent on BatchNorm's)",
         "tether/node/guard.py",
         "            or info.is_mutable(_SA(_INPUT, i))",
         "            or False",
