@@ -411,3 +411,30 @@ def test_materialize_rejects_empty():
 def test_base_dataset_length_mismatch():
     with pytest.raises(ValueError, match="3 samples"):
         BaseDataset(torch.zeros(3, 2), torch.zeros(2))
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [None, ToTensor(), Compose([ToTensor(), Normalize(0.1307, 0.3081)]), Compose([lambda x: x])],
+    ids=["none", "to-tensor", "mnist", "other"],
+)
+def test_a_loader_batch_is_the_samples_it_would_fetch_one_by_one(transform) -> None:
+    """`BaseDataset.__getitems__` (what DataLoader asks for) transforms a batch at once where
+    that is exact: the batches equal those of the same loader fetching sample by sample."""
+    mnist = MNIST(SAMPLE_DIR, train=True, transform=transform)
+    subset = Subset(mnist, range(300))
+
+    class OneByOne(Dataset):
+        def __len__(self) -> int:
+            return len(subset)
+
+        def __getitem__(self, i: int):
+            return subset[i]
+
+    batches = []
+    for dataset in (subset, OneByOne()):
+        torch.manual_seed(0)
+        batches.append(list(torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True)))
+    for (x, y), (x1, y1) in zip(*batches, strict=True):
+        assert torch.equal(x, x1) and torch.equal(y, y1) and x.dtype == x1.dtype
+    assert mnist.__getitems__([3, 1])[1][1] == mnist[1][1] and type(mnist[1][1]) is int
