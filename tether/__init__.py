@@ -1,10 +1,15 @@
 """tether: train and analyse PyTorch models on data you cannot see.
 
 `import tether as sy` gives the names the PySyft tutorials use: `TorchHook`, `VirtualWorker`,
-`tensor.send(worker)`, `ptr.get()`, `model.send(worker)` / `model.get()`.
+`tensor.send(worker)`, `ptr.get()`, `model.send(worker)` / `model.get()`, `sy.local_worker`,
+`sy.BaseDataset`, `sy.FederatedDataset`; docs/pysyft-compatibility.md lists them all, and the
+PySyft names tether does not implement (yet) raise errors that say so.
 """
 
+from typing import Any
+
 from tether import datasets, errors, federated, transforms
+from tether.datasets import BaseDataset
 from tether.duet import Module, join_duet, launch_duet
 from tether.errors import (
     NotAllowedError,
@@ -16,15 +21,56 @@ from tether.errors import (
     WorkerMismatchError,
 )
 from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
-from tether.remote import Pointer, PointerTensor, TorchHook, Worker, get_all, install
+from tether.remote import (
+    LOCAL_WORKER,
+    Pointer,
+    PointerChain,
+    PointerTensor,
+    TorchHook,
+    Worker,
+    get_all,
+    install,
+)
 from tether.split import SplitNN
 from tether.transports.inprocess import VirtualWorker
 from tether.transports.websocket import WebsocketClientWorker, connect
 
 install()  # Tensor.send, Module.send/get, remote optimizer steps
-federated.install()  # Dataset.federate
+federated.install()  # Dataset.federate, Dataset.send
+
+local_worker = LOCAL_WORKER  # PySyft's "me": the owner of every pointer
+
+# PySyft names for features tether does not have yet (their own issues), and why.
+_NOT_YET = {
+    "create_sandbox": (
+        "creates workers holding sklearn's toy datasets, searched through a grid; tether has "
+        "no grid: make workers with sy.VirtualWorker(hook, id=...) and send or federate data "
+        "to them (dataset.federate((bob, alice)))"
+    ),
+    "PrivateGridNetwork": "is PySyft's grid search, which tether does not implement",
+    "PublicGridNetwork": "is PySyft's grid search, which tether does not implement",
+    "AdditiveSharingTensor": "is secure multi-party computation (SMPC), not in tether yet",
+    "FixedPrecisionTensor": "is secure multi-party computation (SMPC), not in tether yet",
+    "Plan": "(PySyft's plans) is not in tether: remote calls are pipelined instead",
+    "func2plan": "(PySyft's plans) is not in tether: remote calls are pipelined instead",
+}
+
+
+def create_sandbox(*args: Any, **kwargs: Any) -> None:
+    raise NotImplementedError(f"sy.create_sandbox {_NOT_YET['create_sandbox']}")
+
+
+def __getattr__(name: str) -> Any:
+    why = _NOT_YET.get(name)
+    if why is None:
+        raise AttributeError(f"module 'tether' has no attribute {name!r}")
+    raise NotImplementedError(
+        f"sy.{name} {why} (docs/pysyft-compatibility.md lists what runs today)"
+    )
+
 
 __all__ = [
+    "BaseDataset",
     "FederatedDataLoader",
     "FederatedDataset",
     "Module",
@@ -33,6 +79,7 @@ __all__ = [
     "Optims",
     "PermissionDeniedError",
     "Pointer",
+    "PointerChain",
     "PointerTensor",
     "RemoteError",
     "SplitNN",
@@ -44,11 +91,13 @@ __all__ = [
     "Worker",
     "WorkerMismatchError",
     "connect",
+    "create_sandbox",
     "datasets",
     "errors",
     "federate",
     "get_all",
     "join_duet",
     "launch_duet",
+    "local_worker",
     "transforms",
 ]

@@ -159,12 +159,17 @@ def may_leave(stored: Stored, release: Release, guard: Guard | None = None) -> V
 
 
 def tensors_in(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    """The tensors a value holds: itself, a container's items, a module's parameters and
-    buffers, an optimizer's parameters and state. Other objects hold none that can leave."""
+    """The tensors a value holds: itself and its `.grad` (which travels with it: a `.get()`
+    brings it, as in PySyft), a container's items, a module's parameters and buffers, an
+    optimizer's parameters and state. Other objects hold none that can leave."""
     if depth > 32:
         return
     if isinstance(value, torch.Tensor):
         yield value
+        if value.is_leaf or value.retains_grad:  # only these hold a .grad (no warning)
+            grad = value.grad
+            if grad is not None:
+                yield grad
     elif isinstance(value, list | tuple):
         for v in value:
             yield from tensors_in(v, depth + 1)
@@ -172,8 +177,8 @@ def tensors_in(value: Any, depth: int = 0) -> Iterator[torch.Tensor]:
         for v in value.values():
             yield from tensors_in(v, depth + 1)
     elif isinstance(value, torch.nn.Module):
-        yield from value.parameters()
-        yield from value.buffers()
+        for tensor in (*value.parameters(), *value.buffers()):
+            yield from tensors_in(tensor, depth + 1)
     elif isinstance(value, torch.optim.Optimizer):
         for group in value.param_groups:
             yield from tensors_in(group.get("params", ()), depth + 1)

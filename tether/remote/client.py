@@ -4,14 +4,21 @@ Commands are queued and sent in frames without waiting (object ids are chosen he
 command can name the result of one not yet run). Only a sync — `.get()`, a shape not yet
 known, `flush()` — waits for replies. A command that failed remotely raises at the next sync,
 naming the command, the worker and the original error.
+
+A queued command runs under the torch state it was issued in (grad mode, inference mode,
+default dtype), not the one of the moment it is flushed: a frame holds commands of one state
+(a change of state sends the queue, without waiting), and a worker in this process runs the
+frame under it (`_issued_under`). A network worker runs every command in its own thread's
+default state: the wire format carries no grad mode (docs/pysyft-compatibility.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, overload
 
 import torch
@@ -64,7 +71,9 @@ class Client:
         self._values: dict[int, Any] = {}
         self._errors: list[errors.TetherError] = []
         self._released: list[int] = []
+        self._sent: set[int] = set()  # tensors sent from here: leaves, whose .grad a get brings
         self._adopted: set[int] = set()  # id() of queued Gets whose values the caller adopts
+        self._state = torch_state()  # the torch state the queued commands were issued in
         self._lock = threading.RLock()
 
     @property
@@ -80,6 +89,11 @@ class Client:
         """Queue a command; send the queue now if asked (commands carrying tensors are sent at
         once, so the values sent are the values at the time of the call)."""
         with self._lock:
+            state = torch_state()
+            if state != self._state:
+                if self._queue:
+                    self._send_queue()  # each frame runs under the one state it was issued in
+                self._state = state
             self._queue.append(command)
             if flush or len(self._queue) >= MAX_QUEUED:
                 self._send_queue()
@@ -88,6 +102,7 @@ class Client:
         """The last pointer to `obj_id` is gone: free it with the next frame (safe in __del__)."""
         self._released.append(obj_id)
         self._meta.pop(obj_id, None)
+        self._sent.discard(obj_id)
 
     def flush(self) -> None:
         """Send what is queued and wait for every reply; raise the first remote error."""
@@ -110,7 +125,7 @@ class Client:
             adopted = frozenset(i for i, c in enumerate(commands) if id(c) in self._adopted)
             self._adopted.clear()
         try:
-            self._inflight.append((commands, self.transport.exchange(commands, adopted)))
+            self._inflight.append((commands, self._exchange(commands, adopted)))
         except _UNSENDABLE:
             unsendable = [(c, exc) for c in commands if (exc := _encoding_error(c)) is not None]
             if not unsendable:
@@ -127,7 +142,7 @@ class Client:
         kept = [c for c in commands if id(c) not in skipped]
         if kept:
             kept_adopted = frozenset(i for i, c in enumerate(kept) if id(c) in adopted_ids)
-            self._inflight.append((kept, self.transport.exchange(kept, kept_adopted)))
+            self._inflight.append((kept, self._exchange(kept, kept_adopted)))
         for command, exc in unsendable:
             self._errors.append(
                 self._error(
@@ -135,6 +150,15 @@ class Client:
                     Failure("WireError", f"it cannot be sent ({type(exc).__name__}: {exc})"),
                 )
             )
+
+    def _exchange(self, commands: list, adopted: frozenset[int]) -> Replies:
+        """Hand a frame to the transport under the state its commands were issued in (a worker
+        in this process runs them during this call)."""
+        state = self._state
+        if state == torch_state():
+            return self.transport.exchange(commands, adopted)
+        with _issued_under(state):
+            return self.transport.exchange(commands, adopted)
 
     def _drain(self) -> None:
         while self._inflight:
@@ -203,7 +227,16 @@ class Client:
             str(tensor.dtype).removeprefix("torch."),
             tensor.requires_grad,
         ]
+        self._sent.add(obj_id)
         return Pointer(self, obj_id)
+
+    def has_grad(self, obj_id: int) -> bool:
+        """Whether the object is a tensor sent from here that requires grad: a leaf, whose
+        `.grad` a get brings along (other results hold no .grad unless told to retain it)."""
+        if obj_id not in self._sent:
+            return False
+        meta = self._meta.get(obj_id)
+        return meta is not None and bool(meta[3])
 
     @overload
     def call(
@@ -315,6 +348,27 @@ class Client:
 
     def close(self) -> None:
         self.transport.close()
+
+
+TorchState = tuple[bool, bool, torch.dtype]
+
+
+def torch_state() -> TorchState:
+    """The thread-local torch state a command's result depends on: grad mode, inference mode,
+    default dtype (autocast is not followed: tether runs on the CPU)."""
+    return torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.get_default_dtype()
+
+
+@contextlib.contextmanager
+def _issued_under(state: TorchState) -> Iterator[None]:
+    grad, inference, dtype = state
+    before = torch.get_default_dtype()
+    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+        torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(before)
 
 
 def ref(pointer: Pointer) -> Ref:

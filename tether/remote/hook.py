@@ -6,12 +6,17 @@ before it keep working: their `step()` and `zero_grad()` run on a mirror of the 
 on the worker (so its state — momentum, Adam moments — stays where that worker trains).
 Each parameter keeps its copy on each worker it visited; sending it again transfers nothing
 when neither side changed since the last `model.get()`.
+
+Long because it hooks three kinds of torch object (tensors, modules, optimizers), and each
+keeps the bookkeeping that lets it move without needless copies: the copies per worker, the
+optimizer mirrors, and which local parameter each pointer of a sent module stands for.
 """
 
 from __future__ import annotations
 
 import functools
 import weakref
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -47,7 +52,15 @@ def send_tensor(
     wants_grad = tensor.requires_grad if requires_grad is None else requires_grad
     if wants_grad and (value.is_floating_point() or value.is_complex()):
         value.requires_grad_(True)
-    return client_of(worker).put(value)
+    client = client_of(worker)
+    pointer = client.put(value)
+    grad = tensor.grad if tensor.is_leaf else None
+    if grad is not None and value.requires_grad:  # its .grad travels too (a fresh leaf's
+        # backward with that gradient sets .grad to it)
+        client.call(
+            "torch.Tensor.backward", [pointer.id, grad.detach()], kind=None, refs=1, flush=True
+        )
+    return pointer
 
 
 # ---- modules --------------------------------------------------------------------------------
@@ -97,6 +110,7 @@ class _Remotes:
 
     copies: dict[int, dict[Client, _RemoteCopy]] = field(default_factory=dict)
     sent_to: dict[int, Client] = field(default_factory=dict)
+    local_of: dict[int, torch.Tensor] = field(default_factory=dict)  # by id() of a copy's pointer
 
     def of(self, tensor: torch.Tensor) -> dict[Client, _RemoteCopy]:
         key = id(tensor)
@@ -107,7 +121,8 @@ class _Remotes:
         return found
 
     def _forget(self, key: int) -> None:
-        self.copies.pop(key, None)
+        for copy in self.copies.pop(key, {}).values():
+            self.local_of.pop(id(copy.pointer), None)
         self.sent_to.pop(key, None)
 
 
@@ -142,6 +157,7 @@ def send_module(module: M, worker: Any) -> M:
             copy = copies.get(client)
             if copy is None:
                 copy = copies[client] = _RemoteCopy(send_tensor(local, worker))
+                _REMOTES.local_of[id(copy.pointer)] = local
             elif copy.synced is None or not copy.synced.matches(local, copy.pointer):
                 remote_call("tether.assign", [copy.pointer, local.detach()], {})
             locals_[id(table), name] = local
@@ -180,7 +196,69 @@ def get_module(module: nn.Module) -> nn.Module:
     return module
 
 
+def copy_module(module: M) -> M:
+    """`model.copy()` (PySyft): an independent deep copy of a local module."""
+    if module.__dict__.get("_tether_client") is not None:
+        raise errors.NotAllowedError(
+            f"this {type(module).__name__} is on {module_location(module).id!r}: copy it "
+            "before sending (model.copy().send(worker)), or .get() it first"
+        )
+    return deepcopy(module)
+
+
 # ---- optimizers -----------------------------------------------------------------------------
+
+
+def _local_params(params: Any) -> Any:
+    """An optimizer's params with each pointer of a sent module swapped for the local parameter
+    it stands for, so an optimizer made after `model.send()` steps like one made before."""
+    params = list(params)
+    if not any(
+        isinstance(p, Pointer) or (isinstance(p, dict) and _has_pointer(p.get("params")))
+        for p in params
+    ):
+        return params
+    return [
+        {**p, "params": [_local(q) for q in _listed(p["params"])]}
+        if isinstance(p, dict)
+        else _local(p)
+        for p in params
+    ]
+
+
+def _listed(params: Any) -> list:
+    return [params] if isinstance(params, torch.Tensor | Pointer) else list(params)
+
+
+def _has_pointer(params: Any) -> bool:
+    return params is not None and any(isinstance(p, Pointer) for p in _listed(params))
+
+
+def _local(param: Any) -> Any:
+    if not isinstance(param, Pointer):
+        return param
+    local = _REMOTES.local_of.get(id(param))
+    if local is None:
+        raise errors.NotAllowedError(
+            "an optimizer steps local tensors or the parameters of a sent module "
+            "(torch.optim.SGD(model.parameters()) before or after model.send(worker)); this "
+            f"pointer names a tensor made on {param.client.name!r}: step it there by hand "
+            "(with torch.no_grad(): w -= lr * w.grad)"
+        )
+    return local
+
+
+def _wrap_optimizer_init() -> None:
+    original: Any = torch.optim.Optimizer.__init__
+    if getattr(original, "_tether", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self: torch.optim.Optimizer, params: Any, defaults: dict) -> None:
+        original(self, _local_params(params), defaults)
+
+    __init__._tether = True  # type: ignore[attr-defined]
+    setattr(torch.optim.Optimizer, "__init__", __init__)  # noqa: B010  (as for step)
 
 
 @dataclass
@@ -351,29 +429,17 @@ def install() -> None:
         (nn.Module, "get", get_module),
         (nn.Module, "move", send_module),
         (nn.Module, "location", _Location()),
-        (torch.utils.data.Dataset, "send", _send_dataset),
+        (nn.Module, "copy", copy_module),
     ):
         setattr(cls, name, method)
+    for name in ("fix_precision", "fix_prec", "float_precision", "float_prec", "share"):
+        setattr(torch.Tensor, name, getattr(Pointer, name))
+    _wrap_optimizer_init()
     for path in ALLOWLIST:
         module, _, name = path.rpartition(".")
         if module == "torch.optim" and name[:1].isupper():
             _wrap_step(getattr(torch.optim, name))
     _wrap_zero_grad()
-
-
-def _send_dataset(
-    dataset: torch.utils.data.Dataset, destination: Any, *args: Any, **options: Any
-) -> Any:
-    """`dataset.send(duet, pointable=True, tags=...)`: only a destination that keeps what it is
-    sent takes a whole dataset (workers get theirs through federate())."""
-    receive = getattr(destination, "receive", None)
-    if receive is None:
-        raise TypeError(
-            f"a {type(dataset).__name__} is sent only to your own duet "
-            "(sy.launch_duet()), where it is published for the scientist; "
-            "use dataset.federate(workers) for workers"
-        )
-    return receive(dataset, *args, **options)
 
 
 class TorchHook:

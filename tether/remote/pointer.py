@@ -225,14 +225,28 @@ class Pointer:
         PermissionDeniedError (RequestPendingError while the owner has not answered)."""
         self._check_live()
         wait = max(float(timeout_secs), 0.0) if request_block else 0.0
+        client = self._client
+        ids = [self.id]
+        grad = None
+        if client.has_grad(self.id):  # its .grad comes along, in the same round trip
+            grad = client.call("torch.Tensor.grad", [self.id], kind="tensor", refs=1)
+            ids.append(grad.id)
+        freed = False  # whether the get freed the grad's id with the tensor's
         try:
-            value = self._client.get([self.id], delete=delete, name=name, reason=reason, wait=wait)[
-                0
-            ]
+            values = client.get(ids, delete=delete, name=name, reason=reason, wait=wait)
+            freed = delete
         except errors.PermissionDeniedError:
             if request_block:
                 return None
             raise
+        finally:
+            if grad is not None:
+                grad._live = False
+                if not freed:
+                    client.release(grad.id)
+        value = values[0]
+        if grad is not None and isinstance(value, torch.Tensor) and values[1] is not None:
+            value.grad = values[1]
         if delete:
             self._live = False
         return value
@@ -250,12 +264,36 @@ class Pointer:
 
     def move(self, worker: Any, requires_grad: bool = False) -> Pointer:
         """Move the object to another worker (through here); this pointer is spent."""
-        if _mover is None:
+        if _mover is None or _chainer is None:
             raise RuntimeError("import tether.remote first: it sets how pointers move")
         return _mover(self, worker, requires_grad)
 
-    def send(self, worker: Any, requires_grad: bool = False) -> Pointer:
-        return self.move(worker, requires_grad=requires_grad)
+    def send(self, worker: Any) -> Any:
+        """Send this pointer to a worker in this process, which then holds it (PySyft's
+        pointer to a pointer, `tether.remote.chain`); this pointer is spent. To move the data
+        itself, `move(worker)`."""
+        if _chainer is None:
+            raise RuntimeError("import tether.remote first: it sets how pointers are sent")
+        return _chainer(self, worker)
+
+    def remote_get(self) -> Any:
+        raise TypeError(
+            f"remote_get() brings data one hop along a pointer chain; this pointer names an "
+            f"object on {self._client.name!r} itself: .get() it, or .move() it to a worker"
+        )
+
+    @property
+    def owner(self) -> LocalWorker:
+        """The worker that holds the pointer: this process (PySyft's `sy.local_worker`)."""
+        return LOCAL_WORKER
+
+    def fix_precision(self, *args: Any, **kwargs: Any) -> Any:
+        raise not_yet("fix_precision", "secure multi-party computation (SMPC)")
+
+    fix_prec = float_precision = float_prec = fix_precision
+
+    def share(self, *args: Any, **kwargs: Any) -> Any:
+        raise not_yet("share", "secure multi-party computation (SMPC)")
 
     def _check_live(self) -> None:
         if not self._live:
@@ -499,10 +537,36 @@ Pointer.__hash__ = object.__hash__  # type: ignore[method-assign]
 PointerTensor = Pointer  # the name PySyft users know
 
 
-# ---- extension points: filled from above (tether.remote.autograd), never imported here -------
+class LocalWorker:
+    """PySyft's `sy.local_worker` ("me"): this process, the owner of every pointer. It holds
+    no objects: tensors here are plain torch tensors."""
+
+    id = "me"
+
+    @property
+    def _objects(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        return "<LocalWorker 'me'>"
+
+
+LOCAL_WORKER = LocalWorker()
+
+
+def not_yet(name: str, feature: str) -> NotImplementedError:
+    """The error for a PySyft name whose feature tether does not have yet."""
+    return NotImplementedError(
+        f"{name}() is PySyft's {feature}, which tether does not implement yet "
+        "(see docs/pysyft-compatibility.md for what runs today)"
+    )
+
+
+# ---- extension points: filled from above (tether.remote.autograd, .chain), never imported here
 
 _after_backward: list[Callable[[Client], None]] = []
 _mover: Callable[[Pointer, Any, bool], Pointer] | None = None
+_chainer: Callable[[Pointer, Any], Any] | None = None
 
 
 def on_backward(callback: Callable[[Client], None]) -> None:
@@ -514,3 +578,9 @@ def set_mover(move: Callable[[Pointer, Any, bool], Pointer]) -> None:
     """How `Pointer.move` moves an object between workers (autograd records the edge)."""
     global _mover
     _mover = move
+
+
+def set_chainer(chain: Callable[[Pointer, Any], Any]) -> None:
+    """How `Pointer.send` gives a worker in this process the pointer (tether.remote.chain)."""
+    global _chainer
+    _chainer = chain

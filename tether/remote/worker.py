@@ -24,6 +24,19 @@ class Worker:
     id: str
     client: Client
 
+    @property
+    def _objects(self) -> dict:
+        raise AttributeError(
+            f"_objects lists what a worker in this process (VirtualWorker) holds; {self!r} runs "
+            "elsewhere and its store is its owner's: keep the pointers you made"
+        )
+
+    def clear_objects(self) -> Worker:
+        raise AttributeError(
+            f"clear_objects() clears a worker in this process (VirtualWorker); {self!r} runs "
+            "elsewhere: drop your pointers (or close() the connection) to free what it holds"
+        )
+
     def flush(self) -> None:
         """Run everything queued; raise the first remote error."""
         self.client.flush()

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch
 
-from tether.errors import ConnectionLostError
+from tether.errors import ConnectionLostError, ObjectNotFoundError
 from tether.node import Limits, Node, Store
 from tether.node.policy import Release
+from tether.node.store import Stored
 from tether.remote.client import Client, Replies
 from tether.remote.worker import DatasetPointers, Worker
 from tether.wire import Call, Put, Value, decode_parts, encode_parts
@@ -110,6 +111,41 @@ class VirtualWorker(Worker):
     def publish(self, key: str, value: Any, **policy: Any) -> None:
         """As the owner: make `value` reachable under `key` (private unless private=False)."""
         self.node.publish(key, value, **policy)
+
+    @property
+    def _objects(self) -> dict[int, Any]:
+        """PySyft's view of what the worker holds for us, by id (after running what is
+        queued)."""
+        return {obj_id: stored.value for obj_id, stored in self.store.objects.items()}
+
+    def clear_objects(self) -> VirtualWorker:
+        """Forget everything the worker holds for us; pointers to it then name nothing."""
+        self.store.clear()
+        return self
+
+    # ---- pointer chains (tether.remote.chain): what only a worker in this process holds ----
+
+    def hold(self, pointer: Any) -> int:
+        """Keep a pointer to another worker's object (a pointer chain's middle); its id here."""
+        obj_id = self.client.new_id()
+        self.store.put(obj_id, Stored(pointer))
+        return obj_id
+
+    def held(self, obj_id: int) -> Any:
+        stored = self.store.objects.get(obj_id)
+        if stored is None:
+            raise ObjectNotFoundError(
+                f"worker {self.id!r} holds no pointer {obj_id} (freed, or its objects cleared)",
+                op="use",
+                worker=self.id,
+            )
+        return stored.value
+
+    def unhold(self, obj_id: int) -> Any:
+        """Give back a pointer this worker held (it no longer holds it)."""
+        value = self.held(obj_id)
+        self.store.delete(obj_id)
+        return value
 
     def __repr__(self) -> str:
         return f"<VirtualWorker {self.id!r}>"

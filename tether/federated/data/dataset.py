@@ -40,11 +40,19 @@ class WorkerData:
 
 
 class FederatedDataset:
-    """Parts of one dataset, each on its own worker."""
+    """Parts of one dataset, each on its own worker: `sy.FederatedDataset([part, ...])` of
+    datasets sent to workers (`BaseDataset(data, targets).send(bob)`), or `dataset.federate`."""
 
     def __init__(self, parts: Sequence[WorkerData], label_table: str = "") -> None:
         if not parts:
             raise ValueError("a FederatedDataset needs at least one part")
+        for part in parts:
+            if not isinstance(part, WorkerData):
+                raise TypeError(
+                    f"a FederatedDataset is made of datasets on workers, got a local "
+                    f"{type(part).__name__}: send each first (dataset.send(worker)), or "
+                    "federate one (dataset.federate((bob, alice)))"
+                )
         self.datasets = {part.location.id: part for part in parts}
         self.label_table = label_table  # per-worker label counts, when the labels were known
 
@@ -135,6 +143,21 @@ def _federate(dataset: Dataset, workers: Any, **options: Any) -> Any:
     return federate(dataset, workers, **options)
 
 
+def send_dataset(dataset: Dataset, destination: Any, *args: Any, **options: Any) -> Any:
+    """`dataset.send(worker)` (PySyft): the samples and labels sent to the worker as the
+    scientist's own data, a part of a `FederatedDataset`. To your own duet it publishes the
+    dataset for a scientist instead (`dataset.send(duet, pointable=True, tags=...)`)."""
+    receive = getattr(destination, "receive", None)
+    if receive is not None:
+        return receive(dataset, *args, **options)
+    if args or options:
+        raise TypeError(f"send to a worker takes no options, got {[*map(repr, args), *options]}")
+    data, targets = materialize(dataset)
+    client = client_of(destination)
+    return WorkerData(client.put(data), client.put(targets), len(data))
+
+
 def install() -> None:
-    """Teach every torch Dataset `federate` (called by `import tether`). Idempotent."""
+    """Teach every torch Dataset `federate` and `send` (called by `import tether`). Idempotent."""
     Dataset.federate = _federate  # type: ignore[attr-defined]
+    Dataset.send = send_dataset  # type: ignore[attr-defined]
