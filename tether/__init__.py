@@ -5,6 +5,7 @@
 """
 
 from tether import datasets, errors, federated, transforms
+from tether.cli.version import __version__ as __version__
 from tether.duet import Module, join_duet, launch_duet
 from tether.errors import (
     NotAllowedError,

@@ -7,7 +7,7 @@ prints the tutorial's report with a progress bar, and writes metrics.csv, metric
 accuracy.png. Offline: the workers serve the MNIST sample shipped inside tether.
 
 Run: python examples/websocket_mnist/run.py [--out websocket-mnist] [--rounds 40]
-     [--eval_every 10] [--kill bob@3] [--central]
+     [--eval-every 10] [--kill bob@3] [--central]   (the workers take free ports)
 """
 
 import argparse
