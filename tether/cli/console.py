@@ -26,7 +26,7 @@ class Stopped(KeyboardInterrupt):
         self.where = where
 
 
-def interrupted(exc: BaseException) -> Stopped | KeyboardInterrupt | None:
+def interrupted(exc: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C behind `exc`: itself, or one it was raised while handling (cleanup that failed
     half-way through an interrupted write); None when there was none."""
     seen: set[int] = set()
@@ -78,10 +78,12 @@ class RawHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """HelpFormatter keeping the description's line breaks."""
 
 
-ALIASES_NOTE = (
-    "Flags may also be spelled with underscores, as in the PySyft tutorials\n"
-    "(--batch_size for --batch-size)."
-)
+def aliases_note(example: str) -> str:
+    """The help's line on the underscore spellings, with one of the command's flags."""
+    return (
+        "Flags may also be spelled with underscores, as in the PySyft tutorials\n"
+        f"({example.replace('-', '_').replace('__', '--', 1)} for {example})."
+    )
 
 
 def add_flag(

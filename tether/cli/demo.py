@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tether.cli.console import ALIASES_NOTE, add_flag, run_federation
+from tether.cli.console import add_flag, aliases_note, run_federation
 from tether.datasets import MNIST, materialize
 from tether.datasets.mnist import MEAN, STD
 from tether.federated import report
@@ -46,9 +46,10 @@ did: alice (digits 0-3), bob (4-6) and charlie (7-9) each hold their part of the
 shipped with tether, and testing holds the official 10,000 test images. Then trains the
 tutorial's CNN across them (`tether train` with its defaults: 10 batches of 32 per worker per
 round, SGD lr 0.1, FedAvg), prints the tutorial's report with a progress bar, and writes
-metrics.csv, metrics.json, accuracy.png and the checkpoint to --out.
+metrics.csv, metrics.json, accuracy.png and the checkpoint to --out. Ctrl-C stops it and
+its workers, and says which round the checkpoint holds.
 
-{ALIASES_NOTE} --training-rounds is --rounds."""
+{aliases_note("--eval-every")} --training-rounds is --rounds."""
 _READY = re.compile(r"listening on (ws://\S+)")
 
 

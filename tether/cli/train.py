@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from tether.cli.console import ALIASES_NOTE, add_flag, run_federation
+from tether.cli.console import add_flag, aliases_note, run_federation
 from tether.errors import FederationError, TetherError
 from tether.federated import report
 from tether.federated.coordinator import Coordinator
@@ -33,13 +33,14 @@ set, printing the tutorial's report.
 
 A worker that cannot be reached, stops answering or misses --round-timeout is left out of
 that round and tried again the next; the run stops when fewer than --min-workers answer. After
-every round the model is saved to --checkpoint; --resume continues a stopped run from there.
+every round the model is saved to --checkpoint; --resume continues a stopped run from there
+(Ctrl-C stops it, and says which round the checkpoint holds).
 
   tether train --worker alice=ws://127.0.0.1:8777 --worker bob=ws://127.0.0.1:8778 \\
       --evaluator testing=ws://127.0.0.1:8780 --token TOKEN --rounds 40
   tether train --federation examples/websocket_mnist/federation.toml
 
-{ALIASES_NOTE} --training-rounds is --rounds."""
+{aliases_note("--batch-size")} --training-rounds is --rounds."""
 
 DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
@@ -185,7 +186,7 @@ def main(args: argparse.Namespace, connect: Callable[..., Any] | None = None) ->
     try:
         settings = _settings(args)
         return _train(settings, connect)
-    except (FederationError, ValueError, TypeError, OSError) as exc:
+    except (FederationError, ValueError, OSError) as exc:
         print(f"tether train: error: {exc}", file=sys.stderr)
         return 1
 

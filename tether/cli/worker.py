@@ -10,7 +10,7 @@ import threading
 
 import torch
 
-from tether.cli.console import ALIASES_NOTE, add_flag, serve, setup_logging
+from tether.cli.console import add_flag, aliases_note, serve, setup_logging
 from tether.datasets import MNIST, materialize
 from tether.datasets.mnist import MEAN, STD
 from tether.errors import DatasetError
@@ -28,7 +28,7 @@ DESCRIPTION = (
     "is the release policy's choice (--policy): 'training' (the default) releases only the results "
     "of the worker's routines (delegated fit and evaluate), 'strict' nothing without an "
     "accepted request, 'open' anything derived (only where the scientist may see the data). "
-    "It serves until Ctrl-C or SIGTERM. " + ALIASES_NOTE
+    "It serves until Ctrl-C or SIGTERM. " + aliases_note("--data-root")
 )
 POLICY_HELP = (
     "release policy: what computed from the private data may leave. "
