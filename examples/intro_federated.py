@@ -1,5 +1,5 @@
 """The PySyft tutorial "Part 2: Intro to Federated Learning", with only the import changed,
-and each printed loss saying what it is (the tutorial printed bare `tensor(...)` lines).
+and each printed loss saying what it is (the tutorial printed the bare `tensor(...)`).
 
 Run: python examples/intro_federated.py
 """
@@ -41,7 +41,7 @@ def train():
         opt.step()
 
         # 6) print our progress
-        print(f"centralised, step {step + 1:2d}/20: loss {loss.item():.4f}")
+        print(f"{loss.data!r}, the loss of centralised training step {step + 1}/20")
 
 
 print("Centralised training: the toy data in one place, 20 steps")
@@ -117,10 +117,7 @@ def train():
 
             # 6) print our progress
             loss = loss.get()  # NEW) slight edit... need to call .get() on loss
-            print(
-                f"federated, iteration {iteration + 1:2d}/10, "
-                f"on {data.location.id}'s data: loss {loss.item():.4f}"
-            )
+            print(f"{loss!r}, the loss on {data.location.id}'s data, iteration {iteration + 1}/10")
 
 
 # federated averaging

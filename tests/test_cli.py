@@ -387,15 +387,20 @@ def test_the_intro_example_says_what_each_loss_is() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "tensor(" not in done.stdout
-    central = re.findall(r"^centralised, step +(\d+)/20: loss (\S+)$", done.stdout, re.M)
-    federated = re.findall(
-        r"^federated, iteration +(\d+)/10, on (bob|alice)'s data: loss (\S+)$", done.stdout, re.M
+    number = r"tensor\((\d+\.\d+)(?:, requires_grad=True)?\)"
+    central = re.findall(
+        rf"^{number}, the loss of centralised training step (\d+)/20$", done.stdout, re.M
     )
-    assert [int(step) for step, _ in central] == list(range(1, 21))
-    assert len(federated) == 20
-    assert float(central[-1][1]) < float(central[0][1]) / 100
-    alice = [float(loss) for _, name, loss in federated if name == "alice"]
+    federated = re.findall(
+        rf"^{number}, the loss on (bob|alice)'s data, iteration (\d+)/10$", done.stdout, re.M
+    )
+    assert [int(step) for _, step in central] == list(range(1, 21))
+    assert [(name, int(i)) for _, name, i in federated] == [
+        (name, i) for i in range(1, 11) for name in ("bob", "alice")
+    ]
+    assert len(done.stdout.splitlines()) == 2 + 20 + 20  # two headings, then only these
+    assert float(central[-1][0]) < float(central[0][0]) / 100
+    alice = [float(loss) for loss, name, _ in federated if name == "alice"]
     assert alice[-1] < alice[0] / 2
 
 
