@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import threading
 
 import torch
@@ -173,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
         args.dataset = "mnist"  # the one dataset there is (the tutorial's `--testing` alone)
     release = Release.parse(args.policy)
     if release is Release.OPEN:
-        logging.getLogger(__name__).warning("%s", OPEN_WARNING)
+        print(f"WARNING: {OPEN_WARNING}", file=sys.stderr, flush=True)  # even with --quiet
     node = Node(
         args.id,
         limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB), max_objects=args.max_objects),
