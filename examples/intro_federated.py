@@ -1,4 +1,5 @@
-"""The PySyft tutorial "Part 2: Intro to Federated Learning", with only the import changed.
+"""The PySyft tutorial "Part 2: Intro to Federated Learning", with only the import changed,
+and each printed loss saying what it is (the tutorial printed the bare `tensor(...)`).
 
 Run: python examples/intro_federated.py
 """
@@ -23,7 +24,7 @@ model = nn.Linear(2, 1)
 def train():
     # Training Logic
     opt = optim.SGD(params=model.parameters(), lr=0.1)
-    for _ in range(20):
+    for step in range(20):
         # 1) erase previous gradients (if they exist)
         opt.zero_grad()
 
@@ -40,9 +41,10 @@ def train():
         opt.step()
 
         # 6) print our progress
-        print(loss.data)
+        print(f"{loss.data!r}, the loss of centralised training step {step + 1}/20")
 
 
+print("Centralised training: the toy data in one place, 20 steps")
 train()
 
 # ---- The federated version --------------------------------------------------------------------
@@ -85,7 +87,7 @@ optims = Optims(workers, optim=optim.Adam(params=model.parameters(), lr=0.1))
 
 def train():
     # Training Logic
-    for _ in range(10):
+    for iteration in range(10):
         # NEW) iterate through each worker's dataset
         for data, target in datasets:
             # NEW) send model to correct worker
@@ -114,9 +116,11 @@ def train():
             model.get()
 
             # 6) print our progress
-            print(loss.get())  # NEW) slight edit... need to call .get() on loss\
+            loss = loss.get()  # NEW) slight edit... need to call .get() on loss
+            print(f"{loss!r}, the loss on {data.location.id}'s data, iteration {iteration + 1}/10")
 
 
 # federated averaging
 
+print("Federated training: bob and alice each hold half the data; the model goes to each")
 train()

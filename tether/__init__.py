@@ -9,6 +9,7 @@ PySyft names tether does not implement (yet) raise errors that say so.
 from typing import Any
 
 from tether import datasets, errors, federated, transforms
+from tether.cli.version import __version__ as __version__
 from tether.datasets import BaseDataset
 from tether.duet import Module, join_duet, launch_duet
 from tether.errors import (

@@ -7,14 +7,11 @@ prints the tutorial's report with a progress bar, and writes metrics.csv, metric
 accuracy.png. Offline: the workers serve the MNIST sample shipped inside tether.
 
 Run: python examples/websocket_mnist/run.py [--out websocket-mnist] [--rounds 40]
-     [--eval_every 10] [--kill bob@3] [--central]
+     [--eval-every 10] [--kill bob@3] [--central]   (the workers take free ports)
 """
 
-import argparse
 import sys
 
-from tether.cli import demo
+from tether.cli import main
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-demo.add_arguments(parser)
-sys.exit(demo.main(parser.parse_args()))
+sys.exit(main(["demo", *sys.argv[1:]]))  # `tether demo`: its flags, its Ctrl-C

@@ -1,9 +1,10 @@
 """`tether train`: federated training across network workers, as the websocket tutorial's
-coordinator script ran it. Its help text is the coordinator's docstring (DESCRIPTION)."""
+coordinator script ran it."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
@@ -12,16 +13,34 @@ from typing import Any
 
 import torch
 
+from tether.cli.console import add_flag, aliases_note, run_federation
 from tether.errors import FederationError, TetherError
-from tether.federated import coordinator, report
+from tether.federated import report
 from tether.federated.coordinator import Coordinator
 from tether.federated.data.partition import parse_label_groups
 from tether.federated.delegated.training import TrainConfig
 from tether.federated.models import MODELS
+from tether.transports.websocket import AccessDeniedError
 from tether.transports.websocket import connect as websocket_connect
 
 SUMMARY = "federated training across network workers"
-DESCRIPTION = coordinator.__doc__
+DESCRIPTION = f"""\
+Train a model across `tether worker` processes without their data leaving them. Each round
+every worker trains the current model on its data for a few batches and sends back only the
+weights; they are averaged (FedAvg) into the next round's model. Every --eval-every rounds,
+and after the last, the evaluator scores each worker's model and the averaged one on its test
+set, printing the tutorial's report.
+
+A worker that cannot be reached, stops answering or misses --round-timeout is left out of
+that round and tried again the next; the run stops when fewer than --min-workers answer. After
+every round the model is saved to --checkpoint; --resume continues a stopped run from there
+(Ctrl-C stops it, and says which round the checkpoint holds).
+
+  tether train --worker alice=ws://127.0.0.1:8777 --worker bob=ws://127.0.0.1:8778 \\
+      --evaluator testing=ws://127.0.0.1:8780 --token TOKEN --rounds 40
+  tether train --federation examples/websocket_mnist/federation.toml
+
+{aliases_note("--batch-size")} --training-rounds is --rounds."""
 
 DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
@@ -47,75 +66,129 @@ DEFAULTS: dict[str, Any] = {
     "resume": False,
     "progress": True,
 }
+# What a federation file's keys hold (besides [workers] and [evaluator]): the type, and the
+# words its error message uses. "rounds" is "training_rounds" (the tutorial's name).
+TOML_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    **{
+        key: (int, "an integer")
+        for key in (
+            "batch_size",
+            "training_rounds",
+            "federate_after_n_batches",
+            "epochs",
+            "seed",
+            "eval_every",
+            "test_batch_size",
+            "min_workers",
+        )
+    },
+    **{key: ((int, float), "a number") for key in ("lr", "momentum", "round_timeout")},
+    **{
+        key: (str, "a string")
+        for key in ("optimizer", "loss", "model", "dataset_key", "test_key", "checkpoint", "out")
+    },
+    "token": (str, "a string"),
+    "groups": ((str, list), 'a string or a list of strings, e.g. ["0-3", "4-6", "7-9"]'),
+    "resume": (bool, "true or false"),
+    "progress": (bool, "true or false"),
+}
+TOML_ALIASES = {"rounds": "training_rounds"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `tether train` (the tutorial's names and defaults)."""
-    parser.add_argument(
+    """The flags of `tether train` (the tutorial's defaults; its underscore names work too)."""
+    add_flag(
+        parser,
         "--federation",
         type=Path,
-        help="TOML file naming workers, evaluator, rounds and config (flags win)",
+        metavar="FILE",
+        help="TOML file naming workers, evaluator, rounds and settings (flags win)",
     )
-    parser.add_argument(
+    add_flag(
+        parser,
         "--worker",
         action="append",
         metavar="NAME=URL",
         help="a training worker, e.g. alice=ws://127.0.0.1:8777 (repeat)",
     )
-    parser.add_argument(
+    add_flag(
+        parser,
         "--evaluator",
         metavar="NAME=URL",
         help="the worker holding the test set, e.g. testing=ws://127.0.0.1:8780",
     )
-    parser.add_argument("--token", help="the workers' access token (default: $TETHER_TOKEN)")
-    numbers: list[tuple[str, type, str]] = [
-        ("batch_size", int, "batch size of the training"),
-        ("training_rounds", int, "number of federated learning rounds"),
-        ("federate_after_n_batches", int, "batches each worker trains per round (0: whole epochs)"),
-        ("epochs", int, "local epochs per round when federate_after_n_batches is 0"),
-        ("lr", float, "learning rate"),
-        ("momentum", float, "SGD momentum"),
-        ("seed", int, "seed of the model's initial weights and of the batch orders"),
-        ("eval_every", int, "evaluate after round 1, every N rounds and after the last"),
-        ("test_batch_size", int, "batch size of the evaluation"),
-        ("min_workers", int, "fewest workers a round may complete with"),
-        ("round_timeout", float, "seconds to wait for the workers each round"),
+    add_flag(
+        parser,
+        "--token",
+        help="the access token the workers printed at start (default: $TETHER_TOKEN)",
+    )
+    numbers: list[tuple[str, tuple[str, ...], type, str]] = [
+        ("rounds", ("--training-rounds",), int, "federated learning rounds"),
+        ("batch_size", (), int, "batch size of the training"),
+        (
+            "federate_after_n_batches",
+            (),
+            int,
+            "batches each worker trains per round (0: whole epochs)",
+        ),
+        ("epochs", (), int, "local epochs per round when --federate-after-n-batches is 0"),
+        ("lr", (), float, "learning rate"),
+        ("momentum", (), float, "SGD momentum"),
+        ("seed", (), int, "seed of the model's initial weights and of the batch orders"),
+        ("eval_every", (), int, "evaluate after round 1, every N rounds and after the last"),
+        ("test_batch_size", (), int, "batch size of the evaluation"),
+        ("min_workers", (), int, "fewest workers a round may complete with"),
+        ("round_timeout", (), float, "seconds to wait for the workers each round"),
     ]
-    for name, kind, text in numbers:
-        parser.add_argument(f"--{name}", type=kind, help=f"{text} (default {DEFAULTS[name]})")
-    parser.add_argument("--optimizer", help="optimizer in torch.optim (default SGD)")
-    parser.add_argument("--loss", help="loss in torch.nn.functional (default nll_loss)")
-    parser.add_argument("--model", choices=sorted(MODELS), help="model to train (default cnn)")
-    parser.add_argument("--groups", help="label groups for the report (default 0-3/4-6/7-9)")
-    parser.add_argument("--dataset_key", help="key of the workers' dataset (default mnist)")
-    parser.add_argument(
-        "--test_key", help="key of the evaluator's test set (default mnist_testing)"
+    for name, aliases, kind, text in numbers:
+        key = TOML_ALIASES.get(name, name)
+        add_flag(
+            parser,
+            "--" + name.replace("_", "-"),
+            *aliases,
+            dest=key,
+            type=kind,
+            metavar="N" if kind is int else "X",
+            help=f"{text} (default {DEFAULTS[key]})",
+        )
+    add_flag(parser, "--optimizer", help="optimizer in torch.optim (default SGD)")
+    add_flag(parser, "--loss", help="loss in torch.nn.functional (default nll_loss)")
+    add_flag(parser, "--model", choices=sorted(MODELS), help="model to train (default cnn)")
+    add_flag(parser, "--groups", help="label groups for the report (default 0-3/4-6/7-9)")
+    add_flag(parser, "--dataset-key", help="key of the workers' dataset (default mnist)")
+    add_flag(parser, "--test-key", help="key of the evaluator's test set (default mnist_testing)")
+    add_flag(
+        parser, "--checkpoint", metavar="DIR", help="checkpoint folder (default tether-checkpoint)"
     )
-    parser.add_argument("--checkpoint", help="checkpoint directory (default tether-checkpoint)")
-    parser.add_argument(
-        "--resume", action="store_true", default=None, help="continue from the checkpoint"
+    add_flag(
+        parser,
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue from the checkpoint",
     )
-    parser.add_argument("--out", help="write metrics.csv, metrics.json and accuracy.png here")
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
+    add_flag(
+        parser, "--out", metavar="DIR", help="write metrics.csv, metrics.json and accuracy.png here"
+    )
+    add_flag(
+        parser,
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar",
     )
 
 
 def main(args: argparse.Namespace, connect: Callable[..., Any] | None = None) -> int:
-    """Run `tether train`; 0 on success, 1 with a message on a bad setup or a failed run."""
+    """Run `tether train`; 0 on success, 1 with a message on a bad setup or a failed run.
+    Ctrl-C raises console.Stopped, naming the checkpoint (`tether` prints it)."""
     try:
         settings = _settings(args)
         return _train(settings, connect)
     except (FederationError, ValueError, OSError) as exc:
         print(f"tether train: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(
-            "tether train: interrupted; the checkpoint holds the last complete round "
-            "(continue with --resume)",
-            file=sys.stderr,
-        )
-        return 130
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,29 +208,56 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _read_federation(path: Path) -> dict[str, Any]:
+    """The federation file's settings, each checked against TOML_TYPES; a ValueError naming
+    the file, the key and what it must be otherwise."""
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(DEFAULTS) - {"workers", "evaluator", "rounds"})
+    known = ["workers", "evaluator", *TOML_ALIASES, *sorted(TOML_TYPES)]
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(
-            f"{path}: unknown keys {unknown}; known: workers, evaluator, "
-            f"{', '.join(sorted(DEFAULTS))}"
-        )
-    if "rounds" in data:
-        data["training_rounds"] = data.pop("rounds")
+        raise ValueError(f"{path}: unknown keys {unknown}; known: {', '.join(known)}")
+    for alias, key in TOML_ALIASES.items():
+        if alias in data:
+            data[key] = data.pop(alias)
+    names = {key: alias for alias, key in TOML_ALIASES.items()}  # as the file spells them
+    for key, value in data.items():
+        if key in TOML_TYPES:
+            kind, expected = TOML_TYPES[key]
+            fits = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+            if isinstance(value, list):
+                fits = fits and all(isinstance(item, str) for item in value)
+            if not fits:
+                raise ValueError(
+                    f"{path}: {names.get(key, key)} must be {expected}, got {_toml_value(value)}"
+                )
+    if "model" in data and data["model"] not in MODELS:
+        raise ValueError(f"{path}: model must be one of {sorted(MODELS)}, got {data['model']!r}")
     workers = data.get("workers", {})
     if not isinstance(workers, dict) or not all(isinstance(u, str) for u in workers.values()):
-        raise ValueError(f"{path}: [workers] must map names to URLs")
+        raise ValueError(f'{path}: [workers] must map names to URLs: alice = "ws://..."')
     evaluator = data.get("evaluator")
     if evaluator is not None:
-        if not (isinstance(evaluator, dict) and len(evaluator) == 1):
+        if not (
+            isinstance(evaluator, dict)
+            and len(evaluator) == 1
+            and all(isinstance(u, str) for u in evaluator.values())
+        ):
             raise ValueError(f'{path}: [evaluator] must name one worker: testing = "ws://..."')
         data["evaluator"] = next(iter(evaluator.items()))
     if isinstance(data.get("groups"), list):
         data["groups"] = "/".join(data["groups"])
     return data
+
+
+def _toml_value(value: Any) -> str:
+    """A value as the TOML file wrote it: "forty" (a string), 4.5, true, [...]."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}" (a string)'
+    return f"{value!r} ({type(value).__name__})"
 
 
 def _name_url(text: str, flag: str) -> tuple[str, str]:
@@ -195,21 +295,30 @@ def train_config(settings: Mapping[str, Any]) -> TrainConfig:
 def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
     if connect is None:
         connect = websocket_connect
-    token = settings["token"]
-    workers = {
-        name: _connect_or_retry(name, url, token, connect)
-        for name, url in settings["workers"].items()
-    }
-    reachable = sum(hasattr(w, "client") for w in workers.values())
+    workers: dict[str, Any] = {}
+    unreachable: dict[str, str] = {}
+    for name, url in settings["workers"].items():
+        workers[name] = _connect(name, url, settings["token"], connect)
+        if not hasattr(workers[name], "client"):
+            unreachable[name] = f"worker {name} at {url} is unreachable ({workers[name].why})"
+    reachable = len(workers) - len(unreachable)
     if reachable < settings["min_workers"]:
         raise FederationError(
             f"{reachable} of {len(workers)} workers are reachable, fewer than "
-            f"--min_workers {settings['min_workers']}"
+            f"--min_workers {settings['min_workers']}: " + "; ".join(unreachable.values())
         )
+    for line in unreachable.values():
+        print(f"{line}; going on without it and trying again each round", file=sys.stderr)
     evaluator = None
     if settings["evaluator"] is not None:
         name, url = settings["evaluator"]
-        evaluator = _connect_or_retry(name, url, token, connect)
+        evaluator = _connect(name, url, settings["token"], connect)
+        if not hasattr(evaluator, "client"):
+            print(
+                f"the evaluator {name} at {url} is unreachable ({evaluator.why}); "
+                "trying again at each evaluation",
+                file=sys.stderr,
+            )
     torch.manual_seed(settings["seed"])
     coordinator = Coordinator(
         MODELS[settings["model"]](),
@@ -228,7 +337,7 @@ def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
         resume=settings["resume"],
         progress=settings["progress"],
     )
-    result = coordinator.run()
+    result = run_federation(coordinator, resume="continue with --resume")
     if settings["out"]:
         out = Path(settings["out"])
         written = report.save_metrics(result.history, coordinator.groups, out)
@@ -237,18 +346,32 @@ def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
     return 0
 
 
-def _connect_or_retry(name: str, url: str, token: str | None, connect: Callable[..., Any]) -> Any:
-    """A connected worker; or, if it cannot be reached now, a function that tries again."""
+class _Retry:
+    """Connects to a worker that could not be reached at the start (the coordinator calls it
+    each round until it answers); `why` says what went wrong the first time."""
+
+    def __init__(self, attempt: Callable[[], Any], why: str) -> None:
+        self.attempt, self.why = attempt, why
+
+    def __call__(self) -> Any:
+        return self.attempt()
+
+
+def _connect(name: str, url: str, token: str | None, connect: Callable[..., Any]) -> Any:
+    """A connected worker; or, if it cannot be reached now, a _Retry. A refused token stops
+    the run: it would be refused again every round."""
 
     def attempt() -> Any:
         return connect(url, token=token, id=name)
 
     try:
         return attempt()
+    except AccessDeniedError:
+        given = token if token is not None else os.environ.get("TETHER_TOKEN")
+        raise FederationError(
+            f"worker {name} at {url} refused the access token "
+            f"({'wrong token' if given else 'none given'}): give the token it printed at "
+            "start with --token, or set TETHER_TOKEN"
+        ) from None
     except TetherError as exc:
-        print(
-            f"worker {name} at {url} is unreachable ({exc}); going on without it and trying "
-            "again each round",
-            file=sys.stderr,
-        )
-        return attempt
+        return _Retry(attempt, str(exc))

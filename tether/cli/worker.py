@@ -11,13 +11,15 @@ import threading
 
 import torch
 
+from tether.cli.console import add_flag, aliases_note, serve, setup_logging
 from tether.datasets import MNIST, materialize
 from tether.datasets.mnist import MEAN, STD
+from tether.errors import DatasetError
 from tether.federated.data.partition import parse_label_range, parse_spec
 from tether.node import Limits, Node
 from tether.node.policy import OPEN_WARNING, Release
 from tether.transforms import Compose, Normalize, ToTensor
-from tether.transports.websocket import ServerLimits, WorkerServer, serve, server_ssl_context
+from tether.transports.websocket import ServerLimits, WorkerServer, server_ssl_context
 
 SUMMARY = "serve a worker that others reach over a websocket"
 DESCRIPTION = (
@@ -26,7 +28,8 @@ DESCRIPTION = (
     "through pointers; private data never leaves. Which results computed from it may leave "
     "is the release policy's choice (--policy): 'training' (the default) releases only the results "
     "of the worker's routines (delegated fit and evaluate), 'strict' nothing without an "
-    "accepted request, 'open' anything derived (only where the scientist may see the data)."
+    "accepted request, 'open' anything derived (only where the scientist may see the data). "
+    "It serves until Ctrl-C or SIGTERM. " + aliases_note("--data-root")
 )
 POLICY_HELP = (
     "release policy: what computed from the private data may leave. "
@@ -37,112 +40,141 @@ POLICY_HELP = (
     "returns it; prints a warning; use only where the scientist may see the data"
 )
 _MB = 2**20
+# The data flags (their argparse names): any of them without --dataset means --dataset mnist.
+_DATA_FLAGS = ("data_root", "testing", "labels", "partition", "samples")
+# The dataset's advice, written for Python callers, as a `tether worker` user follows it.
+_CLI_ADVICE = {
+    "Pass download=True to fetch it, or root=None to use the sample embedded in tether.": (
+        "Put the MNIST files in --data-root (torchvision's MNIST/raw layout works), or leave "
+        "--data-root out to serve the sample shipped with tether."
+    ),
+    "delete it and download it again (download=True)": (
+        "replace it with a good copy, or leave --data-root out to serve the sample shipped "
+        "with tether"
+    ),
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `tether worker`."""
-    p.add_argument("--id", default="worker", help="the worker's name (default: worker)")
-    p.add_argument(
+    add_flag(p, "--id", default="worker", help="the worker's name (default: worker)")
+    add_flag(
+        p,
         "--host",
         default="127.0.0.1",
         help="address to listen on (0.0.0.0: every interface; default 127.0.0.1)",
     )
-    p.add_argument("--port", type=int, default=8777, help="port (0: any free one; default 8777)")
-    p.add_argument(
+    add_flag(p, "--port", type=int, default=8777, help="port (0: any free one; default 8777)")
+    add_flag(
+        p,
         "--token",
         default=os.environ.get("TETHER_TOKEN"),
         help="access token clients must give (default: $TETHER_TOKEN, else a "
         "generated one, printed at start)",
     )
-    p.add_argument(
+    add_flag(
+        p,
         "--policy",
         choices=[r.value for r in Release],
         default=Release.TRAINING.value,
         help=POLICY_HELP,
     )
-    p.add_argument("--certfile", help="TLS certificate chain (PEM): serve wss://")
-    p.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
+    add_flag(p, "--certfile", help="TLS certificate chain (PEM): serve wss://")
+    add_flag(p, "--keyfile", help="TLS private key (PEM), if not in --certfile")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", choices=["mnist"], help="dataset to publish (private)")
-    data.add_argument(
+    add_flag(
+        data,
+        "--dataset",
+        choices=["mnist"],
+        help="dataset to publish (private); the other data flags imply mnist",
+    )
+    add_flag(
+        data,
         "--testing",
         action="store_true",
+        default=None,
         help="publish the test set (key mnist_testing) instead of the train set",
     )
-    data.add_argument(
+    add_flag(
+        data,
         "--data-root",
         help="folder with the MNIST IDX files (torchvision layout "
         "works); default: the sample shipped with tether",
     )
     keep = data.add_mutually_exclusive_group()
-    keep.add_argument("--labels", help="keep only these digits, e.g. 0-3 or 0,2,5")
-    keep.add_argument(
+    add_flag(keep, "--labels", help="keep only these digits, e.g. 0-3 or 0,2,5")
+    add_flag(
+        keep,
         "--partition",
         help="keep one part of a split: iid:N, labels:0-3/4-6/7-9, "
         "dirichlet:N:ALPHA or shards:N:K (with --part)",
     )
-    data.add_argument("--part", type=int, default=0, help="which part of --partition (default 0)")
-    data.add_argument("--seed", type=int, default=0, help="seed of --partition (default 0)")
-    data.add_argument(
+    add_flag(data, "--part", type=int, default=0, help="which part of --partition (default 0)")
+    add_flag(data, "--seed", type=int, default=0, help="seed of --partition (default 0)")
+    add_flag(
+        data,
         "--samples",
         type=int,
         help="keep only the first N of the samples kept (default: all)",
     )
     limits = p.add_argument_group("limits")
-    limits.add_argument(
+    add_flag(
+        limits,
         "--max-message-mb",
         type=float,
         default=512,
         help="largest message a client may send (default 512)",
     )
-    limits.add_argument(
+    add_flag(
+        limits,
         "--max-stored-mb",
         type=float,
         default=8192,
         help="MB one client may keep on the worker: tensors, Python objects (default 8192)",
     )
-    limits.add_argument(
+    add_flag(
+        limits,
         "--max-objects",
         type=int,
         default=100_000,
         help="objects one client may keep on the worker at once (default 100000)",
     )
-    limits.add_argument(
+    add_flag(
+        limits,
         "--idle-timeout",
         type=float,
         default=3600,
         help="seconds of silence before a client is disconnected and its "
         "objects freed (default 3600)",
     )
-    limits.add_argument(
+    add_flag(
+        limits,
         "--max-connections",
         type=int,
         default=64,
         help="clients served at once; more are refused until one leaves (default 64)",
     )
-    limits.add_argument(
+    add_flag(
+        limits,
         "--max-handshakes",
         type=int,
         default=256,
         help="connections that have not yet shown a token, at once; more are "
         "closed at once (default 256)",
     )
-    p.add_argument("--quiet", action="store_true", help="log only warnings")
+    add_flag(p, "--quiet", action="store_true", help="log only warnings")
 
 
 def main(args: argparse.Namespace) -> int:
     """Serve the worker until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.quiet)
     if args.keyfile and not args.certfile:
         raise ValueError("--keyfile needs --certfile")
+    if not args.dataset and any(getattr(args, name) is not None for name in _DATA_FLAGS):
+        args.dataset = "mnist"  # the one dataset there is (the tutorial's `--testing` alone)
     release = Release.parse(args.policy)
     if release is Release.OPEN:
-        print(f"WARNING: {OPEN_WARNING}", file=sys.stderr, flush=True)
-        logging.getLogger(__name__).warning("%s", OPEN_WARNING)
+        print(f"WARNING: {OPEN_WARNING}", file=sys.stderr, flush=True)  # even with --quiet
     node = Node(
         args.id,
         limits=Limits(max_stored_bytes=int(args.max_stored_mb * _MB), max_objects=args.max_objects),
@@ -166,13 +198,16 @@ def main(args: argparse.Namespace) -> int:
         ),
     )
 
-    def ready(server: WorkerServer) -> None:
+    def ready() -> None:
         if generated:
-            print(f"access token: {server.token}  (clients: token=... or TETHER_TOKEN)")
+            print(
+                f"access token: {server.token}  (clients give it as tether train --token, "
+                "tether.connect(url, token=...) or TETHER_TOKEN)"
+            )
         print(f"release policy: {release.value}")
         print(f"worker {args.id} listening on {server.url}", flush=True)
 
-    serve(server, on_ready=ready)
+    serve(server.start, server.stop, ready, fast_loop=True)
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     for thread in busy:
         thread.join(timeout=0.5)
@@ -186,11 +221,14 @@ def main(args: argparse.Namespace) -> int:
 def _publish_mnist(node: Node, args: argparse.Namespace) -> None:
     """Load MNIST, keep the asked-for samples, print the per-digit counts as the websocket
     tutorial's workers do, and publish `(images, labels)` privately."""
-    dataset = MNIST(
-        root=args.data_root,
-        train=not args.testing,
-        transform=Compose([ToTensor(), Normalize((MEAN,), (STD,))]),
-    )
+    try:
+        dataset = MNIST(
+            root=args.data_root,
+            train=not args.testing,
+            transform=Compose([ToTensor(), Normalize((MEAN,), (STD,))]),
+        )
+    except DatasetError as exc:
+        raise DatasetError(_cli_wording(str(exc))) from None
     data, targets = materialize(dataset)
     if args.labels:
         keep = torch.isin(targets, torch.tensor(parse_label_range(args.labels))).nonzero().flatten()
@@ -224,3 +262,10 @@ def _publish_mnist(node: Node, args: argparse.Namespace) -> None:
     )
     print(f"datasets: {{{key!r}: {len(targets)} samples, private}}")
     print(f"len(datasets[{key}]): {len(targets)}")
+
+
+def _cli_wording(message: str) -> str:
+    """A dataset error as a command-line user acts on it (flags, not Python arguments)."""
+    for python, cli in _CLI_ADVICE.items():
+        message = message.replace(python, cli)
+    return message

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load, save  # up front: a Ctrl-C never cuts this import short
 
 from tether.errors import FederationError
 from tether.federated import report
@@ -41,8 +42,6 @@ class Checkpoint:
     ) -> None:
         """Weights first (a new file per round), then the JSON that names them: the JSON's
         replacement is the commit, so a kill at any moment leaves the last complete round."""
-        from safetensors.torch import save
-
         self.directory.mkdir(parents=True, exist_ok=True)
         weights = f"global-round{r:05d}.safetensors"
         payload = save({k: v.contiguous() for k, v in state.items()})
@@ -68,8 +67,6 @@ class Checkpoint:
         """The last round completed, its weights and the history; None when there is no
         checkpoint. Raises FederationError if it was made for another model or config, or
         its weights do not have `keys`."""
-        from safetensors.torch import load
-
         path = self.directory / CHECKPOINT_JSON
         if not path.exists():
             return None

@@ -145,6 +145,9 @@ class Coordinator:
                 f"min_workers must be between 1 and {len(workers)} (the workers "
                 f"given), got {min_workers}"
             )
+        for name, value in (("rounds", rounds), ("eval_every", eval_every)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
         if rounds < 1 or eval_every < 1 or round_timeout <= 0:
             raise ValueError("rounds and eval_every must be >= 1 and round_timeout > 0")
         self.model = model
@@ -165,6 +168,7 @@ class Coordinator:
         self.spec = modelspec.describe(model)
         self.state: dict[str, torch.Tensor] = dict(self.spec["state"])
         self.history: list[dict[str, Any]] = []
+        self.saved_round: int | None = None  # the round the checkpoint holds, once it holds one
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -338,6 +342,7 @@ class Coordinator:
     def _checkpoint(self, r: int) -> None:
         if self.checkpoint_dir is not None:
             self._checkpoints(self.checkpoint_dir).save(r, self.rounds, self.state, self.history)
+            self.saved_round = r
 
     def _restore(self) -> int:
         """Load the checkpoint; the last round it completed (0 when there is none)."""
@@ -348,6 +353,7 @@ class Coordinator:
             self.log(f"No checkpoint in {self.checkpoint_dir}: starting at round 1")
             return 0
         r, self.state, self.history = found
+        self.saved_round = r
         self.log(f"Resuming after round {r} from {self.checkpoint_dir}")
         return r
 
