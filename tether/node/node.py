@@ -411,11 +411,7 @@ class Node:
             got = f"{len(result)} results" if isinstance(result, tuple | list) else "one result"
             asked = len(cast(list, out))
             raise _Refused("TypeError", f"{entry.path} gave {got}, not the {asked} asked for")
-        tags = (
-            tuple(dict.fromkeys(t for s in inputs for t in s.tags))
-            if any(s.tags for s in inputs)
-            else ()
-        )
+        tags = _tags(inputs)
         # A releasing routine's result on the owner's data leaves a training node as it is now.
         granted = (
             entry.path
@@ -735,6 +731,15 @@ def object_id(cmd: Call, i: int) -> int | None:
     if cmd.refs >> i & 1:
         return arg if type(arg) is int else None
     return arg.id if type(arg) is Ref else None
+
+
+def _tags(inputs: list[Stored]) -> tuple[str, ...]:
+    """The owner's tags of a call's inputs, which its results carry (a loop: most inputs have
+    none, and this runs for every command)."""
+    for stored in inputs:
+        if stored.tags:
+            return tuple(dict.fromkeys(t for s in inputs for t in s.tags))
+    return ()
 
 
 def _reported(exc: Exception) -> Exception:
