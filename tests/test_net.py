@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from conftest import TOKEN, WorkerProcess, join, wait_until
+from conftest import TOKEN, WorkerProcess, join, raw_socket, wait_until
 from torch import nn
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
@@ -79,23 +79,6 @@ def server() -> Iterator[ServerThread]:
     node.publish("numbers", (torch.arange(10.0), torch.arange(10)), private=True)
     with ServerThread(WorkerServer(node, port=0, token=TOKEN)) as running:
         yield running
-
-
-def raw_socket(port: int, token: str = TOKEN) -> socket.socket:
-    """A websocket connection on a bare socket, for sending what no library would."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(4096)
-        assert chunk, f"connection closed during the handshake: {response!r}"
-        response += chunk
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
 
 
 def masked_frame(payload: bytes, opcode: int = 0x2) -> bytes:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
-from conftest import TOKEN, WorkerProcess, join
+from conftest import WorkerProcess, join, raw_socket
 
 import tether as sy
 from tether.node import Limits, Node
@@ -277,23 +277,6 @@ def test_quick_frames_are_bounded_by_what_they_touch_not_by_their_bytes():
 
 
 # ---- fragments ---------------------------------------------------------------------------------
-
-
-def raw_socket(port: int) -> socket.socket:
-    """A websocket connection on a bare socket, for sending what no library would."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(4096)
-        assert chunk, f"connection closed during the handshake: {response!r}"
-        response += chunk
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
 
 
 def frame(opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:

@@ -225,18 +225,20 @@ def provenance(path: str, inputs: list[Stored], limit: int = 240) -> str:
 def grant(routine: str, result: Any) -> Grant:
     """What a releasing routine's result may release: a copy into fresh memory, taken now, so
     nothing done to the stored result later (through pointers or views of it) can leave."""
-    return Grant(routine, _copy(result))
+    return Grant(routine, copied(result))
 
 
-def _copy(value: Any) -> Any:
+def copied(value: Any) -> Any:
+    """A copy nothing done to `value` later reaches: tensors cloned into fresh memory (keeping
+    `requires_grad`), containers rebuilt; other values are immutable plain data."""
     if isinstance(value, torch.Tensor):
-        return value.detach().clone()
+        return value.detach().clone().requires_grad_(value.requires_grad)
     if isinstance(value, list):
-        return [_copy(v) for v in value]
+        return [copied(v) for v in value]
     if isinstance(value, tuple):
-        return tuple(_copy(v) for v in value)
+        return tuple(copied(v) for v in value)
     if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: copied(v) for k, v in value.items()}
     return value
 
 

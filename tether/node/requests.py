@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from tether.errors import LimitError, PoisonedValueError
-from tether.node.policy import check_egress
+from tether.node.policy import check_egress, copied
 from tether.node.store import value_nbytes
 from tether.wire.codec import DTYPE_NAMES, tensor_bytes
 
@@ -312,7 +312,7 @@ class Requests:
             found = self._admit(key, nbytes)
         if found is not None:
             return found
-        snapshot = _snapshot(value)
+        snapshot = copied(value)  # nothing done to the value later reaches it
         request = Request(
             id=0,
             client=client,
@@ -499,21 +499,6 @@ class Requests:
 
 
 # ---- what a snapshot is -------------------------------------------------------------------------
-
-
-def _snapshot(value: Any) -> Any:
-    """A copy nothing done to `value` later reaches: tensors cloned into fresh memory,
-    containers rebuilt (the rest is immutable: `check_egress` let only plain data through)."""
-    if isinstance(value, torch.Tensor):
-        copy = value.detach().clone()
-        return copy.requires_grad_() if value.requires_grad else copy
-    if isinstance(value, list):
-        return [_snapshot(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_snapshot(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _snapshot(v) for k, v in value.items()}
-    return value
 
 
 def digest(value: Any) -> str:

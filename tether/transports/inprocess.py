@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from tether.errors import ConnectionLostError, ObjectNotFoundError
 from tether.node import Limits, Node, Store
-from tether.node.policy import Release
+from tether.node.policy import Release, copied
 from tether.node.store import Stored
 from tether.remote.client import Client, Replies
 from tether.remote.worker import DatasetPointers, Worker
@@ -45,7 +43,7 @@ class InProcessTransport:
             answer = self.node.run(
                 [_copy_tensors_in(c) for c in commands], self.client_name, lend=adopted
             )
-            replies = [Value(_copy(r.value)) if type(r) is Value else r for r in answer.replies]
+            replies = [Value(copied(r.value)) if type(r) is Value else r for r in answer.replies]
         for i, value in answer.lent.items():
             replies[i] = value
         return lambda: replies
@@ -57,24 +55,12 @@ class InProcessTransport:
 
 def _copy_tensors_in(message: Any) -> Any:
     if isinstance(message, Put):
-        return Put(message.id, _copy(message.value))
+        return Put(message.id, copied(message.value))
     if isinstance(message, Call):
         return Call(
-            message.op, _copy(message.args), _copy(message.kwargs), message.out, message.refs
+            message.op, copied(message.args), copied(message.kwargs), message.out, message.refs
         )
     return message
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone().requires_grad_(value.requires_grad)
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_copy(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    return value
 
 
 class VirtualWorker(Worker):
