@@ -105,16 +105,19 @@ def releases(privacy: Privacy, release: Release) -> bool:
 def lendable(store: Store, obj_ids: list[int], release: Release) -> bool:
     """Whether a client in this process may hold the memory of these stored objects itself
     rather than copies (and so see what later commands do to them): only on an `open` node
-    (which tracks no memory: it could fetch every later value anyway), only what leaves as it
-    is stored, never memory shared with the owner's data, never a routine's result."""
+    (which tracks no memory: it could fetch every later value anyway), never the owner's data
+    or memory shared with it, never a routine's result. Asked of Gets that succeeded, so
+    `may_leave` has judged the values already; this adds only what lending changes."""
     if release is not OPEN:
         return False
     for obj_id in obj_ids:
         stored = store.objects.get(obj_id)
-        if stored is None or stored.readonly or stored.grant is not None:
-            return False
-        verdict = may_leave(stored, release)
-        if not verdict.leaves or verdict.value is not stored.value:
+        if (
+            stored is None
+            or stored.privacy == PRIVATE
+            or stored.readonly
+            or stored.grant is not None
+        ):
             return False
     return True
 
