@@ -114,14 +114,15 @@ class Node:
       itself only through an accepted request): simulation, tutorials (`VirtualWorker`);
     - "training" (the default): only what the node's own routines return leaves (delegated
       `fit`/`evaluate`, aggregates the owner `declare`d); pointer computations on private data
-      give pointers that never release, and their error texts are withheld;
-    - "strict" (Duet): nothing computed from private data leaves without an accepted request,
-      and error texts from computations on it are withheld.
-    Requests go to `requests` (the owner's desk).
+      give pointers that never release;
+    - "strict" (Duet): nothing computed from private data leaves without an accepted request.
+    Outside "open", every command runs in the node's `guard` (tether.node.guard), and one on
+    private data is quiet: no description of its results, and a failure poisons them instead
+    of being reported. Requests go to `requests` (the owner's desk).
     """
 
-    # Whether the sizes of what is computed from private data are kept from clients too:
-    # left out of descriptions and of refusals (Duet's node).
+    # Whether the shapes of the owner's published private objects are kept from clients too
+    # (Duet's node); what is computed from them is never described outside `open`.
     hides_private_sizes = False
 
     def __init__(
