@@ -16,7 +16,7 @@ from tether.federated.delegated.modelspec import describe, with_state
 from tether.federated.delegated.remote import dataset_pointers, remote_evaluate, remote_fit
 from tether.federated.delegated.training import EvalConfig, TrainConfig, canonical, evaluate, fit
 from tether.federated.models import Net, mlp
-from tether.federated.strategies import Update, fedavg, weighted_average
+from tether.federated.strategies import FedAvg, Update, weighted_average
 from tether.node import Limits
 from tether.remote.client import ref
 
@@ -202,7 +202,7 @@ def test_an_unknown_dataset_key_is_named(alice) -> None:
 def test_fedavg_weights_by_samples() -> None:
     a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(10)}
     b = {"w": torch.tensor([4.0, 8.0]), "n": torch.tensor(20)}
-    merged = fedavg([Update("a", a, 100), Update("b", b, 300)], a)
+    merged = FedAvg().aggregate(1, [Update("a", a, 100), Update("b", b, 300)], a)
     assert torch.allclose(merged["w"], torch.tensor([3.25, 6.5]))
     assert merged["n"].dtype == torch.int64 and int(merged["n"]) == 18  # 17.5 rounds to even
     assert torch.equal(weighted_average([a, b], [1, 1])["w"], torch.tensor([2.5, 5.0]))

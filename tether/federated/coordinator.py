@@ -14,6 +14,7 @@ answer. The checkpoint (safetensors + JSON, written atomically after every round
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +32,7 @@ from tether.federated.delegated import modelspec
 from tether.federated.delegated.remote import dataset_pointers, remote_evaluate, remote_fit
 from tether.federated.delegated.training import EvalConfig, TrainConfig
 from tether.federated.report import TUTORIAL_GROUPS
-from tether.federated.strategies import Strategy, Update, fedavg
+from tether.federated.strategies import FedAvg, Strategy, Task, Update
 
 Log = Callable[[str], None]
 
@@ -131,7 +132,7 @@ class Coordinator:
         test_key: str = "mnist_testing",
         groups: Sequence[Sequence[int]] = TUTORIAL_GROUPS,
         eval_config: EvalConfig | Mapping[str, Any] | None = None,
-        strategy: Strategy = fedavg,
+        strategy: Strategy | None = None,
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
         log: Log = print,
@@ -159,7 +160,7 @@ class Coordinator:
         self.round_timeout = round_timeout
         self.dataset_key, self.test_key = dataset_key, test_key
         self.groups = [tuple(g) for g in groups]
-        self.strategy = strategy
+        self.strategy = strategy if strategy is not None else FedAvg()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.resume = resume
         self.log = log
@@ -213,9 +214,10 @@ class Coordinator:
         if len(updates) < self.min_workers:
             raise FederationError(self._too_few(r, updates, left_out))
         ordered = [
-            Update(name, result["weights"], result["samples"]) for name, result in updates.items()
+            Update(name, result["weights"], result["samples"], result["batches"])
+            for name, result in updates.items()
         ]
-        self.state = self.strategy(ordered, self.state)
+        self.state = self.strategy.aggregate(r, ordered, self.state)
         record["train_seconds"] = time.perf_counter() - start
         if self._evaluates(r):
             record["eval"] = self._evaluate(r, updates)
@@ -233,14 +235,23 @@ class Coordinator:
         spec = modelspec.with_state(self.spec, self.state)
         jobs: dict[str, _Job] = {}
         left_out: dict[str, str] = {}
-        for i, participant in enumerate(self.participants):
+        available: list[str] = []
+        for participant in self.participants:
             if participant.refused is not None:
                 continue
             if participant.busy is not None and participant.busy.running():
                 left_out[participant.name] = f"still busy with round {participant.busy.round}"
                 continue
+            available.append(participant.name)
+        chosen = set(
+            self.strategy.sample(r, available, random.Random(_round_seed(self.config.seed, r, -1)))
+        )
+        for i, participant in enumerate(self.participants):
+            if participant.name not in chosen:
+                continue
             config = replace(self.config, seed=_round_seed(self.config.seed, r, i))
-            jobs[participant.name] = participant.busy = self._start(participant, r, spec, config)
+            task = self.strategy.configure(r, participant.name, config)
+            jobs[participant.name] = participant.busy = self._start(participant, r, spec, task)
         if self.on_round_start is not None:
             self.on_round_start(r)
         deadline = time.monotonic() + self.round_timeout
@@ -264,13 +275,17 @@ class Coordinator:
             ).missed.append(r)
         return updates, left_out
 
-    def _start(self, participant: _Participant, r: int, spec: dict, config: TrainConfig) -> _Job:
+    def _start(self, participant: _Participant, r: int, spec: dict, task: Task) -> _Job:
         job = _Job(r)
 
         def work() -> None:
             try:
                 job.result = remote_fit(
-                    participant.client(), participant.pointers(self.dataset_key), spec, config
+                    participant.client(),
+                    participant.pointers(self.dataset_key),
+                    spec,
+                    task.config,
+                    task.correction,
                 )
             except BaseException as exc:  # reported by the round, never lost in the thread
                 job.error = exc

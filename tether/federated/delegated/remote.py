@@ -26,12 +26,20 @@ def dataset_pointers(client: Any, key: str) -> tuple[Any, Any]:
     return data, targets
 
 
-def remote_fit(client: Any, dataset: tuple[Any, Any], spec: dict, config: TrainConfig) -> dict:
-    """Run `fit` on a worker's dataset; its answer (weights and metrics)."""
+def remote_fit(
+    client: Any,
+    dataset: tuple[Any, Any],
+    spec: dict,
+    config: TrainConfig,
+    correction: Mapping[str, torch.Tensor] | None = None,
+) -> dict:
+    """Run `fit` on a worker's dataset; its answer (weights and metrics). `correction`:
+    SCAFFOLD's control-variate difference for this worker (see `training.train`)."""
     data, targets = dataset
-    result = client.call(
-        FIT, [spec, ref(data), ref(targets), config.to_dict()], kind="object", flush=True
-    )
+    arguments = [spec, ref(data), ref(targets), config.to_dict()]
+    if correction is not None:
+        arguments.append(dict(correction))
+    result = client.call(FIT, arguments, kind="object", flush=True)
     return _checked(result.get(), spec["state"], client.name)
 
 

@@ -44,7 +44,8 @@ _NUMBERS = (bool, int, float)
 @dataclass(frozen=True)
 class TrainConfig:
     """How a worker trains: `max_batches` caps the batches of one `fit` (the tutorial's
-    federate_after_n_batches); None trains `epochs` full epochs."""
+    federate_after_n_batches); None trains `epochs` full epochs. `proximal_mu`: FedProx's
+    proximal term (0: none)."""
 
     loss: str = "nll_loss"
     optimizer: str = "SGD"
@@ -55,6 +56,7 @@ class TrainConfig:
     shuffle: bool = True
     drop_last: bool = False
     seed: int = 0
+    proximal_mu: float = 0.0
 
     @classmethod
     def parse(cls, config: Mapping[str, Any] | TrainConfig) -> TrainConfig:
@@ -69,6 +71,8 @@ class TrainConfig:
         _check_type("shuffle", made.shuffle, bool)
         _check_type("drop_last", made.drop_last, bool)
         _check_type("seed", made.seed, int)
+        if type(made.proximal_mu) not in (int, float) or not 0 <= made.proximal_mu < 1e6:
+            raise ValueError(f"proximal_mu must be a number >= 0, got {made.proximal_mu!r}")
         loss_function(made.loss)
         optimizer_class(made.optimizer, made.optimizer_args)
         return made
@@ -206,46 +210,123 @@ def _check_data(data: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fit(
-    spec: Any, data: Any, targets: Any, config: Any, *, max_elements: int | None = None
+    spec: Any,
+    data: Any,
+    targets: Any,
+    config: Any,
+    correction: Any = None,
+    *,
+    max_elements: int | None = None,
 ) -> dict[str, Any]:
-    """Train the model a spec describes on `(data, targets)` as `config` says; `max_elements`:
-    the limit on the model and each result of its forward pass (see `modelspec.build`; a
-    node passes its own).
+    """Train the model a spec describes on `(data, targets)` as `config` says; `correction`:
+    SCAFFOLD's control-variate difference (`c - c_i`), a tensor per parameter name, added to
+    every gradient; `max_elements`: the limit on the model and each result of its forward pass
+    (see `modelspec.build`; a node passes its own).
 
     Returns plain data: `weights` (the state dict after training), `samples` and `batches`
     used, `losses` (per batch), `epoch_losses` (mean per epoch), `seconds` of training and
     `build_seconds` spent making the model from its spec."""
     cfg = TrainConfig.parse(config)
-    loss_fn = loss_function(cfg.loss)
-    optimizer_cls = optimizer_class(cfg.optimizer, cfg.optimizer_args)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights
+        model = build(spec, max_elements)
+    built = time.perf_counter()
+    result = train(model, data, targets, cfg, correction=correction)
+    return {"weights": _state(model), **result, "build_seconds": built - start}
+
+
+def train(
+    model: nn.Module,
+    data: Any,
+    targets: Any,
+    config: TrainConfig,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    correction: Any = None,
+) -> dict[str, Any]:
+    """The local training every client runs, deployed (`fit`, on a model built from a spec) or
+    simulated (on one model reused for every client, loaded with the global weights; pass its
+    `optimizer` to reuse that too: its state is cleared and its arguments set from the config
+    first, so it equals a fresh one).
+
+    Deterministic given `config.seed` (the batch order and dropout's draws), and leaves the
+    global RNG alone. With `config.proximal_mu`, each gradient gets FedProx's proximal term
+    `mu * (w - w_start)`; with `correction`, SCAFFOLD's `c - c_i`. Returns `samples`,
+    `batches`, `losses`, `epoch_losses` and `seconds`; the weights are the model's."""
+    loss_fn = loss_function(config.loss)
     data, targets = _check_data(data, targets)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    corrections = _corrections(correction, named)
+    anchors = [p.detach().clone() for _, p in named] if config.proximal_mu else None
+    if optimizer is None:
+        optimizer_cls = optimizer_class(config.optimizer, config.optimizer_args)
+        optimizer = optimizer_cls([p for _, p in named], **config.optimizer_args)
+    else:
+        optimizer.state.clear()
+        for group in optimizer.param_groups:
+            group.update(config.optimizer_args)
+    generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     samples = 0
+    model.train()
+    start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout and the like draw here
-        torch.manual_seed(cfg.seed)
-        start = time.perf_counter()
-        model = build(spec, max_elements).train()
-        built = time.perf_counter()
-        optimizer = optimizer_cls(model.parameters(), **cfg.optimizer_args)
-        for x, y in batches(data, targets, cfg, generator):
+        torch.manual_seed(config.seed)
+        for x, y in batches(data, targets, config, generator):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
+            if anchors is not None or corrections is not None:
+                _adjust_gradients(named, config.proximal_mu, anchors, corrections)
             optimizer.step()
             losses.append(loss.item())
             samples += len(x)
-    seconds = time.perf_counter() - built
-    epoch_ends = _epoch_ends(len(data), cfg, len(losses))
+    epoch_ends = _epoch_ends(len(data), config, len(losses))
     return {
-        "weights": _state(model),
         "samples": samples,
         "batches": len(losses),
         "losses": losses,
         "epoch_losses": _epoch_means(losses, epoch_ends),
-        "seconds": seconds,
-        "build_seconds": built - start,
+        "seconds": time.perf_counter() - start,
     }
+
+
+def _corrections(
+    correction: Any, named: list[tuple[str, nn.Parameter]]
+) -> list[torch.Tensor] | None:
+    """SCAFFOLD's correction, one tensor per trained parameter in order, checked: it comes
+    from the coordinator, and a wrong shape must fail here rather than broadcast silently."""
+    if correction is None:
+        return None
+    if not isinstance(correction, Mapping) or set(correction) != {n for n, _ in named}:
+        raise ValueError(
+            "correction must map each trained parameter's name to a tensor, "
+            f"the names being {[n for n, _ in named]}"
+        )
+    out = []
+    for name, p in named:
+        c = correction[name]
+        if not isinstance(c, torch.Tensor) or c.shape != p.shape or not c.is_floating_point():
+            raise ValueError(f"correction {name!r} must be a float tensor of shape {list(p.shape)}")
+        out.append(c.to(p.dtype))
+    return out
+
+
+def _adjust_gradients(
+    named: list[tuple[str, nn.Parameter]],
+    mu: float,
+    anchors: list[torch.Tensor] | None,
+    corrections: list[torch.Tensor] | None,
+) -> None:
+    """FedProx's `mu * (w - w_start)` and SCAFFOLD's `c - c_i`, added to each gradient."""
+    with torch.no_grad():
+        for i, (_, p) in enumerate(named):
+            if p.grad is None:
+                continue
+            if anchors is not None:
+                p.grad.add_(p - anchors[i], alpha=mu)
+            if corrections is not None:
+                p.grad.add_(corrections[i])
 
 
 def _epoch_ends(n: int, cfg: TrainConfig, served: int) -> list[int]:

@@ -1,7 +1,7 @@
-"""Aggregation strategies, one file each: `base` (the shape every strategy has, `Update`,
-`weighted_average`), `fedavg`."""
+"""Aggregation strategies, one file each: `base` (the round's steps, with FedAvg's behaviour:
+`Strategy`, `Update`, `Task`, `weighted_average`), `fedavg`."""
 
-from tether.federated.strategies.base import State, Strategy, Update, weighted_average
-from tether.federated.strategies.fedavg import fedavg
+from tether.federated.strategies.base import State, Strategy, Task, Update, weighted_average
+from tether.federated.strategies.fedavg import FedAvg
 
-__all__ = ["State", "Strategy", "Update", "fedavg", "weighted_average"]
+__all__ = ["FedAvg", "State", "Strategy", "Task", "Update", "weighted_average"]
