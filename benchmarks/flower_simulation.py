@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import os
 import subprocess
@@ -79,7 +80,7 @@ def measure(python: str, clients: int, rounds: int = 3, timeout: float = 1800) -
         raise RuntimeError(f"Flower with {clients} clients failed:\n{err[-3000:]}")
     found = json.loads(out.strip().splitlines()[-1])
     ends = found["round_ends"]
-    gaps = sorted(b - a for a, b in zip(ends, ends[1:], strict=False))
+    gaps = sorted(b - a for a, b in itertools.pairwise(ends))
     return {
         "framework": f"flower {found['flwr']} (run_simulation, ray {found['ray']})",
         "clients": clients,
