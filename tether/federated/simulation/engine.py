@@ -181,6 +181,7 @@ def _pair(pair: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _partition(partition: Partition, targets: torch.Tensor, seed: int) -> list[torch.Tensor]:
     """One int64 index tensor per client, each checked against the dataset's size."""
+    parts: Sequence[torch.Tensor]
     if isinstance(partition, str):
         parts = parse_spec(partition, seed)(targets)
     elif callable(partition):
