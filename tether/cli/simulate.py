@@ -141,16 +141,14 @@ def build(args: argparse.Namespace) -> Simulation:
         raise ValueError(f"--clients must be >= 1, got {args.clients}")
     if args.samples_per_client < 0:
         raise ValueError(f"--samples-per-client must be >= 0, got {args.samples_per_client}")
+    clients = args.clients if args.clients is not None else _clients_in(args.partition)
+    partition = parse_spec(with_count(args.partition, clients), args.seed)  # checked first
     from tether.cli.demo import mnist_tensors
 
     data, targets = mnist_tensors(train=True)
     test = mnist_tensors(train=False)
-    clients = args.clients if args.clients is not None else _clients_in(args.partition)
     pool = sample_pool(len(targets), clients, args.samples_per_client, args.seed)
-    parts = [
-        pool[part]
-        for part in parse_spec(with_count(args.partition, clients), args.seed)(targets[pool])
-    ]
+    parts = [pool[part] for part in partition(targets[pool])]
     if len(parts) != clients:
         raise ValueError(
             f"--partition {args.partition} gives {len(parts)} clients, --clients {clients}"
