@@ -271,7 +271,7 @@ def train(
     model.train()
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout and the like draw here
-        torch.manual_seed(config.seed)
+        torch.default_generator.manual_seed(config.seed)  # torch.manual_seed: +0.3 ms (CUDA's)
         for x, y in batches(data, targets, config, generator):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)

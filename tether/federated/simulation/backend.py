@@ -54,9 +54,17 @@ class Backend(ABC):
 
 class SequentialBackend(Backend):
     """Every client in this process, one after another, on one model and one optimizer: a
-    client's model and optimizer state exist only while it trains."""
+    client's model and optimizer state exist only while it trains.
 
-    def __init__(self) -> None:
+    `threads`: torch's intra-op threads while clients train (None: leave torch's setting).
+    One by default: a client's batches are too small for threads to pay, and on busy cores
+    threads that wait for each other cost many times the work (20 clients of 50 MNIST
+    images, MLP: 1.6 s per round with one thread, 11 s with two, on 2 shared cores)."""
+
+    def __init__(self, threads: int | None = 1) -> None:
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        self.threads = threads
         self.trainer: ClientTrainer | None = None
 
     def start(self, model: nn.Module, data: torch.Tensor, targets: torch.Tensor) -> None:
@@ -65,8 +73,14 @@ class SequentialBackend(Backend):
     def fit_clients(self, global_state: State, jobs: Sequence[ClientJob]) -> Iterator[ClientResult]:
         if self.trainer is None:
             raise RuntimeError("SequentialBackend.fit_clients before start()")
-        for job in jobs:
-            yield run_client(self.trainer, global_state, job)
+        before = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            for job in jobs:
+                yield run_client(self.trainer, global_state, job)
+        finally:
+            torch.set_num_threads(before)
 
     def close(self) -> None:
         self.trainer = None

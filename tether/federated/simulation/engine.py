@@ -25,6 +25,7 @@ from tether.federated.coordinator import _round_seed
 from tether.federated.data.partition import parse_spec
 from tether.federated.delegated.training import EvalConfig, TrainConfig, score
 from tether.federated.simulation.backend import Backend, ClientJob, SequentialBackend
+from tether.federated.simulation.fold import RunningAverage, folds
 from tether.federated.strategies import FedAvg, State, Strategy, Update
 
 Partition = str | Callable[[torch.Tensor], Sequence[torch.Tensor]] | Sequence[torch.Tensor]
@@ -51,7 +52,8 @@ class Simulation:
     varied per round and client as the coordinator varies it. `seed`: the run's seed (the
     spec's partition, the sampling and the batch orders; default the config's). `test`:
     `(data, targets)` the global model is scored on after round 1, every `eval_every` rounds
-    and after the last. `backend`: where clients train (default: one after another here)."""
+    and after the last. `backend`: where clients train (default: one after another here).
+    `on_round(record)` is called after each round with its record (to log or time it)."""
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class Simulation:
         seed: int | None = None,
         backend: Backend | None = None,
         progress: bool = False,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         for name, value in (("rounds", rounds), ("eval_every", eval_every)):
             if type(value) is not int or value < 1:
@@ -87,6 +90,7 @@ class Simulation:
         self.eval_config = EvalConfig.parse(eval_config or {"loss": self.config.loss})
         self.backend = backend if backend is not None else SequentialBackend()
         self.progress = progress
+        self.on_round = on_round
         self.state: State = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.history: list[dict[str, Any]] = []
 
@@ -102,6 +106,8 @@ class Simulation:
             for r in bar:
                 record = self._round(r)
                 self.history.append(record)
+                if self.on_round is not None:
+                    self.on_round(record)
                 if "accuracy" in record:
                     bar.set_postfix_str(f"acc {100 * record['accuracy']:.1f}%")
         finally:
@@ -123,18 +129,25 @@ class Simulation:
 
     def _round(self, r: int) -> dict[str, Any]:
         start = time.perf_counter()
+        fold = RunningAverage() if folds(self.strategy) else None
         updates: list[Update] = []
-        weighted_loss = 0.0
+        weighted_loss, clients, samples = 0.0, 0, 0
         for result in self.backend.fit_clients(self.state, self.jobs(r)):
-            updates.append(result.update)
+            if fold is not None:
+                fold.add(result.update)
+            else:
+                updates.append(result.update)
             weighted_loss += result.loss * result.update.samples
-        if not updates:
+            clients += 1
+            samples += result.update.samples
+        if clients == 0:
             raise RuntimeError(f"round {r}: the backend returned no updates")
-        samples = sum(u.samples for u in updates)
+        if fold is not None:
+            updates = [fold.update({key: value.dtype for key, value in self.state.items()})]
         self.state = self.strategy.aggregate(r, updates, self.state)
         record: dict[str, Any] = {
             "round": r,
-            "clients": len(updates),
+            "clients": clients,
             "samples": samples,
             "train_loss": weighted_loss / samples,
             "seconds": time.perf_counter() - start,
@@ -168,6 +181,7 @@ def _pair(pair: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _partition(partition: Partition, targets: torch.Tensor, seed: int) -> list[torch.Tensor]:
     """One int64 index tensor per client, each checked against the dataset's size."""
+    parts: Sequence[torch.Tensor]
     if isinstance(partition, str):
         parts = parse_spec(partition, seed)(targets)
     elif callable(partition):
