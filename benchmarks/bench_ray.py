@@ -57,8 +57,7 @@ def run(backend_name: str, clients: int, rounds: int, out: Path) -> dict:
         cores = int(backend_name.removeprefix("ray:"))
         backend = RayBackend(num_cpus=cores, actors=cores)
     else:
-        torch.set_num_threads(1)  # as each actor
-        backend = SequentialBackend()
+        backend = SequentialBackend()  # one torch thread, as each actor
     started: list[float] = []
     start_backend = backend.start
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tether import datasets, transforms
+from tether import cli, datasets, transforms
 from tether.datasets.base import materialize
 from tether.federated.models import mlp
 from tether.federated.simulation import SequentialBackend, Simulation
@@ -63,3 +63,16 @@ def test_ray_backend_refuses_what_it_cannot_do():
         RayBackend("127.0.0.1:6379", num_cpus=2)
     with pytest.raises(RuntimeError, match="before start"):
         next(iter(RayBackend().fit_clients({}, [])))
+
+
+def test_tether_simulate_selects_the_ray_backend():
+    from tether.cli.simulate import _backend
+
+    backend = _backend("ray", "127.0.0.1:6379")
+    assert isinstance(backend, RayBackend) and backend.address == "127.0.0.1:6379"
+    assert isinstance(_backend("sequential", None), SequentialBackend)
+
+
+def test_tether_simulate_names_a_ray_address_without_the_ray_backend(capsys):
+    assert cli.main(["simulate", "--ray-address", "127.0.0.1:6379", "--no-progress"]) == 1
+    assert "--ray-address needs --backend ray" in capsys.readouterr().err

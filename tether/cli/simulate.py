@@ -17,7 +17,7 @@ from tether.federated import report
 from tether.federated.data.partition import parse_spec, with_count
 from tether.federated.delegated.training import TrainConfig
 from tether.federated.models import MODELS
-from tether.federated.simulation import Simulation, SimulationResult
+from tether.federated.simulation import Backend, SequentialBackend, Simulation, SimulationResult
 from tether.federated.strategies import FedAvg, Strategy
 
 SUMMARY = "simulate a federation of many clients in one process"
@@ -41,6 +41,9 @@ without replacement while they suffice and with replacement beyond (more than 10
   tether simulate --clients 1000 --rounds 20 --partition dirichlet:0.5 --out sim-out
 
 --out DIR gets metrics.csv and metrics.json (one row per round) and accuracy.png.
+
+--backend ray trains the clients as Ray actors (pip install "tether[ray]"): on a Ray
+instance started here on 127.0.0.1, or on the cluster at --ray-address (see docs/ray.md).
 {aliases_note("--batch-size")}"""
 
 # The strategies --strategy names. Only FedAvg is on this branch; when the strategies package
@@ -111,6 +114,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="score the global model after round 1, every N rounds and the last (default 1)",
     )
+    add_flag(
+        parser,
+        "--backend",
+        default="sequential",
+        choices=("sequential", "ray"),
+        help="where clients train: one after another here (default), or on Ray",
+    )
+    add_flag(
+        parser,
+        "--ray-address",
+        metavar="ADDR",
+        help="with --backend ray: a running cluster's address (default: start Ray here)",
+    )
     add_flag(parser, "--out", type=Path, metavar="DIR", help="write metrics and the plot here")
     add_flag(parser, "--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -178,8 +194,21 @@ def build(args: argparse.Namespace) -> Simulation:
         rounds=args.rounds,
         test=test,
         eval_every=args.eval_every,
+        backend=_backend(args.backend, args.ray_address),
         progress=args.progress,
     )
+
+
+def _backend(name: str, ray_address: str | None) -> Backend:
+    if name == "sequential":
+        if ray_address is not None:
+            raise ValueError("--ray-address needs --backend ray")
+        return SequentialBackend()
+    try:
+        from tether.federated.simulation.ray_backend import RayBackend
+    except ImportError as exc:
+        raise ValueError(f"--backend ray: {exc}") from None
+    return RayBackend(ray_address)
 
 
 def _clients_in(spec: str) -> int:

@@ -68,6 +68,7 @@ class RayBackend(Backend):
         if not ray.is_initialized():
             if self.address is None:
                 ray.init(
+                    address="local",  # a new instance, never a cluster found on this machine
                     num_cpus=self.num_cpus,
                     include_dashboard=False,
                     _node_ip_address="127.0.0.1",
