@@ -84,6 +84,7 @@ class Simulation:
         self.config = base if seed is None else replace(base, seed=seed)
         self.parts = _partition(partition, targets, self.config.seed)
         self.clients = [f"client{i}" for i in range(len(self.parts))]
+        self._index = {name: i for i, name in enumerate(self.clients)}
         self.strategy = strategy if strategy is not None else FedAvg()
         self.rounds, self.eval_every = rounds, eval_every
         self.test = None if test is None else _pair(test, "test")
@@ -122,7 +123,7 @@ class Simulation:
         chosen = self.strategy.sample(r, self.clients, random.Random(_round_seed(seed, r, -1)))
         jobs = []
         for name in chosen:
-            i = int(name.removeprefix("client"))
+            i = self._index[name]
             config = replace(self.config, seed=_round_seed(seed, r, i))
             jobs.append(ClientJob(name, self.parts[i], self.strategy.configure(r, name, config)))
         return jobs
