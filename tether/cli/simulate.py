@@ -43,7 +43,7 @@ without replacement while they suffice and with replacement beyond (more than 10
 --out DIR gets metrics.csv and metrics.json (one row per round) and accuracy.png.
 
 --backend ray trains the clients as Ray actors (pip install "tether[ray]"): on a Ray
-instance started here on 127.0.0.1, or on the cluster at --ray-address (see docs/ray.md).
+instance started here on 127.0.0.1, or on the cluster at --ray-address (see docs/simulation.md).
 {aliases_note("--batch-size")}"""
 
 # The strategies --strategy names. Only FedAvg is on this branch; when the strategies package
