@@ -6,18 +6,20 @@ replacement), the MLP 784-200-10, one local epoch of batch 32, SGD lr 0.1. The f
 PyTorch", is the same clients' training done one after another in one process with only torch
 imported: one model object, each client's start state loaded, one local epoch with the same
 batch orders, a running samples-weighted sum for FedAvg. tether runs it with `Simulation` (the
-sequential backend). Each configuration runs in its own process, plain and tether alternating,
+sequential backend). Both sides train with --threads torch threads (default 1: see
+SequentialBackend). Each configuration runs in its own process, plain and tether alternating,
 so that each process's peak RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`: all memory the
 process ever held, torch included) is its own. Printed per client count (medians over repeats):
 
-    seconds per round (median of rounds 2..R) and tether / plain        target <= 1.5x
+    seconds per round (median of rounds 2..R) and tether / plain, in wall time and in CPU time
+    (steadier where other work shares the cores)                        target <= 1.5x
     peak RSS                                                           target < 1 GB at 1,000
     time to first round: from launching the process (so Python's start, importing torch and
     tether, reading the data and setting up count) to the end of round 1     target < 3 s
     max |weight difference| between the two sides' final global models (same work: ~1e-7)
 
 Flower's simulation on the same job is the other column of the issue's table: its child mode
-goes in CHILDREN (see `flower` below), run from its own environment with --flwr-python.
+goes in CHILDREN (below), run from its own environment with --flwr-python.
 
 Run: python benchmarks/bench_simulation.py [--clients 10,100,1000] [--rounds 3] [--repeat 2]
      python benchmarks/bench_simulation.py --quick          (10 and 100 clients, 2 rounds, once)
@@ -86,7 +88,7 @@ def mlp():
 # ---- the two sides, each in its own process -----------------------------------------------------
 
 
-def plain(clients: int, rounds: int, out: Path) -> dict:
+def plain(clients: int, rounds: int, out: Path, threads: int) -> dict:
     """The floor: the rounds in plain PyTorch, with tether's batch orders (seed per round and
     client: `seed * 1_000_003 + round * 1009 + client`, the coordinator's rule)."""
     import torch
@@ -129,13 +131,13 @@ def plain(clients: int, rounds: int, out: Path) -> dict:
     return {"seconds": seconds, "cpu": cpu, "first_round_at": first}
 
 
-def tether(clients: int, rounds: int, out: Path) -> dict:
+def tether(clients: int, rounds: int, out: Path, threads: int) -> dict:
     """The same rounds through `Simulation`; tether's import counts in the time to round 1."""
     import torch
     from safetensors.torch import save_file
 
     from tether.federated.delegated.training import TrainConfig
-    from tether.federated.simulation import Simulation
+    from tether.federated.simulation import SequentialBackend, Simulation
 
     data, targets = mnist()
     parts = client_indices(clients, len(data))
@@ -148,7 +150,13 @@ def tether(clients: int, rounds: int, out: Path) -> dict:
         ends.append(time.time())
 
     simulation = Simulation(
-        mlp(), (data, targets), partition=parts, config=config, rounds=rounds, on_round=clock
+        mlp(),
+        (data, targets),
+        partition=parts,
+        config=config,
+        rounds=rounds,
+        backend=SequentialBackend(threads=threads),
+        on_round=clock,
     )
     result = simulation.run()
     save_file(result.state, str(out))
@@ -159,17 +167,18 @@ def tether(clients: int, rounds: int, out: Path) -> dict:
     }
 
 
-# Each child mode: (clients, rounds, where to save the final weights) -> seconds per round and
-# when round 1 ended. Flower's simulation of the same job is added here as "flower" (run by
-# the interpreter of Flower's own environment, --flwr-python), reporting the same fields.
-CHILDREN: dict[str, Callable[[int, int, Path], dict]] = {"plain": plain, "tether": tether}
+# Each child mode: (clients, rounds, where to save the final weights, torch threads) -> seconds
+# per round (wall and CPU) and when round 1 ended. Flower's simulation of the same job is added
+# here as "flower" (run by the interpreter of Flower's own environment, --flwr-python),
+# reporting the same fields.
+CHILDREN: dict[str, Callable[[int, int, Path, int], dict]] = {"plain": plain, "tether": tether}
 
 
 def child(mode: str, clients: int, rounds: int, out: Path, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    result = CHILDREN[mode](clients, rounds, out)
+    result = CHILDREN[mode](clients, rounds, out, threads)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 

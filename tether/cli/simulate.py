@@ -53,7 +53,13 @@ TEST_IMAGES = "the MNIST sample's 10,000 test images"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--clients", type=int, metavar="N", help="virtual clients (default 10)")
+    add_flag(
+        parser,
+        "--clients",
+        type=int,
+        metavar="N",
+        help="virtual clients (default: the count --partition names, else 10)",
+    )
     add_flag(
         parser,
         "--partition",
@@ -94,10 +100,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fewest clients that train each round (default 1)",
     )
     add_flag(parser, "--epochs", type=int, default=1, metavar="N", help="local epochs (default 1)")
-    add_flag(parser, "--batch-size", type=int, default=32, metavar="N", help="(default 32)")
-    add_flag(parser, "--lr", type=float, default=0.1, metavar="X", help="learning rate (0.1)")
-    add_flag(parser, "--momentum", type=float, default=0.0, metavar="X", help="SGD momentum (0)")
-    add_flag(parser, "--model", default="mlp", choices=sorted(MODELS), help="(default mlp)")
+    add_flag(
+        parser,
+        "--batch-size",
+        type=int,
+        default=32,
+        metavar="N",
+        help="local batch size (default 32)",
+    )
+    add_flag(
+        parser, "--lr", type=float, default=0.1, metavar="X", help="learning rate (default 0.1)"
+    )
+    add_flag(
+        parser, "--momentum", type=float, default=0.0, metavar="X", help="SGD momentum (default 0)"
+    )
+    add_flag(
+        parser,
+        "--model",
+        default="mlp",
+        choices=sorted(MODELS),
+        help="model to train (default mlp)",
+    )
     add_flag(
         parser,
         "--seed",
