@@ -10,7 +10,6 @@ from tether import cli, datasets, transforms
 from tether.datasets.base import materialize
 from tether.federated.models import mlp
 from tether.federated.simulation import SequentialBackend, Simulation
-from tether.federated.strategies import Strategy
 
 ray = pytest.importorskip(
     "ray", reason='Ray is an optional extra: pip install -e ".[ray]" (CI installs it)'
@@ -23,13 +22,12 @@ def _mnist(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return materialize(datasets.MNIST(None, train=train, transform=t))
 
 
-def _run(backend, strategy: Strategy | None = None):
+def _run(backend):
     torch.manual_seed(0)
     return Simulation(
         mlp(),
         _mnist(train=True),
         partition="iid:20",
-        strategy=strategy,
         config={"optimizer_args": {"lr": 0.1}, "batch_size": 32},
         rounds=2,
         test=_mnist(train=False),
