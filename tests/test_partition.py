@@ -10,9 +10,11 @@ from tether.federated.data.partition import (
     format_label_table,
     iid,
     label_counts,
+    labels_per_client,
     parse_label_range,
     parse_spec,
     shards,
+    with_count,
 )
 
 
@@ -143,7 +145,13 @@ def test_partitioners_leave_global_rng_alone(targets):
     iid(len(targets), 3, seed=1)
     dirichlet(targets, 3, 0.5, seed=1)
     shards(targets, 3, 2, seed=1)
-    for spec in ("iid:3", "dirichlet:3:0.3", "shards:4:2", "labels:0-4/5-9"):
+    for spec in (
+        "iid:3",
+        "dirichlet:3:0.3",
+        "shards:4:2",
+        "labels:0-4/5-9",
+        "labels-per-client:4:2",
+    ):
         parse_spec(spec, seed=2)(targets)
     assert torch.equal(torch.get_rng_state(), torch_state)
     after = np.random.get_state()
@@ -196,3 +204,44 @@ def test_label_counts_and_table():
     assert format_label_table(targets, parts).splitlines()[1].startswith("worker0 ")
     with pytest.raises(ValueError, match="names"):
         format_label_table(targets, parts, names=["alice"])
+
+
+def test_labels_per_client_gives_each_part_k_labels_split_evenly(targets):
+    parts = labels_per_client(targets, 10, 2, seed=3)
+    counts = label_counts(targets, parts)
+    assert ((counts > 0).sum(1) == 2).all()  # exactly two labels each
+    assert all(counts[i, i] > 0 for i in range(10))  # part i holds label i
+    for label in range(10):  # a label's samples are dealt evenly among its holders
+        shares = counts[:, label][counts[:, label] > 0]
+        assert int(shares.sum()) == 500 and int(shares.max() - shares.min()) <= 1
+    assert_partition(parts, len(targets))  # every label is held: every sample placed once
+    assert all(torch.equal(p, p.sort().values) for p in parts)
+    again = labels_per_client(targets, 10, 2, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(parts, again, strict=True))
+    other = labels_per_client(targets, 10, 2, seed=4)
+    assert any(not torch.equal(a, b) for a, b in zip(parts, other, strict=True))
+
+
+def test_one_label_per_client_is_niid_benchs_hardest_split(targets):
+    parts = labels_per_client(targets, 10, 1)
+    assert [sorted(set(targets[p].tolist())) for p in parts] == [[i] for i in range(10)]
+    assert [len(p) for p in parts] == [500] * 10
+    few = labels_per_client(targets, 3, 1)  # labels 3-9 are held by no part: left out
+    assert sorted(set(targets[torch.cat(few)].tolist())) == [0, 1, 2]
+
+
+def test_labels_per_client_errors_and_spec(targets):
+    with pytest.raises(ValueError, match="between 1 and 10"):
+        labels_per_client(targets, 5, 11)
+    with pytest.raises(ValueError, match="got no samples"):
+        labels_per_client(targets[:12], 12, 1)
+    got = parse_spec("labels-per-client:10:2", seed=5)(targets)
+    expected = labels_per_client(targets, 10, 2, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    for bad in ("labels-per-client:10", "labels-per-client:10:0", "labels-per-client:x:2"):
+        with pytest.raises(ValueError, match="bad partition spec"):
+            parse_spec(bad)
+    assert with_count("labels-per-client:2", 10) == "labels-per-client:10:2"
+    assert with_count("dirichlet:4:0.5", 10) == "dirichlet:4:0.5"
+    assert with_count("iid", 7) == "iid:7"
+    assert with_count("labels:0-4/5-9", 7) == "labels:0-4/5-9"

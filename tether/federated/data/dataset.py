@@ -127,11 +127,7 @@ def _partition(
     if partition is None:
         return list(torch.arange(len(targets)).tensor_split(n))
     if isinstance(partition, str):
-        kind, _, rest = partition.partition(":")
-        given = len(rest.split(":")) if rest else 0
-        if kind != "labels" and given < partitioners.SPEC_ARGS.get(kind, 0):
-            partition = f"{kind}:{n}" + (f":{rest}" if rest else "")  # the worker count is known
-        partition = partitioners.parse_spec(partition, seed=seed)
+        partition = partitioners.parse_spec(partitioners.with_count(partition, n), seed=seed)
     parts = partition(targets)
     if len(parts) != n:
         raise ValueError(f"the partition gives {len(parts)} parts for {n} workers")

@@ -15,9 +15,11 @@ import torch
 
 Partitioner = Callable[[Any], list[torch.Tensor]]
 
-_SPEC_FORMS = "'iid:N', 'labels:0-3/4-6/7-9', 'dirichlet:N:ALPHA' or 'shards:N:K'"
+_SPEC_FORMS = (
+    "'iid:N', 'labels:0-3/4-6/7-9', 'dirichlet:N:ALPHA', 'shards:N:K' or 'labels-per-client:N:K'"
+)
 # How many arguments each kind of spec takes (all but 'labels' start with the worker count).
-SPEC_ARGS = {"iid": 1, "labels": 1, "dirichlet": 2, "shards": 2}
+SPEC_ARGS = {"iid": 1, "labels": 1, "dirichlet": 2, "shards": 2, "labels-per-client": 2}
 
 
 def iid(n_samples: int, num_parts: int, seed: int = 0) -> list[torch.Tensor]:
@@ -113,6 +115,48 @@ def shards(targets: Any, num_parts: int, shards_per_part: int, seed: int = 0) ->
     return [torch.cat([pieces[int(s)] for s in row]) for row in dealt]
 
 
+def labels_per_client(
+    targets: Any, num_parts: int, labels: int, seed: int = 0
+) -> list[torch.Tensor]:
+    """NIID-Bench's quantity-based label skew (#C=k, Li et al. 2021): each part holds `labels`
+    distinct labels, and each label's samples are split evenly among the parts holding it.
+
+    Part i is given label `i mod C` (C: the number of labels), so every label is held while
+    there are at least C parts, then `labels - 1` others drawn at random. A label no part
+    holds is left out. Each part is sorted (original order).
+    """
+    targets = _as_targets(targets)
+    _check_parts(num_parts, len(targets))
+    present = torch.unique(targets)
+    if not 1 <= labels <= len(present):
+        raise ValueError(
+            f"labels per part must be between 1 and {len(present)} (the labels present), "
+            f"got {labels}"
+        )
+    generator = _generator(seed)
+    held: list[list[int]] = []
+    for i in range(num_parts):
+        first = int(present[i % len(present)])
+        others = [int(c) for c in present[torch.randperm(len(present), generator=generator)]]
+        held.append([first, *[c for c in others if c != first][: labels - 1]])
+    pieces: list[list[torch.Tensor]] = [[] for _ in range(num_parts)]
+    for label in present.tolist():
+        holders = [i for i, own in enumerate(held) if label in own]
+        if not holders:
+            continue
+        where = (targets == label).nonzero().flatten()
+        where = where[torch.randperm(len(where), generator=generator)]
+        for i, piece in zip(holders, torch.tensor_split(where, len(holders)), strict=True):
+            pieces[i].append(piece)
+    parts = [torch.cat(p).sort().values for p in pieces]
+    if empty := [i for i, part in enumerate(parts) if len(part) == 0]:
+        raise ValueError(
+            f"parts {empty[:5]} got no samples: {len(targets)} samples are too few for "
+            f"{num_parts} parts of {labels} label(s) each"
+        )
+    return parts
+
+
 def parse_label_range(text: str) -> list[int]:
     """Parse '0-3' into [0, 1, 2, 3], '0,2,5' into [0, 2, 5], and mixes like '0-2,7'."""
     labels: list[int] = []
@@ -135,11 +179,22 @@ def parse_label_groups(text: str) -> list[list[int]]:
     return [parse_label_range(group) for group in text.split("/")]
 
 
+def with_count(spec: str, num_parts: int) -> str:
+    """The spec with the worker count put in when it was left out ('dirichlet:0.5' for 10
+    workers: 'dirichlet:10:0.5'); a spec that has it, or a 'labels' spec, is kept."""
+    kind, _, rest = spec.strip().partition(":")
+    given = len(rest.split(":")) if rest else 0
+    if kind != "labels" and given < SPEC_ARGS.get(kind, 0):
+        return f"{kind}:{num_parts}" + (f":{rest}" if rest else "")
+    return spec
+
+
 def parse_spec(spec: str, seed: int = 0) -> Partitioner:
     """Turn a command-line spec into a partitioner `targets -> list of index tensors`.
 
     Forms: 'iid:N', 'labels:0-3/4-6/7-9' (one group of labels per worker),
-    'dirichlet:N:ALPHA' and 'shards:N:K' (K shards per worker).
+    'dirichlet:N:ALPHA', 'shards:N:K' (K shards per worker) and 'labels-per-client:N:K' (K
+    labels per worker, NIID-Bench's #C=K).
     """
     kind, _, rest = spec.strip().partition(":")
     args = rest.split(":") if rest else []
@@ -173,6 +228,11 @@ def parse_spec(spec: str, seed: int = 0) -> Partitioner:
         if not alpha > 0:
             raise bad(f"alpha must be > 0, got {alpha}")
         return lambda targets: dirichlet(targets, num_parts, alpha, seed)
+    if kind == "labels-per-client":
+        per_client = number(args[1], int, "the number of labels per worker")
+        if per_client < 1:
+            raise bad(f"the number of labels per worker must be >= 1, got {per_client}")
+        return lambda targets: labels_per_client(targets, num_parts, per_client, seed)
     per_part = number(args[1], int, "the number of shards per worker")
     if per_part < 1:
         raise bad(f"the number of shards per worker must be >= 1, got {per_part}")

@@ -271,7 +271,7 @@ def train(
     model.train()
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout and the like draw here
-        torch.manual_seed(config.seed)
+        torch.default_generator.manual_seed(config.seed)  # torch.manual_seed: +0.3 ms (CUDA's)
         for x, y in batches(data, targets, config, generator):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
@@ -355,15 +355,24 @@ def evaluate(
     `accuracy`, `loss` (mean per sample), `predicted` (how many predictions per label) and
     `seconds`. `max_elements`: as for `fit`."""
     cfg = EvalConfig.parse(config or {})
-    loss_fn = loss_function(cfg.loss)
     data, targets = _check_data(data, targets)
-    model = build(spec, max_elements).eval()
+    return score(build(spec, max_elements), data, targets, cfg)
+
+
+def score(model: nn.Module, data: Any, targets: Any, config: EvalConfig) -> dict[str, Any]:
+    """`evaluate` on a model at hand (a simulation scores its one model each round)."""
+    loss_fn = loss_function(config.loss)
+    data, targets = _check_data(data, targets)
+    model.eval()
     correct, total_loss = 0, 0.0
     predicted: torch.Tensor | None = None
     start = time.perf_counter()
     with torch.no_grad():
-        for begin in range(0, len(data), cfg.batch_size):
-            x, y = data[begin : begin + cfg.batch_size], targets[begin : begin + cfg.batch_size]
+        for begin in range(0, len(data), config.batch_size):
+            x, y = (
+                data[begin : begin + config.batch_size],
+                targets[begin : begin + config.batch_size],
+            )
             output = model(x)
             total_loss += loss_fn(output, y, reduction="sum").item()
             guess = output.argmax(dim=1)
