@@ -23,6 +23,8 @@ from torch import nn
 
 from tether.federated.delegated.modelspec import build
 from tether.ops import ALLOWLIST
+from tether.privacy.dp import DPSettings, OwnerDP
+from tether.privacy.dp import sgd as dp_sgd
 
 LOSSES = (
     "nll_loss",
@@ -45,7 +47,9 @@ _NUMBERS = (bool, int, float)
 class TrainConfig:
     """How a worker trains: `max_batches` caps the batches of one `fit` (the tutorial's
     federate_after_n_batches); None trains `epochs` full epochs. `proximal_mu`: FedProx's
-    proximal term (0: none)."""
+    proximal term (0: none). `dp`: train with DP-SGD, `{"noise": σ, "clip": C}` (see
+    tether.privacy.dp; a worker whose owner requires DP uses its own settings, or these if
+    they are at least as private)."""
 
     loss: str = "nll_loss"
     optimizer: str = "SGD"
@@ -57,6 +61,7 @@ class TrainConfig:
     drop_last: bool = False
     seed: int = 0
     proximal_mu: float = 0.0
+    dp: dict[str, float] | None = None
 
     @classmethod
     def parse(cls, config: Mapping[str, Any] | TrainConfig) -> TrainConfig:
@@ -75,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"proximal_mu must be a number >= 0, got {made.proximal_mu!r}")
         loss_function(made.loss)
         optimizer_class(made.optimizer, made.optimizer_args)
+        if made.dp is not None:
+            DPSettings.parse(made.dp)
         return made
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,11 +224,13 @@ def fit(
     correction: Any = None,
     *,
     max_elements: int | None = None,
+    privacy: OwnerDP | None = None,
 ) -> dict[str, Any]:
     """Train the model a spec describes on `(data, targets)` as `config` says; `correction`:
     SCAFFOLD's control-variate difference (`c - c_i`), a tensor per parameter name, added to
     every gradient; `max_elements`: the limit on the model and each result of its forward pass
-    (see `modelspec.build`; a node passes its own).
+    (see `modelspec.build`; a node passes its own); `privacy`: the worker owner's DP rules
+    (a node passes them, see `enforce_dp`).
 
     Returns plain data: `weights` (the state dict after training), `samples` and `batches`
     used, `losses` (per batch), `epoch_losses` (mean per epoch), `seconds` of training and
@@ -231,7 +240,7 @@ def fit(
     with torch.random.fork_rng(devices=[]):  # building draws initial weights
         model = build(spec, max_elements)
     built = time.perf_counter()
-    result = train(model, data, targets, cfg, correction=correction)
+    result = train(model, data, targets, cfg, correction=correction, privacy=privacy)
     return {"weights": _state(model), **result, "build_seconds": built - start}
 
 
@@ -243,6 +252,7 @@ def train(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     correction: Any = None,
+    privacy: OwnerDP | None = None,
 ) -> dict[str, Any]:
     """The local training every client runs, deployed (`fit`, on a model built from a spec) or
     simulated (on one model reused for every client, loaded with the global weights; pass its
@@ -252,9 +262,15 @@ def train(
     Deterministic given `config.seed` (the batch order and dropout's draws), and leaves the
     global RNG alone. With `config.proximal_mu`, each gradient gets FedProx's proximal term
     `mu * (w - w_start)`; with `correction`, SCAFFOLD's `c - c_i`. Returns `samples`,
-    `batches`, `losses`, `epoch_losses` and `seconds`; the weights are the model's."""
+    `batches`, `losses`, `epoch_losses` and `seconds`; the weights are the model's.
+
+    With `config.dp` or the owner's `privacy`, it is DP-SGD (tether.privacy.dp.sgd): charged
+    to the owner's budget first, its batches and noise from the OS's entropy (not the seed),
+    its losses kept on the worker (empty lists), and `privacy` reports the ε spent."""
     loss_fn = loss_function(config.loss)
     data, targets = _check_data(data, targets)
+    steps = dp_sgd.steps_of(len(data), config.batch_size, config.epochs, config.max_batches)
+    private = dp_sgd.start(config.dp, privacy, data, targets, config.batch_size, steps)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     corrections = _corrections(correction, named)
     anchors = [p.detach().clone() for _, p in named] if config.proximal_mu else None
@@ -272,22 +288,38 @@ def train(
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout and the like draw here
         torch.manual_seed(config.seed)
-        for x, y in batches(data, targets, config, generator):
+        source = (
+            private.batches(data, targets) if private else batches(data, targets, config, generator)
+        )
+        for x, y in source:
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
+            if private is None:
+                loss = loss_fn(model(x), y)
+                loss.backward()
+            else:
+                loss = private.backward(model, loss_fn, x, y, named)
             if anchors is not None or corrections is not None:
                 _adjust_gradients(named, config.proximal_mu, anchors, corrections)
             optimizer.step()
             losses.append(loss.item())
             samples += len(x)
+    seconds = time.perf_counter() - start
+    if private is not None:  # the losses are exact functions of the data: they stay here
+        return {
+            "samples": samples,
+            "batches": len(losses),
+            "losses": [],
+            "epoch_losses": [],
+            "seconds": seconds,
+            "privacy": private.report(),
+        }
     epoch_ends = _epoch_ends(len(data), config, len(losses))
     return {
         "samples": samples,
         "batches": len(losses),
         "losses": losses,
         "epoch_losses": _epoch_means(losses, epoch_ends),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
 
 
@@ -349,11 +381,23 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def evaluate(
-    spec: Any, data: Any, targets: Any, config: Any = None, *, max_elements: int | None = None
+    spec: Any,
+    data: Any,
+    targets: Any,
+    config: Any = None,
+    *,
+    max_elements: int | None = None,
+    privacy: OwnerDP | None = None,
 ) -> dict[str, Any]:
     """Score the model a spec describes on `(data, targets)`: `samples`, `correct`,
     `accuracy`, `loss` (mean per sample), `predicted` (how many predictions per label) and
-    `seconds`. `max_elements`: as for `fit`."""
+    `seconds`. `max_elements`: as for `fit`. Refused where the owner requires DP (`privacy`):
+    exact metrics on the data would go around the budget."""
+    if privacy is not None:
+        raise ValueError(
+            "this worker's owner protects its data with differential privacy, and exact "
+            "evaluation metrics would go around it: evaluate on a worker serving a test set"
+        )
     cfg = EvalConfig.parse(config or {})
     loss_fn = loss_function(cfg.loss)
     data, targets = _check_data(data, targets)
