@@ -211,6 +211,12 @@ class Coordinator:
         }
         for name, why in left_out.items():
             self.log(f"Round {r}: worker {name} left out ({why})")
+        for name, train in record["train"].items():
+            if {"epsilon", "epsilon_total", "delta"} <= train.keys():
+                self.log(
+                    f"Round {r}: worker {name} spent ε = {train['epsilon']:.4g} "
+                    f"(ε = {train['epsilon_total']:.4g} in total, δ = {train['delta']:g})"
+                )
         if len(updates) < self.min_workers:
             raise FederationError(self._too_few(r, updates, left_out))
         ordered = [
@@ -404,10 +410,18 @@ def _round_seed(seed: int, r: int, index: int) -> int:
 
 
 def _train_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """A worker's metrics for the round's record; with the ε it spent where it trained with DP
+    (its losses stay on the worker then)."""
     losses = result["losses"]
-    return {
+    metrics = {
         "samples": result["samples"],
         "batches": result["batches"],
         "loss": sum(losses) / len(losses) if losses else float("nan"),
         "seconds": result["seconds"],
     }
+    privacy = result.get("privacy")
+    if isinstance(privacy, dict):
+        for key in ("epsilon", "epsilon_total", "delta"):
+            if type(privacy.get(key)) is float:
+                metrics[key] = privacy[key]
+    return metrics

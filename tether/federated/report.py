@@ -59,6 +59,7 @@ def rows(history: Sequence[dict[str, Any]], groups: Groups) -> list[dict[str, An
                     "samples": train["samples"],
                     "loss": train["loss"],
                     "seconds": train["seconds"],
+                    **{k: train[k] for k in ("epsilon", "epsilon_total") if k in train},
                 }
             )
         for worker, why in record["left_out"].items():

@@ -370,7 +370,7 @@ class Node:
             if taken:
                 raise _Refused(
                     NotAllowedError.__name__,
-                    f"{entry.path}: {', '.join(taken)} is this node's owner's to set, not a client's",
+                    f"{entry.path}: {', '.join(taken)} is set by this node's owner, not a client",
                 )
             kwargs.update(bound)
         privacy, protected, poisoned = PUBLIC, [], False  # one pass over the inputs

@@ -47,7 +47,7 @@ _NUMBERS = (bool, int, float)
 class TrainConfig:
     """How a worker trains: `max_batches` caps the batches of one `fit` (the tutorial's
     federate_after_n_batches); None trains `epochs` full epochs. `proximal_mu`: FedProx's
-    proximal term (0: none). `dp`: train with DP-SGD, `{"noise": σ, "clip": C}` (see
+    proximal term (0: none). `dp`: train with DP-SGD, `{"noise": 1.1, "clip": 1.0}` (see
     tether.privacy.dp; a worker whose owner requires DP uses its own settings, or these if
     they are at least as private)."""
 

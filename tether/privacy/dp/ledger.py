@@ -87,7 +87,7 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     for t in tensors:
         t = t.detach().contiguous()
         digest.update(f"{t.dtype}{tuple(t.shape)};".encode())
-        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
