@@ -239,7 +239,7 @@ def test_the_owner_decides_the_floor_and_a_job_may_only_ask_for_more() -> None:
 def test_batchnorm_is_refused_with_a_reason() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.BatchNorm1d(10), nn.LogSoftmax(1))
     x, y = batch(8)
-    run = start({"noise": 1.0, "clip": 1.0}, None, x, y, 4, 1)
+    run = start(TrainConfig.parse({"batch_size": 4, "dp": {"noise": 1.0, "clip": 1.0}}), None, x, y)
     assert run is not None
     with pytest.raises(ValueError, match="BatchNorm mixes the samples"):
         run.backward(model, F.nll_loss, x, y, list(model.named_parameters()))

@@ -212,11 +212,8 @@ class Coordinator:
         for name, why in left_out.items():
             self.log(f"Round {r}: worker {name} left out ({why})")
         for name, train in record["train"].items():
-            if {"epsilon", "epsilon_total", "delta"} <= train.keys():
-                self.log(
-                    f"Round {r}: worker {name} spent ε = {train['epsilon']:.4g} "
-                    f"(ε = {train['epsilon_total']:.4g} in total, δ = {train['delta']:g})"
-                )
+            if "epsilon" in train:  # it trained with DP
+                self.log(report.privacy_line(r, name, train))
         if len(updates) < self.min_workers:
             raise FederationError(self._too_few(r, updates, left_out))
         ordered = [
@@ -410,8 +407,7 @@ def _round_seed(seed: int, r: int, index: int) -> int:
 
 
 def _train_metrics(result: dict[str, Any]) -> dict[str, Any]:
-    """A worker's metrics for the round's record; with the ε it spent where it trained with DP
-    (its losses stay on the worker then)."""
+    """A worker's metrics for the round's record, with the ε it spent if it trained with DP."""
     losses = result["losses"]
     metrics = {
         "samples": result["samples"],
@@ -420,8 +416,6 @@ def _train_metrics(result: dict[str, Any]) -> dict[str, Any]:
         "seconds": result["seconds"],
     }
     privacy = result.get("privacy")
-    if isinstance(privacy, dict):
-        for key in ("epsilon", "epsilon_total", "delta"):
-            if type(privacy.get(key)) is float:
-                metrics[key] = privacy[key]
+    if isinstance(privacy, dict) and all(type(privacy.get(k)) is float for k in report.SPENT):
+        metrics.update({k: privacy[k] for k in report.SPENT})
     return metrics

@@ -8,6 +8,9 @@ its arguments) is checked before any work, and a bad name is refused with the na
 Training is deterministic given the config's seed and leaves the node's global RNG alone: the
 batch order comes from a local generator and dropout and the like draw inside `fork_rng`.
 Batches are cut in one memory layout (canonical NCHW strides), see `canonical`.
+
+Long because the configs, their checks and the routines (fit, train, evaluate) are one contract
+with the coordinator, read together; DP-SGD's own machinery lives in tether.privacy.dp.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import nn
 
 from tether.federated.delegated.modelspec import build
 from tether.ops import ALLOWLIST
-from tether.privacy.dp import DPSettings, OwnerDP
+from tether.privacy.dp import EXACT_METRICS_REFUSED, DPSettings, OwnerDP
 from tether.privacy.dp import sgd as dp_sgd
 
 LOSSES = (
@@ -47,9 +50,7 @@ _NUMBERS = (bool, int, float)
 class TrainConfig:
     """How a worker trains: `max_batches` caps the batches of one `fit` (the tutorial's
     federate_after_n_batches); None trains `epochs` full epochs. `proximal_mu`: FedProx's
-    proximal term (0: none). `dp`: train with DP-SGD, `{"noise": 1.1, "clip": 1.0}` (see
-    tether.privacy.dp; a worker whose owner requires DP uses its own settings, or these if
-    they are at least as private)."""
+    proximal term (0: none). `dp`: DP-SGD's `{"noise": 1.1, "clip": 1.0}` (tether.privacy.dp)."""
 
     loss: str = "nll_loss"
     optimizer: str = "SGD"
@@ -262,15 +263,11 @@ def train(
     Deterministic given `config.seed` (the batch order and dropout's draws), and leaves the
     global RNG alone. With `config.proximal_mu`, each gradient gets FedProx's proximal term
     `mu * (w - w_start)`; with `correction`, SCAFFOLD's `c - c_i`. Returns `samples`,
-    `batches`, `losses`, `epoch_losses` and `seconds`; the weights are the model's.
-
-    With `config.dp` or the owner's `privacy`, it is DP-SGD (tether.privacy.dp.sgd): charged
-    to the owner's budget first, its batches and noise from the OS's entropy (not the seed),
-    its losses kept on the worker (empty lists), and `privacy` reports the ε spent."""
+    `batches`, `losses`, `epoch_losses` and `seconds`; the weights are the model's. With
+    `config.dp` or the owner's `privacy`: DP-SGD, see tether.privacy.dp.sgd.start."""
     loss_fn = loss_function(config.loss)
     data, targets = _check_data(data, targets)
-    steps = dp_sgd.steps_of(len(data), config.batch_size, config.epochs, config.max_batches)
-    private = dp_sgd.start(config.dp, privacy, data, targets, config.batch_size, steps)
+    private = dp_sgd.start(config, privacy, data, targets)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     corrections = _corrections(correction, named)
     anchors = [p.detach().clone() for _, p in named] if config.proximal_mu else None
@@ -303,24 +300,15 @@ def train(
             optimizer.step()
             losses.append(loss.item())
             samples += len(x)
-    seconds = time.perf_counter() - start
-    if private is not None:  # the losses are exact functions of the data: they stay here
-        return {
-            "samples": samples,
-            "batches": len(losses),
-            "losses": [],
-            "epoch_losses": [],
-            "seconds": seconds,
-            "privacy": private.report(),
-        }
     epoch_ends = _epoch_ends(len(data), config, len(losses))
-    return {
+    result = {
         "samples": samples,
         "batches": len(losses),
         "losses": losses,
         "epoch_losses": _epoch_means(losses, epoch_ends),
-        "seconds": seconds,
+        "seconds": time.perf_counter() - start,
     }
+    return result if private is None else private.result(result)
 
 
 def _corrections(
@@ -391,13 +379,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score the model a spec describes on `(data, targets)`: `samples`, `correct`,
     `accuracy`, `loss` (mean per sample), `predicted` (how many predictions per label) and
-    `seconds`. `max_elements`: as for `fit`. Refused where the owner requires DP (`privacy`):
-    exact metrics on the data would go around the budget."""
+    `seconds`. `max_elements`: as for `fit`; refused where the owner requires DP (`privacy`)."""
     if privacy is not None:
-        raise ValueError(
-            "this worker's owner protects its data with differential privacy, and exact "
-            "evaluation metrics would go around it: evaluate on a worker serving a test set"
-        )
+        raise ValueError(EXACT_METRICS_REFUSED)
     cfg = EvalConfig.parse(config or {})
     loss_fn = loss_function(cfg.loss)
     data, targets = _check_data(data, targets)

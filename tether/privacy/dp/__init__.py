@@ -9,6 +9,15 @@ and the ledger as they are.
 
 from tether.privacy.dp.accountant import Steps, epsilon
 from tether.privacy.dp.ledger import BudgetError, Charge, Ledger
-from tether.privacy.dp.owner import DPSettings, OwnerDP
+from tether.privacy.dp.owner import EXACT_METRICS_REFUSED, DPSettings, OwnerDP
 
-__all__ = ["BudgetError", "Charge", "DPSettings", "Ledger", "OwnerDP", "Steps", "epsilon"]
+__all__ = [
+    "EXACT_METRICS_REFUSED",
+    "BudgetError",
+    "Charge",
+    "DPSettings",
+    "Ledger",
+    "OwnerDP",
+    "Steps",
+    "epsilon",
+]

@@ -22,6 +22,11 @@ from tether.privacy.dp.accountant import Steps
 from tether.privacy.dp.ledger import Charge, Ledger, fingerprint
 
 DEFAULT_DELTA = 1e-5  # when a coordinator asks for DP on a worker whose owner set none
+# Why `evaluate` is refused on a worker whose owner requires DP.
+EXACT_METRICS_REFUSED = (
+    "this worker's owner protects its data with differential privacy, and exact evaluation "
+    "metrics would go around it: evaluate on a worker serving a test set"
+)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ knew them could subtract the noise, or learn which samples a step used. torch's 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -81,9 +81,10 @@ class PrivateRun:
             p.grad = g.div_(self.batch_size).to(p.dtype)
         return loss
 
-    def report(self) -> dict[str, float | int]:
-        """What the fit result says about the run's privacy."""
-        return {
+    def result(self, plain: dict[str, Any]) -> dict[str, Any]:
+        """A training's result as a DP run releases it: without the losses (exact functions
+        of the data, they stay on the worker), with what the run spent under `privacy`."""
+        privacy = {
             "noise": self.settings.noise,
             "clip": self.settings.clip,
             "sample_rate": self.rate,
@@ -92,26 +93,24 @@ class PrivateRun:
             "epsilon": self.charge.epsilon,
             "epsilon_total": self.charge.total,
         }
+        return {**plain, "losses": [], "epoch_losses": [], "privacy": privacy}
 
 
 def start(
-    asked: Mapping[str, Any] | None,
-    owner: OwnerDP | None,
-    data: torch.Tensor,
-    targets: torch.Tensor,
-    batch_size: int,
-    steps: int,
+    config: Any, owner: OwnerDP | None, data: torch.Tensor, targets: torch.Tensor
 ) -> PrivateRun | None:
-    """The DP-SGD run a training must be, or None when neither the config (`asked`) nor the
-    worker's owner asks for DP. Charged to the owner's ledger (BudgetError if over budget);
-    without an owner, only this run's ε is reported (at δ = 1e-5)."""
-    if asked is None and owner is None:
+    """The DP-SGD run a training (`config`: its TrainConfig) must be, or None when neither
+    the config's `dp` nor the worker's `owner` asks for DP. Charged to the owner's ledger
+    before it starts (BudgetError if over budget); without an owner, only this run's ε is
+    reported (at δ = 1e-5)."""
+    if config.dp is None and owner is None:
         return None
-    wanted = DPSettings.parse(asked) if asked is not None else None
+    wanted = DPSettings.parse(config.dp) if config.dp is not None else None
     settings = owner.settle(wanted) if owner is not None else wanted
     assert settings is not None
-    rate = min(1.0, batch_size / len(data))
-    planned = Steps(settings.noise, rate, steps)
+    batch_size = config.batch_size
+    steps = steps_of(len(data), batch_size, config.epochs, config.max_batches)
+    planned = Steps(settings.noise, min(1.0, batch_size / len(data)), steps)
     if owner is not None:
         charge = owner.charge(data, targets, planned)
     else:
