@@ -10,7 +10,7 @@ out in its favour. Plain SGD shuffles into batches of 64. Each round runs every 
 turn; a mode's ratio is the median over rounds of its time over the plain epoch's of that round.
 "noise alone" is the cost of drawing the epoch's Gaussian noise (79 x 397,510 numbers).
 
-Run: python benchmarks/bench_dp.py [--repeats 5] [--threads 1]
+Run: python benchmarks/bench_dp.py [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -101,10 +102,11 @@ def noise_alone(data: torch.Tensor, targets: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of epochs")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of epochs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore", UserWarning)  # Opacus's notes on its own hooks, each epoch
     transform = Compose([ToTensor(), Normalize((MEAN,), (STD,))])
     data, targets = materialize(MNIST(root=None, train=True, transform=transform))
     modes: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {

@@ -241,7 +241,7 @@ def test_batchnorm_is_refused_with_a_reason() -> None:
     x, y = batch(8)
     run = start(TrainConfig.parse({"batch_size": 4, "dp": {"noise": 1.0, "clip": 1.0}}), None, x, y)
     assert run is not None
-    with pytest.raises(ValueError, match="BatchNorm mixes the samples"):
+    with pytest.raises(ValueError, match="BatchNorm1d mixes a batch.s samples"):
         run.backward(model, F.nll_loss, x, y, list(model.named_parameters()))
 
 
@@ -262,3 +262,54 @@ def test_a_client_cannot_pass_the_rules_the_node_passes() -> None:
         sneaky.get()
     answer = remote_fit(client, (data, targets), spec, TrainConfig.parse({"max_batches": 1}))
     assert answer["privacy"]["noise"] == 1.3
+
+
+class Mixer(nn.Module):
+    """A coordinator's model whose forward mixes a batch's samples: every output carries the
+    batch's sum, so one sample's data reaches every other sample's gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x.flatten(1))
+        return F.log_softmax(h + h.sum(0), dim=1)
+
+
+def test_one_sample_moves_the_clipped_sum_by_at_most_the_clip_whatever_the_model() -> None:
+    """DP's premise, checked on built specs: removing one sample changes the clipped sum by at
+    most C. A model whose forward mixes samples takes the per-sample path (each sample run
+    alone), where it holds; the fast path would break it (shown), so it is not taken."""
+    torch.manual_seed(0)
+    x, y = batch(16)
+
+    def moved(model: nn.Module, clipped_sum) -> float:
+        named = list(model.named_parameters())
+        whole, without = clipped_sum(model, named, x, y), clipped_sum(model, named, x[1:], y[1:])
+        return float(
+            torch.cat([(a - b).flatten() for a, b in zip(whole, without, strict=True)]).norm()
+        )
+
+    def dispatched(model, named, x, y) -> list[torch.Tensor]:
+        run = start(
+            TrainConfig.parse({"batch_size": 4, "dp": {"noise": 1e-9, "clip": 1.0}}), None, x, y
+        )
+        assert run is not None
+        run.backward(model, F.nll_loss, x, y, named)
+        return [p.grad * run.batch_size for _, p in named]
+
+    mixer = modelspec.build(modelspec.describe(Mixer()))
+    assert ghost.linear_layers(mixer, list(mixer.named_parameters())) == []
+    assert moved(mixer, dispatched) <= 1.0 + 1e-5
+
+    def fast(model, named, x, y) -> list[torch.Tensor]:
+        found = ghost.clipped_sum(model, F.nll_loss, x, y, 1.0, named, [model.fc])
+        assert found is not None
+        return found[1]
+
+    assert moved(mixer, fast) > 1.05  # what taking the fast path here would release
+
+    chain = modelspec.build(modelspec.describe(mlp()))
+    assert len(ghost.linear_layers(chain, list(chain.named_parameters()))) == 2
+    assert moved(chain, dispatched) <= 1.0 + 1e-5

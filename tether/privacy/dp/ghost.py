@@ -17,13 +17,38 @@ from torch import nn
 
 from tether.privacy.dp.per_sample import LossFn, clip_factors
 
+# Layers that act on each sample on its own (row by row): a chain of them cannot mix samples.
+_ROWWISE = (
+    nn.Linear, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish,
+    nn.Hardsigmoid, nn.LogSigmoid, nn.Identity, nn.Dropout,
+)  # fmt: skip
+
 
 def linear_layers(model: nn.Module, named: list[tuple[str, nn.Parameter]]) -> list[nn.Linear]:
-    """The Linear layers holding every trained parameter (`named`), or [] if some trained
-    parameter is outside them (then the fast path does not apply)."""
-    layers = [m for m in model.modules() if type(m) is nn.Linear]
-    held = {id(p) for m in layers for p in m.parameters(recurse=False)}
-    return layers if layers and all(id(p) in held for _, p in named) else []
+    """The Linear layers of `model` if the fast path applies to it, else []: its forward must
+    be a visible chain of row-wise layers (an `nn.Sequential`, or a model from a spec that is
+    one: `chain()`), so that no step mixes a batch's samples (a sample's gradient must depend
+    on that sample alone, or clipping does not bound what it reveals), and every trained
+    parameter (`named`) must be in its Linear layers."""
+    chain = getattr(model, "chain", None)
+    layers = (
+        list(model) if isinstance(model, nn.Sequential) else chain() if callable(chain) else None
+    )
+    if not layers or not all(_rowwise(m) for m in layers):
+        return []
+    linear = [m for m in layers if type(m) is nn.Linear]
+    held = {id(p) for m in linear for p in m.parameters(recurse=False)}
+    return linear if linear and all(id(p) in held for _, p in named) else []
+
+
+def _rowwise(module: nn.Module) -> bool:
+    """Whether a layer of the chain keeps each sample to itself (dimension 0 left alone)."""
+    if isinstance(module, nn.Flatten):
+        return module.start_dim > 0
+    if isinstance(module, nn.Softmax | nn.LogSoftmax | nn.Softmin):
+        return module.dim is not None and (module.dim > 0 or module.dim == -1)
+    return type(module) in _ROWWISE
 
 
 def clipped_sum(

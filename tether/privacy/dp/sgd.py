@@ -64,12 +64,12 @@ class PrivateRun:
         per-sample gradients summed, noised, divided by the expected batch size. Returns the
         summed loss (which stays on the worker: it is an exact function of the data)."""
         clip = self.settings.clip
+        _check_per_sample(model)
         found = None
         layers = ghost.linear_layers(model, named)
         if layers:
             found = ghost.clipped_sum(model, loss_fn, x, y, clip, named, layers)
         if found is None:
-            _check_per_sample(model)
             found = per_sample.clipped_sum(model, loss_fn, x, y, clip, named)
         loss, sums = found
         total = sum(g.numel() for g in sums)
@@ -127,9 +127,16 @@ def steps_of(samples: int, batch_size: int, epochs: int, max_batches: int | None
 
 
 def _check_per_sample(model: nn.Module) -> None:
+    """Refuse layers that carry one sample's data to others or into the weights: BatchNorm
+    mixes a batch's samples, and running statistics (BatchNorm's, InstanceNorm's) are
+    written from the data and released with the weights, unnoised."""
+    norms = nn.modules.batchnorm
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+        if not (isinstance(module, norms._NormBase) and module.training):
+            continue
+        if isinstance(module, norms._BatchNorm) or module.track_running_stats:
             raise ValueError(
-                "DP-SGD needs each sample's gradient on its own, and BatchNorm mixes the "
-                "samples of a batch: use GroupNorm or LayerNorm in a model trained with DP"
+                "DP-SGD needs each sample's gradient on its own and releases only noised "
+                f"gradients; {type(module).__name__} mixes a batch's samples or keeps running "
+                "statistics of the data: use GroupNorm or LayerNorm in a model trained with DP"
             )
