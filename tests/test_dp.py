@@ -241,7 +241,7 @@ def test_batchnorm_is_refused_with_a_reason() -> None:
     x, y = batch(8)
     run = start(TrainConfig.parse({"batch_size": 4, "dp": {"noise": 1.0, "clip": 1.0}}), None, x, y)
     assert run is not None
-    with pytest.raises(ValueError, match="BatchNorm1d mixes a batch.s samples"):
+    with pytest.raises(ValueError, match=r"BatchNorm1d mixes a batch.s samples"):
         run.backward(model, F.nll_loss, x, y, list(model.named_parameters()))
 
 

@@ -91,3 +91,15 @@ def test_the_worker_enforces_its_owners_floor_and_budget_across_a_restart(tmp_pa
             sneaky.get()
     finally:
         worker.stop()
+
+
+def test_the_dp_flags_come_together_and_never_with_the_open_policy(capsys) -> None:
+    from tether import cli
+
+    assert cli.main(["worker", "--port", "0", "--dp-noise", "1.1"]) == 1
+    assert "differential privacy needs --dp-clip, --max-epsilon too" in capsys.readouterr().err
+    flags = ["--dp-noise", "1.1", "--dp-clip", "1", "--max-epsilon", "8", "--policy", "open"]
+    assert cli.main(["worker", "--port", "0", *flags]) == 1
+    assert "a DP budget would protect nothing" in capsys.readouterr().err
+    assert cli.main(["worker", "--port", "0", "--dp-ledger", "x.json"]) == 1
+    assert "--dp-ledger needs --dp-noise" in capsys.readouterr().err
