@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "node": ("tether.node",),
     "remote": ("tether.remote",),
     "transports": ("tether.transports",),
+    "privacy": ("tether.privacy",),
     "federated": ("tether.federated",),
     "split": ("tether.split",),
     "duet": ("tether.duet",),
@@ -33,7 +34,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "api": ("tether",),
 }
 # What each layer builds on directly (the test takes the closure). Features (federated, split,
-# duet) build on the core, never on each other; only the cli and the package's __init__ see all.
+# duet) build on the core, never on each other; privacy's mechanisms (DP-SGD, the accountant,
+# the ledger, the attacks) sit below them, for each to use (federated's `fit` trains with DP).
+# Only the cli and the package's __init__ see all.
 BUILDS_ON: dict[str, set[str]] = {
     "errors": set(),
     "wire": {"errors"},
@@ -42,7 +45,8 @@ BUILDS_ON: dict[str, set[str]] = {
     "node": {"wire", "ops"},
     "remote": {"wire", "ops"},
     "transports": {"node", "remote"},
-    "federated": {"transports", "data"},
+    "privacy": {"data"},
+    "federated": {"transports", "data", "privacy"},
     "split": {"remote"},
     "duet": {"transports"},
     "cli": {"federated", "split", "duet", "data"},

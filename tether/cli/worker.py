@@ -16,8 +16,11 @@ from tether.datasets import MNIST, materialize
 from tether.datasets.mnist import MEAN, STD
 from tether.errors import DatasetError
 from tether.federated.data.partition import parse_label_range, parse_spec
+from tether.federated.delegated import enforce_dp
 from tether.node import Limits, Node
 from tether.node.policy import OPEN_WARNING, Release
+from tether.privacy.dp import OwnerDP
+from tether.privacy.dp.owner import DEFAULT_DELTA
 from tether.transforms import Compose, Normalize, ToTensor
 from tether.transports.websocket import ServerLimits, WorkerServer, server_ssl_context
 
@@ -162,6 +165,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="connections that have not yet shown a token, at once; more are "
         "closed at once (default 256)",
     )
+    dp = p.add_argument_group(
+        "differential privacy",
+        "Every delegated fit trains with DP-SGD at least this private, and is refused once it "
+        "would spend more than --max-epsilon on a dataset (across rounds, clients and "
+        "restarts). Give --dp-noise, --dp-clip and --max-epsilon together.",
+    )
+    add_flag(dp, "--dp-noise", type=float, metavar="SIGMA", help="lowest noise multiplier")
+    add_flag(dp, "--dp-clip", type=float, metavar="C", help="largest per-sample clipping norm")
+    add_flag(dp, "--max-epsilon", type=float, metavar="EPS", help="ε budget per dataset")
+    add_flag(
+        dp, "--delta", type=float, default=DEFAULT_DELTA, help="δ of the budget (default 1e-5)"
+    )
+    add_flag(
+        dp,
+        "--dp-ledger",
+        metavar="FILE",
+        help="where the spend is kept (default: tether-dp-ledger-ID.json in the current folder)",
+    )
     add_flag(p, "--quiet", action="store_true", help="log only warnings")
 
 
@@ -183,6 +204,9 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.dataset:
         _publish_mnist(node, args)
+    rules = _dp_rules(args, release)
+    if rules is not None:
+        enforce_dp(node, rules)
     generated = not args.token
     server = WorkerServer(
         node,
@@ -205,6 +229,8 @@ def main(args: argparse.Namespace) -> int:
                 "tether.connect(url, token=...) or TETHER_TOKEN)"
             )
         print(f"release policy: {release.value}")
+        if rules is not None:
+            print(_dp_line(rules))
         print(f"worker {args.id} listening on {server.url}", flush=True)
 
     serve(server.start, server.stop, ready, fast_loop=True)
@@ -216,6 +242,39 @@ def main(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(0)
     return 0
+
+
+def _dp_rules(args: argparse.Namespace, release: Release) -> OwnerDP | None:
+    """The owner's DP rules from the flags, or None when none is given."""
+    given = {
+        "--dp-noise": args.dp_noise,
+        "--dp-clip": args.dp_clip,
+        "--max-epsilon": args.max_epsilon,
+    }
+    if all(v is None for v in given.values()):
+        if args.dp_ledger is not None:
+            raise ValueError("--dp-ledger needs --dp-noise, --dp-clip and --max-epsilon")
+        return None
+    missing = [flag for flag, value in given.items() if value is None]
+    if missing:
+        raise ValueError(f"differential privacy needs {', '.join(missing)} too")
+    if release is Release.OPEN:
+        raise ValueError(
+            "--policy open lets anything computed from the data leave, so a DP budget would "
+            "protect nothing: use --policy training with the DP flags"
+        )
+    ledger = args.dp_ledger or f"tether-dp-ledger-{args.id}.json"
+    return OwnerDP(args.dp_noise, args.dp_clip, args.max_epsilon, args.delta, ledger)
+
+
+def _dp_line(rules: OwnerDP) -> str:
+    """What the owner's DP rules are and what is spent already, for the start-up output."""
+    spent = [rules.ledger.spent(d, rules.delta) for d in rules.ledger.datasets()]
+    return (
+        f"differential privacy: noise >= {rules.floor.noise:g}, clip <= {rules.floor.clip:g}, "
+        f"ε <= {rules.max_epsilon:g} per dataset at δ = {rules.delta:g}; spent so far: "
+        f"ε = {max(spent, default=0.0):.4g} (ledger {rules.ledger.path})"
+    )
 
 
 def _publish_mnist(node: Node, args: argparse.Namespace) -> None:

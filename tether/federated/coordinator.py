@@ -211,6 +211,9 @@ class Coordinator:
         }
         for name, why in left_out.items():
             self.log(f"Round {r}: worker {name} left out ({why})")
+        for name, train in record["train"].items():
+            if "epsilon" in train:  # it trained with DP
+                self.log(report.privacy_line(r, name, train))
         if len(updates) < self.min_workers:
             raise FederationError(self._too_few(r, updates, left_out))
         ordered = [
@@ -404,10 +407,15 @@ def _round_seed(seed: int, r: int, index: int) -> int:
 
 
 def _train_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """A worker's metrics for the round's record, with the ε it spent if it trained with DP."""
     losses = result["losses"]
-    return {
+    metrics = {
         "samples": result["samples"],
         "batches": result["batches"],
         "loss": sum(losses) / len(losses) if losses else float("nan"),
         "seconds": result["seconds"],
     }
+    privacy = result.get("privacy")
+    if isinstance(privacy, dict) and all(type(privacy.get(k)) is float for k in report.SPENT):
+        metrics.update({k: privacy[k] for k in report.SPENT})
+    return metrics

@@ -44,6 +44,18 @@ def evaluation_lines(name: str, result: dict[str, Any], groups: Groups) -> list[
     ]
 
 
+# What a worker that trained with DP says it spent (its fit result's `privacy`).
+SPENT = ("epsilon", "epsilon_total", "delta")
+
+
+def privacy_line(r: int, worker: str, train: dict[str, Any]) -> str:
+    """What a worker spent in round r, for `tether train`'s output."""
+    return (
+        f"Round {r}: worker {worker} spent ε = {train['epsilon']:.4g} "
+        f"(ε = {train['epsilon_total']:.4g} in total, δ = {train['delta']:g})"
+    )
+
+
 def rows(history: Sequence[dict[str, Any]], groups: Groups) -> list[dict[str, Any]]:
     """One flat row per (round, model) for tables: per round, training rows, the workers left
     out (and why), then evaluation rows."""
@@ -59,6 +71,7 @@ def rows(history: Sequence[dict[str, Any]], groups: Groups) -> list[dict[str, An
                     "samples": train["samples"],
                     "loss": train["loss"],
                     "seconds": train["seconds"],
+                    **{k: train[k] for k in ("epsilon", "epsilon_total") if k in train},
                 }
             )
         for worker, why in record["left_out"].items():

@@ -142,6 +142,7 @@ class Node:
         self._clones: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
         self.requests = requests or Requests()
         self.routines: dict[str, Entry] = {}  # the owner's declared aggregates
+        self.bound: dict[str, dict[str, Any]] = {}  # the owner's own arguments, per op
         self.published: dict[str, Stored] = {}
         self._stores: dict[str, Store] = {}
         self._lock = threading.Lock()
@@ -202,6 +203,14 @@ class Node:
         entry = Entry(path, fn, releases=True, data_args=tuple(data_args))
         self.routines[path] = entry
         return entry
+
+    def bind(self, path: str, **arguments: Any) -> None:
+        """Pass the owner's own keyword `arguments` to every call of the op at `path` on this
+        node (a feature's rules, such as the DP budget `fit` enforces), as `max_elements` is
+        passed to node-limited ops: a client that passes one of them is refused."""
+        if resolve(path) is None and path not in self.routines:
+            raise ValueError(f"{path!r} is not an op of this node")
+        self.bound.setdefault(path, {}).update(arguments)
 
     def store(self, client: str = "local") -> Store:
         """The store of one client (made on first use)."""
@@ -355,6 +364,15 @@ class Node:
                     f"{entry.path}: max_elements is this node's own limit, not a client's",
                 )
             kwargs["max_elements"] = self.limits.max_elements
+        bound = self.bound.get(entry.path)
+        if bound:
+            taken = sorted(bound.keys() & kwargs.keys())
+            if taken:
+                raise _Refused(
+                    NotAllowedError.__name__,
+                    f"{entry.path}: {', '.join(taken)} is set by this node's owner, not a client",
+                )
+            kwargs.update(bound)
         privacy, protected, poisoned = PUBLIC, [], False  # one pass over the inputs
         level: int = PUBLIC  # of the memory of the tensors named directly
         guard = self.guard

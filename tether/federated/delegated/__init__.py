@@ -4,7 +4,9 @@ releasing routines: what they return (weights and metrics) is meant to leave a w
 release policy is `training`."""
 
 from tether.federated.delegated.training import evaluate, fit
+from tether.node import Node
 from tether.ops import register
+from tether.privacy.dp import OwnerDP
 
 # fit(spec, data, targets, config) and evaluate(...): the owner's data goes in at 1 and 2 only
 # (a spec whose weights came from the data would give them back), so only there may it be.
@@ -13,4 +15,13 @@ EVALUATE = register(
     "tether.federated.evaluate", evaluate, node_limited=True, releases=True, data_args=(1, 2)
 ).path
 
-__all__ = ["EVALUATE", "FIT"]
+
+def enforce_dp(node: Node, rules: OwnerDP) -> None:
+    """Make every `fit` on `node` train with DP-SGD under the owner's `rules` (and refuse
+    `evaluate` on its data): the node passes them to each call itself, and refuses a client
+    that tries to pass its own (`tether worker --dp-noise ... --max-epsilon ...`)."""
+    node.bind(FIT, privacy=rules)
+    node.bind(EVALUATE, privacy=rules)
+
+
+__all__ = ["EVALUATE", "FIT", "enforce_dp"]

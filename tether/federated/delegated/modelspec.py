@@ -526,6 +526,25 @@ class SpecModule(nn.Module):
         self._inputs = [s for s in steps if s.op == "placeholder"]
         self._parameters_read = {k for k, kind in attributes.items() if kind == "parameter"}
 
+    def chain(self) -> list[nn.Module] | None:
+        """The layers in call order if the forward is a plain chain (one input; each step one
+        layer applied to the step before; no functions, attributes or reuse), else None. DP-SGD
+        takes its fast path only where it can see that no step mixes a batch's samples."""
+        body = self._steps[1:-1]
+        if len(self._inputs) != 1 or self._steps[-1].op != "output" or not body:
+            return None
+        previous, layers = self._steps[0].name, []
+        for step in [*body, self._steps[-1]]:
+            arg = step.args[0] if len(step.args) == 1 else None
+            if step.kwargs or not (isinstance(arg, _Ref) and arg.name == previous):
+                return None
+            if step.op == "call_module":
+                layers.append(self.get_submodule(step.target))
+            elif step.op != "output":
+                return None
+            previous = step.name
+        return layers if len({id(m) for m in layers}) == len(layers) else None
+
     def forward(self, *inputs: Any) -> Any:
         if len(inputs) > len(self._inputs):
             raise TypeError(f"the model takes {len(self._inputs)} inputs, got {len(inputs)}")

@@ -8,6 +8,9 @@ its arguments) is checked before any work, and a bad name is refused with the na
 Training is deterministic given the config's seed and leaves the node's global RNG alone: the
 batch order comes from a local generator and dropout and the like draw inside `fork_rng`.
 Batches are cut in one memory layout (canonical NCHW strides), see `canonical`.
+
+Long because the configs, their checks and the routines (fit, train, evaluate) are one contract
+with the coordinator, read together; DP-SGD's own machinery lives in tether.privacy.dp.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from torch import nn
 
 from tether.federated.delegated.modelspec import build
 from tether.ops import ALLOWLIST
+from tether.privacy.dp import EXACT_METRICS_REFUSED, DPSettings, OwnerDP
+from tether.privacy.dp import sgd as dp_sgd
 
 LOSSES = (
     "nll_loss",
@@ -45,7 +50,7 @@ _NUMBERS = (bool, int, float)
 class TrainConfig:
     """How a worker trains: `max_batches` caps the batches of one `fit` (the tutorial's
     federate_after_n_batches); None trains `epochs` full epochs. `proximal_mu`: FedProx's
-    proximal term (0: none)."""
+    proximal term (0: none). `dp`: DP-SGD's `{"noise": 1.1, "clip": 1.0}` (tether.privacy.dp)."""
 
     loss: str = "nll_loss"
     optimizer: str = "SGD"
@@ -57,6 +62,7 @@ class TrainConfig:
     drop_last: bool = False
     seed: int = 0
     proximal_mu: float = 0.0
+    dp: dict[str, float] | None = None
 
     @classmethod
     def parse(cls, config: Mapping[str, Any] | TrainConfig) -> TrainConfig:
@@ -75,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"proximal_mu must be a number >= 0, got {made.proximal_mu!r}")
         loss_function(made.loss)
         optimizer_class(made.optimizer, made.optimizer_args)
+        if made.dp is not None:
+            DPSettings.parse(made.dp)
         return made
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,11 +225,13 @@ def fit(
     correction: Any = None,
     *,
     max_elements: int | None = None,
+    privacy: OwnerDP | None = None,
 ) -> dict[str, Any]:
     """Train the model a spec describes on `(data, targets)` as `config` says; `correction`:
     SCAFFOLD's control-variate difference (`c - c_i`), a tensor per parameter name, added to
     every gradient; `max_elements`: the limit on the model and each result of its forward pass
-    (see `modelspec.build`; a node passes its own).
+    (see `modelspec.build`; a node passes its own); `privacy`: the worker owner's DP rules
+    (a node passes them, see `enforce_dp`).
 
     Returns plain data: `weights` (the state dict after training), `samples` and `batches`
     used, `losses` (per batch), `epoch_losses` (mean per epoch), `seconds` of training and
@@ -231,7 +241,7 @@ def fit(
     with torch.random.fork_rng(devices=[]):  # building draws initial weights
         model = build(spec, max_elements)
     built = time.perf_counter()
-    result = train(model, data, targets, cfg, correction=correction)
+    result = train(model, data, targets, cfg, correction=correction, privacy=privacy)
     return {"weights": _state(model), **result, "build_seconds": built - start}
 
 
@@ -243,6 +253,7 @@ def train(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     correction: Any = None,
+    privacy: OwnerDP | None = None,
 ) -> dict[str, Any]:
     """The local training every client runs, deployed (`fit`, on a model built from a spec) or
     simulated (on one model reused for every client, loaded with the global weights; pass its
@@ -252,9 +263,11 @@ def train(
     Deterministic given `config.seed` (the batch order and dropout's draws), and leaves the
     global RNG alone. With `config.proximal_mu`, each gradient gets FedProx's proximal term
     `mu * (w - w_start)`; with `correction`, SCAFFOLD's `c - c_i`. Returns `samples`,
-    `batches`, `losses`, `epoch_losses` and `seconds`; the weights are the model's."""
+    `batches`, `losses`, `epoch_losses` and `seconds`; the weights are the model's. With
+    `config.dp` or the owner's `privacy`: DP-SGD, see tether.privacy.dp.sgd.start."""
     loss_fn = loss_function(config.loss)
     data, targets = _check_data(data, targets)
+    private = dp_sgd.start(config, privacy, data, targets)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     corrections = _corrections(correction, named)
     anchors = [p.detach().clone() for _, p in named] if config.proximal_mu else None
@@ -272,23 +285,30 @@ def train(
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # dropout and the like draw here
         torch.default_generator.manual_seed(config.seed)  # torch.manual_seed: +0.3 ms (CUDA's)
-        for x, y in batches(data, targets, config, generator):
+        source = (
+            private.batches(data, targets) if private else batches(data, targets, config, generator)
+        )
+        for x, y in source:
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
+            if private is None:
+                loss = loss_fn(model(x), y)
+                loss.backward()
+            else:
+                loss = private.backward(model, loss_fn, x, y, named)
             if anchors is not None or corrections is not None:
                 _adjust_gradients(named, config.proximal_mu, anchors, corrections)
             optimizer.step()
             losses.append(loss.item())
             samples += len(x)
     epoch_ends = _epoch_ends(len(data), config, len(losses))
-    return {
+    result = {
         "samples": samples,
         "batches": len(losses),
         "losses": losses,
         "epoch_losses": _epoch_means(losses, epoch_ends),
         "seconds": time.perf_counter() - start,
     }
+    return result if private is None else private.result(result)
 
 
 def _corrections(
@@ -349,11 +369,19 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def evaluate(
-    spec: Any, data: Any, targets: Any, config: Any = None, *, max_elements: int | None = None
+    spec: Any,
+    data: Any,
+    targets: Any,
+    config: Any = None,
+    *,
+    max_elements: int | None = None,
+    privacy: OwnerDP | None = None,
 ) -> dict[str, Any]:
     """Score the model a spec describes on `(data, targets)`: `samples`, `correct`,
     `accuracy`, `loss` (mean per sample), `predicted` (how many predictions per label) and
-    `seconds`. `max_elements`: as for `fit`."""
+    `seconds`. `max_elements`: as for `fit`; refused where the owner requires DP (`privacy`)."""
+    if privacy is not None:
+        raise ValueError(EXACT_METRICS_REFUSED)
     cfg = EvalConfig.parse(config or {})
     data, targets = _check_data(data, targets)
     return score(build(spec, max_elements), data, targets, cfg)
