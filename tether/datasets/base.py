@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from tether.errors import DatasetError
+from tether.remote.pointer import Pointer
 from tether.transforms import Compose, Normalize, ToTensor
 
 # Above this many samples the per-sample path shows a progress bar.
@@ -26,6 +27,10 @@ class BaseDataset(Dataset):
     """A dataset over in-memory tensors: sample i is `(transform(data[i]), targets[i])`.
 
     Integer targets come back as Python ints, as torchvision datasets return labels.
+
+    Of two pointers to tensors on one worker (PySyft's Part 07: `sy.BaseDataset(data_ptr,
+    target_ptr)`), it is a dataset on that worker: a part of a `FederatedDataset`, whose
+    `location` is the worker.
     """
 
     def __init__(
@@ -35,17 +40,32 @@ class BaseDataset(Dataset):
         transform: Callable[[Any], Any] | None = None,
         target_transform: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.data = torch.as_tensor(data)
-        self.targets = torch.as_tensor(targets)
-        if len(self.data) != len(self.targets):
+        remote = isinstance(data, Pointer) or isinstance(targets, Pointer)
+        self.data = data if remote else torch.as_tensor(data)
+        self.targets = targets if remote else torch.as_tensor(targets)
+        if remote and not (
+            isinstance(data, Pointer)
+            and isinstance(targets, Pointer)
+            and data.location is targets.location
+        ):
+            raise TypeError(
+                "a BaseDataset of pointers needs its data and targets on one worker "
+                "(send both there first)"
+            )
+        if self.data.shape[0] != self.targets.shape[0]:
             raise ValueError(
-                f"data has {len(self.data)} samples but targets has {len(self.targets)}"
+                f"data has {self.data.shape[0]} samples but targets has {self.targets.shape[0]}"
             )
         self.transform = transform
         self.target_transform = target_transform
 
+    @property
+    def location(self) -> Any:
+        """The worker holding the data (None: it is here)."""
+        return self.data.location if isinstance(self.data, Pointer) else None
+
     def __len__(self) -> int:
-        return len(self.data)
+        return self.data.shape[0]
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         img: Any = self.data[index]
