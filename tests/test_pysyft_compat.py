@@ -364,7 +364,7 @@ def test_the_sandbox_and_its_grid(training) -> None:
 
 def test_features_tether_lacks_say_so() -> None:
     (bob,) = _workers("bob")
-    with pytest.raises(NotImplementedError, match="grid of network nodes, which tether does not implement"):
+    with pytest.raises(NotImplementedError, match="network nodes, which tether does not implement"):
         sy.PublicGridNetwork  # noqa: B018
     for call in (
         lambda: torch.ones(2).fix_precision(),

@@ -307,7 +307,9 @@ class _ServerConnection(asyncio.BufferedProtocol):
         if not self.server._authorized(request):
             response = protocol.reject(
                 HTTPStatus.UNAUTHORIZED,
-                "tether: missing or wrong access token; pass token=... or set TETHER_TOKEN\n",
+                "tether: missing or wrong access token; give the token the worker printed at "
+                "start: --token on the command line (tether train --token ...), token= in Python "
+                "(tether.connect(url, token=...)), or the TETHER_TOKEN environment variable\n",
             )
         elif self.server._clients() >= self.server.limits.max_connections:
             response = protocol.reject(
