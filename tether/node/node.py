@@ -61,6 +61,7 @@ from tether.wire import (
     decode,
     decode_parts,
     encode_parts,
+    torchstate,
 )
 from tether.wire.codec import DTYPE_NAMES
 
@@ -292,8 +293,9 @@ class Node:
         replies: list = []
         # Each run of Calls issued in one torch state runs under it (see tether.node.state);
         # the other commands depend on no torch state.
+        here = torchstate.current()
         for state, run in itertools.groupby(commands, _issued_in):
-            with contextlib.nullcontext() if state is None else running_under(state):
+            with contextlib.nullcontext() if state is None else running_under(state, here):
                 replies.extend([self._execute_one(cmd, store, client, freed) for cmd in run])
         return replies
 

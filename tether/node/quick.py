@@ -68,10 +68,12 @@ def answer_on_loop(node: Node, commands: list, client: str) -> Answer | None:
     run here and now; None for a frame to hand to the connection's thread instead, and for
     any frame while another thread runs commands under another default dtype (the loop never
     waits for it: see `tether.node.state`)."""
-    if not runs_on_loop(node, commands, client):
+    if not runs_on_loop(node, commands, client) or not DEFAULT_DTYPE.enter_shared(blocking=False):
         return None
-    with DEFAULT_DTYPE.shared(blocking=False) as entered:
-        return node.run(commands, client) if entered else None
+    try:
+        return node.run(commands, client)
+    finally:
+        DEFAULT_DTYPE.leave_shared()
 
 
 def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
