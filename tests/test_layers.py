@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "federated": ("tether.federated",),
     "split": ("tether.split",),
     "duet": ("tether.duet",),
+    "sandbox": ("tether.sandbox",),
     "cli": ("tether.cli", "tether.__main__"),
     "api": ("tether",),
 }
@@ -45,8 +46,9 @@ BUILDS_ON: dict[str, set[str]] = {
     "federated": {"transports", "data"},
     "split": {"remote"},
     "duet": {"transports"},
+    "sandbox": {"transports", "data"},
     "cli": {"federated", "split", "duet", "data"},
-    "api": {"cli"},
+    "api": {"cli", "sandbox"},
 }
 
 

@@ -22,7 +22,6 @@ from tether.errors import (
     WorkerMismatchError,
 )
 from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
-from tether.grid import PrivateGridNetwork
 from tether.remote import (
     LOCAL_WORKER,
     Pointer,
@@ -33,7 +32,7 @@ from tether.remote import (
     get_all,
     install,
 )
-from tether.sandbox import create_sandbox
+from tether.sandbox import PrivateGridNetwork, create_sandbox
 from tether.split import SplitNN
 from tether.transports.inprocess import VirtualWorker
 from tether.transports.websocket import WebsocketClientWorker, connect

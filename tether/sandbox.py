@@ -1,5 +1,7 @@
 """PySyft's sandbox: `sy.create_sandbox(globals())` makes the tutorials' workers, and gives
-them data to search for through a grid.
+them data to search for through a grid (`PrivateGridNetwork`, as far as the tutorials use
+PySyft's grid: `grid.search(*tags)` over workers in this process; serving models on a grid is
+not in tether).
 
 It is smaller than PySyft's: of the scikit-learn and TensorFlow datasets PySyft's sandbox
 loaded, it loads the one a tutorial uses (Part 07), Boston house prices, from the copy inside
@@ -13,8 +15,8 @@ from typing import Any
 import torch
 
 from tether.datasets.boston import load_boston
-from tether.grid import PrivateGridNetwork
 from tether.remote.hook import TorchHook
+from tether.remote.pointer import Pointer
 from tether.transports.inprocess import VirtualWorker
 
 WORKERS = ("bob", "theo", "jason", "alice", "andy", "jon")  # PySyft's, in its order
@@ -23,6 +25,25 @@ BOSTON_DESCRIPTION = (
     "Boston house prices (Harrison and Rubinfeld, 1978), as scikit-learn shipped them: "
     "see tether/datasets/boston_housing/README.md, and do not build anything on it"
 )
+
+
+class PrivateGridNetwork:
+    """`sy.PrivateGridNetwork(bob, alice, ...)`: searches its workers' published objects by tag."""
+
+    def __init__(self, *workers: Any) -> None:
+        for worker in workers:
+            if not callable(getattr(worker, "search", None)):
+                raise TypeError(
+                    f"a grid searches workers in this process (VirtualWorker), not {worker!r}: "
+                    "reach a network worker's data with worker.dataset(key)"
+                )
+        self.workers = list(workers)
+
+    def search(self, *query: str) -> dict[str, list[Pointer]]:
+        """Pointers to the objects that carry every tag of `query`, by the id of the worker
+        holding them (workers holding none are left out), as PySyft's grid answered."""
+        found = {worker.id: worker.search(*query) for worker in self.workers}
+        return {worker_id: pointers for worker_id, pointers in found.items() if pointers}
 
 
 def create_sandbox(gbs: dict[str, Any], verbose: bool = True, download_data: bool = True) -> None:

@@ -16,7 +16,6 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from tether.errors import DatasetError
-from tether.remote.pointer import Pointer
 from tether.transforms import Compose, Normalize, ToTensor
 
 # Above this many samples the per-sample path shows a progress bar.
@@ -40,13 +39,11 @@ class BaseDataset(Dataset):
         transform: Callable[[Any], Any] | None = None,
         target_transform: Callable[[Any], Any] | None = None,
     ) -> None:
-        remote = isinstance(data, Pointer) or isinstance(targets, Pointer)
+        remote = _on_a_worker(data) or _on_a_worker(targets)
         self.data = data if remote else torch.as_tensor(data)
         self.targets = targets if remote else torch.as_tensor(targets)
         if remote and not (
-            isinstance(data, Pointer)
-            and isinstance(targets, Pointer)
-            and data.location is targets.location
+            _on_a_worker(data) and _on_a_worker(targets) and data.location is targets.location
         ):
             raise TypeError(
                 "a BaseDataset of pointers needs its data and targets on one worker "
@@ -62,7 +59,8 @@ class BaseDataset(Dataset):
     @property
     def location(self) -> Any:
         """The worker holding the data (None: it is here)."""
-        return self.data.location if isinstance(self.data, Pointer) else None
+        data: Any = self.data
+        return data.location if _on_a_worker(data) else None
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -94,6 +92,12 @@ class BaseDataset(Dataset):
         integral = targets.ndim == 1 and not (targets.is_floating_point() or targets.is_complex())
         labels = targets.tolist() if integral else list(targets.unbind(0))
         return list(zip(imgs.unbind(0), labels, strict=True))
+
+
+def _on_a_worker(value: Any) -> bool:
+    """Whether `value` is a pointer to data on a worker: not a tensor, and has a `location`
+    (the data layer sits below the pointers, so it knows them only by that)."""
+    return not isinstance(value, torch.Tensor) and getattr(value, "location", None) is not None
 
 
 def materialize(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
