@@ -138,11 +138,15 @@ def main() -> None:
     for p in partitions:
         if p not in PARTITIONS:
             parser.error(f"--partitions: {p!r} is not one of {sorted(PARTITIONS)}")
-    grid = [(s, p, seed) for seed in range(1, args.seeds + 1) for p in partitions for s in strategies]
+    grid = [
+        (s, p, seed) for seed in range(1, args.seeds + 1) for p in partitions for s in strategies
+    ]
     results = []
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, s, p, seed, args.rounds, args.epochs) for s, p, seed in grid]
+        futures = [
+            pool.submit(run_one, s, p, seed, args.rounds, args.epochs) for s, p, seed in grid
+        ]
         for future in futures:
             r = future.result()
             results.append(r)

@@ -257,7 +257,7 @@ def test_too_few_reachable_workers_stop_without_promising_retries(capsys) -> Non
     status, _, err = run_cli(capsys, "train", "--worker", f"bob={nowhere}", "--token", "t")
     assert status == 1
     assert err.startswith(
-        "tether train: error: 0 of 1 workers are reachable, fewer than --min_workers 1: "
+        "tether train: error: 0 of 1 workers are reachable, fewer than --min-workers 1: "
         f"worker bob at {nowhere} is unreachable (cannot reach a worker at {nowhere}"
     )
     assert "trying again" not in err and "token=" not in err
@@ -331,8 +331,9 @@ def test_ctrl_c_stops_the_demo_and_its_workers_with_one_line(tmp_path: Path) -> 
 
 
 def test_ctrl_c_stops_a_worker_cleanly_and_each_line_is_said_once() -> None:
-    """A serving worker stops gracefully on Ctrl-C, as on SIGTERM (status 0: a server's
-    normal end); the open policy's warning and the "listening on" line come once each."""
+    """A serving worker stops gracefully on Ctrl-C, with one line saying so and status 130
+    (SIGTERM, a service's normal end, gives 0: tests/test_net.py); the open policy's warning
+    and the "listening on" line come once each."""
     process = start(
         "-m", "tether", "worker", "--id", "carol", "--port", "0", "--token", TOKEN,
         "--policy", "open",
@@ -340,11 +341,12 @@ def test_ctrl_c_stops_a_worker_cleanly_and_each_line_is_said_once() -> None:
     seen: list[str] = []
     read_until(process, r" listening on ws://", seen)
     status, out, err = interrupt(process)
-    assert status == 0, err
+    assert status == 130, err
     both = "".join(seen) + out + err
     assert both.count(OPEN_WARNING) == 1, both
     assert both.count("listening on") == 1, both
     assert "worker carol stopped" in err and "Traceback" not in both
+    assert err.endswith("\ntether worker: stopped\n"), err
 
 
 def test_ctrl_c_stops_the_network_service_cleanly() -> None:
@@ -352,10 +354,25 @@ def test_ctrl_c_stops_the_network_service_cleanly() -> None:
     seen: list[str] = []
     read_until(process, r"tether network listening on ws://", seen)
     status, out, err = interrupt(process)
-    assert status == 0, err
+    assert status == 130, err
     both = "".join(seen) + out + err
     assert both.count("listening on") == 1, both
     assert "tether network stopped" in err and "Traceback" not in both
+    assert err.endswith("\ntether network: stopped\n"), err
+
+
+def test_ctrl_c_while_tether_is_imported_is_one_line() -> None:
+    """The console script's entry point (`tether_launch:main`, as pip's `tether` script calls
+    it) interrupted while it imports tether and torch: one line, status 130, no traceback."""
+    process = start(
+        "-c", "import sys, tether_launch; sys.exit(tether_launch.main())", "worker", "--id", "x"
+    )
+    # torch's library is loaded early in its import, which tether's imports then outlast
+    wait_until(
+        lambda: "libtorch" in Path(f"/proc/{process.pid}/maps").read_text(), 60, "torch loading"
+    )
+    status, out, err = interrupt(process)
+    assert (status, out, err) == (130, "", "tether: stopped\n")
 
 
 def test_ctrl_c_behind_another_error_is_still_a_stop(monkeypatch, capsys) -> None:
@@ -408,6 +425,8 @@ def test_the_intro_example_says_what_each_loss_is() -> None:
     assert float(central[-1][0]) < float(central[0][0]) / 100
     alice = [float(loss) for loss, name, _ in federated if name == "alice"]
     assert alice[-1] < alice[0] / 2
+    both = [float(loss) for loss, _, _ in federated]
+    assert sum(both[-2:]) < sum(both[:2])  # the federated loop learned, on both workers' data
 
 
 def test_the_websocket_example_takes_free_ports_and_stops_on_ctrl_c(tutorial_servers) -> None:

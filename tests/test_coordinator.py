@@ -473,7 +473,7 @@ def _closed_port_url() -> str:
 
 def test_main_goes_on_without_an_unreachable_worker(processes, tmp_path, capsys) -> None:
     """`tether train` with bob's URL a port where nothing listens: it says so, trains with
-    alice's and charlie's processes, tries bob each round; with --min_workers 3 it stops."""
+    alice's and charlie's processes, tries bob each round; with --min-workers 3 it stops."""
     workers, _, token = processes
     nowhere = _closed_port_url()
     argv = [
@@ -506,7 +506,7 @@ def test_main_goes_on_without_an_unreachable_worker(processes, tmp_path, capsys)
         "accuracy.png",
     }
     assert train_cli.main(parse([*argv, "--min_workers", "3"])) == 1
-    assert "2 of 3 workers are reachable, fewer than --min_workers 3" in capsys.readouterr().err
+    assert "2 of 3 workers are reachable, fewer than --min-workers 3" in capsys.readouterr().err
 
 
 def test_an_answer_that_is_not_the_model_is_refused() -> None:

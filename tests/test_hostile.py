@@ -518,6 +518,26 @@ def test_garbage_frame_gets_a_wire_error(node: Node, data: bytes) -> None:
     assert_serves(node)
 
 
+@pytest.mark.parametrize("state", [16, -1, 2**63, "float64", 1.0, True, None, [0, 0, 0]], ids=repr)
+def test_a_bogus_torch_state_is_refused(node: Node, state: object) -> None:
+    """`Call.state` is peer input: anything but a state code (0 to 15) is a malformed frame,
+    refused before anything runs, and the node's own state is untouched."""
+    reply = only_failure(send(node, Call("torch.add", [Ref(X), 1], {}, OUT, 0, state)))  # type: ignore[arg-type]
+    assert reply.kind == "WireError" and "state: a torch state code (0 to 15)" in reply.message
+    assert torch.is_grad_enabled() and torch.get_default_dtype() == torch.float32
+    assert_serves(node)
+
+
+def test_every_state_code_runs_and_leaves_the_node_as_it_was(node: Node) -> None:
+    replies = send(node, *[Call("torch.ones", [2], {}, OUT + s, 0, s) for s in range(16)])
+    assert all(isinstance(r, Done) for r in replies), replies
+    dtypes = [r.meta[2] for r in replies]
+    assert dtypes == ["float32"] * 4 + ["float64"] * 4 + ["float16"] * 4 + ["bfloat16"] * 4
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    assert torch.get_default_dtype() == torch.float32
+    assert_serves(node)
+
+
 def test_replies_are_not_commands(node: Node) -> None:
     reply = only_failure(send(node, Value(torch.ones(1))))
     assert reply.kind == "WireError" and "Value" in reply.message

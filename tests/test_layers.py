@@ -30,6 +30,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "federated": ("tether.federated",),
     "split": ("tether.split",),
     "duet": ("tether.duet",),
+    "sandbox": ("tether.sandbox",),
     "cli": ("tether.cli", "tether.__main__"),
     "api": ("tether",),
 }
@@ -49,8 +50,9 @@ BUILDS_ON: dict[str, set[str]] = {
     "federated": {"transports", "data", "privacy"},
     "split": {"remote"},
     "duet": {"transports"},
+    "sandbox": {"transports", "data"},
     "cli": {"federated", "split", "duet", "data"},
-    "api": {"cli"},
+    "api": {"cli", "sandbox"},
 }
 
 

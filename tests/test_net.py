@@ -136,7 +136,7 @@ def test_worker_command_takes_a_partition_and_the_test_set():
         with process.connect() as worker:
             assert len(worker.dataset("mnist_testing").targets) == 2500
     finally:
-        assert process.stop(signal.SIGINT) == 0
+        assert process.stop(signal.SIGINT) == 130  # Ctrl-C, as a shell reports it
     assert "worker testing stopped" in process.log.read_text()
 
 
@@ -232,6 +232,11 @@ def test_connections_without_the_right_token_are_refused(worker_process):
     with pytest.raises(InvalidStatus) as refused:
         ws_connect(worker_process.url)
     assert refused.value.response.status_code == 401
+    assert refused.value.response.body.decode() == (
+        "tether: missing or wrong access token; give the token the worker printed at start: "
+        "--token on the command line (tether train --token ...), token= in Python "
+        "(tether.connect(url, token=...)), or the TETHER_TOKEN environment variable\n"
+    )
     with ws_connect(f"{worker_process.url}/?token={TOKEN}") as ws:  # a browser's way
         ws.send(bytes(encode([Put(1, torch.ones(2)), Get([1])])))
         assert torch.equal(decode(ws.recv())[1].value[0], torch.ones(2))

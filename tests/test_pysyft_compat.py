@@ -5,15 +5,18 @@ the PySyft names a new user meets (or an error naming the tether way)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 import torch
-from conftest import WorkerProcess
+from conftest import TOKEN, WorkerProcess
 from torch import nn, optim
+from websockets.sync.client import connect as ws_connect
 
 import tether as sy
 from tether import errors
+from tether.wire import Call, Get, Put, decode, encode
 
 SAMPLES = 32
 ARGS = ("--dataset", "mnist", "--labels", "0-3", "--samples", str(SAMPLES), "--quiet")
@@ -36,16 +39,15 @@ def _linear_step(model: nn.Module, data: torch.Tensor, target: torch.Tensor) -> 
     return loss
 
 
-def test_queued_work_runs_under_the_grad_mode_it_was_issued_in() -> None:
+def _grad_mode_as_issued(worker: sy.Worker) -> None:
     """Part 10's averaging: a forward and backward issued normally, then `model.get()` under
     no_grad, which flushes them. They run with grad on, as eagerly."""
-    (bob,) = _workers("bob")
     data, target = torch.tensor([[0, 0], [0, 1], [1, 1.0]]), torch.tensor([[0], [1], [1.0]])
     torch.manual_seed(0)
     model, eager = nn.Linear(2, 1), nn.Linear(2, 1)
     eager.load_state_dict(model.state_dict())
-    model.send(bob)
-    loss = _linear_step(model, data.send(bob), target.send(bob))
+    model.send(worker)
+    loss = _linear_step(model, data.send(worker), target.send(worker))
     with torch.no_grad():
         model.get()
         remote_loss = loss.get()
@@ -55,16 +57,16 @@ def test_queued_work_runs_under_the_grad_mode_it_was_issued_in() -> None:
     for remote, local in zip(model.parameters(), eager.parameters(), strict=True):
         assert torch.equal(remote, local)
     # and the other way round: issued under no_grad, flushed with grad on
-    w = torch.ones(2, requires_grad=True).send(bob)
+    w = torch.ones(2, requires_grad=True).send(worker)
     with torch.no_grad():
         doubled = w * 2
-    assert not doubled.requires_grad
+    assert not doubled.requires_grad  # as the worker describes it
+    assert not doubled.get().requires_grad
 
 
-def test_queued_work_runs_under_the_inference_mode_and_default_dtype_it_was_issued_in() -> None:
-    (bob,) = _workers("bob")
-    w = torch.ones(2, requires_grad=True).send(bob)
-    ints = torch.arange(3).send(bob)
+def _inference_mode_and_default_dtype_as_issued(worker: sy.Worker) -> None:
+    w = torch.ones(2, requires_grad=True).send(worker)
+    ints = torch.arange(3).send(worker)
     torch.set_default_dtype(torch.float64)
     try:
         halves = ints * 0.5  # an int tensor times a float: the default dtype decides
@@ -72,10 +74,79 @@ def test_queued_work_runs_under_the_inference_mode_and_default_dtype_it_was_issu
         torch.set_default_dtype(torch.float32)
     y = w * 3  # issued with grad on, outside inference mode
     with torch.inference_mode():
-        bob.flush()
+        worker.flush()
     assert halves.get().dtype == torch.float64 == (torch.arange(3, dtype=torch.float64) * 0.5).dtype
+    assert (ints * 0.5).get().dtype == torch.float32  # the worker's default dtype is set back
+    with torch.inference_mode():
+        made = w * 2
+    assert not made.get().requires_grad
     y.sum().backward()  # an inference tensor could not be backwarded through
     assert torch.equal(w.get().grad, torch.full((2,), 3.0))
+
+
+def test_queued_work_runs_under_the_grad_mode_it_was_issued_in() -> None:
+    _grad_mode_as_issued(*_workers("bob"))
+
+
+def test_queued_work_runs_under_the_inference_mode_and_default_dtype_it_was_issued_in() -> None:
+    _inference_mode_and_default_dtype_as_issued(*_workers("bob"))
+
+
+def test_a_network_worker_runs_queued_work_under_the_state_it_was_issued_in(training) -> None:
+    """The same over the network: each command carries its state (`Call.state`) to the
+    `tether worker` process, which runs it under that state and then sets itself back."""
+    with training.connect() as worker:
+        _grad_mode_as_issued(worker)
+        _inference_mode_and_default_dtype_as_issued(worker)
+        assert (torch.ones(2, requires_grad=True).send(worker) * 2).get().requires_grad
+
+
+def _raw_connection(process: WorkerProcess):
+    return ws_connect(
+        process.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}, compression=None
+    )
+
+
+def test_one_clients_default_dtype_never_reaches_another(training) -> None:
+    """torch's default dtype is one per process: while one client's commands run under
+    float64, another's run under float32 at the same time, on the worker's threads and on its
+    event loop (the node keeps them apart: tether.node.state)."""
+    float64 = 1 << 2  # the state code of grad on, float64 (tether.wire.torchstate)
+    made: dict[int, set[str]] = {0: set(), float64: set()}
+
+    def issue(state: int) -> None:
+        with _raw_connection(training) as ws:
+            ws.send(bytes(encode([Put(1, torch.arange(64))])))
+            decode(ws.recv())
+            for _ in range(40):
+                # a factory (run on the connection's thread) and a small int * float (on the
+                # loop, when alone in its frame): the default dtype decides both
+                for frame in (
+                    [Call("torch.ones", [64], {}, 2 + i, 0, state) for i in range(20)],
+                    [Call("operator.mul", [1, 0.5], {}, 2, 1, state)],
+                ):
+                    ws.send(bytes(encode(frame)))
+                    made[state].update(done.meta[2] for done in decode(ws.recv()))
+
+    threads = [threading.Thread(target=issue, args=(state,)) for state in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert made == {0: {"float32"}, float64: {"float64"}}
+
+
+def test_a_bogus_torch_state_gets_an_error_and_the_worker_keeps_serving(training) -> None:
+    frame = bytes(encode([Call("torch.ones", [2], {}, 1, 0, 99)]))
+    with _raw_connection(training) as ws:
+        ws.send(frame)
+        (reply,) = decode(ws.recv())
+        assert reply.kind == "WireError" and "a torch state code (0 to 15)" in reply.message
+        ws.send(bytes(encode([Call("torch.ones", [2], {}, 1, 0, 1 << 2), Get([1])])))
+        done, value = decode(ws.recv())
+        assert value.value[0].dtype == torch.float64, (done, value)
+    with training.connect() as worker:
+        assert (torch.arange(2).send(worker) * 0.5).get().dtype == torch.float32
 
 
 # ---- 2. .grad travels with .get() and send, and is judged as it leaves -------------------------
@@ -223,6 +294,34 @@ def test_module_copy_and_an_optimizer_made_after_the_send() -> None:
         optim.SGD([torch.ones(2, requires_grad=True).send(bob)], lr=0.1)
 
 
+def test_parameters_captured_before_the_send_act_as_pointers_while_it_is_away() -> None:
+    """Part 10: `params = list(model.parameters())` before the loop's `model.send(worker)`;
+    while the model is away, each is its copy on the worker (`.copy()`, arithmetic, `.get()`,
+    in-place changes), and after `model.get()` a local tensor again."""
+    (bob,) = _workers("bob")
+    data, target = torch.tensor([[0, 0], [0, 1.0]]), torch.tensor([[0], [1.0]])
+    model = nn.Linear(2, 1)
+    eager = model.copy()
+    params = list(model.parameters())
+    _linear_step(model.send(bob), data.send(bob), target.send(bob))
+    _linear_step(eager, data, target)  # the values the worker's copies hold now
+    weight, bias = params
+    assert weight.location is bob and isinstance(weight.copy(), sy.Pointer)
+    assert torch.equal(weight.copy().get(), eager.weight)  # the trained values, not the local
+    assert torch.equal((bias * 2 + weight.sum()).get(), eager.bias * 2 + eager.weight.sum())
+    assert torch.equal(torch.add(bias, 1).get(), eager.bias + 1)
+    assert weight.shape == (1, 2) and "Pointer" in repr(weight)
+    with torch.no_grad():
+        for param in params:
+            param *= 0  # on the worker, as PySyft's averaging zeroes the workers' models
+    model.get()
+    assert type(weight) is nn.Parameter and weight is model.weight  # local again
+    assert torch.equal(weight, torch.zeros(1, 2)) and torch.equal(bias, torch.zeros(1))
+    with torch.no_grad():
+        weight.set_(eager.weight.detach().clone())  # Part 10's last step, on local tensors
+    assert torch.equal(model.weight, eager.weight)
+
+
 def test_base_dataset_sent_to_workers_makes_a_federated_dataset() -> None:
     bob, alice = _workers("bob", "alice")
     parts = [
@@ -237,10 +336,36 @@ def test_base_dataset_sent_to_workers_makes_a_federated_dataset() -> None:
         sy.FederatedDataset([sy.BaseDataset(torch.ones(2, 2), torch.tensor([1, 1]))])
 
 
+def test_the_sandbox_and_its_grid(training) -> None:
+    """Part 07's first cells: PySyft's sandbox workers and globals, and the grid's search."""
+    sandbox: dict = {"torch": torch}
+    sy.create_sandbox(sandbox, verbose=False, download_data=False)
+    names = ["bob", "theo", "jason", "alice", "andy", "jon"]
+    assert [w.id for w in sandbox["workers"]] == names
+    assert all(sandbox[name] is w for name, w in zip(names, sandbox["workers"], strict=True))
+    assert isinstance(sandbox["hook"], sy.TorchHook)
+    assert sandbox["grid"].search("#boston") == {}  # no data asked for, none loaded
+    bob, alice = sandbox["bob"], sandbox["alice"]
+    bob.publish("a", torch.ones(2), tags=("#x", "#y"))
+    bob.publish("b", torch.zeros(3), tags=("#x",))
+    alice.publish("c", torch.full((1,), 7.0), tags=("#y", "#x"))
+    found = sy.PrivateGridNetwork(bob, alice).search("#x", "#y")
+    assert {w: [p.shape for p in ps] for w, ps in found.items()} == {
+        "bob": [torch.Size([2])],
+        "alice": [torch.Size([1])],
+    }
+    assert [p.shape for p in bob.search("#x")] == [torch.Size([2]), torch.Size([3])]
+    assert torch.equal((found["alice"][0] * 2).get(), torch.full((1,), 14.0))  # open: derived
+    with pytest.raises(TypeError, match="one worker"):
+        sy.BaseDataset(found["bob"][0], found["alice"][0])
+    with training.connect() as worker, pytest.raises(TypeError, match=r"worker\.dataset"):
+        sy.PrivateGridNetwork(bob, worker)
+
+
 def test_features_tether_lacks_say_so() -> None:
     (bob,) = _workers("bob")
-    with pytest.raises(NotImplementedError, match="tether has no grid"):
-        sy.create_sandbox(globals(), verbose=False)
+    with pytest.raises(NotImplementedError, match="network nodes, which tether does not implement"):
+        sy.PublicGridNetwork  # noqa: B018
     for call in (
         lambda: torch.ones(2).fix_precision(),
         lambda: torch.ones(2).share(bob),

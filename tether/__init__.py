@@ -32,6 +32,7 @@ from tether.remote import (
     get_all,
     install,
 )
+from tether.sandbox import PrivateGridNetwork, create_sandbox
 from tether.split import SplitNN
 from tether.transports.inprocess import VirtualWorker
 from tether.transports.websocket import WebsocketClientWorker, connect
@@ -43,22 +44,15 @@ local_worker = LOCAL_WORKER  # PySyft's "me": the owner of every pointer
 
 # PySyft names for features tether does not have yet (their own issues), and why.
 _NOT_YET = {
-    "create_sandbox": (
-        "creates workers holding sklearn's toy datasets, searched through a grid; tether has "
-        "no grid: make workers with sy.VirtualWorker(hook, id=...) and send or federate data "
-        "to them (dataset.federate((bob, alice)))"
+    "PublicGridNetwork": (
+        "is PySyft's grid of network nodes, which tether does not implement "
+        "(sy.PrivateGridNetwork searches workers in this process)"
     ),
-    "PrivateGridNetwork": "is PySyft's grid search, which tether does not implement",
-    "PublicGridNetwork": "is PySyft's grid search, which tether does not implement",
     "AdditiveSharingTensor": "is secure multi-party computation (SMPC), not in tether yet",
     "FixedPrecisionTensor": "is secure multi-party computation (SMPC), not in tether yet",
     "Plan": "(PySyft's plans) is not in tether: remote calls are pipelined instead",
     "func2plan": "(PySyft's plans) is not in tether: remote calls are pipelined instead",
 }
-
-
-def create_sandbox(*args: Any, **kwargs: Any) -> None:
-    raise NotImplementedError(f"sy.create_sandbox {_NOT_YET['create_sandbox']}")
 
 
 def __getattr__(name: str) -> Any:
@@ -82,6 +76,7 @@ __all__ = [
     "Pointer",
     "PointerChain",
     "PointerTensor",
+    "PrivateGridNetwork",
     "RemoteError",
     "SplitNN",
     "TetherError",

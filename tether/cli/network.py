@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
-from tether.cli.console import add_flag, serve, setup_logging
+from tether.cli.console import STOPPED, add_flag, serve, setup_logging, stopped_line
 from tether.duet.rendezvous import DEFAULT_PORT, Rendezvous
 
 SUMMARY = "where Duet owners and scientists meet (and are relayed)"
@@ -23,7 +24,7 @@ register a session, so run it where your owners and scientists can reach it.
 
   tether network --host 0.0.0.0 --port {DEFAULT_PORT}
 
-It serves until Ctrl-C or SIGTERM."""
+It serves until Ctrl-C (exit status 130) or SIGTERM (0)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,13 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the service until SIGINT or SIGTERM."""
+    """Run the service until SIGINT or SIGTERM; the exit status (see `console.serve`)."""
     setup_logging(args.quiet)
     service = Rendezvous(args.host, args.port)
 
     def ready() -> None:
         print(f"tether network listening on {service.url}", flush=True)
 
-    serve(service.start, service.stop, ready)
+    status = serve(service.start, service.stop, ready)
     logging.getLogger(__name__).info("tether network stopped")
-    return 0
+    if status == STOPPED:
+        print(stopped_line("network"), file=sys.stderr, flush=True)
+    return status

@@ -305,7 +305,7 @@ def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
     if reachable < settings["min_workers"]:
         raise FederationError(
             f"{reachable} of {len(workers)} workers are reachable, fewer than "
-            f"--min_workers {settings['min_workers']}: " + "; ".join(unreachable.values())
+            f"--min-workers {settings['min_workers']}: " + "; ".join(unreachable.values())
         )
     for line in unreachable.values():
         print(f"{line}; going on without it and trying again each round", file=sys.stderr)

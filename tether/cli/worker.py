@@ -11,7 +11,7 @@ import threading
 
 import torch
 
-from tether.cli.console import add_flag, aliases_note, serve, setup_logging
+from tether.cli.console import STOPPED, add_flag, aliases_note, serve, setup_logging, stopped_line
 from tether.datasets import MNIST, materialize
 from tether.datasets.mnist import MEAN, STD
 from tether.errors import DatasetError
@@ -32,7 +32,7 @@ DESCRIPTION = (
     "is the release policy's choice (--policy): 'training' (the default) releases only the results "
     "of the worker's routines (delegated fit and evaluate), 'strict' nothing without an "
     "accepted request, 'open' anything derived (only where the scientist may see the data). "
-    "It serves until Ctrl-C or SIGTERM. " + aliases_note("--data-root")
+    "It serves until Ctrl-C (exit status 130) or SIGTERM (0). " + aliases_note("--data-root")
 )
 POLICY_HELP = (
     "release policy: what computed from the private data may leave. "
@@ -187,7 +187,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Serve the worker until SIGINT or SIGTERM."""
+    """Serve the worker until SIGINT or SIGTERM; the exit status (see `console.serve`)."""
     setup_logging(args.quiet)
     if args.keyfile and not args.certfile:
         raise ValueError("--keyfile needs --certfile")
@@ -233,15 +233,17 @@ def main(args: argparse.Namespace) -> int:
             print(_dp_line(rules))
         print(f"worker {args.id} listening on {server.url}", flush=True)
 
-    serve(server.start, server.stop, ready, fast_loop=True)
+    status = serve(server.start, server.stop, ready, fast_loop=True)
+    if status == STOPPED:
+        print(stopped_line("worker"), file=sys.stderr, flush=True)
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     for thread in busy:
         thread.join(timeout=0.5)
     if any(thread.is_alive() for thread in busy):  # a command outlived the grace period
         logging.getLogger(__name__).warning("exiting with commands still running")
         logging.shutdown()
-        os._exit(0)
-    return 0
+        os._exit(status)
+    return status
 
 
 def _dp_rules(args: argparse.Namespace, release: Release) -> OwnerDP | None:

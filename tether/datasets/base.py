@@ -26,6 +26,10 @@ class BaseDataset(Dataset):
     """A dataset over in-memory tensors: sample i is `(transform(data[i]), targets[i])`.
 
     Integer targets come back as Python ints, as torchvision datasets return labels.
+
+    Of two pointers to tensors on one worker (PySyft's Part 07: `sy.BaseDataset(data_ptr,
+    target_ptr)`), it is a dataset on that worker: a part of a `FederatedDataset`, whose
+    `location` is the worker.
     """
 
     def __init__(
@@ -35,17 +39,31 @@ class BaseDataset(Dataset):
         transform: Callable[[Any], Any] | None = None,
         target_transform: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.data = torch.as_tensor(data)
-        self.targets = torch.as_tensor(targets)
-        if len(self.data) != len(self.targets):
+        remote = _on_a_worker(data) or _on_a_worker(targets)
+        self.data = data if remote else torch.as_tensor(data)
+        self.targets = targets if remote else torch.as_tensor(targets)
+        if remote and not (
+            _on_a_worker(data) and _on_a_worker(targets) and data.location is targets.location
+        ):
+            raise TypeError(
+                "a BaseDataset of pointers needs its data and targets on one worker "
+                "(send both there first)"
+            )
+        if self.data.shape[0] != self.targets.shape[0]:
             raise ValueError(
-                f"data has {len(self.data)} samples but targets has {len(self.targets)}"
+                f"data has {self.data.shape[0]} samples but targets has {self.targets.shape[0]}"
             )
         self.transform = transform
         self.target_transform = target_transform
 
+    @property
+    def location(self) -> Any:
+        """The worker holding the data (None: it is here)."""
+        data: Any = self.data
+        return data.location if _on_a_worker(data) else None
+
     def __len__(self) -> int:
-        return len(self.data)
+        return self.data.shape[0]
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         img: Any = self.data[index]
@@ -74,6 +92,12 @@ class BaseDataset(Dataset):
         integral = targets.ndim == 1 and not (targets.is_floating_point() or targets.is_complex())
         labels = targets.tolist() if integral else list(targets.unbind(0))
         return list(zip(imgs.unbind(0), labels, strict=True))
+
+
+def _on_a_worker(value: Any) -> bool:
+    """Whether `value` is a pointer to data on a worker: not a tensor, and has a `location`
+    (the data layer sits below the pointers, so it knows them only by that)."""
+    return not isinstance(value, torch.Tensor) and getattr(value, "location", None) is not None
 
 
 def materialize(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,8 @@ kept readable in one file: the one place where remote code runs.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import threading
 import weakref
@@ -43,6 +45,7 @@ from tether.node.policy import (
     would_change,
 )
 from tether.node.requests import ACCEPTED, PENDING, Request, Requests
+from tether.node.state import running_under
 from tether.node.store import Poisoned, Privacy, Store, Stored
 from tether.ops import ALLOWLIST, PUBLISHED, REQUEST, Entry, resolve
 from tether.wire import (
@@ -58,6 +61,7 @@ from tether.wire import (
     decode,
     decode_parts,
     encode_parts,
+    torchstate,
 )
 from tether.wire.codec import DTYPE_NAMES
 
@@ -295,7 +299,14 @@ class Node:
         # Results a later command of this frame frees: the client holds no pointer to them, so
         # their replies carry no description.
         freed = {i for cmd in commands if type(cmd) is Delete for i in cmd.ids}
-        return [self._execute_one(cmd, store, client, freed) for cmd in commands]
+        replies: list = []
+        # Each run of Calls issued in one torch state runs under it (see tether.node.state);
+        # the other commands depend on no torch state.
+        here = torchstate.current()
+        for state, run in itertools.groupby(commands, _issued_in):
+            with contextlib.nullcontext() if state is None else running_under(state, here):
+                replies.extend([self._execute_one(cmd, store, client, freed) for cmd in run])
+        return replies
 
     def _execute_one(self, cmd: Any, store: Store, client: str, freed: set[int]) -> Any:
         try:
@@ -750,6 +761,11 @@ def object_id(cmd: Call, i: int) -> int | None:
     if cmd.refs >> i & 1:
         return arg if type(arg) is int else None
     return arg.id if type(arg) is Ref else None
+
+
+def _issued_in(cmd: Any) -> int | None:
+    """The torch state a command runs under: a Call's own, None for the others."""
+    return cmd.state if type(cmd) is Call else None
 
 
 def _tags(inputs: list[Stored]) -> tuple[str, ...]:

@@ -19,10 +19,11 @@ from typing import cast
 
 import torch
 
-from tether.node.node import Node, object_id
+from tether.node.node import Answer, Node, object_id
 from tether.node.policy import DERIVED, OPEN, PUBLIC, releases
+from tether.node.state import DEFAULT_DTYPE
 from tether.node.store import Privacy, Stored
-from tether.wire import Call, Delete, Get
+from tether.wire import Call, Delete, Get, torchstate
 
 # What runs on the loop: elementwise operators (at most two operands) on tensors of at most
 # QUICK_ELEMENTS elements, in frames of at most QUICK_COMMANDS commands whose element-ops
@@ -62,6 +63,19 @@ _NUMBERS = frozenset((int, float, bool))
 QUICK_STORE_OBJECTS = 256
 
 
+def answer_on_loop(node: Node, commands: list, client: str) -> Answer | None:
+    """The node's answer to a frame that surely finishes in microseconds (`runs_on_loop`),
+    run here and now; None for a frame to hand to the connection's thread instead, and for
+    any frame while another thread runs commands under another default dtype (the loop never
+    waits for it: see `tether.node.state`)."""
+    if not runs_on_loop(node, commands, client) or not DEFAULT_DTYPE.enter_shared(blocking=False):
+        return None
+    try:
+        return node.run(commands, client)
+    finally:
+        DEFAULT_DTYPE.leave_shared()
+
+
 def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
     """Whether these commands surely finish in microseconds: few elementwise operators on small
     tensors, fetching small values the client may have without asking, freeing tensors.
@@ -71,6 +85,7 @@ def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
     if len(commands) > QUICK_COMMANDS:
         return False
     objects = node.store(client).objects
+    dtype = torchstate.current() & torchstate.DTYPE_BITS  # the loop's, which it keeps
     made: dict[int, tuple[int, Privacy]] = {}  # what earlier commands of the frame make
     budget = QUICK_FRAME_ELEMENTS
 
@@ -118,6 +133,7 @@ def runs_on_loop(node: Node, commands: list, client: str = "local") -> bool:
         elif (
             isinstance(cmd, Call)
             and cmd.op in QUICK_OPS
+            and cmd.state & torchstate.DTYPE_BITS == dtype
             and not cmd.kwargs
             and (cmd.out is None or type(cmd.out) is int)
         ):  # elementwise ops give one result

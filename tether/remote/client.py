@@ -6,26 +6,23 @@ known, `flush()` — waits for replies. A command that failed remotely raises at
 naming the command, the worker and the original error.
 
 A queued command runs under the torch state it was issued in (grad mode, inference mode,
-default dtype), not the one of the moment it is flushed: a frame holds commands of one state
-(a change of state sends the queue, without waiting), and a worker in this process runs the
-frame under it (`_issued_under`). A network worker runs every command in its own thread's
-default state: the wire format carries no grad mode (docs/pysyft-compatibility.md).
+default dtype), not the one of the moment it is flushed: each Call carries it (`Call.state`),
+and the node runs it under that, in this process or over the network.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol, overload
 
 import torch
 
 from tether import errors
 from tether.remote.pointer import Pointer
-from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value, encode_parts
+from tether.wire import Call, Delete, Done, Failure, Get, Put, Ref, Value, encode_parts, torchstate
 
 Replies = Callable[[], list]
 # What the encoder raises for a value the wire format cannot carry.
@@ -73,7 +70,6 @@ class Client:
         self._released: list[int] = []
         self._sent: set[int] = set()  # tensors sent from here: leaves, whose .grad a get brings
         self._adopted: set[int] = set()  # id() of queued Gets whose values the caller adopts
-        self._state = torch_state()  # the torch state the queued commands were issued in
         self._lock = threading.RLock()
 
     @property
@@ -89,11 +85,6 @@ class Client:
         """Queue a command; send the queue now if asked (commands carrying tensors are sent at
         once, so the values sent are the values at the time of the call)."""
         with self._lock:
-            state = torch_state()
-            if state != self._state:
-                if self._queue:
-                    self._send_queue()  # each frame runs under the one state it was issued in
-                self._state = state
             self._queue.append(command)
             if flush or len(self._queue) >= MAX_QUEUED:
                 self._send_queue()
@@ -125,7 +116,7 @@ class Client:
             adopted = frozenset(i for i, c in enumerate(commands) if id(c) in self._adopted)
             self._adopted.clear()
         try:
-            self._inflight.append((commands, self._exchange(commands, adopted)))
+            self._inflight.append((commands, self.transport.exchange(commands, adopted)))
         except _UNSENDABLE:
             unsendable = [(c, exc) for c in commands if (exc := _encoding_error(c)) is not None]
             if not unsendable:
@@ -142,7 +133,7 @@ class Client:
         kept = [c for c in commands if id(c) not in skipped]
         if kept:
             kept_adopted = frozenset(i for i, c in enumerate(kept) if id(c) in adopted_ids)
-            self._inflight.append((kept, self._exchange(kept, kept_adopted)))
+            self._inflight.append((kept, self.transport.exchange(kept, kept_adopted)))
         for command, exc in unsendable:
             self._errors.append(
                 self._error(
@@ -150,15 +141,6 @@ class Client:
                     Failure("WireError", f"it cannot be sent ({type(exc).__name__}: {exc})"),
                 )
             )
-
-    def _exchange(self, commands: list, adopted: frozenset[int]) -> Replies:
-        """Hand a frame to the transport under the state its commands were issued in (a worker
-        in this process runs them during this call)."""
-        state = self._state
-        if state == torch_state():
-            return self.transport.exchange(commands, adopted)
-        with _issued_under(state):
-            return self.transport.exchange(commands, adopted)
 
     def _drain(self) -> None:
         while self._inflight:
@@ -274,11 +256,12 @@ class Client:
     ) -> Pointer | None:
         """Queue a remote call; a pointer to its result (None when `kind` is None: no result).
         `refs`: which of `args` are ids of objects on the worker (see `Call.refs`)."""
+        state = torchstate.current()
         if kind is None:
-            self.submit(Call(op, args, kwargs or {}, None, refs), flush=flush)
+            self.submit(Call(op, args, kwargs or {}, None, refs, state), flush=flush)
             return None
         obj_id = self.new_id()
-        self.submit(Call(op, args, kwargs or {}, obj_id, refs), flush=flush)
+        self.submit(Call(op, args, kwargs or {}, obj_id, refs, state), flush=flush)
         return Pointer(self, obj_id, kind)
 
     def call_each(
@@ -294,7 +277,7 @@ class Client:
         """Queue a remote call that gives `count` results (a tuple: `split`, say); a pointer
         to each, for the price of one command."""
         obj_ids = [self.new_id() for _ in range(count)]
-        self.submit(Call(op, args, kwargs or {}, obj_ids, refs))
+        self.submit(Call(op, args, kwargs or {}, obj_ids, refs, torchstate.current()))
         return [Pointer(self, obj_id, kind) for obj_id in obj_ids]
 
     def get(
@@ -348,27 +331,6 @@ class Client:
 
     def close(self) -> None:
         self.transport.close()
-
-
-TorchState = tuple[bool, bool, torch.dtype]
-
-
-def torch_state() -> TorchState:
-    """The thread-local torch state a command's result depends on: grad mode, inference mode,
-    default dtype (autocast is not followed: tether runs on the CPU)."""
-    return torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.get_default_dtype()
-
-
-@contextlib.contextmanager
-def _issued_under(state: TorchState) -> Iterator[None]:
-    grad, inference, dtype = state
-    before = torch.get_default_dtype()
-    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-        torch.set_default_dtype(dtype)
-        try:
-            yield
-        finally:
-            torch.set_default_dtype(before)
 
 
 def ref(pointer: Pointer) -> Ref:

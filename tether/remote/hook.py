@@ -3,7 +3,9 @@ and gradients that flow back across `move(..., requires_grad=True)`.
 
 `model.send(worker)` swaps the module's parameters for pointers *in place*, so optimizers made
 before it keep working: their `step()` and `zero_grad()` run on a mirror of the optimizer kept
-on the worker (so its state — momentum, Adam moments — stays where that worker trains).
+on the worker (so its state — momentum, Adam moments — stays where that worker trains). While
+the module is away, its local tensors stand for their copies there (`_Away`), so a list of
+`model.parameters()` taken before the send acts as pointers, as in PySyft.
 Each parameter keeps its copy on each worker it visited; sending it again transfers nothing
 when neither side changed since the last `model.get()`.
 
@@ -163,6 +165,7 @@ def send_module(module: M, worker: Any) -> M:
             locals_[id(table), name] = local
             table[name] = copy.pointer
             _REMOTES.sent_to[id(local)] = client
+            _go_away(local)
     for m in modules:
         m.__dict__["_tether_client"] = client
     module.__dict__["_tether_modules"] = modules  # spares model.get() walking the tree again
@@ -181,7 +184,9 @@ def get_module(module: nn.Module) -> nn.Module:
         locals_ = owner.__dict__.get("_tether_locals", {})
         for name, value in table.items():
             if isinstance(value, Pointer):
-                slots.append((table, name, locals_.pop((id(table), name)), value))
+                local = locals_.pop((id(table), name))
+                _come_back(local)
+                slots.append((table, name, local, value))
     values = client.get([pointer.id for *_, pointer in slots], delete=False, adopt=True)
     for (table, name, local, pointer), value in zip(slots, values, strict=True):
         fetched = _view(value)
@@ -194,6 +199,71 @@ def get_module(module: nn.Module) -> nn.Module:
     for m in modules:
         m.__dict__.pop("_tether_client", None)
     return module
+
+
+class _Away:
+    """Mixed into the class of a sent module's local tensor while the module is away (PySyft's
+    semantics for `params = list(model.parameters())` taken before `model.send()`): every torch
+    operation on it, and every pointer attribute (`copy()`, `get()`, `location`...), goes to
+    its copy on the worker, which the module uses. `model.get()` brings the values back into
+    it and ends this. Only tensors a module swapped for pointers are ever of this class."""
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        if getattr(func, "__name__", "") in ("__get__", "__set__"):  # a tensor property
+            name = func.__self__.__name__
+            if func.__name__ == "__get__":
+                return getattr(_copy_of(args[0]), name)
+            return setattr(_copy_of(args[0]), name, _copies_of(args[1]))
+        return Pointer.__torch_function__(func, types, _copies_of(args), _copies_of(kwargs or {}))
+
+    def __getattr__(self, name: str) -> Any:  # what pointers have and tensors lack
+        return getattr(_copy_of(self), name)
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        return _copy_of(self).send(*args, **kwargs)
+
+    def move(self, *args: Any, **kwargs: Any) -> Any:
+        return _copy_of(self).move(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return repr(_copy_of(self))
+
+
+_AWAY_CLASSES: dict[type, type] = {}
+
+
+def _go_away(local: torch.Tensor) -> None:
+    """The local tensor of a sent module stands for its copy on the worker from now on."""
+    cls = type(local)
+    away = _AWAY_CLASSES.get(cls)
+    if away is None:
+        away = _AWAY_CLASSES[cls] = type(f"Sent{cls.__name__}", (_Away, cls), {})
+    local.__class__ = away
+
+
+def _come_back(local: torch.Tensor) -> None:
+    """The module is back: the tensor is its own again."""
+    cls = type(local)
+    if issubclass(cls, _Away):
+        local.__class__ = cls.__bases__[1]
+
+
+def _copy_of(local: Any) -> Pointer:
+    """The pointer an away tensor stands for: its copy on the worker its module is on."""
+    return _REMOTES.copies[id(local)][_REMOTES.sent_to[id(local)]].pointer
+
+
+def _copies_of(value: Any) -> Any:
+    """`value` with every away tensor in it (in lists, tuples and dicts too) replaced by the
+    pointer it stands for."""
+    if isinstance(value, _Away):
+        return _copy_of(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_copies_of(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copies_of(v) for k, v in value.items()}
+    return value
 
 
 def copy_module(module: M) -> M:
@@ -255,7 +325,8 @@ def _wrap_optimizer_init() -> None:
 
     @functools.wraps(original)
     def __init__(self: torch.optim.Optimizer, params: Any, defaults: dict) -> None:
-        original(self, _local_params(params), defaults)
+        with torch._C.DisableTorchFunctionSubclass():  # it checks the local tensors themselves
+            original(self, _local_params(params), defaults)
 
     __init__._tether = True  # type: ignore[attr-defined]
     setattr(torch.optim.Optimizer, "__init__", __init__)  # noqa: B010  (as for step)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from tether.errors import ConnectionLostError, ObjectNotFoundError
 from tether.node import Limits, Node, Store
 from tether.node.policy import Release, copied
 from tether.node.store import Stored
+from tether.ops import PUBLISHED
 from tether.remote.client import Client, Replies
+from tether.remote.pointer import Pointer
 from tether.remote.worker import DatasetPointers, Worker
 from tether.wire import Call, Put, Value, decode_parts, encode_parts
 
@@ -58,7 +62,12 @@ def _copy_tensors_in(message: Any) -> Any:
         return Put(message.id, copied(message.value))
     if isinstance(message, Call):
         return Call(
-            message.op, copied(message.args), copied(message.kwargs), message.out, message.refs
+            message.op,
+            copied(message.args),
+            copied(message.kwargs),
+            message.out,
+            message.refs,
+            message.state,
         )
     return message
 
@@ -103,6 +112,18 @@ class VirtualWorker(Worker):
         """PySyft's view of what the worker holds for us, by id (after running what is
         queued)."""
         return {obj_id: stored.value for obj_id, stored in self.store.objects.items()}
+
+    def search(self, *query: str) -> list[Pointer]:
+        """PySyft's `worker.search(...)`: pointers to what this worker's owner published with
+        every one of these tags (`publish(..., tags=...)`), in the order published."""
+        wanted = set(query)
+        return [
+            self.client.call(
+                PUBLISHED, [key], kind="tensor" if isinstance(found.value, Tensor) else "object"
+            )
+            for key, found in self.node.published.items()
+            if wanted <= set(found.tags)
+        ]
 
     def clear_objects(self) -> VirtualWorker:
         """Forget everything the worker holds for us; pointers to it then name nothing."""

@@ -1,5 +1,6 @@
 """Wire format: plain-data messages and the frames that carry them."""
 
+from tether.wire import torchstate
 from tether.wire.codec import DTYPES, Parts, decode, decode_parts, encode, encode_parts
 from tether.wire.messages import Call, Delete, Done, Failure, Get, Put, Ref, Value
 
@@ -18,4 +19,5 @@ __all__ = [
     "decode_parts",
     "encode",
     "encode_parts",
+    "torchstate",
 ]

@@ -33,9 +33,12 @@ import torch
 
 from tether.errors import WireError
 from tether.wire import messages as m
+from tether.wire import torchstate
 
 MAGIC = b"TT"
-VERSION = 3
+# 4: a Call carries the torch state it was issued in (`Call.state`). Both sides must speak
+# the same version: a frame of another is refused, saying which each side speaks.
+VERSION = 4
 _PREFIX = struct.Struct("<2sBBII")
 _TENSOR_HEAD_SIZE = 8  # a tensor's extension payload before its dimensions (see _TENSOR_HEADS)
 _MAX_DIMS = 64
@@ -354,7 +357,10 @@ def _read_prefix(view: memoryview) -> tuple[tuple[int, ...], int, int]:
     if magic != MAGIC:
         raise WireError("not a tether frame (bad magic bytes)")
     if version != VERSION:
-        raise WireError(f"frame version {version} is not supported (this side speaks {VERSION})")
+        raise WireError(
+            f"frame version {version} is not supported (this side speaks {VERSION}): "
+            "run the same tether version on both sides"
+        )
     pos = _PREFIX.size
     if n_buffers * 8 + header_len > len(view) - pos:
         raise WireError("frame announces more buffers or header than it holds")
@@ -574,7 +580,7 @@ def _put(obj_id: Any, value: Any) -> m.Put:
     return m.Put(obj_id, value)
 
 
-def _call(op: Any, args: Any, kwargs: Any, out: Any, refs: Any) -> m.Call:
+def _call(op: Any, args: Any, kwargs: Any, out: Any, refs: Any, state: Any) -> m.Call:
     if not (
         type(op) is str
         and type(args) is list
@@ -583,12 +589,14 @@ def _call(op: Any, args: Any, kwargs: Any, out: Any, refs: Any) -> m.Call:
         and type(refs) is int
         and refs >= 0
         and not refs >> len(args)
+        and type(state) is int
+        and 0 <= state < torchstate.STATES
     ):
         raise WireError(
             "Call needs op: str, args: list, kwargs: map, out: id, ids or null, "
-            "refs: a bitmask of the args"
+            f"refs: a bitmask of the args, state: a torch state code (0 to {torchstate.STATES - 1})"
         )
-    return m.Call(op, args, kwargs, out, refs)
+    return m.Call(op, args, kwargs, out, refs, state)
 
 
 def _get(ids: Any, name: Any, reason: Any, wait: Any) -> m.Get:

@@ -43,13 +43,18 @@ class Call:
     landed: the client's encoding 10.6 -> 6.0 µs, the node's decoding 19.0 -> 12.3 µs
     (BENCHMARKS.md at 3341795, "Tenth session"). It is set by `tether.remote.pointer.
     remote_call` (and by the hook's optimizer calls, which name a mirror by id), and read on
-    the node by `tether.node.node.object_id` and `Node._call`; nothing else interprets it."""
+    the node by `tether.node.node.object_id` and `Node._call`; nothing else interprets it.
+
+    `state`: the thread-local torch state the call was issued in (grad mode, inference mode,
+    default dtype), as the code `tether.wire.torchstate` defines (wire format 4); the node
+    runs the call under it. 0: torch's default (grad on, float32)."""
 
     op: str
     args: list
     kwargs: dict
     out: int | list[int] | None
     refs: int = 0
+    state: int = 0
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from tether.datasets import materialize
+from tether.datasets import BaseDataset, materialize
 from tether.federated.data import partition as partitioners
 from tether.ops import PUBLISHED
 from tether.remote.client import client_of
@@ -41,19 +41,14 @@ class WorkerData:
 
 class FederatedDataset:
     """Parts of one dataset, each on its own worker: `sy.FederatedDataset([part, ...])` of
-    datasets sent to workers (`BaseDataset(data, targets).send(bob)`), or `dataset.federate`."""
+    datasets sent to workers (`BaseDataset(data, targets).send(bob)`) or made of pointers
+    (`BaseDataset(data_ptr, target_ptr)`), or `dataset.federate`."""
 
-    def __init__(self, parts: Sequence[WorkerData], label_table: str = "") -> None:
+    def __init__(self, parts: Sequence[WorkerData | BaseDataset], label_table: str = "") -> None:
         if not parts:
             raise ValueError("a FederatedDataset needs at least one part")
-        for part in parts:
-            if not isinstance(part, WorkerData):
-                raise TypeError(
-                    f"a FederatedDataset is made of datasets on workers, got a local "
-                    f"{type(part).__name__}: send each first (dataset.send(worker)), or "
-                    "federate one (dataset.federate((bob, alice)))"
-                )
-        self.datasets = {part.location.id: part for part in parts}
+        placed = [_on_worker(part) for part in parts]
+        self.datasets = {part.location.id: part for part in placed}
         self.label_table = label_table  # per-worker label counts, when the labels were known
 
     @property
@@ -69,6 +64,22 @@ class FederatedDataset:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{w}: {p.size}" for w, p in self.datasets.items())
         return f"FederatedDataset({sizes})"
+
+
+def _on_worker(part: Any) -> WorkerData:
+    if isinstance(part, WorkerData):
+        return part
+    if (
+        isinstance(part, BaseDataset)
+        and isinstance(part.data, Pointer)
+        and isinstance(part.targets, Pointer)
+    ):  # PySyft's BaseDataset of pointers
+        return WorkerData(part.data, part.targets, len(part))
+    raise TypeError(
+        f"a FederatedDataset is made of datasets on workers, got a local "
+        f"{type(part).__name__}: send each first (dataset.send(worker)), or "
+        "federate one (dataset.federate((bob, alice)))"
+    )
 
 
 Partition = str | Callable[[torch.Tensor], list[torch.Tensor]] | None

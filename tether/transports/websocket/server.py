@@ -35,7 +35,7 @@ from websockets.server import ServerProtocol
 
 from tether.errors import WireError
 from tether.node import Node
-from tether.node.quick import runs_on_loop
+from tether.node.quick import answer_on_loop
 from tether.transports.websocket import frames
 from tether.transports.websocket.frames import WORKER_HEADER, ProtocolViolation, Reader
 from tether.wire import Parts, decode
@@ -307,7 +307,9 @@ class _ServerConnection(asyncio.BufferedProtocol):
         if not self.server._authorized(request):
             response = protocol.reject(
                 HTTPStatus.UNAUTHORIZED,
-                "tether: missing or wrong access token; pass token=... or set TETHER_TOKEN\n",
+                "tether: missing or wrong access token; give the token the worker printed at "
+                "start: --token on the command line (tether train --token ...), token= in Python "
+                "(tether.connect(url, token=...)), or the TETHER_TOKEN environment variable\n",
             )
         elif self.server._clients() >= self.server.limits.max_connections:
             response = protocol.reject(
@@ -393,13 +395,13 @@ class _ServerConnection(asyncio.BufferedProtocol):
         if len(payload) <= _INLINE_BYTES:
             with contextlib.suppress(WireError):  # if not, the thread says what is wrong
                 job = decode(payload)
-            if (
-                isinstance(job, list)
-                and self._task is None
-                and self._writable is None
-                and runs_on_loop(self.server.node, job, self.name)
-            ):
-                self._send_small(self.server.node.run(job, self.name).parts())
+            answer = (
+                answer_on_loop(self.server.node, job, self.name)
+                if isinstance(job, list) and self._task is None and self._writable is None
+                else None
+            )
+            if answer is not None:
+                self._send_small(answer.parts())
                 return
         self._queue.append((len(payload), job))
         self._queued_bytes += len(payload)
