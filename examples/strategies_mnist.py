@@ -7,8 +7,11 @@ The clients train in this process, one after another, with the same `train` a wo
 runs (one model reused for every client, as a simulation does); the strategies are the ones
 `tether train --strategy NAME` uses.
 
-Run: python examples/strategies_mnist.py [--rounds 30] [--attackers 2]
-     [--strategies fedavg median trimmed_mean krum multikrum]
+Run: python examples/strategies_mnist.py [--rounds 30] [--attackers 2] [--lr 0.3]
+     [--lr-decay 0.95] [--batch-size 100] [--strategies fedavg median trimmed_mean krum multikrum]
+
+The defaults are the robustness test's (tests/test_strategies.py), which averages the
+accuracy of the last three rounds.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ PARAMETERS = {
 }
 
 
-def run(strategy: Strategy, attackers: int, rounds: int, lr: float, seed: int = 0) -> list[float]:
+def run(
+    strategy: Strategy, attackers: int, rounds: int, lr: float, batch_size: int, seed: int = 0
+) -> list[float]:
     """Test accuracy after each round; clients 0 .. attackers-1 send -10x their update."""
     data, targets = mnist_tensors(train=True)
     test, labels = mnist_tensors(train=False)
@@ -41,7 +46,7 @@ def run(strategy: Strategy, attackers: int, rounds: int, lr: float, seed: int = 
     model = mlp()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    config = TrainConfig(optimizer_args={"lr": lr})
+    config = TrainConfig(optimizer_args={"lr": lr}, batch_size=batch_size)
     accuracies = []
     for r in range(1, rounds + 1):
         updates = []
@@ -76,7 +81,8 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--attackers", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=0.3)
+    parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr-decay", type=float, default=0.95)
     parser.add_argument(
         "--strategies",
@@ -92,7 +98,7 @@ def main() -> None:
     for name, attackers in runs:
         strategy = make_strategy(name, {**PARAMETERS.get(name, {}), "lr_decay": args.lr_decay})
         start = time.perf_counter()
-        accuracies = run(strategy, attackers, args.rounds, args.lr)
+        accuracies = run(strategy, attackers, args.rounds, args.lr, args.batch_size)
         label = f"{name} ({'clean' if attackers == 0 else f'{attackers} attackers'})"
         cells = "".join(f"{100 * accuracies[r]:7.1f}" for r in shown)
         print(f"{label:<28}{cells}   {time.perf_counter() - start:7.1f}", flush=True)

@@ -13,9 +13,10 @@ it (or FedAvg's subclass) and overrides only the step it changes. The coordinato
         state = strategy.aggregate(r, [Update(client, weights, samples, steps), ...], state)
 
 A strategy may keep state between rounds (server momentum, SCAFFOLD's control variates), so
-a driver calls `configure` for a client before `aggregate` receives that client's update, and
-uses one strategy object for one run. SCAFFOLD also reads, in `sample`, how many clients there
-are. The parameters every strategy takes, and each strategy's own, are documented once, in
+a driver uses one strategy object for one run, trains each client with the `Task` that
+`configure` gave it (SCAFFOLD remembers its learning rate), reports the client's local
+optimizer steps in `Update.steps`, and offers `sample` every client there is (SCAFFOLD takes
+their number as its N). That state is not checkpointed. The parameters every strategy takes, and each strategy's own, are documented once, in
 `registry.PARAMETERS`.
 """
 
@@ -48,7 +49,8 @@ class Update:
 @dataclass(frozen=True)
 class Task:
     """What one client is asked to do in a round: the training config it runs and, for
-    SCAFFOLD, the correction (one tensor per trained parameter) added to its gradients."""
+    SCAFFOLD, the correction added to its gradients (a tensor per floating-point entry of
+    the model's state; `train` uses those of the trained parameters)."""
 
     config: TrainConfig
     correction: State | None = None
