@@ -16,8 +16,8 @@ A strategy may keep state between rounds (server momentum, SCAFFOLD's control va
 a driver uses one strategy object for one run, trains each client with the `Task` that
 `configure` gave it (SCAFFOLD remembers its learning rate), reports the client's local
 optimizer steps in `Update.steps`, and offers `sample` every client there is (SCAFFOLD takes
-their number as its N). That state is not checkpointed. The parameters every strategy takes, and each strategy's own, are documented once, in
-`registry.PARAMETERS`.
+their number as its N). That state is not checkpointed. The parameters every strategy takes,
+and each strategy's own, are documented once, in `registry.PARAMETERS`.
 """
 
 from __future__ import annotations
