@@ -320,6 +320,42 @@ def test_fedprox_and_scaffold_terms_equal_plain_pytorch_losses(mnist) -> None:
             assert not torch.allclose(a, c, atol=1e-4), f"{name}: the term changed nothing on {key}"
 
 
+def test_scaffold_runs_a_model_with_buffers(mnist) -> None:
+    """The control variates cover every floating-point state entry (the coordinator cannot
+    tell a buffer from a parameter); `train` takes the parameters' and ignores BatchNorm's
+    running statistics, and refuses a name the model does not have."""
+    data, targets = mnist[0][:256], mnist[1][:256]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.BatchNorm1d(32),
+        torch.nn.ReLU(), torch.nn.Linear(32, 10), torch.nn.LogSoftmax(dim=1),
+    )  # fmt: skip
+    state = copy.deepcopy(model.state_dict())
+    strategy = Scaffold()
+    strategy.sample(1, ["a", "b"], random.Random(0))
+    config = TrainConfig(optimizer_args={"lr": 0.1}, max_batches=2)
+    for r in (1, 2):
+        clients = []
+        for i, name in enumerate(("a", "b")):
+            task = strategy.configure(r, name, config)
+            model.load_state_dict(state)
+            done = train(
+                model, data[i * 128 :], targets[i * 128 :], task.config, correction=task.correction
+            )
+            clients.append(
+                Update(name, copy.deepcopy(model.state_dict()), done["samples"], done["batches"])
+            )
+        state = strategy.aggregate(r, clients, state)
+    assert task.correction is not None and "2.running_mean" in task.correction
+    assert (
+        "2.num_batches_tracked" not in task.correction and int(state["2.num_batches_tracked"]) == 4
+    )
+    with pytest.raises(ValueError, match="correction must map each trained parameter"):
+        train(
+            model, data, targets, config, correction={**task.correction, "9.weight": torch.zeros(1)}
+        )
+
+
 # ---- through the coordinator ----------------------------------------------------------------
 
 

@@ -68,7 +68,6 @@ DEFAULTS: dict[str, Any] = {
     "token": None,
     "resume": False,
     "progress": True,
-    "strategy": "fedavg",
 }
 # What a federation file's keys hold (besides [workers] and [evaluator]): the type, and the
 # words its error message uses. "rounds" is "training_rounds" (the tutorial's name).
@@ -237,22 +236,22 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         settings["evaluator"] = _name_url(args.evaluator, "--evaluator")
     if not settings["workers"]:
         raise ValueError("no workers: give --worker NAME=URL (repeat) or a --federation file")
-    settings["strategy_args"] = _strategy_arguments(args, settings)
+    settings["strategy"], settings["strategy_args"] = _strategy(args, settings)
     return settings
 
 
-def _strategy_arguments(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
-    """The strategy's parameters: the federation file's (when it names the strategy in
-    effect; a --strategy naming another replaces them), then the flags'."""
-    from_file = settings.get("strategy_args", {})
-    if args.strategy is not None and args.strategy != settings.get("strategy_file"):
+def _strategy(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The strategy's name and parameters: the federation file's [strategy] table, then the
+    flags (a --strategy naming another strategy replaces the table)."""
+    in_file, from_file = settings.pop("strategy_table", ("fedavg", {}))
+    name = args.strategy or in_file
+    if name != in_file:
         from_file = {}
     flags = {
         key.removeprefix(STRATEGY_FLAG): value
         for key, value in vars(args).items()
         if key.startswith(STRATEGY_FLAG) and value is not None
     }
-    name = settings["strategy"]
     accepted = parameters(name)
     wrong = sorted(_flag(key) for key in flags if key not in accepted)
     if wrong:
@@ -260,7 +259,7 @@ def _strategy_arguments(args: argparse.Namespace, settings: dict[str, Any]) -> d
             f"{', '.join(wrong)}: not a parameter of --strategy {name}, which takes "
             + ", ".join(_flag(key) for key in accepted)
         )
-    return {**from_file, **flags}
+    return name, {**from_file, **flags}
 
 
 def strategy(settings: Mapping[str, Any]) -> Strategy:
@@ -314,8 +313,7 @@ def _read_federation(path: Path) -> dict[str, Any]:
     if isinstance(data.get("groups"), list):
         data["groups"] = "/".join(data["groups"])
     if "strategy" in data:
-        data["strategy"], data["strategy_args"] = _read_strategy(path, data["strategy"])
-        data["strategy_file"] = data["strategy"]
+        data["strategy_table"] = _read_strategy(path, data.pop("strategy"))
     return data
 
 
