@@ -199,6 +199,112 @@ def test_a_federation_file_is_checked_key_by_key(tmp_path: Path, capsys) -> None
     assert settings["training_rounds"] == 40 and settings["min_workers"] == 2
 
 
+def test_strategy_flags_and_tables_are_checked_by_name_and_type(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "federation.toml"
+    workers = '[workers]\nalice = "ws://127.0.0.1:1"\n'
+    cases = {
+        "[strategy]\nmu = 0.1\n": '[strategy] must be a table with a name: name = "fedprox"',
+        'strategy = "fedprox"\n': '[strategy] must be a table with a name: name = "fedprox"',
+        '[strategy]\nname = "fedx"\n': "strategy.name must be one of ['fedavg', 'fedavgm'",
+        '[strategy]\nname = "fedprox"\nbeta = 0.1\n': (
+            "strategy.beta is not a parameter of fedprox, which takes fraction, lr_decay, "
+            "min_clients, mu"
+        ),
+        '[strategy]\nname = "fedprox"\nmu = "small"\n': (
+            'strategy.mu must be a number, got "small" (a string)'
+        ),
+        '[strategy]\nname = "krum"\nbyzantine = 1.5\n': (
+            "strategy.byzantine must be an integer, got 1.5 (float)"
+        ),
+        '[strategy]\nname = "fedprox"\nmu = true\n': "strategy.mu must be a number, got true",
+    }
+    for text, message in cases.items():
+        path.write_text(text + workers)
+        status, _, err = run_cli(capsys, "train", "--federation", str(path))
+        assert status == 1
+        assert err.startswith(f"tether train: error: {path}: {message}"), err
+    # flags: one the strategy does not take is named with those it takes, in flag spelling
+    argv = ["train", "--worker", "alice=ws://127.0.0.1:1"]
+    status, _, err = run_cli(capsys, *argv, "--strategy", "fedprox", "--beta", "0.1", "--tau", "1")
+    assert status == 1 and err == (
+        "tether train: error: --beta, --tau: not a parameter of --strategy fedprox, which takes "
+        "--fraction, --lr-decay, --min-clients, --mu\n"
+    )
+    status, _, err = run_cli(capsys, *argv, "--mu", "0.1")
+    assert status == 1 and "--mu: not a parameter of --strategy fedavg" in err
+    # a value out of range stops the run before any worker is contacted
+    status, _, err = run_cli(capsys, *argv, "--strategy", "fedprox", "--mu", "-1")
+    assert (status, err) == (
+        1,
+        "tether train: error: --strategy fedprox: mu must be >= 0, got -1.0\n",
+    )
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*argv, "--strategy", "fedx"])
+    assert "invalid choice: 'fedx'" in capsys.readouterr().err
+
+    def strategy_of(*flags: str):
+        args = cli.build_parser().parse_args(["train", "--federation", str(path), *flags])
+        return train_cli.strategy(train_cli._settings(args))
+
+    path.write_text(workers + '[strategy]\nname = "fedprox"\nmu = 0.05\nlr_decay = 0.5\n')
+    made = strategy_of()
+    assert (type(made).__name__, made.mu, made.lr_decay) == ("FedProx", 0.05, 0.5)
+    assert strategy_of("--mu", "0.5").mu == 0.5  # flags win
+    assert strategy_of("--strategy", "fedprox", "--min-clients", "2").min_clients == 2
+    krum = strategy_of("--strategy", "krum", "--byzantine", "2")  # the table was fedprox's
+    assert (type(krum).__name__, krum.byzantine, krum.lr_decay) == ("Krum", 2, 1.0)
+    assert type(strategy_of("--strategy", "fedavg")).__name__ == "FedAvg"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--mu X FedProx's proximal weight: pulls local models to the global (fedprox)" in text
+    assert "--lr-decay X factor on the clients' learning rate per round (every strategy)" in text
+
+
+def test_tether_train_aggregates_with_the_strategy_named(tmp_path: Path, capsys) -> None:
+    """`tether train --strategy fedprox --mu 0.5` runs the coordinator with FedProx: its
+    checkpoint holds what a Coordinator given FedProx(mu=0.5) computes."""
+    from safetensors.torch import load_file
+
+    from tether.federated.models import mlp
+    from tether.federated.strategies import FedProx
+
+    data, targets = torch.randn(96, 1, 28, 28), torch.randint(0, 10, (96,))
+    parts = {"alice": (data[:48], targets[:48]), "bob": (data[48:], targets[48:])}
+
+    def workers() -> dict[str, tether.VirtualWorker]:
+        made = {}
+        for name, part in parts.items():
+            made[name] = tether.VirtualWorker(id=name)
+            made[name].publish("mnist", part)
+        return made
+
+    connected = workers()
+    argv = ["train", "--worker", "alice=ws://a", "--worker", "bob=ws://b", "--model", "mlp"]
+    argv += ["--rounds", "2", "--federate-after-n-batches", "2", "--strategy", "fedprox"]
+    argv += ["--mu", "0.5", "--lr-decay", "0.5", "--checkpoint", str(tmp_path), "--no-progress"]
+    args = cli.build_parser().parse_args(argv)
+    assert train_cli.main(args, connect=lambda url, token, id: connected[id]) == 0
+    ours = load_file(tmp_path / "global-round00002.safetensors")
+    settings = train_cli._settings(args)
+    torch.manual_seed(settings["seed"])
+    expected = Coordinator(
+        mlp(),
+        workers(),
+        config=train_cli.train_config(settings),
+        rounds=2,
+        strategy=FedProx(mu=0.5, lr_decay=0.5),
+        log=lambda _: None,
+    ).run()
+    fedavg = Coordinator(
+        mlp(), workers(), config=train_cli.train_config(settings), rounds=2, log=lambda _: None
+    )
+    for key, value in expected.state.items():
+        torch.testing.assert_close(ours[key], value)
+    assert not torch.allclose(ours["1.weight"], fedavg.run().state["1.weight"])
+    capsys.readouterr()
+
+
 def test_data_flags_speak_the_command_line(tmp_path: Path, capsys) -> None:
     """--data-root alone serves MNIST from there (it is not ignored), and its errors name flags,
     not the Python arguments `download=True` / `root=None`."""

@@ -20,6 +20,8 @@ from tether.federated.coordinator import Coordinator
 from tether.federated.data.partition import parse_label_groups
 from tether.federated.delegated.training import TrainConfig
 from tether.federated.models import MODELS
+from tether.federated.strategies import PARAMETERS, STRATEGIES, Strategy, make_strategy
+from tether.federated.strategies.registry import describe, fits, parameters
 from tether.transports.websocket import AccessDeniedError
 from tether.transports.websocket import connect as websocket_connect
 
@@ -27,9 +29,9 @@ SUMMARY = "federated training across network workers"
 DESCRIPTION = f"""\
 Train a model across `tether worker` processes without their data leaving them. Each round
 every worker trains the current model on its data for a few batches and sends back only the
-weights; they are averaged (FedAvg) into the next round's model. Every --eval-every rounds,
-and after the last, the evaluator scores each worker's model and the averaged one on its test
-set, printing the tutorial's report.
+weights; they are averaged (FedAvg, or the --strategy chosen) into the next round's model.
+Every --eval-every rounds, and after the last, the evaluator scores each worker's model and the
+averaged one on its test set, printing the tutorial's report.
 
 A worker that cannot be reached, stops answering or misses --round-timeout is left out of
 that round and tried again the next; the run stops when fewer than --min-workers answer. After
@@ -39,6 +41,7 @@ every round the model is saved to --checkpoint; --resume continues a stopped run
   tether train --worker alice=ws://127.0.0.1:8777 --worker bob=ws://127.0.0.1:8778 \\
       --evaluator testing=ws://127.0.0.1:8780 --token TOKEN --rounds 40
   tether train --federation examples/websocket_mnist/federation.toml
+  tether train --federation examples/websocket_mnist/federation.toml --strategy fedprox --mu 0.01
 
 {aliases_note("--batch-size")} --training-rounds is --rounds."""
 
@@ -93,6 +96,7 @@ TOML_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "progress": (bool, "true or false"),
 }
 TOML_ALIASES = {"rounds": "training_rounds"}
+STRATEGY_FLAG = "strategy."  # the prefix of a strategy parameter's dest: strategy.mu
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +182,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="no progress bar",
     )
+    _add_strategy_flags(parser)
+
+
+def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+    """--strategy and its parameters (each strategy takes its own and the sampling ones)."""
+    group = parser.add_argument_group(
+        "strategy",
+        "How the workers' models are combined each round (docs/strategies.md). Each\n"
+        "parameter flag names the strategies that take it; giving another is an error.",
+    )
+    add_flag(
+        group, "--strategy", choices=list(STRATEGIES), help="aggregation strategy (default fedavg)"
+    )
+    for name, parameter in PARAMETERS.items():
+        takers = [s for s in STRATEGIES if name in parameters(s)]
+        which = "every strategy" if len(takers) == len(STRATEGIES) else ", ".join(takers)
+        add_flag(
+            group,
+            _flag(name),
+            dest=STRATEGY_FLAG + name,
+            type=parameter.kind,
+            metavar="N" if parameter.kind is int else "X",
+            help=f"{parameter.help} ({which})",
+        )
+
+
+def _flag(parameter: str) -> str:
+    return "--" + parameter.replace("_", "-")
 
 
 def main(args: argparse.Namespace, connect: Callable[..., Any] | None = None) -> int:
@@ -204,7 +236,39 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         settings["evaluator"] = _name_url(args.evaluator, "--evaluator")
     if not settings["workers"]:
         raise ValueError("no workers: give --worker NAME=URL (repeat) or a --federation file")
+    settings["strategy"], settings["strategy_args"] = _strategy(args, settings)
     return settings
+
+
+def _strategy(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The strategy's name and parameters: the federation file's [strategy] table, then the
+    flags (a --strategy naming another strategy replaces the table)."""
+    in_file, from_file = settings.pop("strategy_table", ("fedavg", {}))
+    name = args.strategy or in_file
+    if name != in_file:
+        from_file = {}
+    flags = {
+        key.removeprefix(STRATEGY_FLAG): value
+        for key, value in vars(args).items()
+        if key.startswith(STRATEGY_FLAG) and value is not None
+    }
+    accepted = parameters(name)
+    wrong = sorted(_flag(key) for key in flags if key not in accepted)
+    if wrong:
+        raise ValueError(
+            f"{', '.join(wrong)}: not a parameter of --strategy {name}, which takes "
+            + ", ".join(_flag(key) for key in accepted)
+        )
+    return name, {**from_file, **flags}
+
+
+def strategy(settings: Mapping[str, Any]) -> Strategy:
+    """The aggregation strategy the settings name, with its parameters."""
+    name = settings["strategy"]
+    try:
+        return make_strategy(name, settings["strategy_args"])
+    except ValueError as exc:
+        raise ValueError(f"--strategy {name}: {exc}") from None
 
 
 def _read_federation(path: Path) -> dict[str, Any]:
@@ -214,7 +278,7 @@ def _read_federation(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path} is not valid TOML: {exc}") from None
-    known = ["workers", "evaluator", *TOML_ALIASES, *sorted(TOML_TYPES)]
+    known = ["workers", "evaluator", *TOML_ALIASES, "strategy", *sorted(TOML_TYPES)]
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; known: {', '.join(known)}")
@@ -248,7 +312,34 @@ def _read_federation(path: Path) -> dict[str, Any]:
         data["evaluator"] = next(iter(evaluator.items()))
     if isinstance(data.get("groups"), list):
         data["groups"] = "/".join(data["groups"])
+    if "strategy" in data:
+        data["strategy_table"] = _read_strategy(path, data.pop("strategy"))
     return data
+
+
+def _read_strategy(path: Path, table: Any) -> tuple[str, dict[str, Any]]:
+    """A federation file's [strategy] table: its name and parameters, each checked."""
+    if not isinstance(table, dict) or not isinstance(table.get("name"), str):
+        raise ValueError(
+            f'{path}: [strategy] must be a table with a name: name = "fedprox", mu = 0.01'
+        )
+    arguments = dict(table)
+    name = arguments.pop("name")
+    if name not in STRATEGIES:
+        raise ValueError(f"{path}: strategy.name must be one of {list(STRATEGIES)}, got {name!r}")
+    accepted = parameters(name)
+    for key, value in arguments.items():
+        if key not in accepted:
+            raise ValueError(
+                f"{path}: strategy.{key} is not a parameter of {name}, which takes "
+                + ", ".join(accepted)
+            )
+        kind = PARAMETERS[key].kind
+        if not fits(value, kind):
+            raise ValueError(
+                f"{path}: strategy.{key} must be {describe(kind)}, got {_toml_value(value)}"
+            )
+    return name, arguments
 
 
 def _toml_value(value: Any) -> str:
@@ -293,6 +384,7 @@ def train_config(settings: Mapping[str, Any]) -> TrainConfig:
 
 
 def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
+    aggregation = strategy(settings)  # a bad parameter stops the run before any connection
     if connect is None:
         connect = websocket_connect
     workers: dict[str, Any] = {}
@@ -333,6 +425,7 @@ def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
         test_key=settings["test_key"],
         groups=parse_groups(settings["groups"]),
         eval_config={"batch_size": settings["test_batch_size"], "loss": settings["loss"]},
+        strategy=aggregation,
         checkpoint_dir=settings["checkpoint"],
         resume=settings["resume"],
         progress=settings["progress"],

@@ -269,7 +269,7 @@ def train(
     data, targets = _check_data(data, targets)
     private = dp_sgd.start(config, privacy, data, targets)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    corrections = _corrections(correction, named)
+    corrections = _corrections(correction, named, model)
     anchors = [p.detach().clone() for _, p in named] if config.proximal_mu else None
     if optimizer is None:
         optimizer_cls = optimizer_class(config.optimizer, config.optimizer_args)
@@ -312,16 +312,23 @@ def train(
 
 
 def _corrections(
-    correction: Any, named: list[tuple[str, nn.Parameter]]
+    correction: Any, named: list[tuple[str, nn.Parameter]], model: nn.Module
 ) -> list[torch.Tensor] | None:
     """SCAFFOLD's correction, one tensor per trained parameter in order, checked: it comes
-    from the coordinator, and a wrong shape must fail here rather than broadcast silently."""
+    from the coordinator, and a wrong shape must fail here rather than broadcast silently.
+    It may also name the model's other state (buffers): a coordinator keeps its variates
+    per state entry, not knowing which are trained."""
     if correction is None:
         return None
-    if not isinstance(correction, Mapping) or set(correction) != {n for n, _ in named}:
+    trained = {n for n, _ in named}
+    if (
+        not isinstance(correction, Mapping)
+        or not trained <= set(correction)
+        or not set(correction) <= model.state_dict().keys()
+    ):
         raise ValueError(
-            "correction must map each trained parameter's name to a tensor, "
-            f"the names being {[n for n, _ in named]}"
+            "correction must map each trained parameter's name to a tensor (other keys of "
+            f"the model's state are ignored), the names being {[n for n, _ in named]}"
         )
     out = []
     for name, p in named:

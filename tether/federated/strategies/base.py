@@ -5,15 +5,28 @@ each is asked to do (`Strategy.configure`: its training config, and for SCAFFOLD
 correction), and how their updates become the next global model (`Strategy.aggregate`).
 `Strategy` itself is FedAvg; every other strategy is one file in this package that subclasses
 it (or FedAvg's subclass) and overrides only the step it changes. The coordinator
-(`tether train`) and the simulation engine drive the same strategies the same way.
+(`tether train`) and the simulation engine drive the same strategies the same way:
+
+    for each round r = 1, 2, ...:
+        chosen = strategy.sample(r, clients, rng)
+        for client in chosen: task = strategy.configure(r, client, config); train as task says
+        state = strategy.aggregate(r, [Update(client, weights, samples, steps), ...], state)
+
+A strategy may keep state between rounds (server momentum, SCAFFOLD's control variates), so
+a driver uses one strategy object for one run, trains each client with the `Task` that
+`configure` gave it (SCAFFOLD remembers its learning rate), reports the client's local
+optimizer steps in `Update.steps`, and offers `sample` every client there is (SCAFFOLD takes
+their number as its N). That state is not checkpointed. The parameters every strategy takes,
+and each strategy's own, are documented once, in `registry.PARAMETERS`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -36,26 +49,43 @@ class Update:
 @dataclass(frozen=True)
 class Task:
     """What one client is asked to do in a round: the training config it runs and, for
-    SCAFFOLD, the correction (one tensor per trained parameter) added to its gradients."""
+    SCAFFOLD, the correction added to its gradients (a tensor per floating-point entry of
+    the model's state; `train` uses those of the trained parameters)."""
 
     config: TrainConfig
     correction: State | None = None
 
 
 class Strategy:
-    """FedAvg (McMahan et al. 2017) with client sampling; the base of every strategy.
+    """FedAvg (McMahan et al. 2017) with client sampling and a learning-rate schedule; the base
+    of every strategy.
 
     `fraction` of the available clients train each round, at least `min_clients` (all of
-    them by default), drawn with the round's own generator so a run repeats exactly."""
+    them by default), drawn with the round's own generator so a run repeats exactly. The
+    clients' learning rate in round r is the config's times `lr_schedule(r)`, by default
+    `lr_decay ** (r - 1)`."""
 
     name = "fedavg"
 
-    def __init__(self, *, fraction: float = 1.0, min_clients: int = 1) -> None:
-        if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    def __init__(
+        self,
+        *,
+        fraction: float = 1.0,
+        min_clients: int = 1,
+        lr_decay: float = 1.0,
+        lr_schedule: Callable[[int], float] | None = None,
+    ) -> None:
+        check_number("fraction", fraction, lambda v: 0 < v <= 1, "in (0, 1]")
         if type(min_clients) is not int or min_clients < 1:
             raise ValueError(f"min_clients must be a positive integer, got {min_clients!r}")
-        self.fraction, self.min_clients = fraction, min_clients
+        check_number("lr_decay", lr_decay, lambda v: 0 < v <= 1, "in (0, 1]")
+        if lr_schedule is not None and lr_decay != 1:
+            raise ValueError("give lr_decay or lr_schedule, not both")
+        self.fraction, self.min_clients, self.lr_decay = fraction, min_clients, lr_decay
+        self.lr_schedule = lr_schedule if lr_schedule is not None else self._decay
+
+    def _decay(self, round: int) -> float:
+        return self.lr_decay ** (round - 1)
 
     def sample(self, round: int, clients: Sequence[str], rng: random.Random) -> list[str]:
         """The clients that train this round, in the order given."""
@@ -66,16 +96,63 @@ class Strategy:
         return [client for i, client in enumerate(clients) if i in chosen]
 
     def configure(self, round: int, client: str, config: TrainConfig) -> Task:
-        """What `client` runs this round: the federation's config, unchanged."""
-        return Task(config)
+        """What `client` runs this round: the federation's config at this round's learning
+        rate. Subclasses that change the task start from this one."""
+        factor = self.lr_schedule(round)
+        if factor == 1:
+            return Task(config)
+        if not (isinstance(factor, int | float) and 0 < factor < math.inf):
+            raise ValueError(f"lr_schedule({round}) must be a positive number, got {factor!r}")
+        arguments = config.optimizer_args
+        if "lr" not in arguments:
+            raise ValueError(
+                "a learning-rate schedule scales the config's lr: set lr in optimizer_args"
+            )
+        scaled = {**arguments, "lr": arguments["lr"] * factor}
+        return Task(replace(config, optimizer_args=scaled))
 
     def aggregate(
         self, round: int, updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]
     ) -> State:
         """The next global weights: the samples-weighted average of the clients'."""
-        if not updates:
-            raise ValueError(f"{self.name} needs at least one update")
-        return weighted_average([u.state for u in updates], [u.samples for u in updates])
+        return average(updates, self.name)
+
+
+def check_number(name: str, value: Any, fits: Callable[[float], bool], what: str) -> None:
+    """A strategy's numeric parameter, checked: ValueError `name must be what, got value`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not fits(value):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def average(updates: Sequence[Update], who: str) -> State:
+    """The samples-weighted average of the updates' weights (FedAvg's)."""
+    if not updates:
+        raise ValueError(f"{who} needs at least one update")
+    return weighted_average([u.state for u in updates], [u.samples for u in updates])
+
+
+def mean_delta(
+    average: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor]
+) -> State:
+    """How far the clients moved the model on average, `average - global_state`, for the
+    floating-point tensors (Reddi et al.'s pseudo-gradient, with the sign of a step)."""
+    return {
+        key: value - global_state[key]
+        for key, value in average.items()
+        if value.is_floating_point()
+    }
+
+
+def moved(
+    global_state: Mapping[str, torch.Tensor], steps: Mapping[str, torch.Tensor], fallback: State
+) -> State:
+    """`global_state + steps` for the tensors a server optimizer steps (the floating-point
+    ones); `fallback`'s value (the clients' average) for the rest, such as BatchNorm's
+    counters."""
+    return {
+        key: global_state[key] + steps[key] if key in steps else value
+        for key, value in fallback.items()
+    }
 
 
 def weighted_average(
@@ -91,13 +168,7 @@ def weighted_average(
     total = float(sum(weights))
     if total <= 0 or any(w < 0 for w in weights):
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
-    keys = states[0].keys()
-    for i, state in enumerate(states[1:], 1):
-        if state.keys() != keys:
-            raise ValueError(
-                f"state {i} has keys {sorted(set(state) ^ set(keys))} that state 0 "
-                "lacks or has: all workers must train the same model"
-            )
+    keys = same_keys(states)
     averaged: State = {}
     shares = [w / total for w in weights]
     for key in keys:
@@ -108,3 +179,35 @@ def weighted_average(
             acc.add_(state[key], alpha=share)
         averaged[key] = acc if exact else acc.round_().to(first.dtype)
     return averaged
+
+
+def same_keys(states: Sequence[Mapping[str, torch.Tensor]]) -> Iterable[str]:
+    """The keys every state has; ValueError naming those that differ."""
+    keys = states[0].keys()
+    for i, state in enumerate(states[1:], 1):
+        if state.keys() != keys:
+            raise ValueError(
+                f"state {i} has keys {sorted(set(state) ^ set(keys))} that state 0 "
+                "lacks or has: all workers must train the same model"
+            )
+    return keys
+
+
+def coordinatewise(
+    updates: Sequence[Update], reduce: Callable[[torch.Tensor], torch.Tensor], who: str
+) -> State:
+    """Each state entry reduced across the clients coordinate by coordinate: `reduce` takes
+    the clients' values stacked along dimension 0 and removes it. The robust aggregators use
+    it; they ignore the sample counts, which a hostile client could inflate. Integer entries
+    are reduced in float64 and rounded."""
+    if not updates:
+        raise ValueError(f"{who} needs at least one update")
+    states = [u.state for u in updates]
+    result: State = {}
+    for key in same_keys(states):
+        first = states[0][key]
+        exact = first.is_floating_point()
+        stacked = torch.stack([s[key] if exact else s[key].double() for s in states])
+        reduced = reduce(stacked)
+        result[key] = reduced if exact else reduced.round_().to(first.dtype)
+    return result
