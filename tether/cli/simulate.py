@@ -6,19 +6,19 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tether.cli.console import add_flag, aliases_note
+from tether.cli.train import add_strategy_flags, strategy_flags
 from tether.federated import report
 from tether.federated.data.partition import parse_spec, with_count
 from tether.federated.delegated.training import TrainConfig
 from tether.federated.models import MODELS
 from tether.federated.simulation import Backend, SequentialBackend, Simulation, SimulationResult
-from tether.federated.strategies import FedAvg, Strategy
+from tether.federated.strategies import make_strategy
 
 SUMMARY = "simulate a federation of many clients in one process"
 DESCRIPTION = f"""\
@@ -46,9 +46,6 @@ without replacement while they suffice and with replacement beyond (more than 10
 instance started here on 127.0.0.1, or on the cluster at --ray-address (see docs/simulation.md).
 {aliases_note("--batch-size")}"""
 
-# The strategies --strategy names. Only FedAvg is on this branch; when the strategies package
-# gets its registry (name -> class, each taking fraction= and min_clients=), it replaces this.
-STRATEGIES: dict[str, Callable[..., Strategy]] = {"fedavg": FedAvg}
 TEST_IMAGES = "the MNIST sample's 10,000 test images"
 
 
@@ -76,29 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images each client holds (default 50; 0: split the whole sample once)",
     )
     add_flag(parser, "--rounds", type=int, default=10, metavar="N", help="rounds (default 10)")
-    add_flag(
-        parser,
-        "--strategy",
-        default="fedavg",
-        choices=sorted(STRATEGIES),
-        help="aggregation strategy (default fedavg)",
-    )
-    add_flag(
-        parser,
-        "--fraction",
-        type=float,
-        default=1.0,
-        metavar="X",
-        help="share of the clients that train each round (default 1)",
-    )
-    add_flag(
-        parser,
-        "--min-clients",
-        type=int,
-        default=1,
-        metavar="N",
-        help="fewest clients that train each round (default 1)",
-    )
     add_flag(parser, "--epochs", type=int, default=1, metavar="N", help="local epochs (default 1)")
     add_flag(
         parser,
@@ -150,6 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="with --backend ray: a running cluster's address (default: start Ray here)",
     )
+    add_strategy_flags(parser)
     add_flag(parser, "--out", type=Path, metavar="DIR", help="write metrics and the plot here")
     add_flag(parser, "--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -173,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
 
 def build(args: argparse.Namespace) -> Simulation:
     """The simulation the flags describe; ValueError naming the flag that is wrong."""
-    for flag in ("rounds", "epochs", "batch_size", "eval_every", "min_clients"):
+    for flag in ("rounds", "epochs", "batch_size", "eval_every"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.clients is not None and args.clients < 1:
@@ -203,10 +178,11 @@ def build(args: argparse.Namespace) -> Simulation:
             "seed": args.seed,
         }
     )
+    name = args.strategy or "fedavg"
     try:
-        strategy = STRATEGIES[args.strategy](fraction=args.fraction, min_clients=args.min_clients)
+        strategy = make_strategy(name, strategy_flags(args, name))
     except ValueError as exc:
-        raise ValueError(f"--strategy {args.strategy}: {exc}") from None
+        raise ValueError(f"--strategy {name}: {exc}") from None
     torch.manual_seed(args.seed)
     return Simulation(
         MODELS[args.model](),

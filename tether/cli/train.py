@@ -182,10 +182,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="no progress bar",
     )
-    _add_strategy_flags(parser)
+    add_strategy_flags(parser)
 
 
-def _add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
     """--strategy and its parameters (each strategy takes its own and the sampling ones)."""
     group = parser.add_argument_group(
         "strategy",
@@ -247,6 +247,12 @@ def _strategy(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[str, 
     name = args.strategy or in_file
     if name != in_file:
         from_file = {}
+    return name, {**from_file, **strategy_flags(args, name)}
+
+
+def strategy_flags(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The strategy parameters given as flags (`add_strategy_flags`), each one `name` takes;
+    ValueError naming the flags it does not take."""
     flags = {
         key.removeprefix(STRATEGY_FLAG): value
         for key, value in vars(args).items()
@@ -259,7 +265,7 @@ def _strategy(args: argparse.Namespace, settings: dict[str, Any]) -> tuple[str, 
             f"{', '.join(wrong)}: not a parameter of --strategy {name}, which takes "
             + ", ".join(_flag(key) for key in accepted)
         )
-    return name, {**from_file, **flags}
+    return flags
 
 
 def strategy(settings: Mapping[str, Any]) -> Strategy:
