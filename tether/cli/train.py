@@ -1,5 +1,9 @@
 """`tether train`: federated training across network workers, as the websocket tutorial's
-coordinator script ran it."""
+coordinator script ran it.
+
+Long because it reads settings from three places (defaults, a federation file, flags), the
+aggregation strategy's among them, and checks each with a message that names the file, key or
+flag that is wrong."""
 
 from __future__ import annotations
 
