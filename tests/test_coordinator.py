@@ -97,7 +97,7 @@ def test_rounds_equal_plain_pytorch_fedavg(parts) -> None:
         for i, (data, targets) in enumerate(parts.values()):
             local = Net()
             local.load_state_dict(state)
-            plain_fit(local, data, targets, seed=coord._round_seed(5, r, i), batches=5)
+            plain_fit(local, data, targets, seed=coord.round_seed(5, r, i), batches=5)
             trained.append(local.state_dict())
         state = {k: sum(t[k] for t in trained) / 3 for k in state}  # 160 samples each
     for key, value in state.items():  # float rounding, amplified by a round of training
@@ -289,7 +289,7 @@ def plain_round(state, parts, shares: list[float], r: int, seed: int) -> dict:
     for i, (data, targets) in enumerate(parts.values()):
         local = mlp()
         local.load_state_dict(state)
-        plain_fit(local, data, targets, seed=coord._round_seed(seed, r, i))
+        plain_fit(local, data, targets, seed=coord.round_seed(seed, r, i))
         trained.append(local.state_dict())
     return {k: sum(w * t[k] for w, t in zip(shares, trained, strict=True)) for k in state}
 

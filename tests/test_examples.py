@@ -78,7 +78,7 @@ def _plain_demo(parts, rounds: int, gone: dict[int, set[int]]) -> dict:
                 continue
             model = Net()
             model.load_state_dict(state)
-            generator = torch.Generator().manual_seed(coord._round_seed(SEED, r, i))
+            generator = torch.Generator().manual_seed(coord.round_seed(SEED, r, i))
             order = torch.randperm(len(data), generator=generator)
             optimizer = torch.optim.SGD(model.parameters(), lr=LR)
             for index in order.split(32)[:BATCHES]:

@@ -74,7 +74,7 @@ def plain_rounds(state, data, targets, parts, rounds: int, seed: int, lr: float 
             model.load_state_dict(state)
             optimizer.state.clear()
             x, y = data[part], targets[part]
-            generator = torch.Generator().manual_seed(coord._round_seed(seed, r, i))
+            generator = torch.Generator().manual_seed(coord.round_seed(seed, r, i))
             for index in torch.randperm(len(x), generator=generator).split(32):
                 optimizer.zero_grad(set_to_none=True)
                 F.nll_loss(model(x[index]), y[index]).backward()
@@ -199,7 +199,7 @@ def test_a_backend_gets_each_clients_job_and_seed(mnist, parts) -> None:
     Simulation(mlp(), mnist, partition=parts, rounds=2, seed=4, backend=backend).run()
     for r, jobs in enumerate(backend.jobs, 1):
         assert [j.client for j in jobs] == [f"client{i}" for i in range(4)]
-        assert [j.task.config.seed for j in jobs] == [coord._round_seed(4, r, i) for i in range(4)]
+        assert [j.task.config.seed for j in jobs] == [coord.round_seed(4, r, i) for i in range(4)]
         assert all(torch.equal(j.indices, p) for j, p in zip(jobs, parts, strict=True))
     assert isinstance(ClientResult, type)
 

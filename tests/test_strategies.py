@@ -388,7 +388,7 @@ def test_coordinator_rounds_with_fedprox_and_scaffold_equal_plain_pytorch(mnist)
                 local = mlp()
                 local.load_state_dict(x)
                 cfg = TrainConfig(
-                    optimizer_args={"lr": lr}, max_batches=4, seed=coord._round_seed(7, r, i)
+                    optimizer_args={"lr": lr}, max_batches=4, seed=coord.round_seed(7, r, i)
                 )
                 if isinstance(strategy, FedProx):
                     anchor = [p.detach().clone() for p in local.parameters()]

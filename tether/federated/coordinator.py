@@ -10,6 +10,10 @@ again the next; a worker that refuses the job (a bad config, an unknown dataset 
 once and left out for good. The run stops with a clear message when fewer than `min_workers`
 answer. The checkpoint (safetensors + JSON, written atomically after every round) lets
 `resume=True` continue where a stopped run left off, with the same result.
+
+Long because it is the whole round loop of a deployment: who is in a round, their jobs, the
+strategy's steps, evaluation, checkpoints and what the user is told, which read best in one
+place; the strategies, the calls to the workers and the report live in their own modules.
 """
 
 from __future__ import annotations
@@ -247,12 +251,12 @@ class Coordinator:
                 continue
             available.append(participant.name)
         chosen = set(
-            self.strategy.sample(r, available, random.Random(_round_seed(self.config.seed, r, -1)))
+            self.strategy.sample(r, available, random.Random(round_seed(self.config.seed, r, -1)))
         )
         for i, participant in enumerate(self.participants):
             if participant.name not in chosen:
                 continue
-            config = replace(self.config, seed=_round_seed(self.config.seed, r, i))
+            config = replace(self.config, seed=round_seed(self.config.seed, r, i))
             task = self.strategy.configure(r, participant.name, config)
             jobs[participant.name] = participant.busy = self._start(participant, r, spec, task)
         if self.on_round_start is not None:
@@ -401,7 +405,7 @@ class Coordinator:
                 )
 
 
-def _round_seed(seed: int, r: int, index: int) -> int:
+def round_seed(seed: int, r: int, index: int) -> int:
     """A different batch order for every round and worker, the same on every run (and resume)."""
     return seed * 1_000_003 + r * 1009 + index
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tether.federated.coordinator import _round_seed
+from tether.federated.coordinator import round_seed
 from tether.federated.data.partition import parse_spec
 from tether.federated.delegated.training import EvalConfig, TrainConfig, score
 from tether.federated.simulation.backend import Backend, ClientJob, SequentialBackend
@@ -120,11 +120,11 @@ class Simulation:
     def jobs(self, r: int) -> list[ClientJob]:
         """Round `r`'s clients and what each runs, as the coordinator would ask them."""
         seed = self.config.seed
-        chosen = self.strategy.sample(r, self.clients, random.Random(_round_seed(seed, r, -1)))
+        chosen = self.strategy.sample(r, self.clients, random.Random(round_seed(seed, r, -1)))
         jobs = []
         for name in chosen:
             i = self._index[name]
-            config = replace(self.config, seed=_round_seed(seed, r, i))
+            config = replace(self.config, seed=round_seed(seed, r, i))
             jobs.append(ClientJob(name, self.parts[i], self.strategy.configure(r, name, config)))
         return jobs
 
