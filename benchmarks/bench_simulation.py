@@ -18,12 +18,16 @@ process ever held, torch included) is its own. Printed per client count (medians
     tether, reading the data and setting up count) to the end of round 1     target < 3 s
     max |weight difference| between the two sides' final global models (same work: ~1e-7)
 
-Flower's simulation on the same job is the other column of the issue's table: its child mode
-goes in CHILDREN (below), run from its own environment with --flwr-python.
+Flower's simulation on the same job is the other column of the issue's table: with
+--flwr-python (an interpreter of an environment with flwr[simulation], see
+flower_simulation.py), each client count also runs once in Flower's legacy simulation engine
+(`start_simulation`, the faster of its two here), after tether's and plain's runs: its seconds
+per round, time to first round and the peak RSS of its whole process tree (Ray included).
 
 Run: python benchmarks/bench_simulation.py [--clients 10,100,1000] [--rounds 3] [--repeat 2]
      python benchmarks/bench_simulation.py --quick          (10 and 100 clients, 2 rounds, once)
      python benchmarks/bench_simulation.py --clients 10000 --rounds 2 --repeat 1
+     python benchmarks/bench_simulation.py --flwr-python /tmp/flwr-venv/bin/python
 """
 
 from __future__ import annotations
@@ -232,6 +236,7 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads of each side (default 1)"
     )
     parser.add_argument("--quick", action="store_true", help="10 and 100 clients, 2 rounds, once")
+    parser.add_argument("--flwr-python", help="also run Flower's simulation with this python")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -285,6 +290,17 @@ def main() -> None:
             f"{median('plain', 'ttfr'):>14.2f} s {median('tether', 'ttfr'):>5.2f} s {diff:>9.1e}",
             flush=True,
         )
+        if args.flwr_python:
+            from flower_simulation import measure  # beside this script
+
+            flower = measure(args.flwr_python, n, args.rounds, "legacy")
+            print(
+                f"{'':>8} Flower {flower['seconds_per_round']:.3f} s/round "
+                f"({flower['seconds_per_round'] / median('tether', 'seconds'):.1f}x tether's), "
+                f"peak RSS {flower['peak_rss_bytes'] / 2**20:.0f} MB, first round after "
+                f"{flower['first_round_seconds']:.1f} s, accuracy {flower['accuracy']:.2%}",
+                flush=True,
+            )
     print(
         "targets: ratio <= 1.5x (wall; CPU time is steadier on a shared machine), "
         "tether RSS < 1 GB at 1,000 clients, first round < 3 s"
