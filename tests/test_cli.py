@@ -398,9 +398,8 @@ def test_ctrl_c_stops_train_with_one_line_naming_the_checkpoint(tutorial_servers
         err,
     )
     assert stopped, err
-    # the line names the round the checkpoint holds (or the one before, if Ctrl-C came
-    # between a round's checkpoint and the coordinator taking note of it)
-    assert 0 <= _checkpoint_round(checkpoint) - int(stopped.group(1)) <= 1
+    # the line names the round the checkpoint holds
+    assert _checkpoint_round(checkpoint) == int(stopped.group(1))
 
 
 def test_ctrl_c_stops_the_demo_and_its_workers_with_one_line(tmp_path: Path) -> None:

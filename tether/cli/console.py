@@ -51,8 +51,8 @@ def run_federation(coordinator: Coordinator, resume: str = "") -> FederationResu
     try:
         return coordinator.run()
     except KeyboardInterrupt:
-        saved = coordinator.saved_round
-        if coordinator.checkpoint_dir is None or saved is None:
+        saved = coordinator.checkpointed_round()
+        if saved is None:
             raise Stopped() from None
         where = f"checkpoint at {coordinator.checkpoint_dir} after round {saved} of "
         where += f"{coordinator.rounds}" + (f" ({resume})" if resume else "")

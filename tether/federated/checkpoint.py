@@ -61,6 +61,15 @@ class Checkpoint:
             if old.name != weights:
                 old.unlink(missing_ok=True)
 
+    def round(self) -> int | None:
+        """The round the checkpoint holds, read from disk (so it is what a resume continues
+        from, even when a run was stopped mid-save); None without one of this run's."""
+        path = self.directory / CHECKPOINT_JSON
+        if not path.exists():
+            return None
+        meta = json.loads(path.read_text())
+        return int(meta["round"]) if meta.get("fingerprint") == self.fingerprint else None
+
     def load(
         self, keys: Iterable[str]
     ) -> tuple[int, dict[str, torch.Tensor], list[dict[str, Any]]] | None:

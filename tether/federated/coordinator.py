@@ -173,7 +173,6 @@ class Coordinator:
         self.spec = modelspec.describe(model)
         self.state: dict[str, torch.Tensor] = dict(self.spec["state"])
         self.history: list[dict[str, Any]] = []
-        self.saved_round: int | None = None  # the round the checkpoint holds, once it holds one
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -364,7 +363,6 @@ class Coordinator:
     def _checkpoint(self, r: int) -> None:
         if self.checkpoint_dir is not None:
             self._checkpoints(self.checkpoint_dir).save(r, self.rounds, self.state, self.history)
-            self.saved_round = r
 
     def _restore(self) -> int:
         """Load the checkpoint; the last round it completed (0 when there is none)."""
@@ -375,9 +373,14 @@ class Coordinator:
             self.log(f"No checkpoint in {self.checkpoint_dir}: starting at round 1")
             return 0
         r, self.state, self.history = found
-        self.saved_round = r
         self.log(f"Resuming after round {r} from {self.checkpoint_dir}")
         return r
+
+    def checkpointed_round(self) -> int | None:
+        """The round the checkpoint on disk holds; None without a checkpoint directory or one."""
+        if self.checkpoint_dir is None:
+            return None
+        return self._checkpoints(self.checkpoint_dir).round()
 
     def _checkpoints(self, directory: Path) -> Checkpoint:
         return Checkpoint(directory, fingerprint(self.spec, self.config.to_dict()))
