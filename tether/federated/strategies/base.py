@@ -47,6 +47,18 @@ class Update:
 
 
 @dataclass(frozen=True)
+class Sum:
+    """All that secure aggregation reveals of a round: the sum over the clients of
+    `weight * (their weights - the global weights)`, entry by entry (integer entries such as
+    BatchNorm's counter as float64), and the sum of the weights. A client's weight is its
+    sample count, or 1 where the strategy weighs clients equally (`weigh_by_samples`)."""
+
+    delta: State
+    weight: float
+    clients: int
+
+
+@dataclass(frozen=True)
 class Task:
     """What one client is asked to do in a round: the training config it runs and, for
     SCAFFOLD, the correction added to its gradients (a tensor per floating-point entry of
@@ -66,6 +78,12 @@ class Strategy:
     `lr_decay ** (r - 1)`."""
 
     name = "fedavg"
+    #: Whether a client's move counts by its sample count (FedAvg) or once (DP-FedAvg, whose
+    #: noise is calibrated to one client's clipped move).
+    weigh_by_samples = True
+    #: Whether `aggregate` needs each client's update; such a strategy (median, Krum) cannot
+    #: run under secure aggregation, which shows the coordinator only their `Sum`.
+    needs_each_update = False
 
     def __init__(
         self,
@@ -116,6 +134,46 @@ class Strategy:
     ) -> State:
         """The next global weights: the samples-weighted average of the clients'."""
         return average(updates, self.name)
+
+    def aggregate_sum(
+        self, round: int, total: Sum, global_state: Mapping[str, torch.Tensor]
+    ) -> State:
+        """The next global weights from the round's `Sum` alone (secure aggregation): the
+        global weights moved by the clients' weighted mean move."""
+        if total.weight <= 0:
+            raise ValueError(f"{self.name} needs a positive total weight, got {total.weight}")
+        return {
+            key: shifted(value, total.delta[key] / total.weight)
+            for key, value in global_state.items()
+        }
+
+
+def shifted(value: torch.Tensor, move: torch.Tensor) -> torch.Tensor:
+    """`value + move` in `value`'s dtype (an integer entry rounded)."""
+    if value.is_floating_point():
+        return value + move.to(value.dtype)
+    return (value.double() + move).round_().to(value.dtype)
+
+
+def summed(
+    updates: Sequence[Update], global_state: Mapping[str, torch.Tensor], by_samples: bool
+) -> Sum:
+    """The `Sum` that secure aggregation would reveal of these updates (the reference the
+    secure path is tested against, and the way a sum-based strategy runs without it)."""
+    if not updates:
+        raise ValueError("a sum needs at least one update")
+    weights = [float(u.samples) if by_samples else 1.0 for u in updates]
+    delta = {
+        key: sum(
+            (
+                w * (u.state[key].double() - value.double())
+                for u, w in zip(updates, weights, strict=True)
+            ),
+            torch.zeros(value.shape, dtype=torch.float64),
+        )
+        for key, value in global_state.items()
+    }
+    return Sum(delta, sum(weights), len(updates))
 
 
 def check_number(name: str, value: Any, fits: Callable[[float], bool], what: str) -> None:

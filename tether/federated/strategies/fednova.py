@@ -21,6 +21,7 @@ class FedNova(Strategy):
     """FedAvg of the clients' moves normalised by their local step counts."""
 
     name = "fednova"
+    needs_each_update = True
 
     def aggregate(
         self, round: int, updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]

@@ -20,6 +20,7 @@ class Krum(Strategy):
     round. `selected=1` is Krum."""
 
     name = "krum"
+    needs_each_update = True
 
     def __init__(self, *, byzantine: int = 1, selected: int | None = 1, **base: Any) -> None:
         super().__init__(**base)

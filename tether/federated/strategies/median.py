@@ -17,6 +17,7 @@ class FedMedian(Strategy):
     two middle values)."""
 
     name = "median"
+    needs_each_update = True
 
     def aggregate(
         self, round: int, updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]

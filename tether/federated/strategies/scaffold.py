@@ -38,6 +38,7 @@ class Scaffold(Strategy):
     option II reads their steps as SGD steps."""
 
     name = "scaffold"
+    needs_each_update = True
 
     def __init__(self, *, server_lr: float = 1.0, **base: Any) -> None:
         super().__init__(**base)

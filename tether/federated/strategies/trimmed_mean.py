@@ -22,6 +22,7 @@ class TrimmedMean(Strategy):
     """The coordinate-wise mean after dropping `floor(beta * n)` values at each end."""
 
     name = "trimmed_mean"
+    needs_each_update = True
 
     def __init__(self, *, beta: float = 0.1, **base: Any) -> None:
         super().__init__(**base)
