@@ -451,6 +451,21 @@ class Requests:
             }
         )
 
+    def note(self, client: str, name: str, reason: str, decision: str) -> None:
+        """Log an owner's decision that answers no request (a privacy budget granted)."""
+        with self._lock:
+            self.audit.append(
+                {
+                    "request": None,
+                    "time": time.time(),
+                    "client": client,
+                    "name": name,
+                    "reason": reason,
+                    "decision": decision,
+                    "by": "owner",
+                }
+            )
+
     # ---- the owner's view ---------------------------------------------------------------------
 
     def matching(self, client: str, obj_id: int, status: str) -> list[Request]:

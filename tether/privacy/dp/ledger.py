@@ -88,7 +88,7 @@ class Ledger:
             after = compose([*before, steps]) if steps is not None else before
             pure_before = self._pure.get(dataset, 0.0)
             total = epsilon(after, delta) + pure_before + pure
-            if total > limit:
+            if total > limit * (1 + 1e-9):  # not refused for floating-point rounding alone
                 spent = epsilon(before, delta) + pure_before
                 what = what or (
                     f"this training ({steps.count} steps at noise {steps.noise:g}, sampling "
