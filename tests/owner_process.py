@@ -10,7 +10,7 @@ On the strict node, requests named "approved" are accepted by an unconstrained h
 requests named "scalar" by one constrained to a single float. It prints `listening on <url>`,
 then answers lines on stdin: `intact` prints whether the published tensors still hold their
 values; `requests` prints how many requests wait for the owner. The strict node serves DP
-releases (tether.privacy.dp.release) within budgets kept in `--dp-ledger` (or in memory):
+releases (tether.duet.budget) within budgets kept in `--dp-ledger` (or in memory):
 `grant CLIENT EPSILON DELTA [KEY]` grants one (KEY: one published key, else all data) and
 `spent CLIENT [KEY]` prints what the grant's account has spent; `released` prints how many
 requests a budget accepted.
@@ -23,9 +23,10 @@ import sys
 
 import torch
 
+from tether.duet.budget import BUDGET, RELEASE
 from tether.duet.node import DuetNode
 from tether.node import Node
-from tether.privacy.dp import BUDGET, RELEASE, Budgets
+from tether.privacy.dp import Budgets
 from tether.transports.websocket import WorkerServer
 from tether.transports.websocket.thread import ServerThread
 

@@ -29,10 +29,10 @@ from owner_process import SECRET, TOKEN
 import tether as sy
 from tether import errors
 from tether.duet import OwnerDuet, ScientistDuet
+from tether.duet.budget import BUDGET, RELEASE
 from tether.duet.names import HELLO
 from tether.duet.node import DuetNode
-from tether.node import Caller
-from tether.privacy.dp import BUDGET, RELEASE, BudgetError, Budgets, Query, Steps, epsilon
+from tether.privacy.dp import BudgetError, Budgets, Query, Steps, epsilon
 from tether.privacy.dp.release import noisy, plan, release
 from tether.transports.websocket import ServerThread, WebsocketTransport, WorkerServer
 from tether.wire import Call, Done, Failure, Get, Ref, Value
@@ -338,9 +338,7 @@ def test_concurrent_releases_cannot_overspend_one_account():
     def scientist(client: str) -> None:
         for _ in range(30):
             try:
-                released.append(
-                    release(data, query, budgets=budgets, caller=Caller(client, ("k",)))
-                )
+                released.append(release(data, query, budgets, client, ("k",)))
             except BudgetError:
                 refused.append(client)
 

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from tether.duet import catalog
+from tether.duet.budget import BUDGET, RELEASE
 from tether.duet.names import CATALOG
 from tether.duet.node import DuetNode
 from tether.node import Requests
-from tether.privacy.dp import BUDGET, RELEASE, Budgets, Grant
+from tether.privacy.dp import Budgets, Grant
 from tether.privacy.dp.ledger import Ledger
 from tether.transports.websocket import ServerThread
 

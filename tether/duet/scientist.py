@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from tether.duet import catalog
+from tether.duet.budget import BUDGET
 from tether.duet.names import CATALOG
 from tether.ops import ALLOWLIST, PUBLISHED
-from tether.privacy.dp import BUDGET
 from tether.remote.client import Client, Transport
 from tether.remote.pointer import Pointer, remote_call
 from tether.wire import Call, Ref

@@ -9,6 +9,7 @@ Both sides read it: the node resolves and guards calls with it, the scientist si
 which names exist. Adding an op is adding a name to one of the lists below (and a test that
 uses it); a feature adds its own ops from its package with `register` (as `torch.library`
 does), so nothing here imports a feature. The allocation guards are in `tether.ops.guards`.
+Long because it is the table itself: its lists of names, and `register`'s rules for features.
 """
 
 from __future__ import annotations

@@ -3,20 +3,18 @@
 `OwnerDP` holds the owner's floor and budget; `sgd` runs DP-SGD inside delegated `fit`
 (Poisson-sampled batches, per-sample clipping by `ghost` or `per_sample`, Gaussian noise);
 `accountant` turns steps into ε with Opacus's RDP accountant; `ledger` keeps what each dataset
-has spent on the worker's disk. `release` is a Duet's DP releases (`ptr.publish(...)`), within
-the budgets a data owner grants scientists (`budget`).
+has spent on the worker's disk. `release` computes DP releases of bounded aggregates (a
+Duet's `ptr.publish(...)`), within the budgets a data owner grants scientists (`budget`).
 """
 
 from tether.privacy.dp.accountant import Steps, epsilon
 from tether.privacy.dp.budget import Budgets, Grant
 from tether.privacy.dp.ledger import BudgetError, Charge, Ledger
 from tether.privacy.dp.owner import EXACT_METRICS_REFUSED, DPSettings, OwnerDP
-from tether.privacy.dp.release import BUDGET, RELEASE, Query, ReleaseError, publish
+from tether.privacy.dp.release import Query, Release, ReleaseError, release
 
 __all__ = [
-    "BUDGET",
     "EXACT_METRICS_REFUSED",
-    "RELEASE",
     "BudgetError",
     "Budgets",
     "Charge",
@@ -25,8 +23,9 @@ __all__ = [
     "Ledger",
     "OwnerDP",
     "Query",
+    "Release",
     "ReleaseError",
     "Steps",
     "epsilon",
-    "publish",
+    "release",
 ]

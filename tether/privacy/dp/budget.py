@@ -156,4 +156,4 @@ class Budgets:
         )
 
     def __repr__(self) -> str:
-        return repr(self.pandas)
+        return self.pandas.to_string()

@@ -2,10 +2,10 @@
 
 The scientist names published private data (a pointer from `duet.store[...]`), an aggregate,
 the bounds each value is clipped to, and the noise: `ptr.publish("mean", bounds=(0, 1),
-sigma=0.5)`. The owner's node runs `release` (the op `tether.dp.release`, an approving routine:
-see `tether.ops.register`): it computes the sensitivity from the bounds, charges the
-scientist's budget (`tether.privacy.dp.budget`) — refusing what would exceed it — and only then
-clips, aggregates and adds the noise; the noisy value leaves as a request the owner's grant
+sigma=20.0)`. The owner's node runs `release` (in a Duet, as the op `tether.duet.release`:
+tether.duet.budget): it computes the sensitivity from the bounds, charges the scientist's
+budget (`tether.privacy.dp.budget`) — refusing what would exceed it — and only then clips,
+aggregates and adds the noise; the noisy value leaves as a request the owner's grant
 accepted, in the owner's request table and audit log.
 
 The privacy unit is one row of the published tensor (its first dimension): neighbouring
@@ -38,13 +38,8 @@ from typing import Any
 
 import torch
 
-from tether.node import Approved, Caller
-from tether.node.requests import MAX_NAME_CHARS, MAX_REASON_CHARS
-from tether.ops import register
 from tether.privacy.dp.accountant import Steps
 from tether.privacy.dp.budget import Budgets, Cost
-from tether.privacy.dp.ledger import BudgetError
-from tether.remote.pointer import Pointer, set_publisher
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +107,6 @@ class Query:
         name, reason = spec.get("name", ""), spec.get("reason", "")
         if not (isinstance(name, str) and isinstance(reason, str)):
             raise TypeError("name and reason are strings")
-        if len(name) > MAX_NAME_CHARS or len(reason) > MAX_REASON_CHARS:
-            raise ValueError(
-                f"name is at most {MAX_NAME_CHARS} characters, reason {MAX_REASON_CHARS}"
-            )
         return cls(aggregate, (lo, hi), mechanism, sigma, epsilon, bins, name, reason)
 
 
@@ -190,14 +181,26 @@ def noisy(query: Query, data: torch.Tensor, how: Plan) -> torch.Tensor:
     return (sums / count.clamp(min=1.0)).clamp(lo, hi).reshape(data.shape[1:])
 
 
-def release(data: Any, query: Any, *, budgets: Budgets | None = None, caller: Caller) -> Approved:
-    """The node side of `publish`: check the query (public), charge the caller's budget
-    (refused, saying what is spent and what remains, if it would exceed the grant), then
-    compute and noise the aggregate. Everything that can refuse comes before the data is read."""
+@dataclass(frozen=True)
+class Release:
+    """A noisy value that may leave, its name and what it cost (`reason`), charged to
+    `account`."""
+
+    value: torch.Tensor
+    name: str
+    reason: str
+    account: str
+
+
+def release(
+    data: Any, query: Any, budgets: Budgets, scientist: str, datasets: tuple[str, ...]
+) -> Release:
+    """Check the query (public), charge the scientist's budget for `datasets` (the published
+    keys of `data`; refused, saying what is spent and what remains, if it would exceed the
+    grant), then compute and noise the aggregate. Everything that can refuse comes before the
+    data is read, so a refusal depends only on the query, the grant and earlier releases."""
     asked = Query.parse(query)
-    if not isinstance(budgets, Budgets):
-        raise BudgetError("this node's owner grants no privacy budgets")
-    if not caller.published:
+    if not datasets:
         raise TypeError("a DP release is of the owner's published data (duet.store[...])")
     if not isinstance(data, torch.Tensor) or data.dim() == 0 or data.is_complex():
         raise TypeError("a DP release takes a published real tensor with rows (its first dim)")
@@ -205,14 +208,13 @@ def release(data: Any, query: Any, *, budgets: Budgets | None = None, caller: Ca
     if per_row == 0:
         raise TypeError("the rows of this tensor hold no values")
     how = plan(asked, per_row)
-    grant = budgets.grant_for(caller.client, caller.published)
+    grant = budgets.grant_for(scientist, datasets)
     noise = f"sigma {asked.sigma:g}" if asked.sigma is not None else f"ε {asked.epsilon:g}"
-    what = f"this {asked.mechanism} {asked.aggregate} ({noise})"
-    charge = budgets.charge(grant, how.cost, what)
+    charge = budgets.charge(grant, how.cost, f"this {asked.mechanism} {asked.aggregate} ({noise})")
     try:
         value = noisy(asked, data, how)
     except Exception:
-        log.exception("a DP release for %s was charged and could not be computed", caller.client)
+        log.exception("a DP release for %s was charged and could not be computed", scientist)
         raise ReleaseError("the release could not be computed (the owner's log says why)") from None
     lo, hi = asked.bounds
     spent = (
@@ -221,22 +223,12 @@ def release(data: Any, query: Any, *, budgets: Budgets | None = None, caller: Ca
         f"(δ = {grant.delta:g})"
     )
     reason = f"{asked.reason} ({spent})" if asked.reason else spent
-    return Approved(value, asked.name or f"dp {asked.aggregate}", reason, f"budget {grant.account}")
+    return Release(value, asked.name or f"dp {asked.aggregate}", reason, grant.account)
 
 
-def remaining(*, budgets: Budgets | None = None, caller: Caller) -> list[dict[str, Any]]:
-    """The node side of `duet.budget`: the caller's grants, what they spent and what is left."""
-    return budgets.remaining(caller.client) if isinstance(budgets, Budgets) else []
-
-
-RELEASE = register("tether.dp.release", release, releases=True, data_args=(0,), approves=True).path
-BUDGET = register("tether.dp.budget", remaining, caller=True).path
-
-
-def publish(
-    pointer: Pointer,
-    aggregate: str = "sum",
-    bounds: tuple[float, float] | None = None,
+def query(
+    aggregate: str,
+    bounds: tuple[float, float] | None,
     *,
     mechanism: str = "gaussian",
     sigma: float | None = None,
@@ -244,20 +236,16 @@ def publish(
     bins: int = 10,
     name: str = "",
     reason: str = "",
-) -> torch.Tensor:
-    """`ptr.publish(...)`: a differentially private aggregate of the published data `pointer`
-    names, computed and noised by its owner and charged to the budget they granted you (the
-    module's docstring says how each is noised). Raises what the owner's node refused: a
-    query it cannot bound, or one your budget cannot pay for (saying what is spent)."""
-    query: dict[str, Any] = {"aggregate": aggregate, "bounds": bounds, "mechanism": mechanism}
+) -> dict[str, Any]:
+    """A query in its wire form (checked as the owner's node checks it)."""
+    wire: dict[str, Any] = {
+        "aggregate": aggregate,
+        "bounds": list(bounds) if isinstance(bounds, tuple) else bounds,
+        "mechanism": mechanism,
+    }
     for key, value in (("sigma", sigma), ("epsilon", epsilon)):
         if value is not None:
-            query[key] = value
-    query.update(bins=bins, name=name, reason=reason)
-    query["bounds"] = list(bounds) if isinstance(bounds, tuple) else bounds
-    Query.parse(query)  # the same check as the owner's, before anything is sent
-    result = pointer.client.call(RELEASE, [pointer.id, query], {}, kind="tensor", refs=1)
-    return result.get(name=name, reason=reason)  # type: ignore[union-attr]
-
-
-set_publisher(publish)
+            wire[key] = value
+    wire.update(bins=bins, name=name, reason=reason)
+    Query.parse(wire)
+    return wire
