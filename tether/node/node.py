@@ -104,8 +104,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who calls an approving routine (`register(..., approves=True)`), handed to it as
-    `caller=`: the client's id, and the keys the owner published the data it names under."""
+    """Who calls a routine registered with `caller=True` (approving routines are), handed to
+    it as `caller=`: the client's id, and the keys the owner published the data it names
+    (at its `data_args`) under."""
 
     client: str
     published: tuple[str, ...]

@@ -290,7 +290,7 @@ class Pointer:
     def publish(self, *args: Any, **kwargs: Any) -> Any:
         """A differentially private aggregate of the published data this names, noised by its
         owner within the privacy budget they granted you: `ptr.publish("mean", bounds=(0, 1),
-        sigma=20.0)` (tether.privacy.dp.release.publish has the arguments)."""
+        sigma=20.0)` (tether.duet.budget.publish has the arguments)."""
         if _publisher is None:
             raise RuntimeError("import tether.privacy.dp first: it sets how pointers publish")
         return _publisher(self, *args, **kwargs)
