@@ -9,7 +9,11 @@ worker's node, each behind the real websocket server on 127.0.0.1, publishing:
 On the strict node, requests named "approved" are accepted by an unconstrained handler, and
 requests named "scalar" by one constrained to a single float. It prints `listening on <url>`,
 then answers lines on stdin: `intact` prints whether the published tensors still hold their
-values; `requests` prints how many requests wait for the owner.
+values; `requests` prints how many requests wait for the owner. The strict node serves DP
+releases (tether.duet.budget) within budgets kept in `--dp-ledger` (or in memory):
+`grant CLIENT EPSILON DELTA [KEY]` grants one (KEY: one published key, else all data) and
+`spent CLIENT [KEY]` prints what the grant's account has spent; `released` prints how many
+requests a budget accepted.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import sys
 
 import torch
 
+from tether.duet.budget import BUDGET, RELEASE
 from tether.duet.node import DuetNode
 from tether.node import Node
+from tether.privacy.dp import Budgets
 from tether.transports.websocket import WorkerServer
 from tether.transports.websocket.thread import ServerThread
 
@@ -38,11 +44,15 @@ TOKEN = "test-token"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--policy", choices=["training", "strict", "open"], default="strict")
+    parser.add_argument("--dp-ledger", default=None)
     args = parser.parse_args()
+    budgets = Budgets(args.dp_ledger)
     if args.policy == "strict":
         node: Node = DuetNode("owner", confirm=False)
         node.requests.add_handler(name="approved", action="accept")
         node.requests.add_handler(name="scalar", action="accept", max_elements=1, dtype=float)
+        node.bind(RELEASE, budgets=budgets)
+        node.bind(BUDGET, budgets=budgets)
     else:
         node = Node("owner", release=args.policy, guarded=True)
     published = {
@@ -64,6 +74,17 @@ def main() -> None:
                 print(f"intact {intact}", flush=True)
             elif line.strip() == "requests":
                 print(f"requests {len(node.requests.pending())}", flush=True)
+            elif line.startswith("grant "):
+                client, epsilon, delta, *key = line.split()[1:]
+                budgets.grant(client, float(epsilon), float(delta), dataset=(key or [None])[0])
+                print(f"granted {client}", flush=True)
+            elif line.startswith("spent "):
+                client, *key = line.split()[1:]
+                grant = budgets.grant_for(client, tuple(key))
+                print(f"spent {budgets.ledger.spent(grant.account, grant.delta)!r}", flush=True)
+            elif line.strip() == "released":
+                accepted = node.requests.pandas.get("status", [])
+                print(f"released {sum(s == 'accepted' for s in accepted)}", flush=True)
 
 
 def _tensors(value: object) -> list[torch.Tensor]:

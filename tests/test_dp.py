@@ -95,7 +95,7 @@ def test_the_ledger_composes_charges_and_keeps_them_on_disk(tmp_path: Path) -> N
     assert ledger.spent("data", 1e-5) == pytest.approx(dp_accounting_epsilon(whole, 1e-5), rel=0.01)
     reopened = Ledger(path)  # a restart
     assert reopened.history("data") == whole and reopened.history("other") == []
-    assert json.loads(path.read_text())["version"] == 1
+    assert json.loads(path.read_text())["version"] == 2
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left beside it
 
 

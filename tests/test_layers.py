@@ -49,7 +49,7 @@ BUILDS_ON: dict[str, set[str]] = {
     "privacy": {"data"},
     "federated": {"transports", "data", "privacy"},
     "split": {"remote"},
-    "duet": {"transports"},
+    "duet": {"transports", "privacy"},
     "sandbox": {"transports", "data"},
     "cli": {"federated", "split", "duet", "data"},
     "api": {"cli", "sandbox"},

@@ -9,24 +9,40 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from tether.duet import catalog
+from tether.duet.budget import BUDGET, RELEASE
 from tether.duet.names import CATALOG
 from tether.duet.node import DuetNode
 from tether.node import Requests
+from tether.privacy.dp import Budgets, Grant
+from tether.privacy.dp.ledger import Ledger
 from tether.transports.websocket import ServerThread
+
+DEFAULT_DELTA = 1e-6  # a grant's δ unless the owner names one
 
 
 class OwnerDuet:
-    """A running Duet, seen from the owner's side; `close()` ends it."""
+    """A running Duet, seen from the owner's side; `close()` ends it. `dp_ledger`: the file
+    that keeps what scientists spent of their privacy budgets (None: kept in memory)."""
 
-    def __init__(self, node: DuetNode, server: ServerThread, session_id: str) -> None:
+    def __init__(
+        self,
+        node: DuetNode,
+        server: ServerThread,
+        session_id: str,
+        dp_ledger: str | Path | Ledger | None = None,
+    ) -> None:
         self.node = node
         self.server = server
         self.session_id = session_id
+        self.budgets = Budgets(dp_ledger)
+        node.bind(RELEASE, budgets=self.budgets)
+        node.bind(BUDGET, budgets=self.budgets)
         self._entries: list[dict] = []
         self._closers: list[Callable[[], None]] = [server.stop, node.close]
         self._publish_catalog()
@@ -39,6 +55,36 @@ class OwnerDuet:
         `.add_handler(name=..., action="accept", max_elements=1, dtype=int)` answers
         requests; the scientist chooses the name, so say what an accept handler takes."""
         return self.node.requests
+
+    def grant(
+        self,
+        scientist: str | None = None,
+        *,
+        epsilon: float,
+        delta: float = DEFAULT_DELTA,
+        dataset: str | None = None,
+        account: str | None = None,
+    ) -> Grant:
+        """Approve, once for all of them, the scientist's differentially private releases
+        (`ptr.publish(...)`) until they have spent ε = `epsilon` at `delta`: each is charged,
+        and one that would exceed it is refused. `scientist`: a client id (default: the
+        confirmed scientist); `dataset`: an id or tag in the store (default: all published
+        data, one budget); `account`: the name their spend is kept under (default: the
+        client id; name one to carry a spend over to their next session). Granting again
+        changes the limit; what was spent stays spent. `duet.budgets` shows every grant."""
+        scientist = scientist or self.client_id
+        if scientist is None:
+            raise ValueError("no scientist has joined yet: name the client id to grant to")
+        key = catalog.select(self._entries, dataset)["id"] if dataset is not None else None
+        found = self.budgets.grant(scientist, epsilon, delta, dataset=key, account=account)
+        self.node.requests.note(
+            scientist,
+            "privacy budget",
+            f"ε ≤ {found.epsilon:g} at δ = {found.delta:g} on {key or 'all published data'}, "
+            f"spent from {found.account}",
+            "granted",
+        )
+        return found
 
     @property
     def store(self) -> OwnerStore:

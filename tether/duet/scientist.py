@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tether.duet import catalog
+from tether.duet.budget import BUDGET
 from tether.duet.names import CATALOG
 from tether.ops import ALLOWLIST, PUBLISHED
 from tether.remote.client import Client, Transport
@@ -41,6 +42,12 @@ class ScientistDuet:
         self.torch = RemoteTorch(self.client, "torch")
         self.python = RemotePython(self.client)
         self.store = RemoteStore(self.client)
+
+    @property
+    def budget(self) -> list[dict[str, Any]]:
+        """The privacy budgets the owner granted you: per grant, ε and δ, what you spent
+        (`ptr.publish(...)`) and what remains."""
+        return self.client.call(BUDGET, [], kind="object").get()  # type: ignore[union-attr]
 
     def flush(self) -> None:
         """Wait until everything sent has run; raise the first remote error."""

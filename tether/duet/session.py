@@ -94,14 +94,18 @@ def launch_duet(
     host: str = "127.0.0.1",
     port: int = 0,
     timeout: float = DEFAULT_TIMEOUT,
+    dp_ledger: str | Path | None = None,
 ) -> OwnerDuet:
     """Start a Duet as the data owner, print its session id, and wait (up to `timeout` s) for a
     scientist to join; then ask for their client id (`confirm=False`: let them in unasked; the
     default asks unless `loopback`). `network_url`: the tether network service (default
     $TETHER_NETWORK, else ws://127.0.0.1:7600); `host`/`port`: where the owner's worker
-    listens (0.0.0.0 to be reachable directly from other machines)."""
+    listens (0.0.0.0 to be reachable directly from other machines); `dp_ledger`: the file
+    that keeps the scientists' spend of the privacy budgets you grant (`duet.grant`)."""
     confirm = not loopback if confirm is None else confirm
-    duet = start_duet(network_url, loopback=loopback, confirm=confirm, host=host, port=port)
+    duet = start_duet(
+        network_url, loopback=loopback, confirm=confirm, host=host, port=port, dp_ledger=dp_ledger
+    )
     try:
         await_scientist(duet, confirm, timeout)
     except BaseException:
@@ -117,13 +121,14 @@ def start_duet(
     confirm: bool = True,
     host: str = "127.0.0.1",
     port: int = 0,
+    dp_ledger: str | Path | None = None,
 ) -> OwnerDuet:
     """launch_duet() without the waiting: serve, and register the session (or leave the
     loopback beacon); the scientist can join from now on."""
     session = SessionId.new()
     node = DuetNode(f"duet-{session.room}", confirm=confirm)
     server = ServerThread(WorkerServer(node, host=host, port=port, token=session.secret)).start()
-    duet = OwnerDuet(node, server, str(session))
+    duet = OwnerDuet(node, server, str(session), dp_ledger)
     try:
         if loopback:
             duet.add_closer(_write_beacon(session, server.server.port))

@@ -44,7 +44,7 @@ from tether.node.policy import (
     tensors_in,
     would_change,
 )
-from tether.node.requests import ACCEPTED, PENDING, Request, Requests
+from tether.node.requests import ACCEPTED, PENDING, Approved, Request, Requests
 from tether.node.state import running_under
 from tether.node.store import Poisoned, Privacy, Store, Stored
 from tether.ops import ALLOWLIST, PUBLISHED, REQUEST, Entry, resolve
@@ -102,6 +102,16 @@ class Limits:
     max_objects: int = 100_000  # stored at once (see Store)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who calls a routine registered with `caller=True` (approving routines are), handed to
+    it as `caller=`: the client's id, and the keys the owner published the data it names
+    (at its `data_args`) under."""
+
+    client: str
+    published: tuple[str, ...]
+
+
 class _Refused(Exception):
     """A command broke a rule; becomes a Failure of the given kind."""
 
@@ -144,6 +154,7 @@ class Node:
         self.release = Release.parse(release)
         # The copy-on-write clones of published tensors handed out, by id (see `_published`).
         self._clones: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+        self._clone_keys: dict[int, str] = {}  # the key each of those was published under
         self.requests = requests or Requests()
         self.routines: dict[str, Entry] = {}  # the owner's declared aggregates
         self.bound: dict[str, dict[str, Any]] = {}  # the owner's own arguments, per op
@@ -375,6 +386,12 @@ class Node:
                     f"{entry.path}: max_elements is this node's own limit, not a client's",
                 )
             kwargs["max_elements"] = self.limits.max_elements
+        if entry.caller:
+            if "caller" in kwargs:
+                raise _Refused(NotAllowedError.__name__, f"{entry.path}: caller is set by the node")
+            if entry.approves:
+                self._check_approving(entry, cmd, store, client)
+            kwargs["caller"] = self._caller(entry, args, client)
         bound = self.bound.get(entry.path)
         if bound:
             taken = sorted(bound.keys() & kwargs.keys())
@@ -411,6 +428,8 @@ class Node:
                         result = entry.fn(*args, **kwargs)
                     finally:
                         level = max(level, mode.read)
+            if entry.approves:
+                return self._approve(cmd, entry, result, inputs, store, client, level, protected)
             return self._keep_results(cmd, entry, result, inputs, store, level, protected, freed)
         except Exception as exc:
             if not self._quiet(entry, level):
@@ -463,11 +482,76 @@ class Node:
             described.append(None if quiet or obj_id in freed else self._describe(stored))
         return Done(described[0] if type(out) is int else described)
 
+    def _check_approving(self, entry: Entry, cmd: Call, store: Store, client: str) -> None:
+        """Refuse a call of an approving routine unless the owner's data reaches it only as
+        published objects at its `data_args` (the rows of a derived tensor may each depend on
+        many rows of the data: nothing the routine is told could bound that) and its result
+        gets a new id. Each is a fact about what the client named: the refusal tells nothing
+        private."""
+        if type(cmd.out) is not int:
+            raise _Refused("TypeError", f"{entry.path} gives one result, to one object id")
+        if self.requests.matching(client, cmd.out, PENDING):
+            raise _Refused(
+                NotAllowedError.__name__,
+                f"{entry.path}: object {cmd.out} has a request waiting: release into a new id",
+            )
+        if not self._owner_data_only_at(entry, cmd, store):
+            raise _Refused(
+                NotAllowedError.__name__,
+                f"{entry.path} takes the owner's data only as it was published (a pointer from "
+                "duet.store[...] or worker.published(...), or an item of a published pair), "
+                "not computed from it: one row of a derived tensor may depend on many rows of "
+                "the data, which its privacy accounting cannot bound",
+            )
+
+    def _caller(self, entry: Entry, args: tuple, client: str) -> Caller:
+        """Who calls a routine, and the keys under which the data at its `data_args` (when
+        it is published data itself) was published."""
+        keys = []
+        for i in entry.data_args:
+            value = args[i] if i < len(args) else None
+            for item in value if isinstance(value, tuple | list) else [value]:
+                if self._clones.get(id(item)) is item:
+                    keys.append(self._clone_keys[id(item)])
+        return Caller(client, tuple(dict.fromkeys(keys)))
+
+    def _approve(
+        self,
+        cmd: Call,
+        entry: Entry,
+        result: Any,
+        inputs: list[Stored],
+        store: Store,
+        client: str,
+        level: int,
+        protected: list,
+    ) -> Done:
+        """Keep an approving routine's result and file it as a request that the owner's
+        standing approval, which the routine enforced, accepted: the client's Get releases
+        that copy once, and the owner sees it among the requests and in the audit log."""
+        if not isinstance(result, Approved):
+            raise TypeError(f"{entry.path} must return an Approved, not a {type(result).__name__}")
+        done = self._keep_results(cmd, entry, result.value, inputs, store, level, protected, set())
+        stored = store.objects[cast(int, cmd.out)]
+        self.requests.submit(
+            client,
+            cast(int, cmd.out),
+            result.name,
+            result.reason,
+            stored.tags,
+            stored.description,
+            result.value,
+            provenance=stored.provenance,
+            accepted_by=result.by,
+        )
+        return done
+
     def _quiet(self, entry: Entry, level: int) -> bool:
         """Whether a failure of this call tells nothing: on private data (`level`), outside the
         node's releasing routines, where the policy is not `open` (then the failure, and its
-        text, would be a channel from the data to the client)."""
-        if not level or self.release is OPEN:
+        text, would be a channel from the data to the client). An approving routine's
+        failures are reported: it raises only on public facts (`register`)."""
+        if not level or self.release is OPEN or entry.approves:
             return False
         return self.release is STRICT or not entry.releases
 
@@ -543,6 +627,8 @@ class Node:
             clones = [v for v in value if isinstance(v, torch.Tensor)]
         for clone in clones:
             self._clones[id(clone)] = clone
+            self._clone_keys[id(clone)] = args[0]
+            weakref.finalize(clone, self._clone_keys.pop, id(clone), None)
         if self.guard is not None:
             self.guard.mark(clones, stored.privacy)
         where = f"published[{args[0]!r}]" + (f"[{args[1]}]" if len(args) == 2 else "")

@@ -295,11 +295,15 @@ class Requests:
         value: Any,
         *,
         provenance: str = "",
+        accepted_by: str = "",
     ) -> Request:
         """File a request, holding a snapshot of `value`; a handler that matches decides it
         at once. This client's pending request for this object, if it has one, is returned
         instead. Raises LimitError past the caps (they count only the client's own requests,
-        and the message names no size of the value)."""
+        and the message names no size of the value). `accepted_by`: the request is accepted
+        as it is filed, by that standing approval of the owner's (a privacy budget a routine
+        charged: see `Approved`), and no handler sees it; a pending request for the object is
+        then an error, never the request returned."""
         if len(name) > MAX_NAME_CHARS or len(reason) > MAX_REASON_CHARS:
             raise LimitError(
                 f"a request's name is at most {MAX_NAME_CHARS} characters and its reason "
@@ -311,7 +315,7 @@ class Requests:
         with self._lock:
             found = self._admit(key, nbytes)
         if found is not None:
-            return found
+            return _unless_approving(found, accepted_by)
         snapshot = copied(value)  # nothing done to the value later reaches it
         request = Request(
             id=0,
@@ -334,7 +338,7 @@ class Requests:
         with self._lock:  # checked again: the copy was taken outside the lock
             found = self._admit(key, nbytes)
             if found is not None:
-                return found
+                return _unless_approving(found, accepted_by)
             request.id = next(self._ids)
             self._requests.append(request)
             self._waiting[key] = request
@@ -343,6 +347,9 @@ class Requests:
             superseded = self._kept.pop(key, None)  # a new request: the last one was spent
             if superseded is not None:
                 self._drop(superseded)
+        if accepted_by:
+            request._settle(ACCEPTED, accepted_by)
+            return request
         handler = self._handler_for(request)
         if handler is not None:
             self._apply(handler, request)
@@ -444,6 +451,21 @@ class Requests:
             }
         )
 
+    def note(self, client: str, name: str, reason: str, decision: str) -> None:
+        """Log an owner's decision that answers no request (a privacy budget granted)."""
+        with self._lock:
+            self.audit.append(
+                {
+                    "request": None,
+                    "time": time.time(),
+                    "client": client,
+                    "name": name,
+                    "reason": reason,
+                    "decision": decision,
+                    "by": "owner",
+                }
+            )
+
     # ---- the owner's view ---------------------------------------------------------------------
 
     def matching(self, client: str, obj_id: int, status: str) -> list[Request]:
@@ -496,6 +518,27 @@ class Requests:
                 for r in requests
             ]
         )
+
+
+@dataclass(frozen=True)
+class Approved:
+    """What an approving routine returns (`tether.ops.register(..., approves=True)`): `value`,
+    released under the owner's standing approval that the routine enforced; the node files it
+    as a request named `name`, with `reason` (what it cost), accepted `by` that approval."""
+
+    value: Any
+    name: str
+    reason: str
+    by: str
+
+
+def _unless_approving(found: Request, accepted_by: str) -> Request:
+    if accepted_by:
+        raise ValueError(
+            f"object {found.obj_id} has a request waiting for the owner's answer: an approved "
+            "release goes to a new object id"
+        )
+    return found
 
 
 # ---- what a snapshot is -------------------------------------------------------------------------

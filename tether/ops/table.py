@@ -9,6 +9,7 @@ Both sides read it: the node resolves and guards calls with it, the scientist si
 which names exist. Adding an op is adding a name to one of the lists below (and a test that
 uses it); a feature adds its own ops from its package with `register` (as `torch.library`
 does), so nothing here imports a feature. The allocation guards are in `tether.ops.guards`.
+Long because it is the table itself: its lists of names, and `register`'s rules for features.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class Entry:
     """What a path resolves to. `self_type`: the type the first argument must have (methods).
     `guard`: estimates the elements the call will allocate, so huge ones are refused first.
     `node_limited`: the call builds and runs a whole model, so the node hands it its own limit
-    per result as `max_elements=` (a peer may not). `releases`, `data_args`: see `register`."""
+    per result as `max_elements=` (a peer may not). `releases`, `data_args`, `caller`,
+    `approves`: see `register`."""
 
     path: str
     fn: Callable
@@ -41,6 +43,8 @@ class Entry:
     node_limited: bool = False
     releases: bool = False
     data_args: tuple[int, ...] = ()
+    caller: bool = False
+    approves: bool = False
 
 
 # ---- the table ------------------------------------------------------------------------------
@@ -380,11 +384,21 @@ def register(
     node_limited: bool = False,
     releases: bool = False,
     data_args: tuple[int, ...] = (),
+    caller: bool = False,
+    approves: bool = False,
 ) -> Entry:
     """Add a feature's op to the table, from its own package at import time (the node never
     imports a feature). `path`: "tether.<feature>.<name>", without "__", new unless it names
     the same `fn` again (a re-import). `releases=True`: a routine whose result (fit's weights)
-    may leave a `training` node when the owner's data reaches it only at `data_args`."""
+    may leave a `training` node when the owner's data reaches it only at `data_args`.
+    `caller=True`: the node hands it who calls (`caller=`, a `tether.node.Caller`).
+    `approves=True`: a releasing routine that enforces a standing approval of the owner's (a
+    privacy budget): it takes the owner's data only as published objects at `data_args`, is
+    handed the caller, returns a `tether.node.Approved`, and its result leaves under every
+    policy as a request it accepted itself (see `Node._approve`). It must raise only on
+    public facts (its arguments, the budget)."""
+    if approves and not (releases and data_args):
+        raise ValueError("an approving routine releases, and names where the data goes in")
     if not path.startswith("tether.") or path.startswith(_RESERVED) or "__" in path:
         raise ValueError(f"a feature's op must be named tether.<feature>.<name>: {path!r}")
     known = ALLOWLIST.get(path)
@@ -392,7 +406,10 @@ def register(
         if known.fn is fn:
             return known
         raise ValueError(f"{path!r} is already in the op table, for {known.fn!r}")
-    entry = Entry(path, fn, self_type, guard, node_limited, releases, tuple(data_args))
+    caller = caller or approves
+    entry = Entry(
+        path, fn, self_type, guard, node_limited, releases, tuple(data_args), caller, approves
+    )
     ALLOWLIST[path] = entry
     PATH_OF.setdefault(id(fn), path)
     return entry

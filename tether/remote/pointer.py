@@ -287,6 +287,14 @@ class Pointer:
         """The worker that holds the pointer: this process (PySyft's `sy.local_worker`)."""
         return LOCAL_WORKER
 
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        """A differentially private aggregate of the published data this names, noised by its
+        owner within the privacy budget they granted you: `ptr.publish("mean", bounds=(0, 1),
+        sigma=20.0)` (tether.duet.budget.publish has the arguments)."""
+        if _publisher is None:
+            raise RuntimeError("import tether.privacy.dp first: it sets how pointers publish")
+        return _publisher(self, *args, **kwargs)
+
     def fix_precision(self, *args: Any, **kwargs: Any) -> Any:
         raise not_yet("fix_precision", "secure multi-party computation (SMPC)")
 
@@ -567,6 +575,7 @@ def not_yet(name: str, feature: str) -> NotImplementedError:
 _after_backward: list[Callable[[Client], None]] = []
 _mover: Callable[[Pointer, Any, bool], Pointer] | None = None
 _chainer: Callable[[Pointer, Any], Any] | None = None
+_publisher: Callable[..., Any] | None = None
 
 
 def on_backward(callback: Callable[[Client], None]) -> None:
@@ -584,3 +593,9 @@ def set_chainer(chain: Callable[[Pointer, Any], Any]) -> None:
     """How `Pointer.send` gives a worker in this process the pointer (tether.remote.chain)."""
     global _chainer
     _chainer = chain
+
+
+def set_publisher(publish: Callable[..., Any]) -> None:
+    """How `Pointer.publish` releases a DP aggregate (tether.privacy.dp.release)."""
+    global _publisher
+    _publisher = publish
