@@ -424,7 +424,7 @@ def test_coordinator_rounds_with_fedprox_and_scaffold_equal_plain_pytorch(mnist)
 
 
 # ---- robustness: two of ten clients send -10x their update ----------------------------------
-ROBUST_ROUNDS, ROBUST_LR, ROBUST_BATCH = 30, 0.3, 100  # lr times 0.95 each round
+ROBUST_ROUNDS, ROBUST_LR, ROBUST_BATCH = 12, 0.5, 100  # lr times 0.95 each round
 
 
 def federate(strategy: Strategy, attackers: int, mnist, test) -> float:
