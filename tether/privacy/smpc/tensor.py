@@ -489,6 +489,13 @@ class AdditiveSharingTensor:
         out = self._like(self._local("torch.Tensor.t"), _meta(self.shape).t().shape)
         return self._record(out, (self,), lambda g: (g.t(),))
 
+    def __getitem__(self, key: Any) -> AdditiveSharingTensor:
+        """Indexing (basic: ints and slices), without a gradient."""
+        if self.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError("indexing a shared tensor that requires grad is not supported")
+        shape = _meta(self.shape)[key].shape
+        return self._like(self._local("operator.getitem", key), shape)
+
     def select(self, dim: int, index: int) -> AdditiveSharingTensor:
         return self._like(self._local("torch.Tensor.select", dim, index), _meta(self.shape).select(dim, index).shape)
 
