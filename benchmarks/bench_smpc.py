@@ -79,7 +79,11 @@ def plain_step(model, optimizer, data, target) -> float:
 
 def bench_step(repeats: int, workers, provider, data, target) -> None:
     plain = Net()
-    shared = copy.deepcopy(plain).fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    shared = (
+        copy.deepcopy(plain)
+        .fix_precision()
+        .share(*workers, crypto_provider=provider, requires_grad=True)
+    )
     plain_opt = optim.SGD(plain.parameters(), lr=LR)
     shared_opt = optim.SGD(shared.parameters(), lr=LR).fix_precision()
     x = data.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
@@ -137,8 +141,13 @@ def bench_accuracy(workers, provider) -> None:
     data, targets = mnist(train=True)
     batches = [
         (
-            data[i : i + BATCH].fix_precision().share(*workers, crypto_provider=provider, requires_grad=True),
-            F.one_hot(targets[i : i + BATCH], 10).float().fix_precision().share(*workers, crypto_provider=provider, requires_grad=True),
+            data[i : i + BATCH]
+            .fix_precision()
+            .share(*workers, crypto_provider=provider, requires_grad=True),
+            F.one_hot(targets[i : i + BATCH], 10)
+            .float()
+            .fix_precision()
+            .share(*workers, crypto_provider=provider, requires_grad=True),
         )
         for i in range(0, 640, BATCH)
     ]
@@ -171,7 +180,9 @@ def main() -> None:
     workers = [sy.VirtualWorker(hook, id="worker1"), sy.VirtualWorker(hook, id="worker2")]
     provider = sy.VirtualWorker(hook, id="crypto_provider")
     data, targets = mnist(train=True)
-    bench_step(args.repeats, workers, provider, data[:BATCH], F.one_hot(targets[:BATCH], 10).float())
+    bench_step(
+        args.repeats, workers, provider, data[:BATCH], F.one_hot(targets[:BATCH], 10).float()
+    )
     bench_inference(workers, provider)
     if args.accuracy:
         bench_accuracy(workers, provider)

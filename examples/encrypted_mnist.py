@@ -38,7 +38,9 @@ args = Arguments()
 
 _ = torch.manual_seed(args.seed)
 
-hook = sy.TorchHook(torch)  # hook PyTorch to add extra functionalities like Federated and Encrypted Learning
+hook = sy.TorchHook(
+    torch
+)  # hook PyTorch to add extra functionalities like Federated and Encrypted Learning
 
 
 # simulation functions
@@ -119,7 +121,7 @@ private_train_loader, private_test_loader = get_private_data_loaders(
 
 class Net(nn.Module):
     def __init__(self):
-        super(Net, self).__init__()  # noqa: UP008 (as the notebook writes it)
+        super(Net, self).__init__()
         self.fc1 = nn.Linear(28 * 28, 128)
         self.fc2 = nn.Linear(128, 64)
         self.fc3 = nn.Linear(64, 10)
@@ -134,7 +136,9 @@ class Net(nn.Module):
 
 def train(args, model, private_train_loader, optimizer, epoch):
     model.train()
-    for batch_idx, (data, target) in enumerate(private_train_loader):  # <-- now it is a private dataset
+    for batch_idx, (data, target) in enumerate(
+        private_train_loader
+    ):  # <-- now it is a private dataset
         start_time = time.time()
 
         optimizer.zero_grad()

@@ -61,7 +61,7 @@ test_loader = DataLoader(test, batch_size=args.test_batch_size, shuffle=True, **
 # ---- Neural Network Structure -----------------------------------------------------------------
 class Net(nn.Module):
     def __init__(self):
-        super(Net, self).__init__()  # noqa: UP008 (as the notebook writes it)
+        super(Net, self).__init__()
         self.fc1 = nn.Linear(13, 32)
         self.fc2 = nn.Linear(32, 24)
         self.fc3 = nn.Linear(24, 1)
@@ -126,7 +126,9 @@ def test():
     test_loss = 0
     for data, target in test_loader:
         output = model(data)
-        test_loss += F.mse_loss(output.view(-1), target, reduction="sum").item()  # sum up batch loss
+        test_loss += F.mse_loss(
+            output.view(-1), target, reduction="sum"
+        ).item()  # sum up batch loss
 
     test_loss /= len(test_loader.dataset)
     print("\nTest set: Average loss: {:.4f}\n".format(test_loss))
@@ -235,12 +237,14 @@ with torch.no_grad():
             params[remote_index][param_index].set_(new_params[param_index])
 
 
-def train(epoch):  # noqa: F811 (the notebook redefines it)
+def train(epoch):
     for data_index in range(len(remote_dataset[0]) - 1):
         # update remote models
         for remote_index in range(len(compute_nodes)):
             data, target = remote_dataset[remote_index][data_index]
-            models[remote_index] = update(data, target, models[remote_index], optimizers[remote_index])
+            models[remote_index] = update(
+                data, target, models[remote_index], optimizers[remote_index]
+            )
 
         # encrypted aggregation
         new_params = list()
@@ -272,12 +276,14 @@ def train(epoch):  # noqa: F811 (the notebook redefines it)
                     params[remote_index][param_index].set_(new_params[param_index])
 
 
-def test():  # noqa: F811 (the notebook redefines it)
+def test():
     models[0].eval()
     test_loss = 0
     for data, target in test_loader:
         output = models[0](data)
-        test_loss += F.mse_loss(output.view(-1), target, reduction="sum").item()  # sum up batch loss
+        test_loss += F.mse_loss(
+            output.view(-1), target, reduction="sum"
+        ).item()  # sum up batch loss
 
     test_loss /= len(test_loader.dataset)
     print("Test set: Average loss: {:.4f}\n".format(test_loss))

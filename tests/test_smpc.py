@@ -55,7 +55,11 @@ def test_a_single_share_is_uniform_over_the_ring_whatever_the_secret() -> None:
 def test_fixed_precision_arithmetic_matches_plain_pytorch(parties) -> None:
     bob, alice, provider = parties
     g = torch.Generator().manual_seed(1)
-    x, y, w = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g), torch.randn(5, 3, generator=g)
+    x, y, w = (
+        torch.randn(8, 5, generator=g),
+        torch.randn(8, 5, generator=g),
+        torch.randn(5, 3, generator=g),
+    )
     sx = x.fix_precision().share(bob, alice, crypto_provider=provider)
     sy_ = y.fix_precision().share(bob, alice, crypto_provider=provider)
     sw = w.fix_precision().share(bob, alice, crypto_provider=provider)
@@ -81,7 +85,13 @@ def test_comparisons_relu_and_argmax_are_exact(parties) -> None:
     other = torch.tensor([3, -1, 0, 2, 7, -(2**40), -6, 3])
     sx = values.share(bob, alice, crypto_provider=provider)
     so = other.share(bob, alice, crypto_provider=provider)
-    for name, fn in {"gt": torch.gt, "lt": torch.lt, "ge": torch.ge, "le": torch.le, "eq": torch.eq}.items():
+    for name, fn in {
+        "gt": torch.gt,
+        "lt": torch.lt,
+        "ge": torch.ge,
+        "le": torch.le,
+        "eq": torch.eq,
+    }.items():
         assert torch.equal(getattr(sx, name)(so).get(), fn(values, other).long()), name
     reals = torch.randn(6, 10, generator=torch.Generator().manual_seed(2))
     shared = reals.fix_precision().share(bob, alice, crypto_provider=provider)
@@ -103,7 +113,7 @@ def test_backward_gives_the_gradients_plain_pytorch_gives(parties) -> None:
 def test_shares_are_ordinary_objects_on_the_workers(parties) -> None:
     """Each worker stores one int64 tensor per share, and holds nothing else once the value
     is opened; a worker with the training release policy takes part like an open one."""
-    bob, alice, provider = parties
+    bob, _, provider = parties
     careful = sy.VirtualWorker(id="careful", release="training")
     shared = torch.tensor([5, -7]).share(bob, careful, crypto_provider=provider)
     [share] = bob._objects.values()
@@ -119,14 +129,16 @@ def test_bad_input_gets_clear_errors(parties) -> None:
     carol = sy.VirtualWorker(id="carol")
     x = torch.ones(3).fix_precision().share(bob, alice, crypto_provider=provider)
     with pytest.raises(ValueError, match="different precisions"):
-        x + torch.ones(3).fix_precision(precision_fractional=2).share(bob, alice, crypto_provider=provider)
+        x + torch.ones(3).fix_precision(precision_fractional=2).share(
+            bob, alice, crypto_provider=provider
+        )
     with pytest.raises(errors.WorkerMismatchError, match="different workers"):
         x + torch.ones(3).fix_precision().share(bob, carol, crypto_provider=provider)
     without = torch.ones(3).fix_precision().share(bob, alice)
     with pytest.raises(errors.NotAllowedError, match="needs a crypto provider"):
         without * without
     with pytest.raises(errors.NotAllowedError, match="needs a crypto provider"):
-        without > 0
+        without > 0  # noqa: B015
     with pytest.raises(errors.NotAllowedError, match="holds a share too"):
         torch.ones(3).fix_precision().share(bob, alice, crypto_provider=bob)
     with pytest.raises(TypeError, match="fix_precision"):
@@ -137,16 +149,20 @@ def test_bad_input_gets_clear_errors(parties) -> None:
         torch.tensor([1e20]).fix_precision()
     three = torch.ones(3, dtype=torch.long).share(bob, alice, carol, crypto_provider=provider)
     with pytest.raises(errors.NotAllowedError, match="exactly two parties"):
-        three > 0
+        three > 0  # noqa: B015
     # adopting shares already on the workers
     good = AdditiveSharingTensor.from_shares(
         [torch.tensor([1, 2]).send(bob), torch.tensor([3, 4]).send(alice)], provider
     )
     assert torch.equal(good.get(), torch.tensor([4, 6]))
     with pytest.raises(ValueError, match="one shape"):
-        AdditiveSharingTensor.from_shares([torch.tensor([1, 2]).send(bob), torch.tensor([3]).send(alice)])
+        AdditiveSharingTensor.from_shares(
+            [torch.tensor([1, 2]).send(bob), torch.tensor([3]).send(alice)]
+        )
     with pytest.raises(RingError, match="not a 2\\^64 ring element"):
-        AdditiveSharingTensor.from_shares([torch.tensor([1, 2]).send(bob), torch.ones(2).send(alice)])
+        AdditiveSharingTensor.from_shares(
+            [torch.tensor([1, 2]).send(bob), torch.ones(2).send(alice)]
+        )
 
 
 def test_a_hostile_triple_request_is_refused_and_the_provider_keeps_serving(parties) -> None:

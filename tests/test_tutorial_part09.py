@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 
 def test_part09_intro_to_encrypted_programs() -> None:
     # Step 1: Encryption Using Secure Multi-Party Computation
@@ -47,7 +45,7 @@ def test_part09_intro_to_encrypted_programs() -> None:
     assert decrypt(*add(x, y)) == 30
 
     # Step 3: SMPC Using PySyft
-    import torch  # noqa: F811 (the notebook imports it here)
+    import torch
 
     import tether as sy
 
@@ -68,11 +66,11 @@ def test_part09_intro_to_encrypted_programs() -> None:
     x = torch.tensor([25]).share(bob, alice, bill)
 
     # Bob's share
-    bobs_share = list(bob._objects.values())[0]
+    bobs_share = list(bob._objects.values())[0]  # noqa: RUF015
     # Alice's share
-    alices_share = list(alice._objects.values())[0]
+    alices_share = list(alice._objects.values())[0]  # noqa: RUF015
     # Bill's share
-    bills_share = list(bill._objects.values())[0]
+    bills_share = list(bill._objects.values())[0]  # noqa: RUF015
     for share in (bobs_share, alices_share, bills_share):
         assert share.dtype == torch.int64 and share.shape == (1,)
     assert len({int(bobs_share), int(alices_share), int(bills_share)}) == 3

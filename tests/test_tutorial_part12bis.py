@@ -159,7 +159,7 @@ def test_part12bis_encrypted_training_on_mnist(capsys, monkeypatch) -> None:
             if batch_idx % args.log_interval == 0:
                 loss = loss.get().float_precision()
                 print(
-                    "Train Epoch: {} [{}/{} ({:.0f}%)]\tLoss: {:.6f}\tTime: {:.3f}s".format(
+                    "Train Epoch: {} [{}/{} ({:.0f}%)]\tLoss: {:.6f}\tTime: {:.3f}s".format(  # noqa: UP032
                         epoch,
                         batch_idx * args.batch_size,
                         len(private_train_loader) * args.batch_size,
@@ -180,7 +180,7 @@ def test_part12bis_encrypted_training_on_mnist(capsys, monkeypatch) -> None:
 
         correct = correct.get().float_precision()
         print(
-            "\nTest set: Accuracy: {}/{} ({:.0f}%)\n".format(
+            "\nTest set: Accuracy: {}/{} ({:.0f}%)\n".format(  # noqa: UP032
                 correct.item(),
                 len(private_test_loader) * args.test_batch_size,
                 100.0 * correct.item() / (len(private_test_loader) * args.test_batch_size),
@@ -189,7 +189,9 @@ def test_part12bis_encrypted_training_on_mnist(capsys, monkeypatch) -> None:
 
     model = Net()
     plain = copy.deepcopy(model)  # not in the notebook: the same training in plain PyTorch
-    model = model.fix_precision().share(*workers, crypto_provider=crypto_provider, requires_grad=True)
+    model = model.fix_precision().share(
+        *workers, crypto_provider=crypto_provider, requires_grad=True
+    )
 
     optimizer = optim.SGD(model.parameters(), lr=args.lr)
     optimizer = optimizer.fix_precision()
@@ -214,7 +216,8 @@ def test_part12bis_encrypted_training_on_mnist(capsys, monkeypatch) -> None:
     assert losses == pytest.approx(plain_losses, abs=0.01)
     with torch.no_grad():
         plain_correct = sum(
-            int((plain(data).argmax(dim=1) == target).sum()) for data, target in plain_batches["test"]
+            int((plain(data).argmax(dim=1) == target).sum())
+            for data, target in plain_batches["test"]
         )
     assert int(total) == N_TEST
     assert abs(float(correct) - plain_correct) <= 2  # fixed precision may break a near tie

@@ -67,10 +67,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AdditiveSharingTensor",
-    "FixedPrecisionTensor",
     "BaseDataset",
     "FederatedDataLoader",
     "FederatedDataset",
+    "FixedPrecisionTensor",
     "Module",
     "NotAllowedError",
     "ObjectNotFoundError",

@@ -22,19 +22,32 @@ from tether.remote import Pointer
 from tether.remote.hook import optimize_other_parameters
 
 
-def fix_tensor(tensor: torch.Tensor, precision_fractional: int = 3, base: int = 10, **_: Any) -> FixedPrecisionTensor:
+def fix_tensor(
+    tensor: torch.Tensor, precision_fractional: int = 3, base: int = 10, **_: Any
+) -> FixedPrecisionTensor:
     """`x.fix_precision()`: reals encoded in the ring (PySyft's default: 3 decimal digits)."""
-    return FixedPrecisionTensor(ring.encode(tensor, precision_fractional, base), precision_fractional, base)
+    return FixedPrecisionTensor(
+        ring.encode(tensor, precision_fractional, base), precision_fractional, base
+    )
 
 
-def fix_pointer(pointer: Pointer, precision_fractional: int = 3, base: int = 10, **_: Any) -> FixedPrecisionTensor:
+def fix_pointer(
+    pointer: Pointer, precision_fractional: int = 3, base: int = 10, **_: Any
+) -> FixedPrecisionTensor:
     """`ptr.fix_precision()`: encoded where the tensor is."""
-    encoded = protocols.call(pointer, ops.PATHS["encode"], pointer, int(precision_fractional), int(base))
+    encoded = protocols.call(
+        pointer, ops.PATHS["encode"], pointer, int(precision_fractional), int(base)
+    )
     return FixedPrecisionTensor(encoded, precision_fractional, base)
 
 
 def share_tensor(
-    tensor: torch.Tensor, *workers: Any, crypto_provider: Any = None, requires_grad: bool = False, field: Any = None, **_: Any
+    tensor: torch.Tensor,
+    *workers: Any,
+    crypto_provider: Any = None,
+    requires_grad: bool = False,
+    field: Any = None,
+    **_: Any,
 ) -> AdditiveSharingTensor:
     """`x.share(bob, alice, ...)` of integers (reals: `x.fix_precision().share(...)`)."""
     if tensor.is_floating_point() or tensor.is_complex():
@@ -54,7 +67,9 @@ def share_pointer(pointer: Pointer, *workers: Any, crypto_provider: Any = None, 
     )
 
 
-def fix_module(module: nn.Module, precision_fractional: int = 3, base: int = 10, **_: Any) -> nn.Module:
+def fix_module(
+    module: nn.Module, precision_fractional: int = 3, base: int = 10, **_: Any
+) -> nn.Module:
     """`model.fix_precision()`: every parameter encoded, in place."""
     for m in module.modules():
         for name, value in m._parameters.items():
@@ -63,7 +78,13 @@ def fix_module(module: nn.Module, precision_fractional: int = 3, base: int = 10,
     return module
 
 
-def share_module(module: nn.Module, *workers: Any, crypto_provider: Any = None, requires_grad: bool = False, **_: Any) -> nn.Module:
+def share_module(
+    module: nn.Module,
+    *workers: Any,
+    crypto_provider: Any = None,
+    requires_grad: bool = False,
+    **_: Any,
+) -> nn.Module:
     """`model.share(...)`: every fixed-precision parameter shared, in place."""
     parties = _parties(workers, crypto_provider)
     for m in module.modules():
@@ -108,7 +129,7 @@ def _init_for_shares(optimizer: torch.optim.Optimizer, params: list, defaults: d
             "this optimizer holds shared parameters: step the one optimizer.fix_precision() gives"
         )
 
-    optimizer.step = refuse  # type: ignore[method-assign]
+    optimizer.step = refuse  # type: ignore[method-assign, assignment]
     optimizer.zero_grad = refuse  # type: ignore[method-assign]
 
 
@@ -118,10 +139,15 @@ def fix_optimizer(optimizer: torch.optim.Optimizer, **_: Any) -> FixedPrecisionS
     group = optimizer.param_groups[0]
     params = [p for g in optimizer.param_groups for p in g["params"]]
     extra = {k: v for k, v in group.items() if k in ("momentum", "weight_decay", "dampening") and v}
-    if type(optimizer) is not torch.optim.SGD or extra or not all(isinstance(p, AdditiveSharingTensor) for p in params):
+    if (
+        type(optimizer) is not torch.optim.SGD
+        or extra
+        or not all(isinstance(p, AdditiveSharingTensor) for p in params)
+    ):
         raise NotImplementedError(
             "optimizer.fix_precision() steps plain SGD (no momentum or weight decay) over a "
-            f"model shared with model.fix_precision().share(...); got {type(optimizer).__name__} {extra or ''}"
+            "model shared with model.fix_precision().share(...); "
+            f"got {type(optimizer).__name__} {extra or ''}"
         )
     return FixedPrecisionSGD(params, group["lr"])
 

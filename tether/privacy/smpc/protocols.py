@@ -21,12 +21,11 @@ from typing import Any
 import torch
 
 from tether import errors
+from tether.privacy.smpc import ops
+from tether.privacy.smpc.ring import reconstruct
 from tether.remote import Pointer, get_all
 from tether.remote.client import Client, client_of
 from tether.wire import Put
-
-from tether.privacy.smpc import ops
-from tether.privacy.smpc.ring import reconstruct
 
 Shares = list[Pointer]
 
@@ -70,7 +69,9 @@ def put(client: Client, tensor: torch.Tensor) -> Pointer:
 
 def call(pointer_or_client: Pointer | Client, path: str, *args: Any) -> Pointer:
     """Queue `path` on the worker of the pointers among `args` (given by id, as Call.refs)."""
-    client = pointer_or_client.client if isinstance(pointer_or_client, Pointer) else pointer_or_client
+    client = (
+        pointer_or_client.client if isinstance(pointer_or_client, Pointer) else pointer_or_client
+    )
     wire, refs = [], 0
     for i, arg in enumerate(args):
         if isinstance(arg, Pointer):
@@ -98,7 +99,9 @@ def each(parties: Parties, path: str, *shares_or_values: Any) -> Shares:
     out = []
     for i in range(len(parties)):
         args = [a[i] if isinstance(a, list) else a for a in shares_or_values]
-        out.append(call(args[0] if isinstance(args[0], Pointer) else parties.clients[i], path, *args))
+        out.append(
+            call(args[0] if isinstance(args[0], Pointer) else parties.clients[i], path, *args)
+        )
     return out
 
 
@@ -134,7 +137,15 @@ def beaver(
     parties: Parties, x: Shares, y: Shares, op: str, shape_x: torch.Size, shape_y: torch.Size
 ) -> Shares:
     """Shares of op(x, y) ('mul' or 'matmul') for shared x and y."""
-    dealt = deal(parties, f"{op} of two shared tensors", ops.PATHS["triple"], 3, op, list(shape_x), list(shape_y))
+    dealt = deal(
+        parties,
+        f"{op} of two shared tensors",
+        ops.PATHS["triple"],
+        3,
+        op,
+        list(shape_x),
+        list(shape_y),
+    )
     masked = []
     for i, (a, b, _) in enumerate(dealt):
         masked += [call(x[i], "torch.sub", x[i], a), call(y[i], "torch.sub", y[i], b)]
@@ -166,7 +177,9 @@ def refresh(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
 _LEVELS = (1, 2, 4, 8, 16, 32)
 
 
-def _and_open(parties: Parties, masks: list[tuple[Pointer, Pointer]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _and_open(
+    parties: Parties, masks: list[tuple[Pointer, Pointer]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     fetched = [get_all(list(m)) for m in masks]
     d, e = fetched[0]
     d, e = d.clone(), e.clone()
@@ -207,7 +220,11 @@ def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
         d, e = _and_open(parties, masks)
         for i in range(2):
             a, b, c = triple(i, k)
-            g[i], p[i] = call_each(x[i].client, ops.PATHS["level_close"], 2, g[i], c, a, b, d, e, i == 0)
+            g[i], p[i] = call_each(
+                x[i].client, ops.PATHS["level_close"], 2, g[i], c, a, b, d, e, i == 0
+            )
     masked = [call(x[i], ops.PATHS["msb_bit"], x[i], g[i], bits[i][0]) for i in range(2)]
     opened = open_xor(masked)
-    return [call(bits[i][1], ops.PATHS["bit_to_ring"], bits[i][1], opened, i == 0) for i in range(2)]
+    return [
+        call(bits[i][1], ops.PATHS["bit_to_ring"], bits[i][1], opened, i == 0) for i in range(2)
+    ]

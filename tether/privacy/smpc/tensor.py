@@ -8,6 +8,10 @@
   provider that deals triples. Its operators run the protocols of `protocols.py`, and record
   a small tape, so `loss.backward()` gives every leaf that requires grad its `.grad`, as
   shares (PySyft's AutogradTensor did this; here it is a field of the one type).
+
+Long because the one type carries every operation the tutorials use on shares (arithmetic,
+shape, comparisons, max, relu, torch functions), each with how its gradient flows back; the
+protocols those operations call are in `protocols.py`, the nodes' steps in `ops.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch.nn.functional as F
 
 from tether import errors
 from tether.privacy.smpc import ops, protocols, ring
-from tether.privacy.smpc.protocols import Parties, Shares, call, each, put
+from tether.privacy.smpc.protocols import Parties, Shares, call, put
 from tether.remote import Pointer, get_all
 from tether.remote.client import client_of
 
@@ -41,7 +45,9 @@ def _check_ring_option(field: Any) -> None:
 class FixedPrecisionTensor:
     """Real values as ring elements: round(x * base^precision_fractional), here or remote."""
 
-    def __init__(self, value: torch.Tensor | Pointer, precision_fractional: int = 3, base: int = 10):
+    def __init__(
+        self, value: torch.Tensor | Pointer, precision_fractional: int = 3, base: int = 10
+    ):
         self.value = value
         self.precision_fractional = int(precision_fractional)
         self.base = int(base)
@@ -85,7 +91,8 @@ class FixedPrecisionTensor:
 
     def __repr__(self) -> str:
         where = "" if isinstance(self.value, torch.Tensor) else f" on {self.value.location.id}"
-        return f"FixedPrecisionTensor{list(self.shape)}{where} (precision {self.base}^-{self.precision_fractional})"
+        precision = f"precision {self.base}^-{self.precision_fractional}"
+        return f"FixedPrecisionTensor{list(self.shape)}{where} ({precision})"
 
 
 class RemoteSharing:
@@ -179,8 +186,7 @@ class AdditiveSharingTensor:
         for p in shares:
             if p.dtype != ring.DTYPE:
                 raise ring.RingError(
-                    f"the share on {p.location.id!r} is {p.dtype}, not a 2^64 ring element "
-                    "(int64)"
+                    f"the share on {p.location.id!r} is {p.dtype}, not a 2^64 ring element (int64)"
                 )
             shapes.add(tuple(p.shape))
         if len(shapes) != 1:
@@ -198,7 +204,11 @@ class AdditiveSharingTensor:
 
     @property
     def _scale(self) -> int:
-        return 1 if self.precision_fractional is None else ring.scale_of(self.precision_fractional, self.base)
+        return (
+            1
+            if self.precision_fractional is None
+            else ring.scale_of(self.precision_fractional, self.base)
+        )
 
     @property
     def crypto_provider(self) -> Any:
@@ -218,17 +228,24 @@ class AdditiveSharingTensor:
         return self.shape[0]
 
     def __repr__(self) -> str:
-        kind = "integers" if self.precision_fractional is None else f"precision {self.base}^-{self.precision_fractional}"
+        kind = (
+            "integers"
+            if self.precision_fractional is None
+            else f"precision {self.base}^-{self.precision_fractional}"
+        )
         where = ", ".join(str(w.id) for w in self.parties.workers)
         provider = self.parties.provider.id if self.parties.provider is not None else None
-        return f"AdditiveSharingTensor{list(self.shape)} ({kind}) on {where}, crypto provider {provider}"
+        shape = list(self.shape)
+        return f"AdditiveSharingTensor{shape} ({kind}) on {where}, crypto provider {provider}"
 
     def __bool__(self) -> bool:
         raise TypeError("the truth of a shared value is secret: .get() it first")
 
     # ---- the tape -----------------------------------------------------------------------------
 
-    def _like(self, shares: Shares, shape: torch.Size | None = None, precision: Any = "same") -> AdditiveSharingTensor:
+    def _like(
+        self, shares: Shares, shape: torch.Size | None = None, precision: Any = "same"
+    ) -> AdditiveSharingTensor:
         return AdditiveSharingTensor(
             shares,
             self.parties,
@@ -237,7 +254,9 @@ class AdditiveSharingTensor:
             self.base,
         )
 
-    def _record(self, out: AdditiveSharingTensor, parents: tuple[Any, ...], backward: Backward) -> AdditiveSharingTensor:
+    def _record(
+        self, out: AdditiveSharingTensor, parents: tuple[Any, ...], backward: Backward
+    ) -> AdditiveSharingTensor:
         if torch.is_grad_enabled() and any(
             isinstance(p, AdditiveSharingTensor) and p.requires_grad for p in parents
         ):
@@ -276,7 +295,9 @@ class AdditiveSharingTensor:
                     continue
                 parents, backward = node._grad_fn
                 for parent, pg in zip(parents, backward(g), strict=True):
-                    if pg is None or not (isinstance(parent, AdditiveSharingTensor) and parent.requires_grad):
+                    if pg is None or not (
+                        isinstance(parent, AdditiveSharingTensor) and parent.requires_grad
+                    ):
                         continue
                     known = grads.get(id(parent))
                     grads[id(parent)] = pg if known is None else known + pg
@@ -289,7 +310,8 @@ class AdditiveSharingTensor:
         if mine != theirs:
             raise errors.WorkerMismatchError(
                 "these shared tensors are shared among different workers ("
-                f"{[w.id for w in self.parties.workers]} and {[w.id for w in other.parties.workers]}): "
+                f"{[w.id for w in self.parties.workers]} and "
+                f"{[w.id for w in other.parties.workers]}): "
                 "share both among the same workers, in the same order"
             )
         if self.precision_fractional != other.precision_fractional or self.base != other.base:
@@ -299,7 +321,11 @@ class AdditiveSharingTensor:
                 "fix_precision() both alike"
             )
         mine_p, theirs_p = self.parties.provider, other.parties.provider
-        if mine_p is not None and theirs_p is not None and client_of(mine_p) is not client_of(theirs_p):
+        if (
+            mine_p is not None
+            and theirs_p is not None
+            and client_of(mine_p) is not client_of(theirs_p)
+        ):
             raise errors.WorkerMismatchError(
                 f"these shared tensors name different crypto providers ({mine_p.id!r} and "
                 f"{theirs_p.id!r})"
@@ -321,7 +347,10 @@ class AdditiveSharingTensor:
     def _public(self, value: Any) -> AdditiveSharingTensor:
         """A public value as a sharing (party 0 holds it, the others zeros)."""
         encoded = self._encode(value)
-        shares = [put(c, encoded if i == 0 else torch.zeros_like(encoded)) for i, c in enumerate(self.parties.clients)]
+        shares = [
+            put(c, encoded if i == 0 else torch.zeros_like(encoded))
+            for i, c in enumerate(self.parties.clients)
+        ]
         return self._like(shares, encoded.shape)
 
     def _local(self, path: str, *args: Any) -> Shares:
@@ -339,10 +368,18 @@ class AdditiveSharingTensor:
             parties = self._same_kind(other)
             shape = torch.broadcast_shapes(self.shape, other.shape)
             out = AdditiveSharingTensor(
-                [call(a, "torch.add", a, b) for a, b in zip(self.shares, other.shares, strict=True)],
-                parties, shape, self.precision_fractional, self.base,
+                [
+                    call(a, "torch.add", a, b)
+                    for a, b in zip(self.shares, other.shares, strict=True)
+                ],
+                parties,
+                shape,
+                self.precision_fractional,
+                self.base,
             )
-            return self._record(out, (self, other), lambda g: (g._sum_to(self.shape), g._sum_to(other.shape)))
+            return self._record(
+                out, (self, other), lambda g: (g._sum_to(self.shape), g._sum_to(other.shape))
+            )
         encoded = self._encode(other)
         shape = torch.broadcast_shapes(self.shape, encoded.shape)
         shares = self._broadcast_to(shape)
@@ -359,14 +396,20 @@ class AdditiveSharingTensor:
     def mul(self, other: Any) -> AdditiveSharingTensor:
         if isinstance(other, AdditiveSharingTensor):
             parties = self._same_kind(other)
-            product = protocols.beaver(parties, self.shares, other.shares, "mul", self.shape, other.shape)
+            product = protocols.beaver(
+                parties, self.shares, other.shares, "mul", self.shape, other.shape
+            )
             shape = torch.broadcast_shapes(self.shape, other.shape)
             out = AdditiveSharingTensor(
-                protocols.truncate(parties, product, self._scale), parties, shape,
-                self.precision_fractional, self.base,
+                protocols.truncate(parties, product, self._scale),
+                parties,
+                shape,
+                self.precision_fractional,
+                self.base,
             )
             return self._record(
-                out, (self, other),
+                out,
+                (self, other),
                 lambda g: ((g * other)._sum_to(self.shape), (g * self)._sum_to(other.shape)),
             )
         if isinstance(other, int) and not isinstance(other, bool):
@@ -392,11 +435,16 @@ class AdditiveSharingTensor:
     def matmul(self, other: Any) -> AdditiveSharingTensor:
         if isinstance(other, AdditiveSharingTensor):
             parties = self._same_kind(other)
-            product = protocols.beaver(parties, self.shares, other.shares, "matmul", self.shape, other.shape)
+            product = protocols.beaver(
+                parties, self.shares, other.shares, "matmul", self.shape, other.shape
+            )
             shape = torch.matmul(_meta(self.shape), _meta(other.shape)).shape
             out = AdditiveSharingTensor(
-                protocols.truncate(parties, product, self._scale), parties, shape,
-                self.precision_fractional, self.base,
+                protocols.truncate(parties, product, self._scale),
+                parties,
+                shape,
+                self.precision_fractional,
+                self.base,
             )
             return self._record(
                 out, (self, other), lambda g: (g.matmul(other.t()), self.t().matmul(g))
@@ -412,7 +460,9 @@ class AdditiveSharingTensor:
     def div(self, other: Any) -> AdditiveSharingTensor:
         """Division by a public number (a positive int divides exactly, up to rounding)."""
         if isinstance(other, AdditiveSharingTensor):
-            raise NotImplementedError("division by a shared value is not supported; divide by a public number")
+            raise NotImplementedError(
+                "division by a shared value is not supported; divide by a public number"
+            )
         if isinstance(other, int) and not isinstance(other, bool) and other > 0:
             out = self._like(protocols.truncate(self.parties, self.shares, other))
             return self._record(out, (self,), lambda g: (g / other,))
@@ -420,7 +470,9 @@ class AdditiveSharingTensor:
 
     def pow(self, exponent: int) -> AdditiveSharingTensor:
         if not isinstance(exponent, int) or exponent < 1:
-            raise NotImplementedError(f"shared tensors take whole positive powers, not {exponent!r}")
+            raise NotImplementedError(
+                f"shared tensors take whole positive powers, not {exponent!r}"
+            )
         out = self
         for _ in range(exponent - 1):
             out = out * self
@@ -492,12 +544,17 @@ class AdditiveSharingTensor:
     def __getitem__(self, key: Any) -> AdditiveSharingTensor:
         """Indexing (basic: ints and slices), without a gradient."""
         if self.requires_grad and torch.is_grad_enabled():
-            raise NotImplementedError("indexing a shared tensor that requires grad is not supported")
+            raise NotImplementedError(
+                "indexing a shared tensor that requires grad is not supported"
+            )
         shape = _meta(self.shape)[key].shape
         return self._like(self._local("operator.getitem", key), shape)
 
     def select(self, dim: int, index: int) -> AdditiveSharingTensor:
-        return self._like(self._local("torch.Tensor.select", dim, index), _meta(self.shape).select(dim, index).shape)
+        return self._like(
+            self._local("torch.Tensor.select", dim, index),
+            _meta(self.shape).select(dim, index).shape,
+        )
 
     # ---- comparison -----------------------------------------------------------------------------
 
@@ -517,7 +574,7 @@ class AdditiveSharingTensor:
         with torch.no_grad():
             bits = diff._negative()
             if negate:
-                bits = bits._like([call(s, "torch.neg", s) for s in bits.shares]).add(1)
+                bits = bits._one_minus()
         return self._as_result(bits)
 
     def gt(self, other: Any) -> AdditiveSharingTensor:
@@ -538,7 +595,7 @@ class AdditiveSharingTensor:
             diff = self - other
             lower = diff._negative()
             upper = (-diff)._negative()
-            bits = (lower + upper)._like([call(s, "torch.neg", s) for s in (lower + upper).shares]).add(1)
+            bits = (lower + upper)._one_minus()
         return self._as_result(bits)
 
     __gt__, __lt__, __ge__, __le__ = gt, lt, ge, le
@@ -551,8 +608,7 @@ class AdditiveSharingTensor:
     def relu(self) -> AdditiveSharingTensor:
         """max(x, 0) = x * [x >= 0]; the gradient is g * [x >= 0]."""
         with torch.no_grad():
-            negative = self._negative()
-            positive = negative._like([call(s, "torch.neg", s) for s in negative.shares]).add(1)
+            positive = self._negative()._one_minus()
         out = self._mul_bits(positive)
         return self._record(out, (self,), lambda g: (g._mul_bits(positive),))
 
@@ -575,15 +631,16 @@ class AdditiveSharingTensor:
                 candidate = self.select(dim, j)
                 larger = (best - candidate)._negative()  # [candidate > best]
                 best = best + (candidate - best)._mul_bits(larger)
-                index = index + (index._neg_plus(j))._mul_bits(larger)
+                index = index + (j - index)._mul_bits(larger)
             return best, self._as_result(index)
 
     def _like_integers(self) -> AdditiveSharingTensor:
         """The same shares read as integers (a public 0 encodes to 0 either way)."""
         return self._like(self.shares, precision=None)
 
-    def _neg_plus(self, value: int) -> AdditiveSharingTensor:
-        return self._like([call(s, "torch.neg", s) for s in self.shares]).add(value)
+    def _one_minus(self) -> AdditiveSharingTensor:
+        """1 - bits, for shared integer bits."""
+        return self.neg().add(1)
 
     # ---- operators and torch functions ----------------------------------------------------------
 
