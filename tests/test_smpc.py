@@ -176,3 +176,14 @@ def test_a_hostile_triple_request_is_refused_and_the_provider_keeps_serving(part
     assert "from 2 to 16, got 1000000" in replies[2].message
     x = torch.tensor([6]).share(parties[0], parties[1], crypto_provider=provider)
     assert torch.equal((x * x).get(), torch.tensor([36]))
+
+
+def test_a_share_of_private_data_leaves_only_as_the_owner_allows(parties) -> None:
+    """A worker under the `training` policy keeps its owner's data: a share computed from it
+    is refused at egress like any other result (a uniform share is still derived data)."""
+    _, alice, provider = parties
+    owner = sy.VirtualWorker(id="owner", release="training")
+    owner.publish("x", torch.tensor([1.5, 2.0]), tags=["#x"])
+    [pointer] = owner.search("#x")
+    with pytest.raises(errors.NotAllowedError, match="release policy is 'training'"):
+        pointer.fix_precision().share(owner, alice, crypto_provider=provider)
