@@ -16,6 +16,8 @@ from tether.privacy.smpc import AdditiveSharingTensor, RingError, ops, ring
 from tether.privacy.smpc.limbs import ring_matmul
 from tether.wire import Call
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture()
 def parties():

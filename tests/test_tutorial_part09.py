@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_part09_intro_to_encrypted_programs() -> None:
     # Step 1: Encryption Using Secure Multi-Party Computation

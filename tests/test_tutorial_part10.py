@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tether.datasets.boston import load_boston
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 EPOCHS = 2  # 10 in the notebook, in each section
 _TEST = re.compile(r"Test set: Average loss: (\d+\.\d+)")

@@ -15,6 +15,8 @@ import pytest
 
 from tether.datasets import mnist
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_TRAIN, N_TEST, EPOCHS = 128, 64, 1  # 640, 640 and 10 in the notebook
 
 _TRAIN = re.compile(r"Train Epoch: (\d+) \[(\d+)/(\d+) \((\d+)%\)\]\tLoss: (\d+\.\d+)")
