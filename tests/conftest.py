@@ -112,6 +112,20 @@ def no_thread_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
         )
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the test (restored after). SMPC's many elementwise ops on
+    tensors of 50,000 elements each wait for a second thread that the shared 2-core VM has
+    descheduled: 34 s against 4-8 s for Part 12 bis here (benchmarks/bench_smpc.py does the
+    same for both of its sides)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
     """Poll `condition` until it returns something true (returned); fail after `timeout` s."""
     deadline = time.monotonic() + timeout

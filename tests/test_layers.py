@@ -36,7 +36,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
 }
 # What each layer builds on directly (the test takes the closure). Features (federated, split,
 # duet) build on the core, never on each other; privacy's mechanisms (DP-SGD, the accountant,
-# the ledger, the attacks) sit below them, for each to use (federated's `fit` trains with DP).
+# the ledger, the attacks) sit below them, for each to use (federated's `fit` trains with DP);
+# its SMPC tensors compute through pointers, so privacy builds on remote.
 # Only the cli and the package's __init__ see all.
 BUILDS_ON: dict[str, set[str]] = {
     "errors": set(),
@@ -46,7 +47,7 @@ BUILDS_ON: dict[str, set[str]] = {
     "node": {"wire", "ops"},
     "remote": {"wire", "ops"},
     "transports": {"node", "remote"},
-    "privacy": {"data"},
+    "privacy": {"data", "remote"},
     "federated": {"transports", "data", "privacy"},
     "split": {"remote"},
     "duet": {"transports", "privacy"},

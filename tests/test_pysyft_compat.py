@@ -363,16 +363,7 @@ def test_the_sandbox_and_its_grid(training) -> None:
 
 
 def test_features_tether_lacks_say_so() -> None:
-    (bob,) = _workers("bob")
     with pytest.raises(NotImplementedError, match="network nodes, which tether does not implement"):
         sy.PublicGridNetwork  # noqa: B018
-    for call in (
-        lambda: torch.ones(2).fix_precision(),
-        lambda: torch.ones(2).share(bob),
-        lambda: torch.ones(2).send(bob).fix_prec(),
-        lambda: sy.AdditiveSharingTensor,
-    ):
-        with pytest.raises(NotImplementedError, match=r"secure multi-party computation \(SMPC\)"):
-            call()
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         sy.not_a_name  # noqa: B018

@@ -22,6 +22,8 @@ from tether.errors import (
     WorkerMismatchError,
 )
 from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
+from tether.privacy import smpc
+from tether.privacy.smpc import AdditiveSharingTensor, FixedPrecisionTensor
 from tether.remote import (
     LOCAL_WORKER,
     Pointer,
@@ -39,6 +41,7 @@ from tether.transports.websocket import WebsocketClientWorker, connect
 
 install()  # Tensor.send, Module.send/get, remote optimizer steps
 federated.install()  # Dataset.federate, Dataset.send
+smpc.install()  # fix_precision(), share(), float_precision()
 
 local_worker = LOCAL_WORKER  # PySyft's "me": the owner of every pointer
 
@@ -48,8 +51,6 @@ _NOT_YET = {
         "is PySyft's grid of network nodes, which tether does not implement "
         "(sy.PrivateGridNetwork searches workers in this process)"
     ),
-    "AdditiveSharingTensor": "is secure multi-party computation (SMPC), not in tether yet",
-    "FixedPrecisionTensor": "is secure multi-party computation (SMPC), not in tether yet",
     "Plan": "(PySyft's plans) is not in tether: remote calls are pipelined instead",
     "func2plan": "(PySyft's plans) is not in tether: remote calls are pipelined instead",
 }
@@ -65,9 +66,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AdditiveSharingTensor",
     "BaseDataset",
     "FederatedDataLoader",
     "FederatedDataset",
+    "FixedPrecisionTensor",
     "Module",
     "NotAllowedError",
     "ObjectNotFoundError",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -318,6 +319,20 @@ def _local(param: Any) -> Any:
     return local
 
 
+# Parameters torch cannot hold (SMPC's shared tensors), each with what sets an optimizer up
+# for them instead of torch: registered from above (`optimize_other_parameters`).
+_OTHER_PARAMETERS: list[tuple[type, Callable[[torch.optim.Optimizer, list, dict], None]]] = []
+
+
+def optimize_other_parameters(
+    kind: type, init: Callable[[torch.optim.Optimizer, list, dict], None]
+) -> None:
+    """Let `torch.optim.X(params, ...)` take parameters of `kind`, which are not tensors:
+    `init(optimizer, params, defaults)` sets the optimizer up in place of torch."""
+    if all(known is not kind for known, _ in _OTHER_PARAMETERS):
+        _OTHER_PARAMETERS.append((kind, init))
+
+
 def _wrap_optimizer_init() -> None:
     original: Any = torch.optim.Optimizer.__init__
     if getattr(original, "_tether", False):
@@ -325,6 +340,11 @@ def _wrap_optimizer_init() -> None:
 
     @functools.wraps(original)
     def __init__(self: torch.optim.Optimizer, params: Any, defaults: dict) -> None:
+        if _OTHER_PARAMETERS and not isinstance(params, torch.Tensor):
+            params = list(params)
+            for kind, init in _OTHER_PARAMETERS:
+                if params and all(isinstance(p, kind) for p in params):
+                    return init(self, params, defaults)
         with torch._C.DisableTorchFunctionSubclass():  # it checks the local tensors themselves
             original(self, _local_params(params), defaults)
 
@@ -503,8 +523,6 @@ def install() -> None:
         (nn.Module, "copy", copy_module),
     ):
         setattr(cls, name, method)
-    for name in ("fix_precision", "fix_prec", "float_precision", "float_prec", "share"):
-        setattr(torch.Tensor, name, getattr(Pointer, name))
     _wrap_optimizer_init()
     for path in ALLOWLIST:
         module, _, name = path.rpartition(".")

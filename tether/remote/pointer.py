@@ -295,14 +295,6 @@ class Pointer:
             raise RuntimeError("import tether.privacy.dp first: it sets how pointers publish")
         return _publisher(self, *args, **kwargs)
 
-    def fix_precision(self, *args: Any, **kwargs: Any) -> Any:
-        raise not_yet("fix_precision", "secure multi-party computation (SMPC)")
-
-    fix_prec = float_precision = float_prec = fix_precision
-
-    def share(self, *args: Any, **kwargs: Any) -> Any:
-        raise not_yet("share", "secure multi-party computation (SMPC)")
-
     def _check_live(self) -> None:
         if not self._live:
             raise errors.ObjectNotFoundError(
@@ -560,14 +552,6 @@ class LocalWorker:
 
 
 LOCAL_WORKER = LocalWorker()
-
-
-def not_yet(name: str, feature: str) -> NotImplementedError:
-    """The error for a PySyft name whose feature tether does not have yet."""
-    return NotImplementedError(
-        f"{name}() is PySyft's {feature}, which tether does not implement yet "
-        "(see docs/pysyft-compatibility.md for what runs today)"
-    )
 
 
 # ---- extension points: filled from above (tether.remote.autograd, .chain), never imported here

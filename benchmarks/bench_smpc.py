@@ -1,0 +1,192 @@
+"""Encrypted training and inference of PySyft Part 12 bis's MLP (784-128-64-10): SMPC tensors
+on two VirtualWorkers and a crypto provider, against plain PyTorch in the same run.
+
+- step: one training step on a batch of 64, as the tutorial writes it (fixed precision 3,
+  MSE against one-hot targets, `.refresh()`, SGD at lr 0.02; the data shared with
+  requires_grad=True). The plain step is the same code on plain tensors (the data requiring
+  grad too). Rounds alternate the two; the ratio is the median over rounds of the encrypted
+  step's time over the plain step's of that round. Both include everything a step does: the
+  provider dealing its triples, every share crossing the real wire format.
+- inference: the MLP trained in plain PyTorch (3 epochs on the 5,000-image sample), then
+  shared and run encrypted on the first 1,000 test images; the share of its predictions that
+  equal plain PyTorch's.
+- accuracy (--accuracy): the tutorial's run, 10 epochs on 640 images
+  (examples/encrypted_mnist.py does the same, printing as the notebook prints).
+
+`--threads 1` (the default) runs torch on one thread for both sides: on this shared VM a
+second thread's waits make every elementwise op noisy (docs/smpc.md, "Speed").
+
+Run: python benchmarks/bench_smpc.py [--repeats 5] [--threads 1] [--accuracy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+
+import tether as sy
+from tether.datasets import MNIST, materialize
+from tether.datasets.mnist import MEAN, STD
+from tether.transforms import Compose, Normalize, ToTensor
+
+BATCH, LR = 64, 0.02
+
+
+class Net(nn.Module):
+    """Part 12 bis's model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, 128)
+        self.fc2 = nn.Linear(128, 64)
+        self.fc3 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = x.view(-1, 28 * 28)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def mnist(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    transform = Compose([ToTensor(), Normalize((MEAN,), (STD,))])
+    return materialize(MNIST(root=None, train=train, transform=transform))
+
+
+def step(model, optimizer, data, target) -> float:
+    start = time.perf_counter()
+    optimizer.zero_grad()
+    loss = ((model(data) - target) ** 2).sum().refresh() / BATCH
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def plain_step(model, optimizer, data, target) -> float:
+    start = time.perf_counter()
+    optimizer.zero_grad()
+    loss = ((model(data) - target) ** 2).sum() / BATCH
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def bench_step(repeats: int, workers, provider, data, target) -> None:
+    plain = Net()
+    shared = (
+        copy.deepcopy(plain)
+        .fix_precision()
+        .share(*workers, crypto_provider=provider, requires_grad=True)
+    )
+    plain_opt = optim.SGD(plain.parameters(), lr=LR)
+    shared_opt = optim.SGD(shared.parameters(), lr=LR).fix_precision()
+    x = data.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    y = target.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    plain_x = data.clone().requires_grad_(True)
+    step(shared, shared_opt, x, y)  # warm-up
+    for _ in range(20):
+        plain_step(plain, plain_opt, plain_x, target)
+    ratios, encrypted, plains = [], [], []
+    for _ in range(repeats):
+        p = statistics.median(plain_step(plain, plain_opt, plain_x, target) for _ in range(20))
+        e = step(shared, shared_opt, x, y)
+        plains.append(p)
+        encrypted.append(e)
+        ratios.append(e / p)
+    print(
+        f"training step, batch {BATCH}: plain {statistics.median(plains) * 1e3:.2f} ms, "
+        f"encrypted {statistics.median(encrypted) * 1e3:.0f} ms: "
+        f"{statistics.median(ratios):.0f}x (rounds: {', '.join(f'{r:.0f}' for r in ratios)})"
+    )
+
+
+def bench_inference(workers, provider) -> None:
+    data, targets = mnist(train=True)
+    torch.manual_seed(0)
+    model = Net()
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        for index in torch.randperm(len(data)).split(BATCH):
+            opt.zero_grad()
+            F.cross_entropy(model(data[index]), targets[index]).backward()
+            opt.step()
+    test, test_targets = mnist(train=False)
+    test, test_targets = test[:1000], test_targets[:1000]
+    with torch.no_grad():
+        plain_pred = model(test).argmax(dim=1)
+        start = time.perf_counter()
+        model.fix_precision().share(*workers, crypto_provider=provider)
+        encrypted = []
+        for batch in test.split(250):
+            shared = batch.fix_precision().share(*workers, crypto_provider=provider)
+            encrypted.append(model(shared).argmax(dim=1).get().float_precision().long())
+        seconds = time.perf_counter() - start
+    pred = torch.cat(encrypted)
+    agree = float((pred == plain_pred).double().mean())
+    print(
+        f"encrypted inference, 1000 test images: {agree:.1%} equal plain PyTorch's predictions "
+        f"(accuracy {float((pred == test_targets).double().mean()):.1%} encrypted, "
+        f"{float((plain_pred == test_targets).double().mean()):.1%} plain), {seconds:.1f} s"
+    )
+
+
+def bench_accuracy(workers, provider) -> None:
+    torch.manual_seed(1)
+    data, targets = mnist(train=True)
+    batches = [
+        (
+            data[i : i + BATCH]
+            .fix_precision()
+            .share(*workers, crypto_provider=provider, requires_grad=True),
+            F.one_hot(targets[i : i + BATCH], 10)
+            .float()
+            .fix_precision()
+            .share(*workers, crypto_provider=provider, requires_grad=True),
+        )
+        for i in range(0, 640, BATCH)
+    ]
+    model = Net().fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    opt = optim.SGD(model.parameters(), lr=LR).fix_precision()
+    start = time.perf_counter()
+    for _ in range(10):
+        for x, y in batches:
+            step(model, opt, x, y)
+    with torch.no_grad():
+        correct = 0
+        for i in range(0, 640, BATCH):
+            x = data[i : i + BATCH].fix_precision().share(*workers, crypto_provider=provider)
+            pred = model(x).argmax(dim=1).get().float_precision().long()
+            correct += int((pred == targets[i : i + BATCH]).sum())
+    print(
+        f"Part 12 bis, 10 epochs on 640 images: {correct}/640 ({correct / 6.4:.0f}%) on them "
+        f"(the tutorial: 89%), {time.perf_counter() - start:.0f} s"
+    )
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--repeats", type=int, default=5)
+    cli.add_argument("--threads", type=int, default=1)
+    cli.add_argument("--accuracy", action="store_true", help="also train 10 epochs (minutes)")
+    args = cli.parse_args()
+    torch.set_num_threads(args.threads)
+    hook = sy.TorchHook(torch)
+    workers = [sy.VirtualWorker(hook, id="worker1"), sy.VirtualWorker(hook, id="worker2")]
+    provider = sy.VirtualWorker(hook, id="crypto_provider")
+    data, targets = mnist(train=True)
+    bench_step(
+        args.repeats, workers, provider, data[:BATCH], F.one_hot(targets[:BATCH], 10).float()
+    )
+    bench_inference(workers, provider)
+    if args.accuracy:
+        bench_accuracy(workers, provider)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""SMPC tensors (tether.privacy.smpc): the ring and its randomness, the fast matmul against the
+int64 reference, the protocols' results against plain PyTorch, and the errors bad input gets.
+The tutorials that use them are tests/test_tutorial_part09.py, part10 and part12bis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tether as sy
+from tether import errors
+from tether.privacy.smpc import AdditiveSharingTensor, RingError, ops, ring
+from tether.privacy.smpc.limbs import ring_matmul
+from tether.wire import Call
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture()
+def parties():
+    hook = sy.TorchHook(torch)
+    return (
+        sy.VirtualWorker(hook, id="bob"),
+        sy.VirtualWorker(hook, id="alice"),
+        sy.VirtualWorker(hook, id="provider"),
+    )
+
+
+def test_limb_matmul_is_the_int64_matmul_bit_for_bit() -> None:
+    g = torch.Generator().manual_seed(0)
+    for m, k, n in [(64, 784, 128), (128, 64, 784), (3, 1, 5), (10, 1100, 7)]:
+        a = torch.randint(-(2**63), 2**63 - 1, (m, k), generator=g)
+        b = torch.randint(-(2**63), 2**63 - 1, (k, n), generator=g)
+        assert torch.equal(ring_matmul(a, b), a @ b)
+    edge = torch.tensor([[-(2**63), 2**63 - 1, -1, 0]])
+    assert torch.equal(ring_matmul(edge, edge.t()), edge @ edge.t())
+
+
+def test_a_single_share_is_uniform_over_the_ring_whatever_the_secret() -> None:
+    """Each byte of a share is uniform (chi-square over 256 values), for a secret of zeros and
+    for a secret of large values alike, and the two shares' bytes have the same distribution."""
+    n = 20_000
+    for secret in (torch.zeros(n, dtype=torch.int64), torch.full((n,), 2**40 + 12345)):
+        share = ring.split(secret, 2)[0]
+        assert torch.equal(ring.reconstruct(ring.split(secret, 2)), secret)
+        counts = torch.bincount(share.view(torch.uint8).long(), minlength=256).double()
+        expected = 8 * n / 256
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 255 + 5 * math.sqrt(2 * 255)  # 255 degrees of freedom, 5 sigma
+        top_bit = float((share < 0).double().mean())
+        assert abs(top_bit - 0.5) < 0.02
+
+
+def test_fixed_precision_arithmetic_matches_plain_pytorch(parties) -> None:
+    bob, alice, provider = parties
+    g = torch.Generator().manual_seed(1)
+    x, y, w = (
+        torch.randn(8, 5, generator=g),
+        torch.randn(8, 5, generator=g),
+        torch.randn(5, 3, generator=g),
+    )
+    sx = x.fix_precision().share(bob, alice, crypto_provider=provider)
+    sy_ = y.fix_precision().share(bob, alice, crypto_provider=provider)
+    sw = w.fix_precision().share(bob, alice, crypto_provider=provider)
+    checks = {
+        "add": (sx + sy_, x + y),
+        "sub": (sx - sy_, x - y),
+        "mul": (sx * sy_, x * y),
+        "matmul": (sx @ sw, x @ w),
+        "public": (sx * 2.5 - 1, x * 2.5 - 1),
+        "div": (sx / 4, x / 4),
+        "square-sum": ((sx**2).sum(), (x**2).sum()),
+        "linear": (F.linear(sx, sw.t(), sy_[0, :3]), F.linear(x, w.t(), y[0, :3])),
+    }
+    for name, (shared, plain) in checks.items():
+        got = shared.get().float_precision()
+        assert got.shape == plain.shape, name
+        assert (got - plain).abs().max() < 0.01, name
+
+
+def test_comparisons_relu_and_argmax_are_exact(parties) -> None:
+    bob, alice, provider = parties
+    values = torch.tensor([-(2**40), -1, 0, 1, 7, 2**40, -5, 3])
+    other = torch.tensor([3, -1, 0, 2, 7, -(2**40), -6, 3])
+    sx = values.share(bob, alice, crypto_provider=provider)
+    so = other.share(bob, alice, crypto_provider=provider)
+    for name, fn in {
+        "gt": torch.gt,
+        "lt": torch.lt,
+        "ge": torch.ge,
+        "le": torch.le,
+        "eq": torch.eq,
+    }.items():
+        assert torch.equal(getattr(sx, name)(so).get(), fn(values, other).long()), name
+    reals = torch.randn(6, 10, generator=torch.Generator().manual_seed(2))
+    shared = reals.fix_precision().share(bob, alice, crypto_provider=provider)
+    assert torch.equal(shared.relu().get().float_precision(), reals.relu().mul(1000).round() / 1000)
+    assert torch.equal(shared.argmax(dim=1).get().float_precision(), reals.argmax(dim=1).float())
+
+
+def test_backward_gives_the_gradients_plain_pytorch_gives(parties) -> None:
+    bob, alice, provider = parties
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(4, 6, generator=g), torch.randn(3, 6, generator=g, requires_grad=True)
+    sx = x.fix_precision().share(bob, alice, crypto_provider=provider)
+    sw = w.detach().fix_precision().share(bob, alice, crypto_provider=provider, requires_grad=True)
+    ((F.relu(F.linear(sx, sw)) - 1) ** 2).sum().backward()
+    ((F.relu(F.linear(x, w)) - 1) ** 2).sum().backward()
+    assert (sw.grad.get().float_precision() - w.grad).abs().max() < 0.05
+
+
+def test_shares_are_ordinary_objects_on_the_workers(parties) -> None:
+    """Each worker stores one int64 tensor per share, and holds nothing else once the value
+    is opened; a worker with the training release policy takes part like an open one."""
+    bob, _, provider = parties
+    careful = sy.VirtualWorker(id="careful", release="training")
+    shared = torch.tensor([5, -7]).share(bob, careful, crypto_provider=provider)
+    [share] = bob._objects.values()
+    assert share.dtype == torch.int64 and share.shape == (2,)
+    assert torch.equal((shared * shared).get(), torch.tensor([25, 49]))
+    assert torch.equal(shared.get(), torch.tensor([5, -7]))
+    assert bob._objects == {} and careful._objects == {}
+    assert provider._objects == {}  # the triples it dealt were fetched and handed on
+
+
+def test_bad_input_gets_clear_errors(parties) -> None:
+    bob, alice, provider = parties
+    carol = sy.VirtualWorker(id="carol")
+    x = torch.ones(3).fix_precision().share(bob, alice, crypto_provider=provider)
+    with pytest.raises(ValueError, match="different precisions"):
+        x + torch.ones(3).fix_precision(precision_fractional=2).share(
+            bob, alice, crypto_provider=provider
+        )
+    with pytest.raises(errors.WorkerMismatchError, match="different workers"):
+        x + torch.ones(3).fix_precision().share(bob, carol, crypto_provider=provider)
+    without = torch.ones(3).fix_precision().share(bob, alice)
+    with pytest.raises(errors.NotAllowedError, match="needs a crypto provider"):
+        without * without
+    with pytest.raises(errors.NotAllowedError, match="needs a crypto provider"):
+        without > 0  # noqa: B015
+    with pytest.raises(errors.NotAllowedError, match="holds a share too"):
+        torch.ones(3).fix_precision().share(bob, alice, crypto_provider=bob)
+    with pytest.raises(TypeError, match="fix_precision"):
+        torch.ones(3).share(bob, alice)
+    with pytest.raises(RingError, match="2\\^64 ring"):
+        torch.ones(3).fix_precision().share(bob, alice, field=2**32)
+    with pytest.raises(RingError, match="does not fit"):
+        torch.tensor([1e20]).fix_precision()
+    three = torch.ones(3, dtype=torch.long).share(bob, alice, carol, crypto_provider=provider)
+    with pytest.raises(errors.NotAllowedError, match="exactly two parties"):
+        three > 0  # noqa: B015
+    # adopting shares already on the workers
+    good = AdditiveSharingTensor.from_shares(
+        [torch.tensor([1, 2]).send(bob), torch.tensor([3, 4]).send(alice)], provider
+    )
+    assert torch.equal(good.get(), torch.tensor([4, 6]))
+    with pytest.raises(ValueError, match="one shape"):
+        AdditiveSharingTensor.from_shares(
+            [torch.tensor([1, 2]).send(bob), torch.tensor([3]).send(alice)]
+        )
+    with pytest.raises(RingError, match="not a 2\\^64 ring element"):
+        AdditiveSharingTensor.from_shares(
+            [torch.tensor([1, 2]).send(bob), torch.ones(2).send(alice)]
+        )
+
+
+def test_a_hostile_triple_request_is_refused_and_the_provider_keeps_serving(parties) -> None:
+    *_, provider = parties
+    node = provider.node
+    huge = Call(ops.PATHS["triple"], ["matmul", [2**20, 2**20], [2**20, 2**20], 2], {}, 1, 0, None)
+    bad_op = Call(ops.PATHS["triple"], ["pow", [2], [2], 2], {}, 2, 0, None)
+    many = Call(ops.PATHS["triple"], ["mul", [2], [2], 10**6], {}, 3, 0, None)
+    replies = node.run([huge, bad_op, many], "mallory").replies
+    assert [r.kind for r in replies] == ["LimitError", "ValueError", "LimitError"]
+    assert "from 2 to 16, got 1000000" in replies[2].message
+    x = torch.tensor([6]).share(parties[0], parties[1], crypto_provider=provider)
+    assert torch.equal((x * x).get(), torch.tensor([36]))
+
+
+def test_a_share_of_private_data_leaves_only_as_the_owner_allows(parties) -> None:
+    """A worker under the `training` policy keeps its owner's data: a share computed from it
+    is refused at egress like any other result (a uniform share is still derived data)."""
+    _, alice, provider = parties
+    owner = sy.VirtualWorker(id="owner", release="training")
+    owner.publish("x", torch.tensor([1.5, 2.0]), tags=["#x"])
+    [pointer] = owner.search("#x")
+    with pytest.raises(errors.NotAllowedError, match="release policy is 'training'"):
+        pointer.fix_precision().share(owner, alice, crypto_provider=provider)

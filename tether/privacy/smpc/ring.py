@@ -1,0 +1,98 @@
+"""The ring every share lives in: Z/2^64Z, held as int64 tensors whose wrap-around arithmetic
+is the ring's (torch's int64 add, sub, mul and matmul wrap silently).
+
+Randomness: a fresh 256-bit ChaCha20 key from `os.urandom` for every draw, expanded by the
+`cryptography` library, so each element is uniform over all 2^64 values (a share alone is then
+independent of the secret). torch's own generators are not used: they are not meant to resist
+an observer who sees their outputs.
+
+Fixed precision (PySyft's encoding): a real x is the ring element round(x * base^precision).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from tether.errors import TetherError
+
+RING_BITS = 64
+DTYPE = torch.int64
+# Encoded values must stay far below 2^63: products of two of them are truncated after the
+# fact, and the two-party truncation is exact only while |value| << 2^63 (see `truncate`).
+MAX_ENCODED = 2**52
+
+
+class RingError(TetherError, ValueError):
+    """A value that cannot be encoded, or a share that is not a ring element."""
+
+
+def random_ring(shape: torch.Size | tuple[int, ...] | list[int]) -> torch.Tensor:
+    """Elements uniform over the 2^64 ring (int64), from a fresh ChaCha20 stream."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    stream = Cipher(algorithms.ChaCha20(os.urandom(32), bytes(16)), mode=None).encryptor()
+    if n == 0:
+        return torch.zeros(tuple(shape), dtype=DTYPE)
+    raw = bytearray(stream.update(bytes(8 * n)))
+    return torch.frombuffer(raw, dtype=DTYPE).reshape(tuple(shape))
+
+
+def split(secret: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """`n` additive shares of an int64 tensor: n-1 uniform, the last makes them sum to it."""
+    check_ring(secret, "the secret")
+    if n < 2:
+        raise RingError(f"sharing needs at least 2 shares, got {n}")
+    shares = [random_ring(secret.shape) for _ in range(n - 1)]
+    last = secret.clone()
+    for share in shares:
+        last -= share
+    return [*shares, last]
+
+
+def reconstruct(shares: list[torch.Tensor]) -> torch.Tensor:
+    total = shares[0].clone()
+    for share in shares[1:]:
+        total += share
+    return total
+
+
+def check_ring(tensor: object, what: str) -> None:
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != DTYPE:
+        found = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise RingError(f"{what} must be an int64 tensor (the 2^64 ring), got {found}")
+
+
+def scale_of(precision: int, base: int = 10) -> int:
+    return int(base) ** int(precision)
+
+
+def encode(value: torch.Tensor, precision: int, base: int = 10) -> torch.Tensor:
+    """round(value * base^precision) as ring elements; refuses values too large to multiply."""
+    scale = scale_of(precision, base)
+    scaled = value.detach().to(torch.float64) * scale
+    if scaled.numel() and bool((scaled.abs() > MAX_ENCODED).any()):
+        raise RingError(
+            f"a value of magnitude {float(value.abs().max()):.3g} does not fit fixed precision "
+            f"{base}^{precision} (|value| * {scale} must stay below 2^52)"
+        )
+    return scaled.round().to(DTYPE)
+
+
+def decode(value: torch.Tensor, precision: int, base: int = 10) -> torch.Tensor:
+    """Ring elements back to floats (float32, torch's default)."""
+    return (value.to(torch.float64) / scale_of(precision, base)).to(torch.get_default_dtype())
+
+
+def truncate(share: torch.Tensor, divisor: int, party: int) -> torch.Tensor:
+    """One party's share of x / divisor, from its share of x (two parties; SecureML's local
+    truncation): party 0 rounds down, party 1 rounds its negation down. The result is within
+    1 of x / divisor unless the shares straddle the ring's wrap, which happens with
+    probability about |x| / 2^63: 2^-43 for the product of two values near 1 at precision 3
+    (PySyft's default), 2^-23 for two values near 1000."""
+    if party == 0:
+        return torch.div(share, divisor, rounding_mode="floor")
+    return -torch.div(-share, divisor, rounding_mode="floor")
