@@ -169,8 +169,9 @@ def summed(
     updates: Sequence[Update], global_state: Mapping[str, torch.Tensor], by_samples: bool
 ) -> Sum:
     """The `Sum` that secure aggregation would reveal of these updates (the reference the
-    secure path is tested against, and the way a sum-based strategy runs without it). No
-    updates make a zero sum: DP-FedAvg's Poisson sampling may pick no client."""
+    secure path is tested against, and the way a sum-based strategy runs without it)."""
+    if not updates:
+        raise ValueError("a sum needs at least one update")
     weights = [float(u.samples) if by_samples else 1.0 for u in updates]
     delta = {
         key: sum(

@@ -49,10 +49,9 @@ from tether.federated.strategies.base import (
     Update,
     check_number,
     shifted,
-    summed,
 )
 from tether.privacy.dp.accountant import Steps, epsilon
-from tether.privacy.dp.update_clip import clip_move
+from tether.privacy.dp.update_clip import clipped_move
 
 DEFAULT_CLIP_LR = 0.2  # Andrew et al.'s η_C for the geometric update
 
@@ -125,10 +124,20 @@ class DPFedAvg(Strategy):
         self, round: int, updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]
     ) -> State:
         """The clients' moves, each clipped to C again here (a no-op for a client that
-        clipped its own; a bound on one that did not), summed, then `aggregate_sum`."""
-        start = {k: v.double() if v.is_floating_point() else v for k, v in global_state.items()}
-        clipped = [replace(u, state=clip_move(u.state, start, self.clip)[0]) for u in updates]
-        return self.aggregate_sum(round, summed(clipped, global_state, False), global_state)
+        clipped its own; a bound on one that did not), summed as `summed` would (each client
+        once, in float64; one pass per update), then `aggregate_sum`."""
+        total = {key: torch.zeros(v.shape, dtype=torch.float64) for key, v in global_state.items()}
+        for update in updates:
+            move, _ = clipped_move(update.state, global_state, self.clip)
+            for key, value in total.items():
+                if key in move:
+                    value.add_(move[key])
+                else:  # an integer entry, summed as `summed` sums it (and left unreleased)
+                    value.add_(update.state[key].double() - global_state[key].double())
+        said = all(u.within_clip is not None for u in updates)
+        within = float(sum(1 for u in updates if u.within_clip)) if said else None
+        total_sum = Sum(total, float(len(updates)), len(updates), within)
+        return self.aggregate_sum(round, total_sum, global_state)
 
     def aggregate_sum(
         self, round: int, total: Sum, global_state: Mapping[str, torch.Tensor]

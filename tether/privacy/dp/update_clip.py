@@ -20,29 +20,43 @@ State = dict[str, torch.Tensor]
 
 def move_norm(state: Mapping[str, torch.Tensor], start: Mapping[str, torch.Tensor]) -> float:
     """The L2 norm of `state - start` over the floating-point entries, summed in float64."""
-    total = 0.0
-    for key, value in start.items():
-        if value.is_floating_point():
-            total += float((state[key].double() - value.double()).square().sum())
-    return math.sqrt(total)
+    return _norm(_move(state, start))
+
+
+def clipped_move(
+    state: Mapping[str, torch.Tensor], start: Mapping[str, torch.Tensor], clip: float
+) -> tuple[State, bool]:
+    """`state - start` for the floating-point entries, in float64, scaled to norm at most
+    `clip`; and whether it was within `clip` already (the bit adaptive clipping counts)."""
+    move = _move(state, start)
+    norm = _norm(move)
+    if norm > clip:
+        for value in move.values():
+            value.mul_(clip / norm)
+    return move, norm <= clip
 
 
 def clip_move(
     state: Mapping[str, torch.Tensor], start: Mapping[str, torch.Tensor], clip: float
 ) -> tuple[State, bool]:
     """`state` with its move from `start` scaled to norm at most `clip`, in each entry's own
-    dtype; and whether the move was within `clip` already (the bit adaptive clipping counts).
-    A move within `clip` is returned unchanged."""
-    norm = move_norm(state, start)
-    if norm <= clip:
+    dtype, and whether the move was within `clip` already. A move within it is not touched."""
+    move, within = clipped_move(state, start, clip)
+    if within:
         return dict(state), True
-    scale = clip / norm
-    clipped = {
-        key: (
-            (value.double() + (state[key].double() - value.double()) * scale).to(value.dtype)
-            if value.is_floating_point()
-            else state[key]
-        )
+    return {
+        key: (start[key].double() + move[key]).to(value.dtype) if key in move else value
+        for key, value in state.items()
+    }, False
+
+
+def _move(state: Mapping[str, torch.Tensor], start: Mapping[str, torch.Tensor]) -> State:
+    return {
+        key: state[key].double().sub_(value)
         for key, value in start.items()
+        if value.is_floating_point()
     }
-    return clipped, False
+
+
+def _norm(move: Mapping[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float(value.square().sum()) for value in move.values()))
