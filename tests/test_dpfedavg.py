@@ -24,6 +24,7 @@ from tether.federated import coordinator as coord
 from tether.federated.coordinator import Coordinator
 from tether.federated.delegated.training import TrainConfig, train
 from tether.federated.models import mlp
+from tether.federated.simulation import Simulation
 from tether.federated.strategies import DPFedAvg, Update, make_strategy
 from tether.federated.strategies.base import Sum
 from tether.federated.strategies.dpfedavg import split_noise
@@ -229,6 +230,25 @@ def test_adaptive_clipping_moves_c_to_the_target_quantile() -> None:
             history.append(strategy.clip)
         settled = statistics.mean(history[-100:])
         assert settled == pytest.approx(100 * quantile, rel=0.15), (quantile, start, settled)
+
+
+def test_the_clients_bits_reach_adaptive_clipping_in_a_simulation(parts) -> None:
+    """Every client's move is within C = 1000, says so, and C falls by exp(-clip_lr / 2) per
+    round (b = 1, gamma = 0.5; no noise on the count)."""
+    data, targets = parts["alice"]
+    strategy = DPFedAvg(
+        clip_norm=1000.0, noise_multiplier=0.0, target_quantile=0.5, quantile_noise=0.0
+    )
+    torch.manual_seed(0)
+    Simulation(
+        mlp(),
+        (data, targets),
+        partition="iid:4",
+        strategy=strategy,
+        config={"max_batches": 1},
+        rounds=3,
+    ).run()
+    assert strategy.clip == pytest.approx(1000.0 * math.exp(-3 * 0.2 * 0.5), rel=1e-12)
 
 
 def test_a_few_rounds_on_the_mnist_sample_train(capsys, tmp_path) -> None:
