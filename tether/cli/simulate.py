@@ -241,9 +241,15 @@ def settings(args: argparse.Namespace, clients: int) -> dict[str, Any]:
 def summary(result: SimulationResult, clients: int, seconds: float) -> str:
     last = next((r for r in reversed(result.history) if "accuracy" in r), None)
     accuracy = f", test accuracy {100 * last['accuracy']:.2f}%" if last else ""
+    final = result.history[-1]
+    private = (
+        f", DP-FedAvg ε = {final['epsilon']:.4g} (δ = {final['delta']:g})"
+        if "epsilon" in final
+        else ""
+    )
     return (
         f"{len(result.history)} rounds of {clients} clients in {seconds:.1f} s "
-        f"({seconds / len(result.history):.2f} s per round){accuracy}"
+        f"({seconds / len(result.history):.2f} s per round){accuracy}{private}"
     )
 
 

@@ -205,7 +205,7 @@ class Coordinator:
         if not self.progress:  # the bar shows it
             self.log(f"Training round {r}/{self.rounds}")
         start = time.perf_counter()
-        updates, left_out = self._train(r)
+        updates, left_out, sampled_none = self._train(r)
         record: dict[str, Any] = {
             "round": r,
             "workers": list(updates),
@@ -217,13 +217,22 @@ class Coordinator:
         for name, train in record["train"].items():
             if "epsilon" in train:  # it trained with DP
                 self.log(report.privacy_line(r, name, train))
-        if len(updates) < self.min_workers:
+        if len(updates) < self.min_workers and not sampled_none:
             raise FederationError(self._too_few(r, updates, left_out))
         ordered = [
-            Update(name, result["weights"], result["samples"], result["batches"])
+            Update(
+                name,
+                result["weights"],
+                result["samples"],
+                result["batches"],
+                result.get("within_clip") if type(result.get("within_clip")) is bool else None,
+            )
             for name, result in updates.items()
         ]
         self.state = self.strategy.aggregate(r, ordered, self.state)
+        record.update(self.strategy.record())
+        if "epsilon" in record:  # the strategy is differentially private (DP-FedAvg)
+            self.log(report.strategy_privacy_line(r, record))
         record["train_seconds"] = time.perf_counter() - start
         if self._evaluates(r):
             record["eval"] = self._evaluate(r, updates)
@@ -236,8 +245,10 @@ class Coordinator:
 
     # ---- training on the workers ------------------------------------------------------------
 
-    def _train(self, r: int) -> tuple[dict[str, dict], dict[str, str]]:
-        """Every available worker trains at once; the answers within the round timeout."""
+    def _train(self, r: int) -> tuple[dict[str, dict], dict[str, str], bool]:
+        """The workers the strategy samples train at once; the answers within the round
+        timeout, and whether the strategy sampled none of the available workers (DP-FedAvg's
+        Poisson sampling may: the round then aggregates no update)."""
         spec = modelspec.with_state(self.spec, self.state)
         jobs: dict[str, _Job] = {}
         left_out: dict[str, str] = {}
@@ -279,7 +290,7 @@ class Coordinator:
             next(
                 participant for participant in self.participants if participant.name == name
             ).missed.append(r)
-        return updates, left_out
+        return updates, left_out, bool(available) and not chosen
 
     def _start(self, participant: _Participant, r: int, spec: dict, task: Task) -> _Job:
         job = _Job(r)

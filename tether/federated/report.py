@@ -56,12 +56,23 @@ def privacy_line(r: int, worker: str, train: dict[str, Any]) -> str:
     )
 
 
+def strategy_privacy_line(r: int, record: dict[str, Any]) -> str:
+    """What a differentially private strategy (DP-FedAvg) has spent after round r."""
+    return (
+        f"Round {r}: DP-FedAvg has spent ε = {record['epsilon']:.4g} in total "
+        f"(δ = {record['delta']:g}, clipping norm {record['clip_norm']:.4g}, noise multiplier "
+        f"{record['noise_multiplier']:g})"
+    )
+
+
 def rows(history: Sequence[dict[str, Any]], groups: Groups) -> list[dict[str, Any]]:
     """One flat row per (round, model) for tables: per round, training rows, the workers left
     out (and why), then evaluation rows."""
     out = []
     for record in history:
         base = {"round": record["round"], "round_seconds": record["seconds"]}
+        if "epsilon" in record:  # a differentially private strategy's ε so far
+            base["strategy_epsilon"] = record["epsilon"]
         for worker, train in record["train"].items():
             out.append(
                 {

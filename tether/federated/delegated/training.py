@@ -16,6 +16,7 @@ with the coordinator, read together; DP-SGD's own machinery lives in tether.priv
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -28,6 +29,7 @@ from tether.federated.delegated.modelspec import build
 from tether.ops import ALLOWLIST
 from tether.privacy.dp import EXACT_METRICS_REFUSED, DPSettings, OwnerDP
 from tether.privacy.dp import sgd as dp_sgd
+from tether.privacy.dp.update_clip import clip_move
 
 LOSSES = (
     "nll_loss",
@@ -50,7 +52,9 @@ _NUMBERS = (bool, int, float)
 class TrainConfig:
     """How a worker trains: `max_batches` caps the batches of one `fit` (the tutorial's
     federate_after_n_batches); None trains `epochs` full epochs. `proximal_mu`: FedProx's
-    proximal term (0: none). `dp`: DP-SGD's `{"noise": 1.1, "clip": 1.0}` (tether.privacy.dp)."""
+    proximal term (0: none). `dp`: DP-SGD's `{"noise": 1.1, "clip": 1.0}` (tether.privacy.dp).
+    `update_clip`: DP-FedAvg's C, the L2 norm the client's whole move (its floating-point
+    weights minus those it started from) is clipped to at the end of training (None: none)."""
 
     loss: str = "nll_loss"
     optimizer: str = "SGD"
@@ -63,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     proximal_mu: float = 0.0
     dp: dict[str, float] | None = None
+    update_clip: float | None = None
 
     @classmethod
     def parse(cls, config: Mapping[str, Any] | TrainConfig) -> TrainConfig:
@@ -83,6 +88,9 @@ class TrainConfig:
         optimizer_class(made.optimizer, made.optimizer_args)
         if made.dp is not None:
             DPSettings.parse(made.dp)
+        clip = made.update_clip
+        if clip is not None and (type(clip) not in (int, float) or not 0 < clip < math.inf):
+            raise ValueError(f"update_clip must be a positive number or None, got {clip!r}")
         return made
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,13 +272,17 @@ def train(
     global RNG alone. With `config.proximal_mu`, each gradient gets FedProx's proximal term
     `mu * (w - w_start)`; with `correction`, SCAFFOLD's `c - c_i`. Returns `samples`,
     `batches`, `losses`, `epoch_losses` and `seconds`; the weights are the model's. With
-    `config.dp` or the owner's `privacy`: DP-SGD, see tether.privacy.dp.sgd.start."""
+    `config.dp` or the owner's `privacy`: DP-SGD, see tether.privacy.dp.sgd.start. With
+    `config.update_clip`, the model's move is clipped to that norm at the end and the result
+    says whether it was within it (`within_clip`), see tether.privacy.dp.update_clip."""
     loss_fn = loss_function(config.loss)
     data, targets = _check_data(data, targets)
     private = dp_sgd.start(config, privacy, data, targets)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     corrections = _corrections(correction, named, model)
     anchors = [p.detach().clone() for _, p in named] if config.proximal_mu else None
+    clip = config.update_clip
+    begun = _copy(model) if clip is not None else None
     if optimizer is None:
         optimizer_cls = optimizer_class(config.optimizer, config.optimizer_args)
         optimizer = optimizer_cls([p for _, p in named], **config.optimizer_args)
@@ -308,6 +320,9 @@ def train(
         "epoch_losses": _epoch_means(losses, epoch_ends),
         "seconds": time.perf_counter() - start,
     }
+    if begun is not None and clip is not None:
+        clipped, result["within_clip"] = clip_move(model.state_dict(), begun, clip)
+        model.load_state_dict(clipped)
     return result if private is None else private.result(result)
 
 
@@ -368,6 +383,11 @@ def _epoch_means(losses: list[float], ends: list[int]) -> list[float]:
         means.append(sum(losses[begin:end]) / (end - begin))
         begin = end
     return means
+
+
+def _copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights now, copied (training changes them in place)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -79,6 +79,6 @@ def run_client(trainer: ClientTrainer, global_state: State, job: ClientJob) -> C
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}
     losses = result["losses"]
     return ClientResult(
-        Update(job.client, state, result["samples"], result["batches"]),
+        Update(job.client, state, result["samples"], result["batches"], result.get("within_clip")),
         sum(losses) / len(losses) if losses else float("nan"),
     )

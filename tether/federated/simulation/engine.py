@@ -133,7 +133,8 @@ class Simulation:
         fold = RunningAverage() if folds(self.strategy) else None
         updates: list[Update] = []
         weighted_loss, clients, samples = 0.0, 0, 0
-        for result in self.backend.fit_clients(self.state, self.jobs(r)):
+        jobs = self.jobs(r)  # none at all only where the strategy samples none (DP-FedAvg)
+        for result in self.backend.fit_clients(self.state, jobs):
             if fold is not None:
                 fold.add(result.update)
             else:
@@ -141,7 +142,7 @@ class Simulation:
             weighted_loss += result.loss * result.update.samples
             clients += 1
             samples += result.update.samples
-        if clients == 0:
+        if clients == 0 and jobs:
             raise RuntimeError(f"round {r}: the backend returned no updates")
         if fold is not None:
             updates = [fold.update({key: value.dtype for key, value in self.state.items()})]
@@ -150,8 +151,9 @@ class Simulation:
             "round": r,
             "clients": clients,
             "samples": samples,
-            "train_loss": weighted_loss / samples,
+            "train_loss": weighted_loss / samples if samples else float("nan"),
             "seconds": time.perf_counter() - start,
+            **self.strategy.record(),
         }
         if self.test is not None and ((r - 1) % self.eval_every == 0 or r == self.rounds):
             self.model.load_state_dict(self.state)

@@ -3,6 +3,7 @@
 their parameters, for the command line and federation files)."""
 
 from tether.federated.strategies.base import State, Strategy, Task, Update, weighted_average
+from tether.federated.strategies.dpfedavg import DPFedAvg
 from tether.federated.strategies.fedadagrad import FedAdagrad
 from tether.federated.strategies.fedadam import FedAdam
 from tether.federated.strategies.fedavg import FedAvg
@@ -20,6 +21,7 @@ from tether.federated.strategies.trimmed_mean import TrimmedMean
 __all__ = [
     "PARAMETERS",
     "STRATEGIES",
+    "DPFedAvg",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

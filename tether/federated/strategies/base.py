@@ -38,12 +38,14 @@ State = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class Update:
     """One client's answer to a round: its weights, how many samples produced them and how
-    many local optimizer steps it took (FedNova and SCAFFOLD normalise by it)."""
+    many local optimizer steps it took (FedNova and SCAFFOLD normalise by it); for DP-FedAvg,
+    whether its move was within the clipping norm before it clipped it (`within_clip`)."""
 
     worker: str
     state: Mapping[str, torch.Tensor]
     samples: int
     steps: int = 1
+    within_clip: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,14 @@ class Sum:
     """All that secure aggregation reveals of a round: the sum over the clients of
     `weight * (their weights - the global weights)`, entry by entry (integer entries such as
     BatchNorm's counter as float64), and the sum of the weights. A client's weight is its
-    sample count, or 1 where the strategy weighs clients equally (`weigh_by_samples`)."""
+    sample count, or 1 where the strategy weighs clients equally (`weigh_by_samples`).
+    `within_clip`: how many clients' moves were within DP-FedAvg's clipping norm (adaptive
+    clipping's count; None where the clients did not say)."""
 
     delta: State
     weight: float
     clients: int
+    within_clip: float | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,11 @@ class Strategy:
         """The next global weights: the samples-weighted average of the clients'."""
         return average(updates, self.name)
 
+    def record(self) -> dict[str, Any]:
+        """What this strategy adds to the record of the round it aggregated last (DP-FedAvg:
+        the ε spent so far); plain data, for the coordinator's and the simulation's history."""
+        return {}
+
     def aggregate_sum(
         self, round: int, total: Sum, global_state: Mapping[str, torch.Tensor]
     ) -> State:
@@ -173,7 +183,9 @@ def summed(
         )
         for key, value in global_state.items()
     }
-    return Sum(delta, sum(weights), len(updates))
+    said = all(u.within_clip is not None for u in updates)
+    within = float(sum(1 for u in updates if u.within_clip)) if said else None
+    return Sum(delta, sum(weights), len(updates), within)
 
 
 def check_number(name: str, value: Any, fits: Callable[[float], bool], what: str) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.federated.strategies.base import Strategy
+from tether.federated.strategies.dpfedavg import DPFedAvg
 from tether.federated.strategies.fedadagrad import FedAdagrad
 from tether.federated.strategies.fedadam import FedAdam
 from tether.federated.strategies.fedavg import FedAvg
@@ -45,6 +46,18 @@ PARAMETERS: dict[str, Parameter] = {
     "beta": Parameter(float, "trimmed mean: fraction of values dropped at each end"),
     "byzantine": Parameter(int, "Krum: hostile clients tolerated"),
     "selected": Parameter(int, "Krum: best-scored clients averaged (multikrum: n - byzantine)"),
+    "clip_norm": Parameter(float, "DP-FedAvg's C: each client's move is clipped to this L2 norm"),
+    "noise_multiplier": Parameter(
+        float, "DP-FedAvg's z: Gaussian noise of std z*C on the clipped moves' sum"
+    ),
+    "delta": Parameter(float, "DP-FedAvg's δ, at which its ε is reported (default 1e-5)"),
+    "target_quantile": Parameter(
+        float, "DP-FedAvg's adaptive clipping: the quantile of update norms C moves towards"
+    ),
+    "clip_lr": Parameter(float, "DP-FedAvg's adaptive clipping: C's geometric step (default 0.2)"),
+    "quantile_noise": Parameter(
+        float, "DP-FedAvg's adaptive clipping: noise std on the count of clients within C"
+    ),
 }
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -62,6 +75,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         TrimmedMean,
         Krum,
         MultiKrum,
+        DPFedAvg,
     )
 }
 
