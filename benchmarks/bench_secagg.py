@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from tether.privacy.secagg import Aggregation, Encoding, MaskingClient, Setup

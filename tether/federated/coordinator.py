@@ -384,13 +384,13 @@ class Coordinator:
     ) -> dict[str, dict]:
         """Run the protocol across the workers that trained; the survivors' receipts (their
         `Sum` is kept for the strategy). FederationError when it aborts: nothing is unmasked."""
-        assert self._setup is not None
+        assert self._setup is not None and self.secure is not None
         hook = self.on_secure_step
         secure = SecureRound(
             self._setup,
             self.state,
             {name: result["kept"] for name, result in trained.items()},
-            self.round_timeout,
+            self.secure.step_timeout or self.round_timeout,
             (lambda step: hook(r, step)) if hook is not None else lambda step: None,
         )
         try:

@@ -39,12 +39,14 @@ class SecureAggregation:
     integer coordinate of a move (tether.privacy.secagg.ring). `max_weight`: the bound on one
     worker's weight (larger ones count as it); None: the samples the config lets a worker
     train on per round (`max_batches * batch_size`), else 65,536; 1 where the strategy
-    weighs workers equally."""
+    weighs workers equally. `step_timeout`: how long each step after training waits for the
+    workers (they answer in well under a second); None: the round timeout."""
 
     threshold: int | None = None
     clip: float = DEFAULT_CLIP
     count_clip: float = DEFAULT_COUNT_CLIP
     max_weight: float | None = None
+    step_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and (type(self.threshold) is not int or self.threshold < 2):
@@ -52,6 +54,10 @@ class SecureAggregation:
                 f"the secure aggregation threshold must be an integer >= 2, got {self.threshold!r}"
             )
         Encoding(1, self.max_weight or 1.0, self.clip, self.count_clip)  # checks the numbers
+        if self.step_timeout is not None and not (
+            isinstance(self.step_timeout, int | float) and self.step_timeout > 0
+        ):
+            raise ValueError(f"step_timeout must be a positive number, got {self.step_timeout!r}")
 
     @classmethod
     def parse(cls, value: Any) -> SecureAggregation | None:
@@ -65,7 +71,9 @@ class SecureAggregation:
             return value
         if isinstance(value, Mapping):
             return cls(**value)
-        raise TypeError(f"secure_aggregation must be True, False or SecureAggregation, got {value!r}")
+        raise TypeError(
+            f"secure_aggregation must be True, False or SecureAggregation, got {value!r}"
+        )
 
     def check(self, strategy: Strategy) -> None:
         """Refuse a strategy that needs each update (it would see only their sum)."""

@@ -23,7 +23,10 @@ def derive(shared: bytes, purpose: bytes, context: bytes) -> bytes:
     """A 32-byte key for one `purpose` ("mask", "share") from an X25519 shared secret, bound
     to the round and the pair (`context`)."""
     return HKDF(
-        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"tether secagg " + purpose + context
+        algorithm=hashes.SHA256(),
+        length=KEY_BYTES,
+        salt=None,
+        info=b"tether secagg " + purpose + context,
     ).derive(shared)
 
 
@@ -37,7 +40,7 @@ def stream(seed: bytes, length: int, out: np.ndarray | None = None) -> np.ndarra
     if out is None:
         out = np.empty(length, dtype=_STREAM)
     encryptor = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
-    encryptor.update_into(bytes(4 * length), memoryview(out).cast("B"))
+    encryptor.update_into(bytes(4 * length), out.data.cast("B"))
     return out
 
 

@@ -27,7 +27,7 @@ hundred workers the complete graph costs well under a second (benchmarks/bench_s
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,16 +121,16 @@ class MaskingClient:
     steps, each run once and in order, checking everything the coordinator sends."""
 
     __slots__ = (
+        "_cipher",
+        "_mask",
+        "_own",
+        "_roster",
+        "_sealed",
+        "_seed",
+        "_vector",
         "name",
         "setup",
         "step",
-        "_vector",
-        "_cipher",
-        "_mask",
-        "_roster",
-        "_seed",
-        "_own",
-        "_sealed",
     )
 
     def __init__(self, name: str, setup: Setup, vector: np.ndarray) -> None:
@@ -188,7 +188,9 @@ class MaskingClient:
         return sealed
 
     def _share_key(self, peer: str) -> bytes:
-        return agree(self._cipher, self._roster[peer]["cipher"], b"share", _pair(self.setup, self.name, peer))
+        return agree(
+            self._cipher, self._roster[peer]["cipher"], b"share", _pair(self.setup, self.name, peer)
+        )
 
     def masked_input(self, sealed: Any) -> np.ndarray:
         """The update under its masks: its own and one per peer that shared (`sealed` holds
@@ -212,7 +214,9 @@ class MaskingClient:
         expander = Expander(len(masked))
         expander.add(masked, self._seed)
         for peer in self._sealed:
-            seed = agree(self._mask, self._roster[peer]["mask"], b"mask", _pair(self.setup, self.name, peer))
+            seed = agree(
+                self._mask, self._roster[peer]["mask"], b"mask", _pair(self.setup, self.name, peer)
+            )
             if _sign_added(self.name, peer):
                 expander.add(masked, seed)
             else:
@@ -257,7 +261,10 @@ class MaskingClient:
 
 def check_roster(roster: Any, setup: Setup) -> dict[str, dict[str, bytes]]:
     """The roster as plain data, checked: names to two distinct 32-byte public keys."""
-    if not isinstance(roster, Mapping) or not setup.threshold <= len(roster) <= setup.encoding.clients:
+    if (
+        not isinstance(roster, Mapping)
+        or not setup.threshold <= len(roster) <= setup.encoding.clients
+    ):
         raise ValueError(
             f"the roster must name between the threshold ({setup.threshold}) and "
             f"{setup.encoding.clients} workers"
@@ -323,7 +330,11 @@ class Aggregation:
         """One worker's masked vector, added to the running sum."""
         if name not in self.shared or name in self.survivors:
             raise ValueError(f"{name!r} did not share keys this round, or sent its input twice")
-        if not (isinstance(masked, np.ndarray) and masked.dtype == np.uint32 and masked.shape == (self.length,)):
+        if not (
+            isinstance(masked, np.ndarray)
+            and masked.dtype == np.uint32
+            and masked.shape == (self.length,)
+        ):
             raise ValueError(f"{name!r}'s masked input is not {self.length} uint32 ring elements")
         np.add(self.total, masked, out=self.total)
         self.survivors.append(name)

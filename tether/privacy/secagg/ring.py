@@ -77,7 +77,9 @@ class Encoding:
         for key, base in global_state.items():
             value = trained[key]
             if value.shape != base.shape:
-                raise ValueError(f"entry {key!r} has shape {list(value.shape)}, not {list(base.shape)}")
+                raise ValueError(
+                    f"entry {key!r} has shape {list(value.shape)}, not {list(base.shape)}"
+                )
             bound = self.range_of(base)
             move = value.detach().double().flatten().numpy() - base.double().flatten().numpy()
             if not np.isfinite(move).all():
