@@ -410,6 +410,42 @@ def test_the_kept_update_never_leaves_a_training_worker() -> None:
             remote_step(client, SHARE_KEYS, kept, roster)
 
 
+def test_hostile_protocol_messages_get_clear_errors_and_the_worker_keeps_serving() -> None:
+    from tether.federated.delegated import modelspec
+    from tether.federated.delegated.remote import dataset_pointers, remote_secure_fit
+    from tether.remote.client import ref
+
+    worker = _workers([32], release="training")["w0"]
+    client = worker.client
+    dataset = dataset_pointers(client, "mnist")
+    spec = modelspec.describe(mlp())
+    setup = Setup.fresh(2, Encoding(clients=3, max_weight=32.0)).to_dict()
+
+    def fit(setup: dict) -> tuple:
+        return remote_secure_fit(
+            client, dataset, spec, TrainConfig(max_batches=1), setup, "w0", True
+        )
+
+    for bad, why in [
+        ({"round": b"x"}, "a mapping with keys"),
+        ({**setup, "round": b"short"}, "a round id is 16 bytes"),
+        ({**setup, "threshold": 1}, r"threshold must be an integer in \[2, 3\]"),
+        ({**setup, "clients": 10**6}, "clients must be an integer in"),
+        ({**setup, "clip": float("inf")}, "clip must be positive and finite"),
+    ]:
+        with pytest.raises(RemoteError, match=why):
+            fit(bad)
+    with pytest.raises(RemoteError, match="needs a MaskingClient as its first argument"):
+        client.call(SHARE_KEYS, [ref(dataset[0]), {}], kind="object", flush=True).get()
+    kept, receipt = fit(setup)
+    with pytest.raises(RemoteError, match="roster must name between the threshold"):
+        remote_step(client, SHARE_KEYS, kept, {"w0": receipt["keys"]})
+    with pytest.raises(RemoteError, match="cannot follow 'failed'"):  # its part has ended
+        remote_step(client, SHARE_KEYS, kept, {"w0": receipt["keys"]})
+    kept, receipt = fit(setup)  # and the worker serves the next round
+    assert set(receipt["keys"]) == {"cipher", "mask"}
+
+
 # ---- real worker processes --------------------------------------------------------------------
 
 N, THRESHOLD = 10, 7

@@ -43,6 +43,7 @@ from tether.federated.delegated.training import EvalConfig, TrainConfig
 from tether.federated.report import TUTORIAL_GROUPS
 from tether.federated.secure import Kept, RoundTooSmall, SecureAggregation, SecureRound
 from tether.federated.strategies import FedAvg, Strategy, Task, Update
+from tether.federated.strategies.base import Sum
 from tether.privacy.secagg import RoundAborted, Setup
 
 Log = Callable[[str], None]
@@ -192,8 +193,7 @@ class Coordinator:
         self.spec = modelspec.describe(model)
         self.state: dict[str, torch.Tensor] = dict(self.spec["state"])
         self.history: list[dict[str, Any]] = []
-        self._setup: Setup | None = None
-        self._sum: Any = None
+        self._setup: Setup | None = None  # this round's, under secure aggregation
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -227,16 +227,15 @@ class Coordinator:
             self.log(f"Training round {r}/{self.rounds}")
         start = time.perf_counter()
         updates, left_out = self._train(r)
-        if self.secure is not None:
-            updates = self._secure_sum(r, updates, left_out)
+        total = self._secure_sum(r, updates, left_out) if self.secure is not None else None
         record: dict[str, Any] = {
             "round": r,
             "workers": list(updates),
             "left_out": left_out,
             "train": {name: _train_metrics(result) for name, result in updates.items()},
         }
-        if self.secure is not None:
-            record["clients"] = self._sum.clients
+        if total is not None:
+            record["clients"] = total.clients
         for name, why in left_out.items():
             self.log(f"Round {r}: worker {name} left out ({why})")
         for name, train in record["train"].items():
@@ -244,8 +243,8 @@ class Coordinator:
                 self.log(report.privacy_line(r, name, train))
         if len(updates) < self.min_workers:
             raise FederationError(self._too_few(r, updates, left_out))
-        if self.secure is not None:
-            self.state = self.strategy.aggregate_sum(r, self._sum, self.state)
+        if total is not None:
+            self.state = self.strategy.aggregate_sum(r, total, self.state)
         else:
             ordered = [
                 Update(name, result["weights"], result["samples"], result["batches"])
@@ -312,7 +311,6 @@ class Coordinator:
 
     def _start(self, participant: _Participant, r: int, spec: dict, task: Task) -> _Job:
         job = _Job(r)
-
         setup = self._setup
 
         def work() -> None:
@@ -379,11 +377,9 @@ class Coordinator:
         except RoundTooSmall as exc:
             raise FederationError(f"round {r}: {exc}") from None
 
-    def _secure_sum(
-        self, r: int, trained: dict[str, dict], left_out: dict[str, str]
-    ) -> dict[str, dict]:
-        """Run the protocol across the workers that trained; the survivors' receipts (their
-        `Sum` is kept for the strategy). FederationError when it aborts: nothing is unmasked."""
+    def _secure_sum(self, r: int, trained: dict[str, dict], left_out: dict[str, str]) -> Sum:
+        """Run the protocol across the workers that trained (leaving in `trained` only the
+        survivors'); their `Sum`. FederationError when it aborts: nothing is unmasked."""
         assert self._setup is not None and self.secure is not None
         hook = self.on_secure_step
         secure = SecureRound(
@@ -394,7 +390,7 @@ class Coordinator:
             (lambda step: hook(r, step)) if hook is not None else lambda step: None,
         )
         try:
-            self._sum = secure.run()
+            total = secure.run()
         except RoundAborted as exc:
             left_out.update(secure.left_out)
             why = "; ".join(f"{name}: {reason}" for name, reason in left_out.items())
@@ -403,8 +399,9 @@ class Coordinator:
                 + (f". Left out: {why}" if why else "")
             ) from None
         left_out.update(secure.left_out)
-        survivors = set(secure.aggregation.survivors)
-        return {name: result for name, result in trained.items() if name in survivors}
+        for name in set(trained) - set(secure.aggregation.survivors):
+            del trained[name]
+        return total
 
     # ---- evaluation -------------------------------------------------------------------------
 

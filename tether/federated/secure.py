@@ -61,16 +61,14 @@ class SecureAggregation:
 
     @classmethod
     def parse(cls, value: Any) -> SecureAggregation | None:
-        """From `Coordinator(secure_aggregation=...)`: False/None (off), True (defaults),
-        settings, or a mapping of them."""
+        """From `Coordinator(secure_aggregation=...)`: False/None (off), True (defaults) or
+        settings."""
         if value is None or value is False:
             return None
         if value is True:
             return cls()
         if isinstance(value, SecureAggregation):
             return value
-        if isinstance(value, Mapping):
-            return cls(**value)
         raise TypeError(
             f"secure_aggregation must be True, False or SecureAggregation, got {value!r}"
         )

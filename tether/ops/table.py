@@ -384,10 +384,9 @@ def register(
     """Add a feature's op to the table, from its own package at import time (the node never
     imports a feature). `path`: "tether.<feature>.<name>", without "__", new unless it names
     the same `fn` again (a re-import). `releases=True`: a routine whose result (fit's weights)
-    may leave a `training` node when the owner's data reaches it only at `data_args`. A
-    releasing routine with a `self_type` keeps state between calls: at `data_args` it may
-    also take an object of that type, which only the feature's routines make (secure
-    aggregation's MaskingClient holds a worker's update between the protocol's steps)."""
+    may leave a `training` node when the owner's data reaches it only at `data_args` (or the
+    state it keeps there between calls: an object of its `self_type`, which only its
+    feature's routines make, such as secure aggregation's MaskingClient)."""
     if not path.startswith("tether.") or path.startswith(_RESERVED) or "__" in path:
         raise ValueError(f"a feature's op must be named tether.<feature>.<name>: {path!r}")
     known = ALLOWLIST.get(path)

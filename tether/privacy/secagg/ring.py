@@ -23,6 +23,7 @@ import torch
 RING_BITS = 32
 DEFAULT_CLIP = 8.0
 DEFAULT_COUNT_CLIP = 2.0**16
+MAX_CLIENTS = 4096
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,11 @@ class Encoding:
     count_clip: float = DEFAULT_COUNT_CLIP
 
     def __post_init__(self) -> None:
-        if type(self.clients) is not int or not 1 <= self.clients <= 2**16:
-            raise ValueError(f"clients must be an integer in [1, 65536], got {self.clients!r}")
+        # at most 4,096: a worker's work grows with the square of it (Shamir sharing)
+        if type(self.clients) is not int or not 1 <= self.clients <= MAX_CLIENTS:
+            raise ValueError(
+                f"clients must be an integer in [1, {MAX_CLIENTS}], got {self.clients!r}"
+            )
         for name in ("max_weight", "clip", "count_clip"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
