@@ -208,9 +208,8 @@ class MaskingClient:
                 f"{self.setup.threshold}"
             )
         self._sealed = dict(sealed)
-        vector, self._vector = self._vector, None
-        assert vector is not None
-        masked = vector.copy()
+        masked, self._vector = self._vector, None  # masked in place: the update is gone
+        assert masked is not None
         expander = Expander(len(masked))
         expander.add(masked, self._seed)
         for peer in self._sealed:
