@@ -196,7 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--secure-aggregation",
         action="store_true",
         default=None,
-        help="the coordinator learns only the sum of the workers' updates (SecAgg; "
+        help="learn only the sum of the workers' updates, never one worker's (SecAgg; "
         "docs/secure-aggregation.md); not with strategies that need each update",
     )
     add_flag(
