@@ -278,15 +278,35 @@ def _die_with_parent() -> None:
 class WorkerProcess:
     """`tether worker ...` in a child process, as a user starts it."""
 
-    def __init__(self, *args: str, port: int = 0, token: str = TOKEN) -> None:
+    def __init__(self, *args: str, port: int = 0, token: str = TOKEN, wait: bool = True) -> None:
         self.args = args
         self.token = token
         self.log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=LOGS)[1])
         self.lines: list[str] = []
         self.port = port
-        self._start()
+        self._launch()
+        if wait:
+            self._wait()
+
+    @classmethod
+    def many(cls, commands: list[tuple[str, ...]], at_once: int = 4) -> list[WorkerProcess]:
+        """Several workers, `at_once` starting together (each spends seconds of CPU importing
+        torch: more at once gain nothing on two cores, and on a busy machine would keep each
+        from starting within its minute). Started from this thread: a worker dies with the
+        thread that started it (PR_SET_PDEATHSIG)."""
+        started: list[WorkerProcess] = []
+        for begin in range(0, len(commands), at_once):
+            batch = [cls(*args, wait=False) for args in commands[begin : begin + at_once]]
+            for worker in batch:
+                worker._wait()
+            started += batch
+        return started
 
     def _start(self) -> None:
+        self._launch()
+        self._wait()
+
+    def _launch(self) -> None:
         command = [
             sys.executable,
             "-m",
@@ -305,6 +325,9 @@ class WorkerProcess:
             stderr=self.log.open("a"),
             preexec_fn=_die_with_parent,
         )
+
+    def _wait(self) -> None:
+        """Until the worker says where it listens (killed if it has not within a minute)."""
         watchdog = threading.Timer(60, self.proc.kill)  # a worker that never starts fails the test
         watchdog.start()
         try:

@@ -24,6 +24,7 @@ from tether.federated.coordinator import Coordinator
 from tether.federated.data.partition import parse_label_groups
 from tether.federated.delegated.training import TrainConfig
 from tether.federated.models import MODELS
+from tether.federated.secure import SecureAggregation
 from tether.federated.strategies import PARAMETERS, STRATEGIES, Strategy, make_strategy
 from tether.federated.strategies.registry import describe, fits, parameters
 from tether.transports.websocket import AccessDeniedError
@@ -72,6 +73,8 @@ DEFAULTS: dict[str, Any] = {
     "token": None,
     "resume": False,
     "progress": True,
+    "secure_aggregation": False,
+    "secure_threshold": None,
 }
 # What a federation file's keys hold (besides [workers] and [evaluator]): the type, and the
 # words its error message uses. "rounds" is "training_rounds" (the tutorial's name).
@@ -87,6 +90,7 @@ TOML_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
             "eval_every",
             "test_batch_size",
             "min_workers",
+            "secure_threshold",
         )
     },
     **{key: ((int, float), "a number") for key in ("lr", "momentum", "round_timeout")},
@@ -98,6 +102,7 @@ TOML_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "groups": ((str, list), 'a string or a list of strings, e.g. ["0-3", "4-6", "7-9"]'),
     "resume": (bool, "true or false"),
     "progress": (bool, "true or false"),
+    "secure_aggregation": (bool, "true or false"),
 }
 TOML_ALIASES = {"rounds": "training_rounds"}
 STRATEGY_FLAG = "strategy."  # the prefix of a strategy parameter's dest: strategy.mu
@@ -185,6 +190,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         default=None,
         help="no progress bar",
+    )
+    add_flag(
+        parser,
+        "--secure-aggregation",
+        action="store_true",
+        default=None,
+        help="learn only the sum of the workers' updates, never one worker's (SecAgg; "
+        "docs/secure-aggregation.md); not with strategies that need each update",
+    )
+    add_flag(
+        parser,
+        "--secure-threshold",
+        type=int,
+        metavar="N",
+        help="workers each secure aggregation step needs (default: a majority of the round's)",
     )
     add_strategy_flags(parser)
 
@@ -436,6 +456,11 @@ def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
         groups=parse_groups(settings["groups"]),
         eval_config={"batch_size": settings["test_batch_size"], "loss": settings["loss"]},
         strategy=aggregation,
+        secure_aggregation=(
+            SecureAggregation(threshold=settings["secure_threshold"])
+            if settings["secure_aggregation"]
+            else False
+        ),
         checkpoint_dir=settings["checkpoint"],
         resume=settings["resume"],
         progress=settings["progress"],

@@ -33,10 +33,18 @@ from tether.errors import ConnectionLostError, FederationError, ObjectNotFoundEr
 from tether.federated import report
 from tether.federated.checkpoint import Checkpoint, fingerprint
 from tether.federated.delegated import modelspec
-from tether.federated.delegated.remote import dataset_pointers, remote_evaluate, remote_fit
+from tether.federated.delegated.remote import (
+    dataset_pointers,
+    remote_evaluate,
+    remote_fit,
+    remote_secure_fit,
+)
 from tether.federated.delegated.training import EvalConfig, TrainConfig
 from tether.federated.report import TUTORIAL_GROUPS
+from tether.federated.secure import Kept, RoundTooSmall, SecureAggregation, SecureRound
 from tether.federated.strategies import FedAvg, Strategy, Task, Update
+from tether.federated.strategies.base import Sum
+from tether.privacy.secagg import RoundAborted, Setup
 
 Log = Callable[[str], None]
 
@@ -119,7 +127,13 @@ class Coordinator:
     after round 1, every `eval_every` rounds after that, and after the last (the tutorial's
     rounds 1, 11, 21, 31, 40). `checkpoint_dir`: where the global model and the history are
     saved after each round; `resume`: continue from the checkpoint there. `on_round_start(r)`
-    is called once the round's jobs are out (to inject faults in demos and tests)."""
+    is called once the round's jobs are out (to inject faults in demos and tests).
+
+    `secure_aggregation`: True (or `SecureAggregation(threshold=..., clip=...)`) to learn only
+    the weighted sum of the workers' moves each round (tether.federated.secure); the strategy
+    then steps from it (`aggregate_sum`), the evaluator scores only the federated model, and
+    `on_secure_step(r, step)` is called after each of the protocol's steps ("advertised",
+    "shared", "masked", "unmasked")."""
 
     def __init__(
         self,
@@ -142,6 +156,8 @@ class Coordinator:
         log: Log = print,
         progress: bool = False,
         on_round_start: Callable[[int], None] | None = None,
+        secure_aggregation: bool | SecureAggregation = False,
+        on_secure_step: Callable[[int, str], None] | None = None,
     ) -> None:
         if not workers:
             raise ValueError("a federation needs at least one worker")
@@ -165,6 +181,10 @@ class Coordinator:
         self.dataset_key, self.test_key = dataset_key, test_key
         self.groups = [tuple(g) for g in groups]
         self.strategy = strategy if strategy is not None else FedAvg()
+        self.secure = SecureAggregation.parse(secure_aggregation)
+        if self.secure is not None:
+            self.secure.check(self.strategy)
+        self.on_secure_step = on_secure_step
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.resume = resume
         self.log = log
@@ -173,6 +193,7 @@ class Coordinator:
         self.spec = modelspec.describe(model)
         self.state: dict[str, torch.Tensor] = dict(self.spec["state"])
         self.history: list[dict[str, Any]] = []
+        self._setup: Setup | None = None  # this round's, under secure aggregation
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -206,12 +227,16 @@ class Coordinator:
             self.log(f"Training round {r}/{self.rounds}")
         start = time.perf_counter()
         updates, left_out, sampled_none = self._train(r)
+        secure = self.secure is not None and bool(updates)  # DP-FedAvg may sample nobody
+        total = self._secure_sum(r, updates, left_out) if secure else None
         record: dict[str, Any] = {
             "round": r,
             "workers": list(updates),
             "left_out": left_out,
             "train": {name: _train_metrics(result) for name, result in updates.items()},
         }
+        if total is not None:
+            record["clients"] = total.clients
         for name, why in left_out.items():
             self.log(f"Round {r}: worker {name} left out ({why})")
         for name, train in record["train"].items():
@@ -219,17 +244,20 @@ class Coordinator:
                 self.log(report.privacy_line(r, name, train))
         if len(updates) < self.min_workers and not sampled_none:
             raise FederationError(self._too_few(r, updates, left_out))
-        ordered = [
-            Update(
-                name,
-                result["weights"],
-                result["samples"],
-                result["batches"],
-                result.get("within_clip") if type(result.get("within_clip")) is bool else None,
-            )
-            for name, result in updates.items()
-        ]
-        self.state = self.strategy.aggregate(r, ordered, self.state)
+        if total is not None:
+            self.state = self.strategy.aggregate_sum(r, total, self.state)
+        else:
+            ordered = [
+                Update(
+                    name,
+                    result["weights"],
+                    result["samples"],
+                    result["batches"],
+                    result.get("within_clip") if type(result.get("within_clip")) is bool else None,
+                )
+                for name, result in updates.items()
+            ]
+            self.state = self.strategy.aggregate(r, ordered, self.state)
         record.update(self.strategy.record())
         if "epsilon" in record:  # the strategy is differentially private (DP-FedAvg)
             self.log(report.strategy_privacy_line(r, record))
@@ -263,6 +291,7 @@ class Coordinator:
         chosen = set(
             self.strategy.sample(r, available, random.Random(round_seed(self.config.seed, r, -1)))
         )
+        self._setup = self._secure_setup(r, len(chosen)) if self.secure is not None else None
         for i, participant in enumerate(self.participants):
             if participant.name not in chosen:
                 continue
@@ -294,16 +323,24 @@ class Coordinator:
 
     def _start(self, participant: _Participant, r: int, spec: dict, task: Task) -> _Job:
         job = _Job(r)
+        setup = self._setup
 
         def work() -> None:
             try:
-                job.result = remote_fit(
-                    participant.client(),
-                    participant.pointers(self.dataset_key),
+                client, dataset = participant.client(), participant.pointers(self.dataset_key)
+                if setup is None:
+                    job.result = remote_fit(client, dataset, spec, task.config, task.correction)
+                    return
+                pointer, receipt = remote_secure_fit(
+                    client,
+                    dataset,
                     spec,
                     task.config,
-                    task.correction,
+                    setup.to_dict(),
+                    participant.name,
+                    self.strategy.weigh_by_samples,
                 )
+                job.result = {**receipt, "kept": Kept(client, pointer, receipt)}
             except BaseException as exc:  # reported by the round, never lost in the thread
                 job.error = exc
 
@@ -343,6 +380,41 @@ class Coordinator:
             f"fewer than min_workers={self.min_workers}. Left out: {why}.{where}"
         )
 
+    # ---- secure aggregation -----------------------------------------------------------------
+
+    def _secure_setup(self, r: int, workers: int) -> Setup:
+        assert self.secure is not None
+        try:
+            return self.secure.setup(workers, self.strategy, self.config)
+        except RoundTooSmall as exc:
+            raise FederationError(f"round {r}: {exc}") from None
+
+    def _secure_sum(self, r: int, trained: dict[str, dict], left_out: dict[str, str]) -> Sum:
+        """Run the protocol across the workers that trained (leaving in `trained` only the
+        survivors'); their `Sum`. FederationError when it aborts: nothing is unmasked."""
+        assert self._setup is not None and self.secure is not None
+        hook = self.on_secure_step
+        secure = SecureRound(
+            self._setup,
+            self.state,
+            {name: result["kept"] for name, result in trained.items()},
+            self.secure.step_timeout or self.round_timeout,
+            (lambda step: hook(r, step)) if hook is not None else lambda step: None,
+        )
+        try:
+            total = secure.run()
+        except RoundAborted as exc:
+            left_out.update(secure.left_out)
+            why = "; ".join(f"{name}: {reason}" for name, reason in left_out.items())
+            raise FederationError(
+                f"round {r}: secure aggregation aborted, nothing was unmasked: {exc}"
+                + (f". Left out: {why}" if why else "")
+            ) from None
+        left_out.update(secure.left_out)
+        for name in set(trained) - set(secure.aggregation.survivors):
+            del trained[name]
+        return total
+
     # ---- evaluation -------------------------------------------------------------------------
 
     def _evaluate(self, r: int, updates: Mapping[str, dict]) -> dict[str, dict]:
@@ -350,6 +422,7 @@ class Coordinator:
         specs = {
             f"Model update {name}": modelspec.with_state(self.spec, result["weights"])
             for name, result in updates.items()
+            if "weights" in result  # a secure round has no worker's own weights
         }
         specs[report.FEDERATED] = modelspec.with_state(self.spec, self.state)
         assert self.evaluator is not None
@@ -425,14 +498,17 @@ def round_seed(seed: int, r: int, index: int) -> int:
 
 
 def _train_metrics(result: dict[str, Any]) -> dict[str, Any]:
-    """A worker's metrics for the round's record, with the ε it spent if it trained with DP."""
-    losses = result["losses"]
-    metrics = {
-        "samples": result["samples"],
-        "batches": result["batches"],
-        "loss": sum(losses) / len(losses) if losses else float("nan"),
-        "seconds": result["seconds"],
-    }
+    """A worker's metrics for the round's record, with the ε it spent if it trained with DP
+    (in a secure round, only its seconds and ε: the rest would tell of its data)."""
+    metrics: dict[str, Any] = {}
+    if "losses" in result:
+        losses = result["losses"]
+        metrics = {
+            "samples": result["samples"],
+            "batches": result["batches"],
+            "loss": sum(losses) / len(losses) if losses else float("nan"),
+        }
+    metrics["seconds"] = result["seconds"]
     privacy = result.get("privacy")
     if isinstance(privacy, dict) and all(type(privacy.get(k)) is float for k in report.SPENT):
         metrics.update({k: privacy[k] for k in report.SPENT})

@@ -79,8 +79,8 @@ def rows(history: Sequence[dict[str, Any]], groups: Groups) -> list[dict[str, An
                     **base,
                     "kind": "train",
                     "model": worker,
-                    "samples": train["samples"],
-                    "loss": train["loss"],
+                    "samples": train.get("samples"),  # a secure round keeps them hidden
+                    "loss": train.get("loss"),
                     "seconds": train["seconds"],
                     **{k: train[k] for k in ("epsilon", "epsilon_total") if k in train},
                 }

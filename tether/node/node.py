@@ -748,7 +748,8 @@ class Node:
 
     def _owner_data_only_at(self, entry: Entry, cmd: Call, store: Store) -> bool:
         """Whether a routine's call carries private data only where the routine takes the
-        owner's data (`entry.data_args`), and there only as a published object itself: no
+        owner's data (`entry.data_args`), and there only as a published object itself (or
+        the routine's own kept state, `_routine_input`): no
         derived value and no view of the data anywhere (a spec's weights set from the data,
         a config holding it), which the routine could hand back as its result."""
         for i, arg in enumerate(cmd.args):
@@ -761,12 +762,20 @@ class Node:
             if not any(self._private(s) for s in found):
                 continue
             ref = marked or type(arg) is Ref
-            if not (i in entry.data_args and ref and self._is_published(found[0].value)):
+            if not (i in entry.data_args and ref and self._routine_input(entry, found[0].value)):
                 return False
         found = []
         for value in (cmd.kwargs or {}).values():
             self._resolve(value, store, found)
         return not any(self._private(s) for s in found)
+
+    def _routine_input(self, entry: Entry, value: Any) -> bool:
+        """What a routine may take where the owner's data goes: the published data itself, or
+        the state a feature's routines keep between calls (an object of the routine's
+        `self_type`, which only routines make: secure aggregation's MaskingClient)."""
+        if entry.self_type is not None and isinstance(value, entry.self_type):
+            return True
+        return self._is_published(value)
 
     def _private(self, stored: Stored) -> bool:
         """Whether an object is, or holds memory written with, private data."""

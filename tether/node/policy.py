@@ -155,6 +155,7 @@ def may_leave(stored: Stored, release: Release, guard: Guard | None = None) -> V
         level = guard.level_of(tensors_in(stored.value)) if guard is not None else PUBLIC
         if privacy == DERIVED or level:
             if release is TRAINING and stored.grant is not None:
+                check_egress(stored.grant.snapshot)
                 return Verdict(True, stored.grant.snapshot)
             return Verdict(False, why="private" if level == PRIVATE else "derived")
     check_egress(stored.value)

@@ -390,7 +390,9 @@ def register(
     """Add a feature's op to the table, from its own package at import time (the node never
     imports a feature). `path`: "tether.<feature>.<name>", without "__", new unless it names
     the same `fn` again (a re-import). `releases=True`: a routine whose result (fit's weights)
-    may leave a `training` node when the owner's data reaches it only at `data_args`.
+    may leave a `training` node when the owner's data reaches it only at `data_args` (or the
+    state it keeps there between calls: an object of its `self_type`, which only its
+    feature's routines make, such as secure aggregation's MaskingClient).
     `caller=True`: the node hands it who calls (`caller=`, a `tether.node.Caller`).
     `approves=True`: a releasing routine that enforces a standing approval of the owner's (a
     privacy budget): it takes the owner's data only as published objects at `data_args`, is

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from tether.errors import FederationError, RemoteError
-from tether.federated.delegated import EVALUATE, FIT
+from tether.federated.delegated import EVALUATE, FIT, SECURE_FIT
 from tether.federated.delegated.training import EvalConfig, TrainConfig
 from tether.remote.client import ref
 from tether.remote.pointer import get_all
@@ -41,6 +41,40 @@ def remote_fit(
         arguments.append(dict(correction))
     result = client.call(FIT, arguments, kind="object", flush=True)
     return _checked(result.get(), spec["state"], client.name)
+
+
+def remote_secure_fit(
+    client: Any,
+    dataset: tuple[Any, Any],
+    spec: dict,
+    config: TrainConfig,
+    setup: dict,
+    name: str,
+    by_samples: bool,
+) -> tuple[Any, dict]:
+    """Run `secure_fit` on a worker's dataset: a pointer to the `MaskingClient` it keeps (its
+    update stays there) and its receipt (public keys, seconds, DP spent), checked."""
+    data, targets = dataset
+    arguments = [spec, ref(data), ref(targets), config.to_dict(), setup, name, by_samples]
+    kept, receipt = client.call_each(SECURE_FIT, arguments, None, 2, kind="object")
+    answer = receipt.get()
+    keys = answer.get("keys") if isinstance(answer, dict) else None
+    if not (
+        isinstance(keys, dict)
+        and set(keys) == {"cipher", "mask"}
+        and all(isinstance(k, bytes) and len(k) == 32 for k in keys.values())
+        and isinstance(answer.get("seconds"), float)
+    ):
+        raise FederationError(
+            f"worker {client.name!r} answered secure aggregation with something other than "
+            "its public keys and metrics"
+        )
+    return kept, answer
+
+
+def remote_step(client: Any, op: str, kept: Any, argument: Any) -> Any:
+    """One step of the secure aggregation protocol on the worker's kept `MaskingClient`."""
+    return client.call(op, [ref(kept), argument], kind="object", flush=True).get()
 
 
 def _checked(answer: Any, state: Mapping[str, torch.Tensor], worker: str) -> dict:

@@ -20,6 +20,7 @@ import torch
 from tether.federated.strategies.base import (
     State,
     Strategy,
+    Sum,
     Update,
     average,
     check_number,
@@ -56,7 +57,15 @@ class FedOpt(Strategy):
     def aggregate(
         self, round: int, updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]
     ) -> State:
-        averaged = average(updates, self.name)
+        return self._step(average(updates, self.name), global_state)
+
+    def aggregate_sum(
+        self, round: int, total: Sum, global_state: Mapping[str, torch.Tensor]
+    ) -> State:
+        return self._step(super().aggregate_sum(round, total, global_state), global_state)
+
+    def _step(self, averaged: State, global_state: Mapping[str, torch.Tensor]) -> State:
+        """The adaptive step along the move from `global_state` to the clients' mean."""
         delta = mean_delta(averaged, global_state)
         if self.m is None or self.v is None:
             self.m = {key: torch.zeros_like(d) for key, d in delta.items()}
