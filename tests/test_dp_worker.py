@@ -103,3 +103,41 @@ def test_the_dp_flags_come_together_and_never_with_the_open_policy(capsys) -> No
     assert "a DP budget would protect nothing" in capsys.readouterr().err
     assert cli.main(["worker", "--port", "0", "--dp-ledger", "x.json"]) == 1
     assert "--dp-ledger needs --dp-noise" in capsys.readouterr().err
+
+
+def test_tether_train_asks_every_worker_for_dp_sgd_never_below_an_owners_floor(
+    tmp_path, capsys
+) -> None:
+    """`tether train --dp-noise Z --dp-clip C`: a worker without rules of its own trains with
+    DP-SGD at what was asked, as does one whose owner's floor the ask exceeds (more privacy
+    is always allowed); one whose owner's floor is higher refuses (never less); `tether train`
+    prints the ε each spent. One flag alone is an error naming both."""
+    from tether import VirtualWorker, cli
+    from tether.cli import train as train_cli
+    from tether.cli.demo import mnist_tensors
+    from tether.federated.delegated import enforce_dp
+    from tether.privacy.dp import OwnerDP
+
+    data, targets = mnist_tensors(train=True)
+    names = ("alice", "bob", "carol")
+    workers = {name: VirtualWorker(id=name) for name in names}
+    for i, worker in enumerate(workers.values()):
+        rows = slice(i * SAMPLES, (i + 1) * SAMPLES)
+        worker.publish("mnist", (data[rows], targets[rows]))
+    enforce_dp(workers["bob"].node, OwnerDP(noise=0.5, clip=1.0, max_epsilon=50.0))
+    enforce_dp(workers["carol"].node, OwnerDP(noise=2.0, clip=0.5, max_epsilon=50.0))
+    argv = ["train", *(f"--worker={name}=ws://{name}" for name in names), "--model", "mlp"]
+    argv += ["--rounds", "1", "--federate-after-n-batches", str(STEPS), "--batch-size", str(BATCH)]
+    argv += ["--checkpoint", str(tmp_path), "--no-progress", "--dp-noise", "1", "--dp-clip", "1"]
+    args = cli.build_parser().parse_args(argv)
+    assert train_cli.main(args, connect=lambda url, token, id: workers[id]) == 0
+    printed = capsys.readouterr().out
+    asked = epsilon([ROUND], 1e-5)
+    for name in ("alice", "bob"):
+        assert f"worker {name} spent ε = {asked:.4g}" in printed, printed
+    assert "worker carol left out (refused" in printed, printed
+    assert "requires DP noise >= 2 and clipping norm <= 0.5" in printed, printed
+
+    args = cli.build_parser().parse_args(argv[:-2])
+    assert train_cli.main(args, connect=lambda url, token, id: workers[id]) == 1
+    assert "--dp-noise and --dp-clip go together" in capsys.readouterr().err

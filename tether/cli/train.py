@@ -75,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
     "progress": True,
     "secure_aggregation": False,
     "secure_threshold": None,
+    "dp_noise": None,
+    "dp_clip": None,
 }
 # What a federation file's keys hold (besides [workers] and [evaluator]): the type, and the
 # words its error message uses. "rounds" is "training_rounds" (the tutorial's name).
@@ -93,7 +95,10 @@ TOML_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
             "secure_threshold",
         )
     },
-    **{key: ((int, float), "a number") for key in ("lr", "momentum", "round_timeout")},
+    **{
+        key: ((int, float), "a number")
+        for key in ("lr", "momentum", "round_timeout", "dp_noise", "dp_clip")
+    },
     **{
         key: (str, "a string")
         for key in ("optimizer", "loss", "model", "dataset_key", "test_key", "checkpoint", "out")
@@ -152,6 +157,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("test_batch_size", (), int, "batch size of the evaluation"),
         ("min_workers", (), int, "fewest workers a round may complete with"),
         ("round_timeout", (), float, "seconds to wait for the workers each round"),
+        (
+            "dp_noise",
+            (),
+            float,
+            "ask every worker to train with DP-SGD at this noise multiplier at least (a worker "
+            "whose owner set a higher floor uses that; needs --dp-clip)",
+        ),
+        ("dp_clip", (), float, "the per-sample clipping norm DP-SGD asks for (with --dp-noise)"),
     ]
     for name, aliases, kind, text in numbers:
         key = TOML_ALIASES.get(name, name)
@@ -162,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest=key,
             type=kind,
             metavar="N" if kind is int else "X",
-            help=f"{text} (default {DEFAULTS[key]})",
+            help=text if DEFAULTS[key] is None else f"{text} (default {DEFAULTS[key]})",
         )
     add_flag(parser, "--optimizer", help="optimizer in torch.optim (default SGD)")
     add_flag(parser, "--loss", help="loss in torch.nn.functional (default nll_loss)")
@@ -409,8 +422,20 @@ def train_config(settings: Mapping[str, Any]) -> TrainConfig:
             "max_batches": batches or None,
             "shuffle": True,
             "seed": settings["seed"],
+            "dp": _asked_dp(settings),
         }
     )
+
+
+def _asked_dp(settings: Mapping[str, Any]) -> dict[str, float] | None:
+    """DP-SGD as the coordinator asks for it (`--dp-noise` with `--dp-clip`): workers train
+    with at least this much privacy; an owner's own rules may ask for more, never less."""
+    noise, clip = settings["dp_noise"], settings["dp_clip"]
+    if noise is None and clip is None:
+        return None
+    if noise is None or clip is None:
+        raise ValueError("--dp-noise and --dp-clip go together: give both, or neither")
+    return {"noise": noise, "clip": clip}
 
 
 def _train(settings: dict[str, Any], connect: Callable[..., Any] | None) -> int:
