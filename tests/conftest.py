@@ -26,15 +26,6 @@ import tether as sy
 from tether.node import Node
 from tether.transports.websocket import ServerThread, WorkerServer
 
-# Under pytest-xdist each test process gets its own temporary folder (inherited by the processes
-# its tests start), so per-user files such as the loopback Duet's address never meet.
-_WORKER_TMP = None
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    _WORKER_TMP = tempfile.tempdir = tempfile.mkdtemp(
-        prefix=f"tether-{os.environ['PYTEST_XDIST_WORKER']}-"
-    )
-    os.environ["TMPDIR"] = _WORKER_TMP
-
 TOKEN = "test-token"
 TRANSPORTS = ["virtual", "virtual-direct", "websocket"]
 # The logs of worker processes the tests start; removed when the run ends.
@@ -46,8 +37,6 @@ _EXIT_STATUS = [0]
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(LOGS, ignore_errors=True)
-    if _WORKER_TMP is not None:
-        shutil.rmtree(_WORKER_TMP, ignore_errors=True)
     _EXIT_STATUS[0] = int(exitstatus)
 
 
