@@ -39,6 +39,23 @@ def test_limb_matmul_is_the_int64_matmul_bit_for_bit() -> None:
     assert torch.equal(ring_matmul(edge, edge.t()), edge @ edge.t())
 
 
+def test_a_beaver_share_is_the_int64_formula_bit_for_bit() -> None:
+    """A party's Beaver share (its products by limbs, `ring_matmul`) against the textbook
+    c + delta @ (b [+ epsilon]) + a @ epsilon in int64 matmul."""
+    g = torch.Generator().manual_seed(2)
+
+    def ring(*shape: int) -> torch.Tensor:
+        return torch.randint(-(2**63), 2**63 - 1, shape, generator=g)
+
+    for m, k, n in [(64, 784, 128), (784, 64, 128), (3, 1, 5)]:
+        c, a, b, delta, epsilon = ring(m, n), ring(m, k), ring(k, n), ring(m, k), ring(k, n)
+        for first in (True, False):
+            right = b + epsilon if first else b
+            expected = c + delta @ right + a @ epsilon
+            got = ops.beaver(c, a, b, delta, epsilon, "matmul", first)
+            assert torch.equal(got, expected), (m, k, n, first)
+
+
 def test_a_single_share_is_uniform_over_the_ring_whatever_the_secret() -> None:
     """Each byte of a share is uniform (chi-square over 256 values), for a secret of zeros and
     for a secret of large values alike, and the two shares' bytes have the same distribution."""
