@@ -72,17 +72,18 @@ def call(pointer_or_client: Pointer | Client, path: str, *args: Any) -> Pointer:
     client = (
         pointer_or_client.client if isinstance(pointer_or_client, Pointer) else pointer_or_client
     )
-    wire, refs = [], 0
-    for i, arg in enumerate(args):
-        if isinstance(arg, Pointer):
-            wire.append(arg.id)
-            refs |= 1 << i
-        else:
-            wire.append(arg)
+    wire, refs = _on_the_wire(args)
     return client.call(path, wire, kind="tensor", refs=refs)
 
 
 def call_each(client: Client, path: str, count: int, *args: Any) -> list[Pointer]:
+    """Queue `path` once, for `count` results (a pointer each)."""
+    wire, refs = _on_the_wire(args)
+    return client.call_each(path, wire, None, count, refs=refs)
+
+
+def _on_the_wire(args: tuple[Any, ...]) -> tuple[list[Any], int]:
+    """The call's arguments with pointers as their ids, and the bit mask saying which are."""
     wire, refs = [], 0
     for i, arg in enumerate(args):
         if isinstance(arg, Pointer):
@@ -90,7 +91,7 @@ def call_each(client: Client, path: str, count: int, *args: Any) -> list[Pointer
             refs |= 1 << i
         else:
             wire.append(arg)
-    return client.call_each(path, wire, None, count, refs=refs)
+    return wire, refs
 
 
 def each(parties: Parties, path: str, *shares_or_values: Any) -> Shares:
