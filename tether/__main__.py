@@ -1,7 +1,6 @@
 """`python -m tether ...`: the `tether` command."""
 
-import sys
-
 from tether.cli import main
+from tether.cli.console import exit_process
 
-sys.exit(main())
+exit_process(main())

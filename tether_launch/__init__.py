@@ -14,8 +14,10 @@ def main() -> int:
     while reading the flags) ends with `tether: stopped` and status 130."""
     try:
         from tether.cli import main as run_command
+        from tether.cli.console import exit_process
 
-        return run_command()
+        status = run_command()
     except KeyboardInterrupt:
         print("tether: stopped", file=sys.stderr)
         return STOPPED
+    exit_process(status)  # ends a stopped command at once (see there)

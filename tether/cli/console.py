@@ -8,10 +8,11 @@ import argparse
 import asyncio
 import copy
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from tether.federated.coordinator import Coordinator, FederationResult
 
@@ -24,6 +25,18 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, where: str = "") -> None:
         super().__init__(where)
         self.where = where
+
+
+def exit_process(status: int) -> NoReturn:
+    """End the `tether` process with `status`. After Ctrl-C (STOPPED) it ends at once, without
+    the interpreter's teardown: a round's worker thread may still be inside torch, and tearing
+    it down then aborts the process ("terminate called without an active exception", status
+    -6) after the stop line was printed. Everything worth keeping is on disk by then."""
+    if status == STOPPED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def interrupted(exc: BaseException) -> KeyboardInterrupt | None:
