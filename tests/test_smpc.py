@@ -12,9 +12,11 @@ import torch.nn.functional as F
 
 import tether as sy
 from tether import errors
+from tether.node import Node
+from tether.ops import PUBLISHED
 from tether.privacy.smpc import AdditiveSharingTensor, RingError, ops, ring
 from tether.privacy.smpc.limbs import ring_matmul
-from tether.wire import Call
+from tether.wire import Call, Failure, Get, Value
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -206,3 +208,87 @@ def test_a_share_of_private_data_leaves_only_as_the_owner_allows(parties) -> Non
     [pointer] = owner.search("#x")
     with pytest.raises(errors.NotAllowedError, match="release policy is 'training'"):
         pointer.fix_precision().share(owner, alice, crypto_provider=provider)
+
+
+_I, _F, _LONG = torch.tensor([1, 2]), torch.tensor([1.5, 2.0]), torch.tensor([1, 2, 3])
+# Per op: argument lists a peer could send over the wire, each wrong in one way (shapes, types,
+# dtypes, flags, sizes, costs, NaN).
+HOSTILE_ARGUMENTS = {
+    "triple": [
+        ["mul", [2], [3], 2],
+        ["matmul", [-1], [2], 2],
+        [True, [2], [2], 2],
+        ["mul", "2", [2], 2],
+        ["mul", [2], [2], 2.0],
+    ],
+    "and_triples": [[[[2]], 1], ["x", 2], [[[-3]], 2], [[[2**40, 2**40]], 2]],
+    "random_bits": [[[2**62], 2], [[2], True], [None, 2]],
+    "zero_shares": [[[2**62], 2], [[2], 17]],
+    "split": [[_F, 2], [_I, 17], ["s", 2], [_I, 1]],
+    "encode": [
+        [_F, 10**8, 10],  # base^precision would be a 40 MB integer: refused before it is made
+        [_F, -3, 10],
+        [torch.tensor([float("nan")]), 3, 10],
+        ["x", 3, 10],
+        [_F, 3, 10**30],
+    ],
+    "beaver": [
+        [_I, _I, _I, _LONG, _I, "mul", True],
+        [_I, _I, _I, _I, _I, "pow", True],
+        [_F, _F, _F, _F, _F, "mul", True],
+        [_I, _I, _I, _I, _I, "mul", "yes"],
+    ],
+    "truncate": [[_I, 0, 0], [_I, 2**70, 0], [_I, 2, "p"], [_F, 2, 0]],
+    "msb_masks": [[_I, _LONG, _I, 0], [_F, _F, _F, 0]],
+    "level_masks": [[_I, _I, 10**30, _I, _I], [_I, _I, -1, _I, _I], [_F, _F, 1, _F, _F]],
+    "and_close": [[_I, _I, _I, _LONG, _I, True], [_F, _F, _F, _F, _F, True]],
+    "level_close": [[_I, _I, _I, _I, _LONG, _I, True], [_I, _I, _I, _I, _I, _I, 1]],
+    "msb_bit": [[_I, _LONG, _I], [_F, _F, _F]],
+    "bit_to_ring": [[_I, _LONG, True], [_F, _F, True], [_I, _I, None]],
+}
+
+
+@pytest.mark.parametrize("release", ["open", "training", "strict"])
+def test_every_smpc_op_refuses_what_a_hostile_peer_sends_and_the_node_keeps_serving(release):
+    """Each `tether.smpc.*` op, sent malformed arguments over the raw protocol, fails with an
+    error (none runs), under every release policy; a good call afterwards still works."""
+    node = Node("target", release=release)
+    calls, named = [], []
+    for op, cases in HOSTILE_ARGUMENTS.items():
+        for args in cases:
+            calls.append(Call(ops.PATHS[op], args, {}, 100 + len(calls)))
+            named.append(f"{op}{args!r}")
+    assert set(HOSTILE_ARGUMENTS) == set(ops.PATHS)  # every op is attacked
+    replies = node.run(calls, "mallory").replies
+    ran = [
+        name for name, reply in zip(named, replies, strict=True) if not isinstance(reply, Failure)
+    ]
+    assert not ran, ran
+    good = Call(ops.PATHS["zero_shares"], [[3], 2], {}, [1, 2])
+    assert isinstance(node.run([good, Get([1])], "mallory").replies[1], Value)
+
+
+@pytest.mark.parametrize("release", ["open", "training", "strict"])
+def test_smpc_ops_on_published_data_release_only_as_the_policy_allows(release):
+    """Sharing, encoding, truncating or taking a sign bit of the owner's private data makes
+    derived data: it leaves an `open` node, never a `training` one, and only by an accepted
+    request from a `strict` one (a share of it is uniform, but the sum of the shares is it)."""
+    node = Node("owner", release=release)
+    node.publish("x", torch.tensor([5, -7]))
+    node.publish("f", torch.tensor([1.5, 2.0]))
+    derived = [
+        Call(ops.PATHS["split"], [1, 2], {}, [10, 11], refs=1),
+        Call(ops.PATHS["encode"], [2, 3, 10], {}, 12, refs=1),
+        Call(ops.PATHS["truncate"], [1, 2, 0], {}, 13, refs=1),
+        Call(ops.PATHS["msb_bit"], [1, 1, 1], {}, 14, refs=7),
+    ]
+    published = [Call(PUBLISHED, ["x"], {}, 1), Call(PUBLISHED, ["f"], {}, 2)]
+    gets = [Get([i]) for i in (10, 11, 12, 13, 14)]
+    replies = node.run([*published, *derived, *gets], "scientist").replies
+    released = replies[-len(gets) :]
+    if release == "open":
+        assert all(isinstance(r, Value) for r in released), released
+        assert torch.equal(released[0].value[0] + released[1].value[0], torch.tensor([5, -7]))
+    else:
+        expected = "NotAllowedError" if release == "training" else "RequestPendingError"
+        assert [r.kind for r in released] == [expected] * len(gets), released

@@ -9,6 +9,8 @@ of the protocols in `tether.privacy.smpc.protocols`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -95,7 +97,9 @@ def split(secret: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
 
 
 def encode(value: torch.Tensor, precision: int, base: int) -> torch.Tensor:
-    return ring.encode(value, int(precision), int(base))
+    if not isinstance(value, torch.Tensor):
+        raise ring.RingError(f"encode takes a tensor, got {type(value).__name__}")
+    return ring.encode(value, precision, base)
 
 
 def beaver(
@@ -134,6 +138,8 @@ def level_masks(
     g: torch.Tensor, p: torch.Tensor, shift: int, a: torch.Tensor, b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The masked inputs of one Kogge-Stone level: P & (G << s) and P & (P << s), stacked."""
+    if type(shift) is not int or not 0 <= shift < 64:
+        raise ValueError(f"a shift must be an int from 0 to 63, got {shift!r}")
     return torch.stack((p, p)) ^ a, torch.stack((g << shift, p << shift)) ^ b
 
 
@@ -169,6 +175,27 @@ def bit_to_ring(r: torch.Tensor, opened: torch.Tensor, first: bool) -> torch.Ten
     bit = c + r - 2cr."""
     share = r - 2 * opened * r
     return share + opened if first else share
+
+
+def _shares_only(step: Callable[..., Any]) -> Callable[..., Any]:
+    """A party's local step, taking shares: every tensor argument must be a ring element
+    (int64) and every `first` flag a bool, whatever a peer sends."""
+
+    signature = inspect.signature(step)
+
+    @functools.wraps(step)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, torch.Tensor) and value.dtype != ring.DTYPE:
+                raise ring.RingError(
+                    f"{step.__name__} takes shares in the 2^64 ring (int64), got {value.dtype}"
+                )
+        first = signature.bind(*args, **kwargs).arguments.get("first", False)
+        if type(first) is not bool:
+            raise ValueError(f"{step.__name__}'s first must be true or false, got {first!r}")
+        return step(*args, **kwargs)
+
+    return checked
 
 
 # ---- guards: the elements each call allocates, bounded before it runs ----------------------
@@ -217,13 +244,13 @@ PATHS = {
         ("zero_shares", zero_shares, _shape_size),
         ("split", split, _split_size),
         ("encode", encode, None),
-        ("beaver", beaver, _beaver_size),
-        ("truncate", truncate, None),
-        ("msb_masks", msb_masks, None),
-        ("level_masks", level_masks, None),
-        ("and_close", and_close, None),
-        ("level_close", level_close, None),
-        ("msb_bit", msb_bit, None),
-        ("bit_to_ring", bit_to_ring, None),
+        ("beaver", _shares_only(beaver), _beaver_size),
+        ("truncate", _shares_only(truncate), None),
+        ("msb_masks", _shares_only(msb_masks), None),
+        ("level_masks", _shares_only(level_masks), None),
+        ("and_close", _shares_only(and_close), None),
+        ("level_close", _shares_only(level_close), None),
+        ("msb_bit", _shares_only(msb_bit), None),
+        ("bit_to_ring", _shares_only(bit_to_ring), None),
     )
 }

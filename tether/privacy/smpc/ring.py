@@ -11,6 +11,7 @@ Fixed precision (PySyft's encoding): a real x is the ring element round(x * base
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -67,14 +68,29 @@ def check_ring(tensor: object, what: str) -> None:
 
 
 def scale_of(precision: int, base: int = 10) -> int:
-    return int(base) ** int(precision)
+    """base^precision, checked first (a peer names both): ints, base >= 2, precision >= 0, and
+    a scale below 2^52 so that an encoded value stays exact in float64."""
+    if (
+        isinstance(precision, bool)
+        or isinstance(base, bool)
+        or not isinstance(precision, int)
+        or not isinstance(base, int)
+        or precision < 0
+        or base < 2
+        or precision * math.log2(base) >= 52
+    ):
+        raise RingError(
+            "fixed precision takes an int base >= 2 and an int precision >= 0 with "
+            f"base^precision below 2^52, got base {base!r} and precision {precision!r}"
+        )
+    return base**precision
 
 
 def encode(value: torch.Tensor, precision: int, base: int = 10) -> torch.Tensor:
     """round(value * base^precision) as ring elements; refuses values too large to multiply."""
     scale = scale_of(precision, base)
     scaled = value.detach().to(torch.float64) * scale
-    if scaled.numel() and bool((scaled.abs() > MAX_ENCODED).any()):
+    if scaled.numel() and not bool((scaled.abs() <= MAX_ENCODED).all()):  # NaN fails too
         raise RingError(
             f"a value of magnitude {float(value.abs().max()):.3g} does not fit fixed precision "
             f"{base}^{precision} (|value| * {scale} must stay below 2^52)"
