@@ -137,8 +137,9 @@ class Strategy:
     def aggregate(
         self, round: int, updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]
     ) -> State:
-        """The next global weights: the samples-weighted average of the clients'."""
-        return average(updates, self.name)
+        """The next global weights: the server's step to the samples-weighted average of
+        the clients' weights."""
+        return self.server_step(average(updates, self.name), global_state)
 
     def record(self) -> dict[str, Any]:
         """What this strategy adds to the record of the round it aggregated last (DP-FedAvg:
@@ -149,13 +150,20 @@ class Strategy:
         self, round: int, total: Sum, global_state: Mapping[str, torch.Tensor]
     ) -> State:
         """The next global weights from the round's `Sum` alone (secure aggregation): the
-        global weights moved by the clients' weighted mean move."""
+        server's step to the global weights moved by the clients' weighted mean move."""
         if total.weight <= 0:
             raise ValueError(f"{self.name} needs a positive total weight, got {total.weight}")
-        return {
+        averaged = {
             key: shifted(value, total.delta[key] / total.weight)
             for key, value in global_state.items()
         }
+        return self.server_step(averaged, global_state)
+
+    def server_step(self, averaged: State, global_state: Mapping[str, torch.Tensor]) -> State:
+        """The next global weights from the clients' mean weights, however they were
+        aggregated: those weights (FedAvg); a server optimizer (FedAvgM, FedOpt) steps along
+        the move from `global_state` to them instead."""
+        return averaged
 
 
 def shifted(value: torch.Tensor, move: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ mean move."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -12,9 +12,6 @@ import torch
 from tether.federated.strategies.base import (
     State,
     Strategy,
-    Sum,
-    Update,
-    average,
     check_number,
     mean_delta,
     moved,
@@ -36,17 +33,7 @@ class FedAvgM(Strategy):
         self.server_lr, self.server_momentum = server_lr, server_momentum
         self.velocity: State | None = None
 
-    def aggregate(
-        self, round: int, updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]
-    ) -> State:
-        return self._step(average(updates, self.name), global_state)
-
-    def aggregate_sum(
-        self, round: int, total: Sum, global_state: Mapping[str, torch.Tensor]
-    ) -> State:
-        return self._step(super().aggregate_sum(round, total, global_state), global_state)
-
-    def _step(self, averaged: State, global_state: Mapping[str, torch.Tensor]) -> State:
+    def server_step(self, averaged: State, global_state: Mapping[str, torch.Tensor]) -> State:
         """The momentum step along the move from `global_state` to the clients' mean."""
         delta = mean_delta(averaged, global_state)
         if self.velocity is None:

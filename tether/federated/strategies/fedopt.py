@@ -12,7 +12,7 @@ correction, as in the paper. The clients' learning rate (the paper's eta_l) is t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,9 +20,6 @@ import torch
 from tether.federated.strategies.base import (
     State,
     Strategy,
-    Sum,
-    Update,
-    average,
     check_number,
     mean_delta,
     moved,
@@ -54,17 +51,7 @@ class FedOpt(Strategy):
         """The new `v` from the old and `delta ** 2` (in place on `v`)."""
         raise NotImplementedError
 
-    def aggregate(
-        self, round: int, updates: Sequence[Update], global_state: Mapping[str, torch.Tensor]
-    ) -> State:
-        return self._step(average(updates, self.name), global_state)
-
-    def aggregate_sum(
-        self, round: int, total: Sum, global_state: Mapping[str, torch.Tensor]
-    ) -> State:
-        return self._step(super().aggregate_sum(round, total, global_state), global_state)
-
-    def _step(self, averaged: State, global_state: Mapping[str, torch.Tensor]) -> State:
+    def server_step(self, averaged: State, global_state: Mapping[str, torch.Tensor]) -> State:
         """The adaptive step along the move from `global_state` to the clients' mean."""
         delta = mean_delta(averaged, global_state)
         if self.m is None or self.v is None:
