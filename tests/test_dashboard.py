@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -149,6 +148,11 @@ def _shown_after_ms(page, request_id: int) -> int:
     return page.evaluate(f"window.__seen['{request_id}']")
 
 
+def _screenshot(page, name: str) -> None:
+    """Written here: Playwright's own file writing leaves a thread pool running."""
+    (IMAGES / name).write_bytes(page.screenshot(full_page=True))
+
+
 def _pending(owner, name: str, timeout: float = 60):
     wait_until(lambda: any(r.name == name for r in owner.requests.pending()), timeout)
     return next(r for r in owner.requests.pending() if r.name == name)
@@ -179,7 +183,7 @@ def test_accept_and_deny_from_the_page(owner, network, browser):
             assert row.locator("td.reason *").count() == 0  # and not as markup
             assert page.evaluate("window.__pwned") is None
             if SHOTS:
-                page.screenshot(path=str(IMAGES / "dashboard-pending.png"), full_page=True)
+                _screenshot(page, "dashboard-pending.png")
             row.locator("button.accept").click()
             line = scientist.expect(r"accepted: (.*)")
             assert json.loads(line) == (SECRET * 2)[0].tolist()  # exactly the value filed
@@ -204,7 +208,7 @@ def test_accept_and_deny_from_the_page(owner, network, browser):
         if SHOTS:
             owner.grant(owner.client_id, epsilon=2.0)
             page.wait_for_selector("#budgets progress")
-            page.screenshot(path=str(IMAGES / "dashboard-decided.png"), full_page=True)
+            _screenshot(page, "dashboard-decided.png")
     finally:
         context.close()
 
@@ -227,7 +231,14 @@ def test_the_page_keeps_up_with_a_thousand_requests(owner, network, browser):
         newest = owner.requests.pending()[-1]
         assert newest.name == f"q{count - 1}" and len(owner.requests) == count
         shown_after = _shown_after_ms(page, newest.id)
+        during = sorted(page.evaluate("Object.values(window.__seen)"))
+        print(
+            f"newest shown {shown_after} ms after it was filed; while they arrived, "
+            f"{len(during)} rows first showed after a median {during[len(during) // 2]} ms, "
+            f"at most {during[-1]} ms"
+        )
         assert shown_after < SHOWN_WITHIN_MS, f"the newest request showed after {shown_after} ms"
+        assert during[len(during) // 2] < SHOWN_WITHIN_MS  # and the page kept up meanwhile
         page.wait_for_function(
             f"document.getElementById('pending-count').textContent === '{count}'"
         )
@@ -299,8 +310,9 @@ def test_without_the_token_or_its_cookie_every_path_is_403(served):
 
 def test_accept_and_deny_need_the_csrf_token(served):
     node, dashboard = served
-    first, second = _file(node, "a"), node.requests.submit(
-        "scientist-1", 8, "b", "", (), "", torch.ones(2)
+    first, second = (
+        _file(node, "a"),
+        node.requests.submit("scientist-1", 8, "b", "", (), "", torch.ones(2)),
     )
     session, csrf = _login(dashboard)
     for headers in ({"Cookie": session}, {"Cookie": session, "X-CSRF-Token": "forged"}):
@@ -328,7 +340,7 @@ def test_what_the_scientist_writes_is_escaped(served):
 
 
 def test_the_dashboard_binds_to_loopback_and_stops(served):
-    node, dashboard = served
+    _, dashboard = served
     assert dashboard.host == "127.0.0.1" and dashboard.url.startswith("http://127.0.0.1:")
     dashboard.close()
     with pytest.raises(OSError):

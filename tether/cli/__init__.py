@@ -1,8 +1,8 @@
 """The `tether` command, one module per subcommand: `worker` serves a worker (`tether worker
---id alice --port 8777 --dataset mnist --labels 0-3`); `duet` starts a Duet as the data owner; `train`,
-`network` and `demo` run the federated jobs; `simulate` simulates many clients in one process. Each subcommand module has
-SUMMARY, DESCRIPTION, `add_arguments(parser)` and `main(args)`; `console` holds what they
-share (flag spellings, logs, Ctrl-C)."""
+--id alice --port 8777 --dataset mnist --labels 0-3`); `duet` starts a Duet as the data owner;
+`train`, `network` and `demo` run the federated jobs; `simulate` simulates many clients in one
+process. Each subcommand module has SUMMARY, DESCRIPTION, `add_arguments(parser)` and
+`main(args)`; `console` holds what they share (flag spellings, logs, Ctrl-C)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,9 @@ use sy.launch_duet() in Python (duet.requests[0].accept()) instead."""
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `tether duet`."""
-    add_flag(p, "--network", help="the tether network service (default $TETHER_NETWORK, else local)")
+    add_flag(
+        p, "--network", help="the tether network service (default $TETHER_NETWORK, else local)"
+    )
     add_flag(
         p,
         "--loopback",
@@ -80,10 +82,12 @@ def main(args: argparse.Namespace) -> int:
     with duet:
         if args.dataset or args.data_root:
             train = MNIST(
-                root=args.data_root, train=True, transform=Compose([ToTensor(), Normalize((MEAN,), (STD,))])
+                root=args.data_root,
+                train=True,
+                transform=Compose([ToTensor(), Normalize((MEAN,), (STD,))]),
             )
-            train.send(
-                duet,
+            duet.publish(
+                train,
                 pointable=True,
                 tags=["mnist-train"],
                 description="MNIST training images (1x28x28, normalized) and labels",

@@ -16,7 +16,7 @@ from tether.node import Node
 from tether.node.requests import Handler, Request
 from tether.node.store import Stored
 
-SHOWN = 200  # pending requests and audit entries on the page at once (the newest)
+SHOWN = 50  # pending requests and audit entries on the page at once (the newest)
 INTERNAL = "tether."  # published keys of tether's own (the Duet catalog), not the owner's data
 
 
@@ -78,7 +78,7 @@ def _request(r: Request) -> dict[str, Any]:
 def _handler(h: Handler) -> dict[str, Any]:
     constraints = []
     if h.max_elements is not None:
-        constraints.append(f"at most {h.max_elements} elements")
+        constraints.append(f"at most {h.max_elements} element{'s' * (h.max_elements != 1)}")
     if h.dtype is not None:
         constraints.append(f"dtype {getattr(h.dtype, '__name__', str(h.dtype))}")
     if isinstance(h.provenance, str):

@@ -97,7 +97,11 @@ class OwnerDuet:
         from tether.dashboard import Dashboard
 
         page = Dashboard(
-            self.node, host=host, port=port, budgets=self.budgets.table, title=f"duet {self.node.name}"
+            self.node,
+            host=host,
+            port=port,
+            budgets=self.budgets.table,
+            title=f"duet {self.node.name}",
         )
         self.add_closer(page.close)
         print(f"tether duet: the owner's dashboard (open once, in your browser): {page.url}")

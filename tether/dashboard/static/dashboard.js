@@ -9,7 +9,7 @@
   function refresh() {
     if (fetching) { again = true; return; }
     fetching = true;
-    htmx.ajax("GET", "/panel", { target: "#panel", swap: "innerHTML" }).finally(function () {
+    htmx.ajax("GET", "/panel", { target: "#panel", swap: "innerHTML settle:0ms" }).finally(function () {
       fetching = false;
       if (again) { again = false; refresh(); }
     });
