@@ -17,7 +17,9 @@ import http.client
 import json
 import os
 import re
+import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -262,7 +264,7 @@ def served() -> Iterator[tuple[Node, Dashboard]]:
         yield node, dashboard
 
 
-def _http(dashboard: Dashboard, method: str, path: str, headers: dict | None = None):
+def _http(dashboard: Dashboard | Link, method: str, path: str, headers: dict | None = None):
     connection = http.client.HTTPConnection(dashboard.host, dashboard.port, timeout=10)
     try:
         connection.request(method, path, headers=headers or {})
@@ -272,7 +274,7 @@ def _http(dashboard: Dashboard, method: str, path: str, headers: dict | None = N
         connection.close()
 
 
-def _link(dashboard: Dashboard) -> str:
+def _link(dashboard: Dashboard | Link) -> str:
     """The path and query of the one-time link."""
     return "/?" + urlsplit(dashboard.url).query
 
@@ -281,7 +283,7 @@ def _file(node: Node, name: str = "rows", reason: str = "why not"):
     return node.requests.submit("scientist-1", 7, name, reason, (), "", SECRET[0] * 3)
 
 
-def _login(dashboard: Dashboard) -> tuple[str, str]:
+def _login(dashboard: Dashboard | Link) -> tuple[str, str]:
     """Redeem the one-time token: the session cookie, and the page's CSRF token."""
     status, headers, _ = _http(dashboard, "GET", _link(dashboard))
     assert status == 303 and headers["location"] == "/"
@@ -345,3 +347,44 @@ def test_the_dashboard_binds_to_loopback_and_stops(served):
     dashboard.close()
     with pytest.raises(OSError):
         _http(dashboard, "GET", "/")
+
+
+# ---- from the command line ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where a dashboard another process printed is served (what `_http` needs of one)."""
+
+    host: str
+    port: int
+    url: str
+
+    @classmethod
+    def of(cls, url: str) -> Link:
+        parts = urlsplit(url)
+        return cls(str(parts.hostname), int(parts.port or 80), url)
+
+
+@pytest.mark.parametrize("command", ["worker", "duet"])
+def test_the_commands_serve_the_page(command, network):
+    """`tether worker --dashboard` and `tether duet --dashboard` print a one-time link to a
+    page on 127.0.0.1, and stop it with the command (Ctrl-C)."""
+    args = {
+        "worker": ("worker", "--id", "alice", "--port", "0", "--policy", "strict"),
+        "duet": ("duet", "--network", network, "--no-confirm"),
+    }[command]
+    process = Process("-m", "tether", *args, "--dashboard")
+    try:
+        page = Link.of(process.expect(r"owner's dashboard \(open once, in your browser\): (\S+)"))
+        assert page.host == "127.0.0.1"
+        assert _http(page, "GET", "/")[0] == 403
+        session, _ = _login(page)
+        status, _, body = _http(page, "GET", "/", {"Cookie": session})
+        assert status == 200 and ("worker alice" if command == "worker" else "duet duet-") in body
+        process.proc.send_signal(signal.SIGINT)
+        assert process.finish(30) == 130, process.output
+        with pytest.raises(OSError):
+            _http(page, "GET", "/")
+    finally:
+        process.proc.kill()
