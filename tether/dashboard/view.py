@@ -48,7 +48,7 @@ def read(node: Node, budgets: Callable[[], list[dict[str, Any]]] | None = None) 
         budgets=[_budget(row) for row in budgets()] if budgets is not None else [],
         published=[
             _published(key, stored)
-            for key, stored in node.published.items()
+            for key, stored in list(node.published.items())
             if not key.startswith(INTERNAL)
         ],
         audit=[_audit(e) for e in reversed(audit[-SHOWN:])],
