@@ -124,6 +124,9 @@ def _open(browser, dashboard: Dashboard):
     (by the browser's clock) when each request's row first appears."""
     context = browser.new_context(viewport={"width": 1360, "height": 900})
     page = context.new_page()
+    page.errors = []  # what the console reports (a script blocked by the CSP, say)
+    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
     page.goto(dashboard.url)
     page.wait_for_selector("#live.on")
     page.evaluate(
@@ -146,8 +149,9 @@ def _open(browser, dashboard: Dashboard):
 
 def _shown_after_ms(page, request_id: int) -> int:
     """Milliseconds from the request's filing on the owner to its row on the page."""
-    page.wait_for_selector(f'tr.request[data-request="{request_id}"]', timeout=10_000)
-    return page.evaluate(f"window.__seen['{request_id}']")
+    seen = "(id) => window.__seen[id]"
+    page.wait_for_function(f"{seen} !== undefined", arg=str(request_id), timeout=10_000)
+    return page.evaluate(seen, str(request_id))
 
 
 def _screenshot(page, name: str) -> None:
@@ -207,6 +211,7 @@ def test_accept_and_deny_from_the_page(owner, network, browser):
         assert page.locator("#pending tr.request").count() == 0
         assert [e["decision"] for e in owner.requests.audit] == ["accepted", "denied", "denied"]
         assert page.evaluate("window.__pwned") is None
+        assert page.errors == []
         if SHOTS:
             owner.grant(owner.client_id, epsilon=2.0)
             page.wait_for_selector("#budgets progress")
@@ -242,7 +247,8 @@ def test_the_page_keeps_up_with_a_thousand_requests(owner, network, browser):
         assert shown_after < SHOWN_WITHIN_MS, f"the newest request showed after {shown_after} ms"
         assert during[len(during) // 2] < SHOWN_WITHIN_MS  # and the page kept up meanwhile
         page.wait_for_function(
-            f"document.getElementById('pending-count').textContent === '{count}'"
+            "(count) => document.getElementById('pending-count').textContent === count",
+            arg=str(count),
         )
         # and the buttons still answer at once
         oldest = owner.requests.pending()[0]
