@@ -65,16 +65,18 @@ duet = sy.join_duet(session, network, timeout=60)
 x = duet.store["secret"]
 if mode == "decide":
     hostile = sys.argv[4]
+    mean = x.mean()
+    print("filed:", mean.request(name="mean", reason="the average, beside my synthetic data's"),
+          flush=True)
     doubled = (x * 2)[0]
-    value = doubled.get(request_block=True, name="first row, doubled", reason=hostile,
-                        timeout_secs=60)
+    value = doubled.get(request_block=True, name="first row, doubled",
+                        reason="to check my scaling step on one row", timeout_secs=60)
     print("accepted:", value.tolist(), flush=True)
     total = x.sum()
-    print("denied:", total.get(request_block=True, name="total", reason="the grand total",
+    print("denied:", total.get(request_block=True, name="total", reason=hostile,
                               timeout_secs=60), flush=True)
-    mean = x.mean()
-    try:
-        duet.client.get([mean.id], delete=True, name="mean", reason="the mean", wait=60)
+    try:  # waits on the pending request for the mean
+        duet.client.get([mean.id], delete=True, wait=60)
     except errors.PermissionDeniedError as exc:
         print("raised:", type(exc).__name__, flush=True)
 else:
@@ -178,16 +180,16 @@ def test_accept_and_deny_from_the_page(owner, network, browser):
         assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
         scientist = _scientist(owner, network, "decide", HOSTILE)
         try:
+            assert scientist.expect(r"filed: (\w+)") == "pending"
             first = _pending(owner, "first row, doubled")
             assert _shown_after_ms(page, first.id) < SHOWN_WITHIN_MS
             row = page.locator(f'tr.request[data-request="{first.id}"]')
             # what it would release: type, dtype, shape, size and where it came from
             what = row.locator("td.what").inner_text()
             assert "Tensor" in what and "float32" in what and "(2,)" in what
-            assert "2 elements" in what and first.digest[:12] in what
-            assert row.locator("td.reason").inner_text() == HOSTILE  # shown, as text
-            assert row.locator("td.reason *").count() == 0  # and not as markup
-            assert page.evaluate("window.__pwned") is None
+            assert "2 elements" in what and first.digest[:12] in what and "secret" in what
+            assert "published" in row.locator("td.provenance").inner_text()
+            assert row.locator("td.reason").inner_text() == first.reason
             if SHOTS:
                 _screenshot(page, "dashboard-pending.png")
             row.locator("button.accept").click()
@@ -196,7 +198,11 @@ def test_accept_and_deny_from_the_page(owner, network, browser):
             assert first.status == "accepted" and first.decided_by == "owner"
 
             total = _pending(owner, "total")
-            page.locator(f'tr.request[data-request="{total.id}"] button.deny').click()
+            row = page.locator(f'tr.request[data-request="{total.id}"]')
+            assert row.locator("td.reason").inner_text() == HOSTILE  # shown, as text
+            assert row.locator("td.reason *").count() == 0  # and not as markup
+            assert page.evaluate("window.__pwned") is None
+            row.locator("button.deny").click()
             assert scientist.expect(r"denied: (.*)") == "None"
             mean = _pending(owner, "mean")
             page.locator(f'tr.request[data-request="{mean.id}"] button.deny').click()
