@@ -175,7 +175,7 @@ def test_accept_and_deny_from_the_page(owner, network, browser):
     context, page = _open(browser, dashboard)
     try:
         assert "token" not in page.url and urlsplit(page.url).path == "/"
-        cookie = next(c for c in context.cookies() if c["name"] == "tether_dashboard")
+        cookie = next(c for c in context.cookies() if c["name"].startswith("tether_dashboard"))
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
         scientist = _scientist(owner, network, "decide", HOSTILE)
@@ -314,7 +314,8 @@ def test_without_the_token_or_its_cookie_every_path_is_403(served):
     for path in ("/", "/panel", "/events", "/static/htmx.min.js", "/?token=guessed"):
         assert _http(dashboard, "GET", path)[0] == 403, path
     assert _http(dashboard, "POST", f"/requests/{request.id}/accept")[0] == 403
-    assert _http(dashboard, "GET", "/", {"Cookie": "tether_dashboard=guessed"})[0] == 403
+    forged = f"tether_dashboard_{dashboard.port}=guessed"
+    assert _http(dashboard, "GET", "/", {"Cookie": forged})[0] == 403
     session, _ = _login(dashboard)
     assert _http(dashboard, "GET", "/panel", {"Cookie": session})[0] == 200
     # the link works once: whoever loads it later (from the history, a log) is refused

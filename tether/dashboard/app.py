@@ -1,9 +1,9 @@
 """The owner's page as a Starlette app: who may load it, what it serves, how it stays live.
 
 - Access: the URL printed at start carries a one-time token. Its first load trades it for a
-  session cookie (HttpOnly, SameSite=Strict, Path=/) and redirects to `/`, so the token
-  leaves the address bar and the history; a second load of that URL is refused. Every other
-  path needs the cookie: without it, 403.
+  session cookie (HttpOnly, SameSite=Strict, Path=/, named after the port) and redirects to
+  `/`, so the token leaves the address bar and the history; a second load of that URL is
+  refused. Every other path needs the cookie: without it, 403.
 - Changes: accept and deny are POSTs that carry the session's CSRF token in a header (htmx
   sends it from the page's `hx-headers`); without it, or with another, 403. They call the
   same `Request.accept()` / `.deny()` the owner types in Python.
@@ -40,7 +40,8 @@ from tether.dashboard.view import read
 from tether.node import Node
 
 HERE = Path(__file__).resolve().parent
-COOKIE = "tether_dashboard"
+COOKIE = "tether_dashboard_{port}"  # cookies do not tell ports apart: two dashboards on one
+# host would otherwise overwrite each other's
 CSRF_HEADER = "X-CSRF-Token"
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream (proxies close silent ones)
 SECURITY_HEADERS = {
@@ -102,9 +103,11 @@ class Changes:
 
 
 class Access:
-    """The one-time token and the session it becomes (one browser session per dashboard)."""
+    """The one-time token and the session it becomes (one browser session per dashboard), for
+    the dashboard on `port`."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
+        self.cookie = COOKIE.format(port=port)
         self.token: str | None = secrets.token_urlsafe(32)
         self.session: str | None = None
         self.csrf = secrets.token_urlsafe(32)
@@ -120,7 +123,7 @@ class Access:
             return self.session
 
     def admits(self, request: HttpRequest) -> bool:
-        cookie = request.cookies.get(COOKIE, "")
+        cookie = request.cookies.get(self.cookie, "")
         return self.session is not None and secrets.compare_digest(cookie, self.session)
 
     def allows_change(self, request: HttpRequest) -> bool:
@@ -160,7 +163,7 @@ def build_app(
             if session is None:
                 return refused("this link was used already, or is not this dashboard's")
             response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
-            response.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/")
+            response.set_cookie(access.cookie, session, httponly=True, samesite="strict", path="/")
             return response
         if not access.admits(request):
             return refused()

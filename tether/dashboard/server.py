@@ -34,15 +34,15 @@ class Dashboard:
         title: str = "",
     ) -> None:
         self.node = node
-        self._access = Access()
-        self._changes = Changes()
-        self._stop_watching = node.requests.watch(self._changes.changed)
-        app = build_app(node, self._access, self._changes, budgets, title)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.host, self.port = host, self._socket.getsockname()[1]
+        self._access = Access(self.port)
+        self._changes = Changes()
+        self._stop_watching = node.requests.watch(self._changes.changed)
+        app = build_app(node, self._access, self._changes, budgets, title)
         where = f"[{host}]" if ":" in host else host
         self.url = f"http://{where}:{self.port}/?token={self._access.token}"  # the one-time link
         config = uvicorn.Config(
