@@ -311,7 +311,14 @@ def _login(dashboard: Dashboard | Link) -> tuple[str, str]:
 def test_without_the_token_or_its_cookie_every_path_is_403(served):
     node, dashboard = served
     request = _file(node)
-    for path in ("/", "/panel", "/events", "/static/htmx.min.js", "/?token=guessed"):
+    for path in (
+        "/",
+        "/panel",
+        "/events",
+        "/static/htmx.min.js",
+        "/?token=guessed",
+        "/?token=%C3%A9",
+    ):
         assert _http(dashboard, "GET", path)[0] == 403, path
     assert _http(dashboard, "POST", f"/requests/{request.id}/accept")[0] == 403
     forged = f"tether_dashboard_{dashboard.port}=guessed"

@@ -40,8 +40,9 @@ from tether.dashboard.view import read
 from tether.node import Node
 
 HERE = Path(__file__).resolve().parent
-COOKIE = "tether_dashboard_{port}"  # cookies do not tell ports apart: two dashboards on one
-# host would otherwise overwrite each other's
+# Named after the port: cookies do not tell ports apart, so two dashboards on one host would
+# otherwise overwrite each other's.
+COOKIE = "tether_dashboard_{port}"
 CSRF_HEADER = "X-CSRF-Token"
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream (proxies close silent ones)
 SECURITY_HEADERS = {
@@ -116,7 +117,7 @@ class Access:
     def redeem(self, token: str) -> str | None:
         """The new session's cookie value if `token` is the unused one-time token."""
         with self._lock:
-            if self.token is None or not secrets.compare_digest(token, self.token):
+            if self.token is None or not _same(token, self.token):
                 return None
             self.token = None
             self.session = secrets.token_urlsafe(32)
@@ -124,12 +125,15 @@ class Access:
 
     def admits(self, request: HttpRequest) -> bool:
         cookie = request.cookies.get(self.cookie, "")
-        return self.session is not None and secrets.compare_digest(cookie, self.session)
+        return self.session is not None and _same(cookie, self.session)
 
     def allows_change(self, request: HttpRequest) -> bool:
-        return self.admits(request) and secrets.compare_digest(
-            request.headers.get(CSRF_HEADER, ""), self.csrf
-        )
+        return self.admits(request) and _same(request.headers.get(CSRF_HEADER, ""), self.csrf)
+
+
+def _same(given: str, secret: str) -> bool:
+    """A comparison in constant time that takes any text a client sends (non-ASCII too)."""
+    return secrets.compare_digest(given.encode("utf-8", "surrogatepass"), secret.encode())
 
 
 def build_app(
