@@ -56,7 +56,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for the scientist to join (default {DEFAULT_TIMEOUT:g})",
     )
-    add_flag(p, "--dp-ledger", metavar="FILE", help="where privacy budget spend is kept")
     page = p.add_argument_group("dashboard")
     add_flag(page, "--dashboard", action="store_true", help="serve the owner's page")
     add_flag(
@@ -77,7 +76,6 @@ def main(args: argparse.Namespace) -> int:
         confirm=confirm,
         host=args.host,
         port=args.port,
-        dp_ledger=args.dp_ledger,
     )
     with duet:
         if args.dataset or args.data_root:
