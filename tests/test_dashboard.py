@@ -401,7 +401,7 @@ def test_the_commands_serve_the_page(command, network):
         assert _http(page, "GET", "/")[0] == 403
         session, _ = _login(page)
         status, _, body = _http(page, "GET", "/", {"Cookie": session})
-        assert status == 200 and ("worker alice" if command == "worker" else "duet duet-") in body
+        assert status == 200 and ("worker alice" if command == "worker" else "duet-") in body
         process.proc.send_signal(signal.SIGINT)
         assert process.finish(30) == 130, process.output
         with pytest.raises(OSError):

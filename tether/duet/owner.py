@@ -101,7 +101,7 @@ class OwnerDuet:
             host=host,
             port=port,
             budgets=self.budgets.table,
-            title=f"duet {self.node.name}",
+            title=self.node.name,
         )
         self.add_closer(page.close)
         print(f"tether duet: the owner's dashboard (open once, in your browser): {page.url}")
