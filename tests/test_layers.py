@@ -31,6 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "federated": ("tether.federated",),
     "split": ("tether.split",),
     "duet": ("tether.duet",),
+    "dashboard": ("tether.dashboard",),
     "sandbox": ("tether.sandbox",),
     "cli": ("tether.cli", "tether.__main__"),
     "api": ("tether",),
@@ -38,7 +39,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
 # What each layer builds on directly (the test takes the closure). Features (federated, split,
 # duet) build on the core, never on each other; privacy's mechanisms (DP-SGD, the accountant,
 # the ledger, the attacks) sit below them, for each to use (federated's `fit` trains with DP);
-# its SMPC tensors compute through pointers, so privacy builds on remote.
+# its SMPC tensors compute through pointers, so privacy builds on remote. The dashboard (the
+# owner's page) shows a node's desk, so it needs only the node; Duet and the cli start it.
 # Only the cli and the package's __init__ see all.
 BUILDS_ON: dict[str, set[str]] = {
     "errors": set(),
@@ -51,9 +53,10 @@ BUILDS_ON: dict[str, set[str]] = {
     "privacy": {"data", "remote"},
     "federated": {"transports", "data", "privacy"},
     "split": {"remote"},
-    "duet": {"transports", "privacy"},
+    "dashboard": {"node"},
+    "duet": {"transports", "privacy", "dashboard"},
     "sandbox": {"transports", "data"},
-    "cli": {"federated", "split", "duet", "data"},
+    "cli": {"federated", "split", "duet", "dashboard", "data"},
     "api": {"cli", "sandbox"},
 }
 

@@ -445,3 +445,29 @@ def test_an_unconstrained_accept_handler_warns_once(caplog):
     request = _file(desk, SECRET.clone(), name="train_size")
     assert request.status == "accepted"  # still the owner's choice: it accepts by name
     assert "an unconstrained handler" in repr(request)
+
+
+def test_a_watcher_hears_every_change_on_the_desk():
+    """`Requests.watch` (what the owner's dashboard listens with): filed, decided by the owner
+    or a handler, released, handlers added or cleared, a note; and nothing after `stop()`."""
+    desk = Requests(max_pending_per_client=8)
+    heard: list[tuple[int, list[str]]] = []
+
+    def changed() -> None:  # runs outside the desk's lock: the desk can be read from here
+        heard.append((len(desk.audit), [r.status for r in desk.pending()]))
+
+    stop = desk.watch(changed)
+    first = desk.submit("c", 1, "a", "", (), "", torch.ones(2))
+    assert heard[-1] == (0, ["pending"])
+    first.accept()
+    assert heard[-1] == (1, [])
+    first.release()
+    desk.add_handler(name="b", action="deny")
+    desk.submit("c", 2, "b", "", (), "", torch.ones(2))  # filed, then denied by the handler
+    assert heard[-1] == (2, [])
+    desk.clear_handlers()
+    desk.note("c", "privacy budget", "ε ≤ 1", "granted")
+    assert len(heard) == 8
+    stop()
+    desk.submit("c", 3, "c", "", (), "", torch.ones(2))
+    assert len(heard) == 8

@@ -1,8 +1,8 @@
 """The `tether` command, one module per subcommand: `worker` serves a worker (`tether worker
---id alice --port 8777 --dataset mnist --labels 0-3`); `train`, `network` and `demo` run the
-federated jobs; `simulate` simulates many clients in one process. Each subcommand module has
-SUMMARY, DESCRIPTION, `add_arguments(parser)` and `main(args)`; `console` holds what they
-share (flag spellings, logs, Ctrl-C)."""
+--id alice --port 8777 --dataset mnist --labels 0-3`); `duet` starts a Duet as the data owner;
+`train`, `network` and `demo` run the federated jobs; `simulate` simulates many clients in one
+process. Each subcommand module has SUMMARY, DESCRIPTION, `add_arguments(parser)` and
+`main(args)`; `console` holds what they share (flag spellings, logs, Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from tether.cli import demo, network, simulate, train, worker
+from tether.cli import demo, duet, network, simulate, train, worker
 from tether.cli.console import STOPPED, HelpFormatter, RawHelpFormatter, interrupted, stopped_line
 from tether.cli.version import __version__
 from tether.errors import DatasetError
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register(commands, "worker", worker, raw=False)
+    _register(commands, "duet", duet)
     _register(commands, "train", train)
     _register(commands, "demo", demo)
     _register(commands, "network", network)

@@ -183,6 +183,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="where the spend is kept (default: tether-dp-ledger-ID.json in the current folder)",
     )
+    page = p.add_argument_group("dashboard")
+    add_flag(
+        page,
+        "--dashboard",
+        action="store_true",
+        help="serve the owner's page: requests (accept / deny), handlers, audit log, published "
+        "data (what a 'strict' worker needs to release anything); prints its one-time link",
+    )
+    add_flag(
+        page,
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="address of the page (default 127.0.0.1: this machine only)",
+    )
+    add_flag(page, "--dashboard-port", type=int, default=0, help="its port (default: any free)")
     add_flag(p, "--quiet", action="store_true", help="log only warnings")
 
 
@@ -222,6 +237,14 @@ def main(args: argparse.Namespace) -> int:
         ),
     )
 
+    page = None
+    if args.dashboard:
+        from tether.dashboard import Dashboard
+
+        page = Dashboard(
+            node, host=args.dashboard_host, port=args.dashboard_port, title=f"worker {args.id}"
+        )
+
     def ready() -> None:
         if generated:
             print(
@@ -231,9 +254,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"release policy: {release.value}")
         if rules is not None:
             print(_dp_line(rules))
+        if page is not None:
+            print(f"the owner's dashboard (open once, in your browser): {page.url}")
         print(f"worker {args.id} listening on {server.url}", flush=True)
 
-    status = serve(server.start, server.stop, ready, fast_loop=True)
+    try:
+        status = serve(server.start, server.stop, ready, fast_loop=True)
+    finally:
+        if page is not None:
+            page.close()
     if status == STOPPED:
         print(stopped_line("worker"), file=sys.stderr, flush=True)
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]

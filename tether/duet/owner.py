@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,9 @@ from tether.node import Requests
 from tether.privacy.dp import Budgets, Grant
 from tether.privacy.dp.ledger import Ledger
 from tether.transports.websocket import ServerThread
+
+if TYPE_CHECKING:
+    from tether.dashboard import Dashboard
 
 DEFAULT_DELTA = 1e-6  # a grant's δ unless the owner names one
 
@@ -85,6 +88,24 @@ class OwnerDuet:
             "granted",
         )
         return found
+
+    def dashboard(self, host: str = "127.0.0.1", port: int = 0) -> Dashboard:
+        """Serve the owner's page (`tether.dashboard`; needs the `dashboard` extra) and print
+        its one-time link: the pending requests with what each would release and accept /
+        deny buttons (they call `request.accept()` / `.deny()`), the handlers, the audit log,
+        what you published and the privacy budgets, updated live. It stops with the duet."""
+        from tether.dashboard import Dashboard
+
+        page = Dashboard(
+            self.node,
+            host=host,
+            port=port,
+            budgets=self.budgets.table,
+            title=self.node.name,
+        )
+        self.add_closer(page.close)
+        print(f"tether duet: the owner's dashboard (open once, in your browser): {page.url}")
+        return page
 
     @property
     def store(self) -> OwnerStore:

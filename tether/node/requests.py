@@ -1,7 +1,8 @@
 """Requests: how a client asks for an object its policy keeps on the node, and how the owner
 answers — by hand (`request.accept()`), or by handlers that match the request's name or the
 object's tags and, optionally, constraints on what it carries. Every decision goes into the
-audit log. A client waiting for an answer is woken the moment it is given (an event, not a poll).
+audit log. A client waiting for an answer is woken the moment it is given (an event, not a poll),
+and so is whoever watches the desk (`Requests.watch`: the owner's dashboard).
 
 Filing a request copies the value: the owner and every handler look at this snapshot (shown
 with its type, dtype, size, digest and provenance), and an accepted request releases the
@@ -207,6 +208,36 @@ class Requests:
         self._pending_count: Counter[str] = Counter()
         self._held_bytes: Counter[str] = Counter()  # by client: its snapshots' tensor bytes
         self._warned = False
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, changed: Callable[[], None]) -> Callable[[], None]:
+        """Call `changed()` after every change on the desk: a request filed, decided or
+        released, a handler added or cleared, a note logged. It runs in the thread that made
+        the change, outside the desk's lock, so it must be quick (wake something up). Returns
+        the function that stops the watching."""
+        with self._lock:
+            self._watchers.append(changed)
+
+        def stop() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._watchers.remove(changed)
+
+        return stop
+
+    @property
+    def handlers(self) -> list[Handler]:
+        """The handlers in force, oldest first."""
+        with self._lock:
+            return list(self._handlers)
+
+    def _changed(self) -> None:
+        with self._lock:
+            watchers = list(self._watchers)
+        for changed in watchers:
+            try:
+                changed()
+            except Exception:
+                log.exception("a watcher of the requests desk raised")
 
     def add_handler(
         self,
@@ -275,6 +306,7 @@ class Requests:
         with self._lock:
             self._handlers.append(handler)
             waiting = list(self._waiting.values())
+        self._changed()
         for request in waiting:  # requests filed before the handler existed are answered too
             if self._handler_for(request) is handler:
                 self._apply(handler, request)
@@ -283,6 +315,7 @@ class Requests:
     def clear_handlers(self) -> None:
         with self._lock:
             self._handlers.clear()
+        self._changed()
 
     def submit(
         self,
@@ -347,6 +380,7 @@ class Requests:
             superseded = self._kept.pop(key, None)  # a new request: the last one was spent
             if superseded is not None:
                 self._drop(superseded)
+        self._changed()
         if accepted_by:
             request._settle(ACCEPTED, accepted_by)
             return request
@@ -389,6 +423,7 @@ class Requests:
             else:
                 self._drop(request)  # the decision is made: the node needs no copy any more
             self._log(request)
+        self._changed()
         return True
 
     def _release(self, request: Request) -> Any:
@@ -404,6 +439,7 @@ class Requests:
             snapshot = request.snapshot
             self._drop(request)
             request.released = True
+        self._changed()
         return snapshot
 
     def _drop(self, request: Request) -> None:
@@ -465,6 +501,7 @@ class Requests:
                     "by": "owner",
                 }
             )
+        self._changed()
 
     # ---- the owner's view ---------------------------------------------------------------------
 
