@@ -23,10 +23,13 @@ def render_cli() -> str:
     from tether.cli import build_parser
 
     parser = build_parser()
-    sections = ["## tether", "", "```text", parser.format_help().rstrip(), "```", ""]
-    for name, subparser in _subcommands(parser).items():
-        sections += [f"## tether {name}", "", "```text", subparser.format_help().rstrip(), "```", ""]
-    return "\n".join(sections)
+    sections = [_section("tether", parser)]
+    sections += [_section(f"tether {name}", sub) for name, sub in _subcommands(parser).items()]
+    return "\n\n".join(sections)
+
+
+def _section(title: str, parser: argparse.ArgumentParser) -> str:
+    return f"## {title}\n\n```text\n{parser.format_help().rstrip()}\n```"
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
