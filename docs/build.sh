@@ -5,5 +5,6 @@
 # The site goes to site/; extra arguments go to mkdocs (e.g. --site-dir DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export DOCS_EXECUTE=true # every notebook runs, whatever the caller's environment says
 export NO_MKDOCS_2_WARNING=1 # Material's notice about its successor, printed on every build
 exec mkdocs build --strict "$@"
