@@ -135,9 +135,18 @@ def deal(parties: Parties, what: str, path: str, per_party: int, *args: Any) -> 
 
 
 def beaver(
-    parties: Parties, x: Shares, y: Shares, op: str, shape_x: torch.Size, shape_y: torch.Size
+    parties: Parties,
+    x: Shares,
+    y: Shares,
+    op: str,
+    shape_x: torch.Size,
+    shape_y: torch.Size,
+    divisor: int = 1,
 ) -> Shares:
-    """Shares of op(x, y) ('mul' or 'matmul') for shared x and y."""
+    """Shares of op(x, y) ('mul' or 'matmul') for shared x and y, divided by `divisor` (a
+    fixed-point product's scale: two parties, truncated as `truncate` does)."""
+    if divisor != 1:
+        parties.two("fixed-precision multiplication and division")
     dealt = deal(
         parties,
         f"{op} of two shared tensors",
@@ -154,7 +163,7 @@ def beaver(
     delta = reconstruct([f[0] for f in fetched])
     epsilon = reconstruct([f[1] for f in fetched])
     return [
-        call(a, ops.PATHS["beaver"], c, a, b, delta, epsilon, op, i == 0)
+        call(a, ops.PATHS["beaver"], c, a, b, delta, epsilon, op, i == 0, divisor)
         for i, (a, b, c) in enumerate(dealt)
     ]
 
