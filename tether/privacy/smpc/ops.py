@@ -191,7 +191,8 @@ def _shares_only(step: Callable[..., Any]) -> Callable[..., Any]:
     """A party's local step, taking shares: every tensor argument must be a ring element
     (int64) and every `first` flag a bool, whatever a peer sends."""
 
-    signature = inspect.signature(step)
+    names = list(inspect.signature(step).parameters)
+    at = names.index("first") if "first" in names else len(names)
 
     @functools.wraps(step)
     def checked(*args: Any, **kwargs: Any) -> Any:
@@ -200,7 +201,7 @@ def _shares_only(step: Callable[..., Any]) -> Callable[..., Any]:
                 raise ring.RingError(
                     f"{step.__name__} takes shares in the 2^64 ring (int64), got {value.dtype}"
                 )
-        first = signature.bind(*args, **kwargs).arguments.get("first", False)
+        first = args[at] if at < len(args) else kwargs.get("first", False)
         if type(first) is not bool:
             raise ValueError(f"{step.__name__}'s first must be true or false, got {first!r}")
         return step(*args, **kwargs)
