@@ -249,9 +249,18 @@ HOSTILE_ARGUMENTS = {
     ],
     "truncate": [[_I, 0, 0], [_I, 2**70, 0], [_I, 2, "p"], [_F, 2, 0]],
     "msb_masks": [[_I, _LONG, _I, 0], [_F, _F, _F, 0]],
-    "level_masks": [[_I, _I, 10**30, _I, _I], [_I, _I, -1, _I, _I], [_F, _F, 1, _F, _F]],
+    "level_masks": [
+        [_I, _I, 10**30, _I, _I, True],
+        [_I, _I, 3, _I, _I, True],
+        [_I, _I, 1, _I, _I, "yes"],
+        [_F, _F, 1, _F, _F, True],
+    ],
     "and_close": [[_I, _I, _I, _LONG, _I, True], [_F, _F, _F, _F, _F, True]],
-    "level_close": [[_I, _I, _I, _I, _LONG, _I, True], [_I, _I, _I, _I, _I, _I, 1]],
+    "level_close": [
+        [_I, _I, 1, _I, _I, _I, _LONG, _I, True],
+        [_I, _I, 1, _I, _I, _I, _I, _I, 1],
+        [_I, _I, 64, _I, _I, _I, _I, _I, True],
+    ],
     "msb_bit": [[_I, _LONG, _I], [_F, _F, _F]],
     "bit_to_ring": [[_I, _LONG, True], [_F, _F, True], [_I, _I, None]],
 }

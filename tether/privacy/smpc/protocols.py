@@ -4,9 +4,10 @@ every party's node (`tether.smpc.*`, see `ops.py`), and what is opened is only e
 - Multiplication and matmul: Beaver triples dealt by the crypto provider; the parties open
   delta = x - a and epsilon = y - b (uniform, so they say nothing of x and y).
 - Fixed-point truncation after a product: local, two parties (SecureML; `ring.truncate`).
-- Comparison: the sign bit of x = x_0 + x_1, from a Kogge-Stone adder over the shares' bits
-  (XOR shares, AND by binary Beaver triples: 7 rounds for 64 bits), turned into an additive
-  share with a random bit the provider deals in both forms. Exact; two parties.
+- Comparison: the sign bit of x = x_0 + x_1, from the carry into bit 63: a tree of the
+  carry operator over the shares' bits (XOR shares, AND by binary Beaver triples: 7 rounds
+  for 64 bits, both ANDs of a level in one word), turned into an additive share with a random
+  bit the provider deals in both forms. Exact; two parties.
 
 Openings go through the scientist, which sums the parties' masked shares. The provider's
 triples reach the parties through the scientist as well (see docs/smpc.md, "Security").
@@ -202,8 +203,7 @@ def _and_open(
 def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
     """Additive shares (of 0 or 1, unscaled) of [x < 0], x read as a signed 64-bit value."""
     parties.two("comparison")
-    level = [2, *shape]
-    shapes = [list(shape)] + [level] * len(_LEVELS)
+    shapes = [list(shape)] * (1 + len(_LEVELS))
     dealt = deal(parties, "comparison", ops.PATHS["and_triples"], 3 * len(shapes), shapes)
     bits = deal(parties, "comparison", ops.PATHS["random_bits"], 2, list(shape))
 
@@ -225,13 +225,26 @@ def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
         masks = []
         for i in range(2):
             a, b, _ = triple(i, k)
-            d_e = call_each(x[i].client, ops.PATHS["level_masks"], 2, g[i], p[i], shift, a, b)
+            d_e = call_each(
+                x[i].client, ops.PATHS["level_masks"], 2, g[i], p[i], shift, a, b, i == 0
+            )
             masks.append((d_e[0], d_e[1]))
         d, e = _and_open(parties, masks)
         for i in range(2):
             a, b, c = triple(i, k)
             g[i], p[i] = call_each(
-                x[i].client, ops.PATHS["level_close"], 2, g[i], c, a, b, d, e, i == 0
+                x[i].client,
+                ops.PATHS["level_close"],
+                2,
+                g[i],
+                p[i],
+                shift,
+                c,
+                a,
+                b,
+                d,
+                e,
+                i == 0,
             )
     masked = [call(x[i], ops.PATHS["msb_bit"], x[i], g[i], bits[i][0]) for i in range(2)]
     opened = open_xor(masked)
