@@ -39,6 +39,13 @@ def test_limb_matmul_is_the_int64_matmul_bit_for_bit() -> None:
         assert torch.equal(ring_matmul(a, b), a @ b)
     edge = torch.tensor([[-(2**63), 2**63 - 1, -1, 0]])
     assert torch.equal(ring_matmul(edge, edge.t()), edge @ edge.t())
+    # The largest sums each path meets: limbs at their maximum over 128 terms (five products,
+    # Karatsuba) and over 129 and 512 terms (six, in chunks of 512), both signs of the top limb.
+    top = (1 << 22) - 1 + (((1 << 21) - 1) << 22)
+    for k in (128, 129, 512, 513):
+        for value in (top, top - 2**63, -1, -(2**63)):
+            full = torch.full((3, k), value)
+            assert torch.equal(ring_matmul(full, full.t()), full @ full.t()), (k, value)
 
 
 def test_a_beaver_share_is_the_int64_formula_bit_for_bit() -> None:
@@ -237,12 +244,23 @@ HOSTILE_ARGUMENTS = {
         [_I, _I, _I, _I, _I, "pow", True],
         [_F, _F, _F, _F, _F, "mul", True],
         [_I, _I, _I, _I, _I, "mul", "yes"],
+        [_I, _I, _I, _I, _I, "mul", True, 0],
+        [_I, _I, _I, _I, _I, "matmul", False, 2.5],
     ],
     "truncate": [[_I, 0, 0], [_I, 2**70, 0], [_I, 2, "p"], [_F, 2, 0]],
     "msb_masks": [[_I, _LONG, _I, 0], [_F, _F, _F, 0]],
-    "level_masks": [[_I, _I, 10**30, _I, _I], [_I, _I, -1, _I, _I], [_F, _F, 1, _F, _F]],
+    "level_masks": [
+        [_I, _I, 10**30, _I, _I, True],
+        [_I, _I, 3, _I, _I, True],
+        [_I, _I, 1, _I, _I, "yes"],
+        [_F, _F, 1, _F, _F, True],
+    ],
     "and_close": [[_I, _I, _I, _LONG, _I, True], [_F, _F, _F, _F, _F, True]],
-    "level_close": [[_I, _I, _I, _I, _LONG, _I, True], [_I, _I, _I, _I, _I, _I, 1]],
+    "level_close": [
+        [_I, _I, 1, _I, _I, _I, _LONG, _I, True],
+        [_I, _I, 1, _I, _I, _I, _I, _I, 1],
+        [_I, _I, 64, _I, _I, _I, _I, _I, True],
+    ],
     "msb_bit": [[_I, _LONG, _I], [_F, _F, _F]],
     "bit_to_ring": [[_I, _LONG, True], [_F, _F, True], [_I, _I, None]],
 }

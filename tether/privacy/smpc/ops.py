@@ -110,18 +110,28 @@ def beaver(
     epsilon: torch.Tensor,
     op: str,
     first: bool,
+    divisor: int = 1,
 ) -> torch.Tensor:
     """A party's share of op(x, y), from its triple shares and the opened delta = x - a and
-    epsilon = y - b: c + op(delta, b) + op(a, epsilon), and op(delta, epsilon) once (party 0)."""
+    epsilon = y - b: c + op(delta, b) + op(a, epsilon), and op(delta, epsilon) once (party 0);
+    divided by `divisor` as `truncate` does (two parties: `first` is party 0), which saves
+    fixed-point products a call."""
     product = _product(op)
+    _divisor(divisor)
     if first:
-        return c + product(delta, b + epsilon) + product(a, epsilon)
-    return c + product(delta, b) + product(a, epsilon)
+        share = c + product(delta, b + epsilon) + product(a, epsilon)
+    else:
+        share = c + product(delta, b) + product(a, epsilon)
+    return share if divisor == 1 else ring.truncate(share, divisor, 0 if first else 1)
+
+
+def _divisor(divisor: Any) -> None:
+    if type(divisor) is not int or divisor < 1:
+        raise ValueError(f"a divisor must be a positive int, got {divisor!r}")
 
 
 def truncate(share: torch.Tensor, divisor: int, party: int) -> torch.Tensor:
-    if type(divisor) is not int or divisor < 1:
-        raise ValueError(f"a divisor must be a positive int, got {divisor!r}")
+    _divisor(divisor)
     return ring.truncate(share, divisor, int(party))
 
 
@@ -134,13 +144,49 @@ def msb_masks(
     return (x if party == 0 else zero) ^ a, (x if party == 1 else zero) ^ b
 
 
-def level_masks(
-    g: torch.Tensor, p: torch.Tensor, shift: int, a: torch.Tensor, b: torch.Tensor
+def _tree_masks(shift: int) -> tuple[int, int]:
+    """The bit masks of one level of the carry tree (as int64 values): the heads of its blocks
+    of 2 * shift bits (the positions t = -1 mod 2 * shift), and the same positions - shift."""
+    heads = sum(1 << t for t in range(64) if t % (2 * shift) == 2 * shift - 1)
+    return heads - (1 << 64), heads >> shift
+
+
+_TREE = {shift: _tree_masks(shift) for shift in (1, 2, 4, 8, 16, 32)}
+_TOP = -(1 << 63)  # bit 63 as an int64
+
+
+def _tree_inputs(
+    g: torch.Tensor, p: torch.Tensor, shift: int, first: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The masked inputs of one Kogge-Stone level: P & (G << s) and P & (P << s), stacked."""
-    if type(shift) is not int or not 0 <= shift < 64:
-        raise ValueError(f"a shift must be an int from 0 to 63, got {shift!r}")
-    return torch.stack((p, p)) ^ a, torch.stack((g << shift, p << shift)) ^ b
+    """At the first level, bit 63 becomes the identity of the carry operator (generate 0,
+    propagate 1: party 0 holds the 1), so the tree's last head carries into bit 63."""
+    if shift != 1:
+        return g, p
+    return g & ~_TOP, (p | _TOP) if first else (p & ~_TOP)
+
+
+def _level(shift: Any) -> tuple[int, int]:
+    found = _TREE.get(shift) if type(shift) is int else None
+    if found is None:
+        raise ValueError(f"a carry tree level's shift is 1, 2, 4, 8, 16 or 32, got {shift!r}")
+    return found
+
+
+def level_masks(
+    g: torch.Tensor,
+    p: torch.Tensor,
+    shift: int,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    first: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked inputs of one level of the carry tree, both of its ANDs in one word: at each
+    head t, P(t) & G(t - shift); at t - shift (a bit the level leaves free), P(t) & P(t - shift)."""
+    heads, below = _level(shift)
+    g, p = _tree_inputs(g, p, shift, first)
+    left = (p & heads) | ((p >> shift) & below)
+    right = ((g << shift) & heads) | (p & below)
+    return left ^ a, right ^ b
 
 
 def and_close(
@@ -153,6 +199,8 @@ def and_close(
 
 def level_close(
     g: torch.Tensor,
+    p: torch.Tensor,
+    shift: int,
     c: torch.Tensor,
     a: torch.Tensor,
     b: torch.Tensor,
@@ -160,14 +208,19 @@ def level_close(
     e: torch.Tensor,
     first: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A party's shares of the level's (G, P) at its heads: G ^ P & G(t - shift), and
+    P & P(t - shift) moved up from the free bit below."""
+    heads, below = _level(shift)
+    g, _ = _tree_inputs(g, p, shift, first)
     z = and_close(c, a, b, d, e, first)
-    return g ^ z[0], z[1]
+    return g ^ (z & heads), (z & below) << shift
 
 
 def msb_bit(x: torch.Tensor, g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """The party's XOR share of the sign bit of x (bit 63 of x_0 ^ x_1 ^ carries), masked
-    by its XOR share of the provider's random bit r, ready to open."""
-    return (((x ^ (g << 1)) >> 63) & 1) ^ r
+    """The party's XOR share of the sign bit of x (bit 63 of x_0 ^ x_1 ^ the carry into it,
+    which the tree leaves at bit 63 of G), masked by its XOR share of the provider's random
+    bit r, ready to open."""
+    return (((x ^ g) >> 63) & 1) ^ r
 
 
 def bit_to_ring(r: torch.Tensor, opened: torch.Tensor, first: bool) -> torch.Tensor:
@@ -181,7 +234,8 @@ def _shares_only(step: Callable[..., Any]) -> Callable[..., Any]:
     """A party's local step, taking shares: every tensor argument must be a ring element
     (int64) and every `first` flag a bool, whatever a peer sends."""
 
-    signature = inspect.signature(step)
+    names = list(inspect.signature(step).parameters)
+    at = names.index("first") if "first" in names else len(names)
 
     @functools.wraps(step)
     def checked(*args: Any, **kwargs: Any) -> Any:
@@ -190,7 +244,7 @@ def _shares_only(step: Callable[..., Any]) -> Callable[..., Any]:
                 raise ring.RingError(
                     f"{step.__name__} takes shares in the 2^64 ring (int64), got {value.dtype}"
                 )
-        first = signature.bind(*args, **kwargs).arguments.get("first", False)
+        first = args[at] if at < len(args) else kwargs.get("first", False)
         if type(first) is not bool:
             raise ValueError(f"{step.__name__}'s first must be true or false, got {first!r}")
         return step(*args, **kwargs)

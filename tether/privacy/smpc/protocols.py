@@ -4,9 +4,10 @@ every party's node (`tether.smpc.*`, see `ops.py`), and what is opened is only e
 - Multiplication and matmul: Beaver triples dealt by the crypto provider; the parties open
   delta = x - a and epsilon = y - b (uniform, so they say nothing of x and y).
 - Fixed-point truncation after a product: local, two parties (SecureML; `ring.truncate`).
-- Comparison: the sign bit of x = x_0 + x_1, from a Kogge-Stone adder over the shares' bits
-  (XOR shares, AND by binary Beaver triples: 7 rounds for 64 bits), turned into an additive
-  share with a random bit the provider deals in both forms. Exact; two parties.
+- Comparison: the sign bit of x = x_0 + x_1, from the carry into bit 63: a tree of the
+  carry operator over the shares' bits (XOR shares, AND by binary Beaver triples: 7 rounds
+  for 64 bits, both ANDs of a level in one word), turned into an additive share with a random
+  bit the provider deals in both forms. Exact; two parties.
 
 Openings go through the scientist, which sums the parties' masked shares. The provider's
 triples reach the parties through the scientist as well (see docs/smpc.md, "Security").
@@ -135,9 +136,18 @@ def deal(parties: Parties, what: str, path: str, per_party: int, *args: Any) -> 
 
 
 def beaver(
-    parties: Parties, x: Shares, y: Shares, op: str, shape_x: torch.Size, shape_y: torch.Size
+    parties: Parties,
+    x: Shares,
+    y: Shares,
+    op: str,
+    shape_x: torch.Size,
+    shape_y: torch.Size,
+    divisor: int = 1,
 ) -> Shares:
-    """Shares of op(x, y) ('mul' or 'matmul') for shared x and y."""
+    """Shares of op(x, y) ('mul' or 'matmul') for shared x and y, divided by `divisor` (a
+    fixed-point product's scale: two parties, truncated as `truncate` does)."""
+    if divisor != 1:
+        parties.two("fixed-precision multiplication and division")
     dealt = deal(
         parties,
         f"{op} of two shared tensors",
@@ -154,7 +164,7 @@ def beaver(
     delta = reconstruct([f[0] for f in fetched])
     epsilon = reconstruct([f[1] for f in fetched])
     return [
-        call(a, ops.PATHS["beaver"], c, a, b, delta, epsilon, op, i == 0)
+        call(a, ops.PATHS["beaver"], c, a, b, delta, epsilon, op, i == 0, divisor)
         for i, (a, b, c) in enumerate(dealt)
     ]
 
@@ -193,8 +203,7 @@ def _and_open(
 def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
     """Additive shares (of 0 or 1, unscaled) of [x < 0], x read as a signed 64-bit value."""
     parties.two("comparison")
-    level = [2, *shape]
-    shapes = [list(shape)] + [level] * len(_LEVELS)
+    shapes = [list(shape)] * (1 + len(_LEVELS))
     dealt = deal(parties, "comparison", ops.PATHS["and_triples"], 3 * len(shapes), shapes)
     bits = deal(parties, "comparison", ops.PATHS["random_bits"], 2, list(shape))
 
@@ -216,13 +225,26 @@ def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
         masks = []
         for i in range(2):
             a, b, _ = triple(i, k)
-            d_e = call_each(x[i].client, ops.PATHS["level_masks"], 2, g[i], p[i], shift, a, b)
+            d_e = call_each(
+                x[i].client, ops.PATHS["level_masks"], 2, g[i], p[i], shift, a, b, i == 0
+            )
             masks.append((d_e[0], d_e[1]))
         d, e = _and_open(parties, masks)
         for i in range(2):
             a, b, c = triple(i, k)
             g[i], p[i] = call_each(
-                x[i].client, ops.PATHS["level_close"], 2, g[i], c, a, b, d, e, i == 0
+                x[i].client,
+                ops.PATHS["level_close"],
+                2,
+                g[i],
+                p[i],
+                shift,
+                c,
+                a,
+                b,
+                d,
+                e,
+                i == 0,
             )
     masked = [call(x[i], ops.PATHS["msb_bit"], x[i], g[i], bits[i][0]) for i in range(2)]
     opened = open_xor(masked)

@@ -397,11 +397,11 @@ class AdditiveSharingTensor:
         if isinstance(other, AdditiveSharingTensor):
             parties = self._same_kind(other)
             product = protocols.beaver(
-                parties, self.shares, other.shares, "mul", self.shape, other.shape
+                parties, self.shares, other.shares, "mul", self.shape, other.shape, self._scale
             )
             shape = torch.broadcast_shapes(self.shape, other.shape)
             out = AdditiveSharingTensor(
-                protocols.truncate(parties, product, self._scale),
+                product,
                 parties,
                 shape,
                 self.precision_fractional,
@@ -436,11 +436,11 @@ class AdditiveSharingTensor:
         if isinstance(other, AdditiveSharingTensor):
             parties = self._same_kind(other)
             product = protocols.beaver(
-                parties, self.shares, other.shares, "matmul", self.shape, other.shape
+                parties, self.shares, other.shares, "matmul", self.shape, other.shape, self._scale
             )
             shape = torch.matmul(_meta(self.shape), _meta(other.shape)).shape
             out = AdditiveSharingTensor(
-                protocols.truncate(parties, product, self._scale),
+                product,
                 parties,
                 shape,
                 self.precision_fractional,
