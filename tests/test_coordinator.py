@@ -23,7 +23,7 @@ import tether as sy
 from tether.cli import train as train_cli
 from tether.cli.demo import mnist_tensors, tutorial_workers
 from tether.federated import coordinator as coord
-from tether.federated import report
+from tether.federated import report, strategies
 from tether.federated.checkpoint import CHECKPOINT_JSON
 from tether.federated.coordinator import Coordinator, FederationError
 from tether.federated.delegated import remote
@@ -192,6 +192,83 @@ def test_an_interrupted_run_resumes_to_the_same_result(parts, tmp_path: Path) ->
             config=TrainConfig(max_batches=3),
             rounds=6,
             checkpoint_dir=tmp_path,
+            resume=True,
+            log=quiet([]),
+        ).run()
+
+
+STATEFUL = {
+    "fedavgm": lambda: strategies.FedAvgM(lr_decay=0.9),
+    "fedadagrad": lambda: strategies.FedAdagrad(server_lr=0.05),
+    "fedadam": lambda: strategies.FedAdam(server_lr=0.05),
+    "fedyogi": lambda: strategies.FedYogi(server_lr=0.05),
+    "scaffold": lambda: strategies.Scaffold(fraction=0.6),
+    "dpfedavg": lambda: strategies.DPFedAvg(  # noiseless, so runs can repeat
+        clip_norm=0.5, noise_multiplier=0.0, target_quantile=0.5, quantile_noise=0.0
+    ),
+}
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_a_stateful_strategy_resumes_to_the_same_result(name, parts, tmp_path: Path) -> None:
+    """Stopped in round 3 and resumed with a fresh strategy object, a run whose strategy keeps
+    state (momentum, moments, control variates, an adaptive clip) ends with exactly the weights
+    and the strategy state of an uninterrupted one."""
+    config = TrainConfig(max_batches=2, seed=4)
+
+    def run(checkpoint_dir: Path, **options) -> Coordinator:
+        torch.manual_seed(0)
+        coordinator = Coordinator(
+            mlp(),
+            virtual_workers(parts),
+            config=config,
+            rounds=5,
+            strategy=STATEFUL[name](),
+            checkpoint_dir=checkpoint_dir,
+            log=quiet([]),
+            **options,
+        )
+        coordinator.run()
+        return coordinator
+
+    def interrupt(r: int) -> None:
+        if r == 3:
+            raise KeyboardInterrupt
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stopped", on_round_start=interrupt)
+    resumed = run(tmp_path / "stopped", resume=True)
+    assert [r["round"] for r in resumed.history] == [1, 2, 3, 4, 5]
+    for key, value in whole.state.items():
+        assert torch.equal(resumed.state[key], value), key
+    kept, restored = whole.strategy.state_dict(), resumed.strategy.state_dict()
+    assert kept.values == restored.values and kept.tensors.keys() == restored.tensors.keys()
+    assert bool(kept.tensors) == (name != "dpfedavg")  # DP-FedAvg keeps numbers only
+    for key, value in kept.tensors.items():
+        assert torch.equal(restored.tensors[key], value), key
+
+
+def test_a_checkpoint_resumes_only_with_its_own_strategy(parts, tmp_path: Path) -> None:
+    config = TrainConfig(max_batches=1)
+    Coordinator(
+        mlp(),
+        virtual_workers(parts),
+        config=config,
+        rounds=1,
+        checkpoint_dir=tmp_path,
+        strategy=strategies.FedAvgM(),
+        log=quiet([]),
+    ).run()
+    other = "made by strategy fedavgm, and this run uses fedadam"
+    with pytest.raises(FederationError, match=other):
+        Coordinator(
+            mlp(),
+            virtual_workers(parts),
+            config=config,
+            rounds=2,
+            checkpoint_dir=tmp_path,
+            strategy=strategies.FedAdam(),
             resume=True,
             log=quiet([]),
         ).run()

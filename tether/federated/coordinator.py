@@ -446,13 +446,15 @@ class Coordinator:
 
     def _checkpoint(self, r: int) -> None:
         if self.checkpoint_dir is not None:
-            self._checkpoints(self.checkpoint_dir).save(r, self.rounds, self.state, self.history)
+            self._checkpoints(self.checkpoint_dir).save(
+                r, self.rounds, self.state, self.history, self.strategy
+            )
 
     def _restore(self) -> int:
         """Load the checkpoint; the last round it completed (0 when there is none)."""
         if self.checkpoint_dir is None:
             raise FederationError("resume needs a checkpoint directory")
-        found = self._checkpoints(self.checkpoint_dir).load(self.state.keys())
+        found = self._checkpoints(self.checkpoint_dir).load(self.state.keys(), self.strategy)
         if found is None:
             self.log(f"No checkpoint in {self.checkpoint_dir}: starting at round 1")
             return 0

@@ -2,7 +2,14 @@
 `Strategy`, `Update`, `Task`), a file per strategy, and `registry` (strategies by name, with
 their parameters, for the command line and federation files)."""
 
-from tether.federated.strategies.base import State, Strategy, Task, Update, weighted_average
+from tether.federated.strategies.base import (
+    State,
+    Strategy,
+    StrategyState,
+    Task,
+    Update,
+    weighted_average,
+)
 from tether.federated.strategies.dpfedavg import DPFedAvg
 from tether.federated.strategies.fedadagrad import FedAdagrad
 from tether.federated.strategies.fedadam import FedAdam
@@ -36,6 +43,7 @@ __all__ = [
     "Scaffold",
     "State",
     "Strategy",
+    "StrategyState",
     "Task",
     "TrimmedMean",
     "Update",

@@ -16,8 +16,11 @@ A strategy may keep state between rounds (server momentum, SCAFFOLD's control va
 a driver uses one strategy object for one run, trains each client with the `Task` that
 `configure` gave it (SCAFFOLD remembers its learning rate), reports the client's local
 optimizer steps in `Update.steps`, and offers `sample` every client there is (SCAFFOLD takes
-their number as its N). That state is not checkpointed. The parameters every strategy takes,
-and each strategy's own, are documented once, in `registry.PARAMETERS`.
+their number as its N). That state goes into the run's checkpoint through `state_dict()` /
+`load_state_dict()` (a `StrategyState`: tensors for safetensors, numbers and names for JSON),
+which a subclass extends only where it keeps state, so a resumed run continues exactly as an
+uninterrupted one. The parameters every strategy takes, and each strategy's own, are
+documented once, in `registry.PARAMETERS`.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import torch
 
 from tether.federated.delegated.training import TrainConfig
 
 State = dict[str, torch.Tensor]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,20 @@ class Task:
 
     config: TrainConfig
     correction: State | None = None
+
+
+#: The numbers and names a strategy keeps between rounds (JSON in a checkpoint).
+Values = dict[str, float | int | list[str]]
+
+
+@dataclass
+class StrategyState:
+    """What a strategy carries from one round to the next: its tensors, by name (saved as
+    safetensors, never pickled) and its numbers and names (saved as JSON). Empty for a
+    strategy that keeps nothing."""
+
+    tensors: State = field(default_factory=dict)
+    values: Values = field(default_factory=dict)
 
 
 class Strategy:
@@ -164,6 +182,42 @@ class Strategy:
         aggregated: those weights (FedAvg); a server optimizer (FedAvgM, FedOpt) steps along
         the move from `global_state` to them instead."""
         return averaged
+
+    def state_dict(self) -> StrategyState:
+        """What this strategy keeps between rounds, for a checkpoint. FedAvg keeps nothing:
+        its sampling and learning-rate schedule are functions of the round's number. A
+        subclass with state adds to its parent's."""
+        return StrategyState()
+
+    def load_state_dict(self, saved: StrategyState) -> None:
+        """Take up the state that `state_dict()` gave (read back from a checkpoint); a
+        subclass with state reads its own entries (KeyError where one is missing)."""
+
+
+def nested(prefix: str, tensors: Mapping[str, torch.Tensor] | None) -> State:
+    """`tensors` named `prefix.key`, so several share one `StrategyState.tensors` (`prefix`
+    has no dot; None gives none)."""
+    return {f"{prefix}.{key}": value for key, value in (tensors or {}).items()}
+
+
+def grouped(tensors: Mapping[str, torch.Tensor]) -> dict[str, State]:
+    """The tensors that `nested` named, by prefix and then by their own keys."""
+    groups: dict[str, State] = {}
+    for name, value in tensors.items():
+        prefix, _, key = name.partition(".")
+        groups.setdefault(prefix, {})[key] = value
+    return groups
+
+
+def saved_value(values: Values, key: str, kind: type[T]) -> T:
+    """`values[key]`, which must be a `kind` (an int will do for a float); KeyError or
+    TypeError naming it otherwise."""
+    value = values[key]
+    if kind is float and type(value) is int:
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"the saved {key} must be {kind.__name__}, got {value!r}")
+    return value
 
 
 def shifted(value: torch.Tensor, move: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,9 @@ sigma_b (`quantile_noise`) must exceed z/2, and the paper suggests sigma_b = q*N
 Integer state entries (BatchNorm's step counter) are not part of a clipped move, so no noise
 calibrated to C could cover them: they keep the global value. The noise draws from a torch
 generator seeded from the operating system's entropy (as DP-SGD's, see docs/privacy.md). The
-accountant's count, the clients' number N and an adaptive C live in the strategy object and
-are not checkpointed: a resumed run counts its rounds by number (so ε stays right) and starts
-again from the initial C.
+accountant's count, the clients' number N and an adaptive C go into the run's checkpoint
+(`state_dict`); the generator's state does not (whoever reads a checkpoint should not learn
+the noise to come): a resumed run draws fresh noise, which is as private.
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ from tether.federated.delegated.training import TrainConfig
 from tether.federated.strategies.base import (
     State,
     Strategy,
+    StrategyState,
     Sum,
     Task,
     Update,
     check_number,
+    saved_value,
     shifted,
 )
 from tether.privacy.dp.accountant import Steps, epsilon
@@ -197,6 +199,18 @@ class DPFedAvg(Strategy):
     def record(self) -> dict[str, Any]:
         """ε so far (at `delta`), the C and z the last round used."""
         return dict(self.last)
+
+    def state_dict(self) -> StrategyState:
+        """C (adapted, under adaptive clipping), N and the rounds the accountant counts."""
+        saved = super().state_dict()
+        saved.values.update(clip_norm=self.clip, clients=self.clients, rounds=self.rounds)
+        return saved
+
+    def load_state_dict(self, saved: StrategyState) -> None:
+        super().load_state_dict(saved)
+        self.clip = saved_value(saved.values, "clip_norm", float)
+        self.clients = saved_value(saved.values, "clients", int)
+        self.rounds = saved_value(saved.values, "rounds", int)
 
 
 def split_noise(total: float, count_noise: float) -> float:

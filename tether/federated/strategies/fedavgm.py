@@ -12,9 +12,12 @@ import torch
 from tether.federated.strategies.base import (
     State,
     Strategy,
+    StrategyState,
     check_number,
+    grouped,
     mean_delta,
     moved,
+    nested,
 )
 
 
@@ -43,3 +46,12 @@ class FedAvgM(Strategy):
                 v.mul_(self.server_momentum).add_(delta[key])
         steps = {key: v * self.server_lr for key, v in self.velocity.items()}
         return moved(global_state, steps, averaged)
+
+    def state_dict(self) -> StrategyState:
+        saved = super().state_dict()
+        saved.tensors.update(nested("velocity", self.velocity))
+        return saved
+
+    def load_state_dict(self, saved: StrategyState) -> None:
+        super().load_state_dict(saved)
+        self.velocity = grouped(saved.tensors).get("velocity")

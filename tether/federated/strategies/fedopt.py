@@ -20,9 +20,12 @@ import torch
 from tether.federated.strategies.base import (
     State,
     Strategy,
+    StrategyState,
     check_number,
+    grouped,
     mean_delta,
     moved,
+    nested,
 )
 
 
@@ -63,3 +66,15 @@ class FedOpt(Strategy):
             v = self.second_moment(self.v[key], d.square())
             steps[key] = m / (v.sqrt() + self.tau) * self.server_lr
         return moved(global_state, steps, averaged)
+
+    def state_dict(self) -> StrategyState:
+        saved = super().state_dict()
+        saved.tensors.update({**nested("m", self.m), **nested("v", self.v)})
+        return saved
+
+    def load_state_dict(self, saved: StrategyState) -> None:
+        super().load_state_dict(saved)
+        groups = grouped(saved.tensors)
+        self.m, self.v = groups.get("m"), groups.get("v")
+        if (self.m is None) != (self.v is None):
+            raise KeyError(f"{self.name}'s saved state has one of its moments and not the other")

@@ -23,12 +23,16 @@ from tether.federated.delegated.training import TrainConfig
 from tether.federated.strategies.base import (
     State,
     Strategy,
+    StrategyState,
     Task,
     Update,
     average,
     check_number,
+    grouped,
     mean_delta,
     moved,
+    nested,
+    saved_value,
 )
 
 
@@ -87,6 +91,25 @@ class Scaffold(Strategy):
         self.control = {key: c + change[key] / population for key, c in control.items()}
         steps = {key: d.mul_(self.server_lr) for key, d in delta.items()}
         return moved(global_state, steps, averaged)
+
+    def state_dict(self) -> StrategyState:
+        """c, each trained client's c_i (by its place in `controlled`) and N."""
+        saved = super().state_dict()
+        saved.tensors.update(nested("control", self.control))
+        for i, controls in enumerate(self.client_controls.values()):
+            saved.tensors.update(nested(f"client{i}", controls))
+        saved.values.update(clients=self.clients, controlled=list(self.client_controls))
+        return saved
+
+    def load_state_dict(self, saved: StrategyState) -> None:
+        super().load_state_dict(saved)
+        groups = grouped(saved.tensors)
+        names = saved_value(saved.values, "controlled", list)
+        self.control = groups.get("control")
+        self.client_controls = {
+            str(name): groups.get(f"client{i}", {}) for i, name in enumerate(names)
+        }
+        self.clients = saved_value(saved.values, "clients", int)
 
 
 def _sgd_lr(config: TrainConfig) -> float:
