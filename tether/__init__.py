@@ -6,42 +6,56 @@
 PySyft names tether does not implement (yet) raise errors that say so.
 """
 
+import gc
 from typing import Any
 
-from tether import datasets, errors, federated, transforms
-from tether.cli.version import __version__ as __version__
-from tether.datasets import BaseDataset
-from tether.duet import Module, join_duet, launch_duet
-from tether.errors import (
-    NotAllowedError,
-    ObjectNotFoundError,
-    PermissionDeniedError,
-    RemoteError,
-    TetherError,
-    WireError,
-    WorkerMismatchError,
-)
-from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
-from tether.privacy import smpc
-from tether.privacy.smpc import AdditiveSharingTensor, FixedPrecisionTensor
-from tether.remote import (
-    LOCAL_WORKER,
-    Pointer,
-    PointerChain,
-    PointerTensor,
-    TorchHook,
-    Worker,
-    get_all,
-    install,
-)
-from tether.sandbox import PrivateGridNetwork, create_sandbox
-from tether.split import SplitNN
-from tether.transports.inprocess import VirtualWorker
-from tether.transports.websocket import WebsocketClientWorker, connect
+# Importing torch and tether makes some 10^5 objects that live as long as the process, and the
+# cycle collector would walk all of them during the import and again at every full collection
+# after it. So it pauses while tether imports, and then moves them to its permanent generation
+# (`gc.freeze()`): a simulation's process spends a fifth less CPU up to the end of its first
+# round (BENCHMARKS.md, "Simulation at scale"). Reference counting frees objects as before;
+# only a reference cycle made before `import tether` is never collected.
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    from tether import datasets, errors, federated, transforms
+    from tether.cli.version import __version__ as __version__
+    from tether.datasets import BaseDataset
+    from tether.duet import Module, join_duet, launch_duet
+    from tether.errors import (
+        NotAllowedError,
+        ObjectNotFoundError,
+        PermissionDeniedError,
+        RemoteError,
+        TetherError,
+        WireError,
+        WorkerMismatchError,
+    )
+    from tether.federated import FederatedDataLoader, FederatedDataset, Optims, federate
+    from tether.privacy import smpc
+    from tether.privacy.smpc import AdditiveSharingTensor, FixedPrecisionTensor
+    from tether.remote import (
+        LOCAL_WORKER,
+        Pointer,
+        PointerChain,
+        PointerTensor,
+        TorchHook,
+        Worker,
+        get_all,
+        install,
+    )
+    from tether.sandbox import PrivateGridNetwork, create_sandbox
+    from tether.split import SplitNN
+    from tether.transports.inprocess import VirtualWorker
+    from tether.transports.websocket import WebsocketClientWorker, connect
 
-install()  # Tensor.send, Module.send/get, remote optimizer steps
-federated.install()  # Dataset.federate, Dataset.send
-smpc.install()  # fix_precision(), share(), float_precision()
+    install()  # Tensor.send, Module.send/get, remote optimizer steps
+    federated.install()  # Dataset.federate, Dataset.send
+    smpc.install()  # fix_precision(), share(), float_precision()
+finally:
+    gc.freeze()
+    if _collecting:
+        gc.enable()
 
 local_worker = LOCAL_WORKER  # PySyft's "me": the owner of every pointer
 
