@@ -254,3 +254,21 @@ def test_tether_simulate_names_a_bad_flag(flags, message, capsys) -> None:
     assert cli.main(["simulate", *flags]) == 1
     err = capsys.readouterr().err
     assert "tether simulate: error: " in err and message in err
+
+
+@pytest.mark.parametrize(("before", "after"), [("", "True"), ("gc.disable(); ", "False")])
+def test_importing_tether_freezes_what_it_made_and_restores_the_collector(before, after) -> None:
+    """`import tether` pauses the cycle collector while it imports (it shortens the time to a
+    simulation's first round) and leaves it as it found it, torch's and tether's objects frozen."""
+    script = f"import gc; {before}import tether; print(gc.isenabled(), gc.get_freeze_count())"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        check=True,
+    )
+    enabled, frozen = done.stdout.split()
+    assert enabled == after
+    assert int(frozen) > 100_000  # torch's modules, functions and tables, and tether's
