@@ -115,6 +115,20 @@ def add_flag(
     return action
 
 
+def add_dashboard_flags(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--dashboard` (whose `help` says what the page is for here) and where it is served:
+    one spelling for `tether worker` and `tether duet`."""
+    page = parser.add_argument_group("dashboard")
+    add_flag(page, "--dashboard", action="store_true", help=help)
+    add_flag(
+        page,
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="address of the page (default 127.0.0.1: this machine only)",
+    )
+    add_flag(page, "--dashboard-port", type=int, default=0, help="its port (default: any free)")
+
+
 # ---- logs -------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from tether.cli.console import add_flag
+from tether.cli.console import add_dashboard_flags, add_flag
 from tether.datasets import MNIST
 from tether.datasets.mnist import MEAN, STD
 from tether.duet.session import DEFAULT_TIMEOUT, await_scientist, start_duet
@@ -56,15 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for the scientist to join (default {DEFAULT_TIMEOUT:g})",
     )
-    page = p.add_argument_group("dashboard")
-    add_flag(page, "--dashboard", action="store_true", help="serve the owner's page")
-    add_flag(
-        page,
-        "--dashboard-host",
-        default="127.0.0.1",
-        help="address of the page (default 127.0.0.1: this machine only)",
-    )
-    add_flag(page, "--dashboard-port", type=int, default=0, help="its port (default: any free)")
+    add_dashboard_flags(p, help="serve the owner's page")
 
 
 def main(args: argparse.Namespace) -> int:

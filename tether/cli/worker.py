@@ -11,7 +11,15 @@ import threading
 
 import torch
 
-from tether.cli.console import STOPPED, add_flag, aliases_note, serve, setup_logging, stopped_line
+from tether.cli.console import (
+    STOPPED,
+    add_dashboard_flags,
+    add_flag,
+    aliases_note,
+    serve,
+    setup_logging,
+    stopped_line,
+)
 from tether.datasets import MNIST, materialize
 from tether.datasets.mnist import MEAN, STD
 from tether.errors import DatasetError
@@ -183,21 +191,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="where the spend is kept (default: tether-dp-ledger-ID.json in the current folder)",
     )
-    page = p.add_argument_group("dashboard")
-    add_flag(
-        page,
-        "--dashboard",
-        action="store_true",
+    add_dashboard_flags(
+        p,
         help="serve the owner's page: requests (accept / deny), handlers, audit log, published "
         "data (what a 'strict' worker needs to release anything); prints its one-time link",
     )
-    add_flag(
-        page,
-        "--dashboard-host",
-        default="127.0.0.1",
-        help="address of the page (default 127.0.0.1: this machine only)",
-    )
-    add_flag(page, "--dashboard-port", type=int, default=0, help="its port (default: any free)")
     add_flag(p, "--quiet", action="store_true", help="log only warnings")
 
 
