@@ -79,6 +79,7 @@ _CURT_TIMEOUT = 1.0  # seconds an address past MAX_FAILED_LINES has to send its 
 _MAX_ADDRESSES = 4096  # addresses whose failures are remembered (the oldest are forgotten)
 _MAX_LINE = 1024
 _STREAM_LIMIT = 1 << 20
+SHUTDOWN_TIMEOUT = 5.0  # seconds an owner's relays get to finish cancelling when it leaves
 _CHUNK = 1 << 20
 _ROOM = re.compile(r"[a-z2-7]{8,64}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -498,8 +499,11 @@ class OwnerLink:
         self._closing = True
         if self._control is not None:
             self._control.close()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:  # let them finish cancelling, so none is left pending when the loop stops
+            await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
 
 
 def lookup(network_url: str, room: str, key: str, timeout: float = OPEN_TIMEOUT) -> str | None:
