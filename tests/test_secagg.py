@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import random
 import signal
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -36,6 +37,7 @@ from tether.federated.strategies import (
     FedYogi,
     Krum,
     Scaffold,
+    Strategy,
     TrimmedMean,
     Update,
     make_strategy,
@@ -349,10 +351,10 @@ def _workers(sizes: list[int], release: str = "open") -> dict[str, sy.VirtualWor
     return workers
 
 
-def test_a_secure_run_equals_plaintext_fedavg_within_quantisation() -> None:
-    """Two rounds of FedAvg over 4 workers of different sizes, on `training` nodes: the secure
-    run's weights are the plaintext run's within the encoding's error (samples-weighted)."""
-    sizes, config = [40, 64, 80, 100], TrainConfig(batch_size=16, max_batches=4, seed=2)
+def _plaintext_and_secure(sizes: list[int], strategy: Callable[[], Strategy]):
+    """Two rounds over `training` workers of these sizes, once in plaintext and once with
+    secure aggregation, from the same seed: ({secure: final state}, {secure: history})."""
+    config = TrainConfig(batch_size=16, max_batches=4, seed=2)
     runs, histories = {}, {}
     for secure in (False, True):
         torch.manual_seed(0)
@@ -362,9 +364,18 @@ def test_a_secure_run_equals_plaintext_fedavg_within_quantisation() -> None:
             config=config,
             rounds=2,
             log=lambda line: None,
+            strategy=strategy(),
             secure_aggregation=secure,
         ).run()
         runs[secure], histories[secure] = result.state, result.history
+    return runs, histories
+
+
+def test_a_secure_run_equals_plaintext_fedavg_within_quantisation() -> None:
+    """Two rounds of FedAvg over 4 workers of different sizes, on `training` nodes: the secure
+    run's weights are the plaintext run's within the encoding's error (samples-weighted)."""
+    sizes = [40, 64, 80, 100]
+    runs, histories = _plaintext_and_secure(sizes, FedAvg)
     # per coordinate of the mean move: each worker off by error(clip) * max_weight / weight sum
     encoding = Encoding(clients=4, max_weight=64.0)
     bound = 4 * encoding.error(encoding.clip) * 64.0 / sum(min(s, 64) for s in sizes)
@@ -381,21 +392,10 @@ def test_dp_fedavg_runs_on_the_secure_sum_as_on_the_updates() -> None:
     """DP-FedAvg composes with secure aggregation: each worker clips its own move before it is
     masked, so the coordinator adds its noise to the sum alone. Without noise and with every
     worker sampled, the secure run is the plaintext run within the encoding's error."""
-    sizes, config = [40, 64, 80, 100], TrainConfig(batch_size=16, max_batches=4, seed=2)
-    runs, histories = {}, {}
-    for secure in (False, True):
-        torch.manual_seed(0)
-        strategy = make_strategy("dpfedavg", {"clip_norm": 0.05, "noise_multiplier": 0.0})
-        result = Coordinator(
-            mlp(),
-            _workers(sizes, release="training"),
-            config=config,
-            rounds=2,
-            log=lambda line: None,
-            strategy=strategy,
-            secure_aggregation=secure,
-        ).run()
-        runs[secure], histories[secure] = result.state, result.history
+    runs, histories = _plaintext_and_secure(
+        [40, 64, 80, 100],
+        lambda: make_strategy("dpfedavg", {"clip_norm": 0.05, "noise_multiplier": 0.0}),
+    )
     torch.manual_seed(0)
     initial = mlp().state_dict()
     moved = max((runs[False][k] - v).abs().max().item() for k, v in initial.items())
