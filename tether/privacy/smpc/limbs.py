@@ -1,7 +1,8 @@
-"""A fast path for matrix products in the 2^64 ring: float64 matmul on 22/21-bit limbs.
+"""Matrix products in the 2^64 ring: int64 `torch.matmul`, or float64 matmul on 22/21-bit limbs
+where that is faster.
 
-int64 matmul has no BLAS kernel on CPU (here 64x784 @ 784x128 takes ~17 ms against ~0.7 ms in
-float64). Each ring element splits into limbs of 22, 21 and 21 bits (x = l0 + l1*2^22 +
+int64 matmul has no BLAS kernel on CPU (on some machines 64x784 @ 784x128 takes ~17 ms against
+~0.7 ms in float64). Each ring element splits into limbs of 22, 21 and 21 bits (x = l0 + l1*2^22 +
 l2*2^43 mod 2^64). Of the nine limb products the three whose shift reaches 2^64 vanish in the
 ring; the other six are grouped by shift, each group summed by BLAS in float64:
 
@@ -17,9 +18,19 @@ splitting each operand into limbs once rather than per chunk, and Karatsuba's fi
 instead of six where the sums allow it (`_karatsuba`), ~7-12% less CPU time over a step's
 products and ~5% less for the whole step (in-process paired A/B against the version before).
 `torch.matmul` on int64 stays the reference: tests/test_smpc.py checks this gives the same bits.
+
+Which path is faster depends on the CPU: on one of this project's machines int64 matmul took
+~17 ms for 64x784 @ 784x128 and the limbs ~2 ms; on another (AVX-512, 2026-12-07) int64
+matmul took 0.6 ms and the limbs 1.8-2.2 ms. `ring_matmul` times both once per process on a
+product of the training step's size and keeps the faster (their bits are the same), which
+bought a training step of Part 12 bis 107 -> 70 ms on the second machine.
 """
 
 from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -35,8 +46,34 @@ def _limbs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def ring_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b in the 2^64 ring, bit for bit what int64 `torch.matmul` gives, for 2-D a and b
-    (anything else goes to torch.matmul)."""
+    """a @ b in the 2^64 ring (int64 tensors), by whichever of int64 `torch.matmul` and
+    `limb_matmul` is faster on this CPU."""
+    return _fastest()(a, b)
+
+
+@functools.cache
+def _fastest() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Both paths timed on a 64x784 @ 784x128 product (the step's largest), best of three
+    after a warm-up: a few milliseconds, once per process."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-(2**63), 2**63 - 1, (64, 784), generator=g)
+    b = torch.randint(-(2**63), 2**63 - 1, (784, 128), generator=g)
+
+    def best(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+        product(a, b)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            product(a, b)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return torch.matmul if best(torch.matmul) <= best(limb_matmul) else limb_matmul
+
+
+def limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in the 2^64 ring by float64 limbs, bit for bit what int64 `torch.matmul` gives,
+    for 2-D a and b (anything else goes to torch.matmul)."""
     if a.dim() != 2 or b.dim() != 2 or a.dtype != torch.int64 or b.dtype != torch.int64:
         return torch.matmul(a, b)
     l0, l1, l2 = _limbs(a)  # once, then sliced: slicing int64 first makes every op strided
