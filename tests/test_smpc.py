@@ -14,7 +14,7 @@ import tether as sy
 from tether import errors
 from tether.node import Node
 from tether.ops import PUBLISHED
-from tether.privacy.smpc import AdditiveSharingTensor, RingError, ops, ring
+from tether.privacy.smpc import AdditiveSharingTensor, RingError, ops, protocols, ring
 from tether.privacy.smpc.limbs import limb_matmul, ring_matmul
 from tether.wire import Call, Failure, Get, Value
 
@@ -150,7 +150,63 @@ def test_shares_are_ordinary_objects_on_the_workers(parties) -> None:
     assert torch.equal((shared * shared).get(), torch.tensor([25, 49]))
     assert torch.equal(shared.get(), torch.tensor([5, -7]))
     assert bob._objects == {} and careful._objects == {}
-    assert provider._objects == {}  # the triples it dealt were fetched and handed on
+    assert provider._objects == {}  # its dealing seeds are in its crypto store, not here
+
+
+def test_the_provider_sends_only_the_last_partys_correction(parties) -> None:
+    """Dealing from seeds: for a product the provider's replies carry one tensor, the last
+    party's share of c (the output's shape); the triples' shares never cross the wire. Over
+    a training-style sequence the parties' opened values decode to x and y only with the
+    seeds, which no reply carries."""
+    bob, alice, provider = parties
+    x = torch.arange(6).reshape(2, 3).share(bob, alice, crypto_provider=provider)
+    w = torch.arange(12).reshape(3, 4).share(bob, alice, crypto_provider=provider)
+    assert torch.equal(
+        (x @ w).get(), torch.arange(6).reshape(2, 3) @ torch.arange(12).reshape(3, 4)
+    )
+    sent: list[torch.Size] = []
+    transport = provider.client.transport
+    exchange = transport.exchange
+
+    def recording(commands, adopted=frozenset()):
+        replies = exchange(commands, adopted)
+        sent.extend(v.shape for r in replies() if isinstance(r, Value) for v in r.value)
+        return replies
+
+    transport.exchange = recording
+    try:
+        assert torch.equal(
+            (x @ w).get(), torch.arange(6).reshape(2, 3) @ torch.arange(12).reshape(3, 4)
+        )
+    finally:
+        transport.exchange = exchange
+    assert sent == [torch.Size([2, 4])]
+
+
+def test_a_dealing_nonce_is_drawn_once(parties) -> None:
+    """A party refuses a nonce at or below one its seed has drawn: the same masks twice would
+    open x - x' to whoever sees both openings."""
+    bob, alice, provider = parties
+    x = torch.tensor([3]).share(bob, alice, crypto_provider=provider)
+    assert int((x * x).get()) == 9
+    _, _, handles = protocols._seeds(protocols.Parties((bob, alice), provider), "test")
+    node = bob.node
+    again = [
+        Call(
+            ops.PATHS["beaver_open"], [handles[0], _I, _I, 2**62, "mul", False], {}, [1, 2, 3, 4, 5]
+        ),
+        Call(
+            ops.PATHS["beaver_open"],
+            [handles[0], _I, _I, 2**62, "mul", False],
+            {},
+            [6, 7, 8, 9, 10],
+        ),
+    ]
+    replies = node.run(again, "local").replies
+    assert not isinstance(replies[0], Failure)
+    assert replies[1].kind == "ValueError" and "above the last one drawn" in replies[1].message
+    with pytest.raises(errors.TetherError, match="above the last one drawn"):
+        (x * x).get()  # the scientist's counter is behind the nonce drawn above
 
 
 def test_bad_input_gets_clear_errors(parties) -> None:
@@ -197,12 +253,15 @@ def test_bad_input_gets_clear_errors(parties) -> None:
 def test_a_hostile_triple_request_is_refused_and_the_provider_keeps_serving(parties) -> None:
     *_, provider = parties
     node = provider.node
-    huge = Call(ops.PATHS["triple"], ["matmul", [2**20, 2**20], [2**20, 2**20], 2], {}, 1, 0, None)
-    bad_op = Call(ops.PATHS["triple"], ["pow", [2], [2], 2], {}, 2, 0, None)
-    many = Call(ops.PATHS["triple"], ["mul", [2], [2], 10**6], {}, 3, 0, None)
-    replies = node.run([huge, bad_op, many], "mallory").replies
-    assert [r.kind for r in replies] == ["LimitError", "ValueError", "LimitError"]
-    assert "from 2 to 16, got 1000000" in replies[2].message
+    path = ops.PATHS["triple_correction"]
+    huge = Call(path, ["matmul", [2**20, 2**20], [2**20, 2**20], 1, 5, 6], {}, 1, 0, None)
+    bad_op = Call(path, ["pow", [2], [2], 1, 5, 6], {}, 2, 0, None)
+    many = Call(path, ["mul", [2], [2], 1, *range(1, 18)], {}, 3, 0, None)
+    unknown = Call(path, ["mul", [2], [2], 1, 424242, 434343], {}, 4, 0, None)
+    replies = node.run([huge, bad_op, many, unknown], "mallory").replies
+    assert [r.kind for r in replies] == ["LimitError", "ValueError", "LimitError", "ValueError"]
+    assert "from 2 to 16, got 17" in replies[2].message
+    assert "no dealing key has handle 424242" in replies[3].message
     x = torch.tensor([6]).share(parties[0], parties[1], crypto_provider=provider)
     assert torch.equal((x * x).get(), torch.tensor([36]))
 
@@ -221,17 +280,38 @@ def test_a_share_of_private_data_leaves_only_as_the_owner_allows(parties) -> Non
 _I, _F, _LONG = torch.tensor([1, 2]), torch.tensor([1.5, 2.0]), torch.tensor([1, 2, 3])
 # Per op: argument lists a peer could send over the wire, each wrong in one way (shapes, types,
 # dtypes, flags, sizes, costs, NaN).
+_PUBLIC = torch.zeros(32, dtype=torch.uint8)
+_UNKNOWN = 424242  # a handle no worker holds
+_WORDS = torch.zeros(ops.LEVELS, 2, dtype=torch.int64)  # a comparison's AND triples
 HOSTILE_ARGUMENTS = {
-    "triple": [
-        ["mul", [2], [3], 2],
-        ["matmul", [-1], [2], 2],
-        [True, [2], [2], 2],
-        ["mul", "2", [2], 2],
-        ["mul", [2], [2], 2.0],
+    "seed_key": [[0], ["k"], [True], [2**63]],
+    "seed_pair": [[5, _I], [5, torch.zeros(31, dtype=torch.uint8)], [0, _PUBLIC]],
+    "seed_agree": [[7, _UNKNOWN, _PUBLIC], [7, "k", _PUBLIC]],
+    "forget_key": [[_UNKNOWN], ["k"]],
+    "triple_correction": [
+        ["mul", [2], [3], 1, 5, 6],
+        ["matmul", [-1], [2], 1, 5, 6],
+        [True, [2], [2], 1, 5, 6],
+        ["mul", "2", [2], 1, 5, 6],
+        ["mul", [2], [2], 1, 5],
+        ["mul", [2], [2], 1, _UNKNOWN, _UNKNOWN + 1],
     ],
-    "and_triples": [[[[2]], 1], ["x", 2], [[[-3]], 2], [[[2**40, 2**40]], 2]],
-    "random_bits": [[[2**62], 2], [[2], True], [None, 2]],
-    "zero_shares": [[[2**62], 2], [[2], 17]],
+    "compare_correction": [
+        [[2], 1, 5],
+        [[-3], 1, 5, 6],
+        [[2**40, 2**40], 1, 5, 6],
+        [[2], 1, _UNKNOWN, _UNKNOWN + 1],
+    ],
+    "zeros_correction": [[[2**62], 1, 5, 6], [[2], 1, 5], [[2], 1, _UNKNOWN, _UNKNOWN + 1]],
+    "beaver_open": [
+        [_UNKNOWN, _I, _I, 1, "mul", False],
+        [_UNKNOWN, _I, _LONG, 1, "mul", False],
+        [_UNKNOWN, _F, _F, 1, "mul", False],
+        [_UNKNOWN, _I, _I, 1, "pow", False],
+        [_UNKNOWN, _I, _I, 1, "mul", "yes"],
+    ],
+    "compare_open": [[_UNKNOWN, _I, 1, True], [_UNKNOWN, _F, 1, False], [_UNKNOWN, _I, 1, "no"]],
+    "refresh_share": [[_UNKNOWN, _I, 1], [_UNKNOWN, _F, 1]],
     "split": [[_F, 2], [_I, 17], ["s", 2], [_I, 1]],
     "encode": [
         [_F, 10**8, 10],  # base^precision would be a 40 MB integer: refused before it is made
@@ -249,14 +329,13 @@ HOSTILE_ARGUMENTS = {
         [_I, _I, _I, _I, _I, "matmul", False, 2.5],
     ],
     "truncate": [[_I, 0, 0], [_I, 2**70, 0], [_I, 2, "p"], [_F, 2, 0]],
-    "msb_masks": [[_I, _LONG, _I, 0], [_F, _F, _F, 0]],
     "level_masks": [
         [_I, _I, 10**30, _I, _I, True],
         [_I, _I, 3, _I, _I, True],
         [_I, _I, 1, _I, _I, "yes"],
         [_F, _F, 1, _F, _F, True],
     ],
-    "and_close": [[_I, _I, _I, _LONG, _I, True], [_F, _F, _F, _F, _F, True]],
+    "and_close": [[_WORDS, _WORDS, _WORDS, _LONG, _I, True], [_F, _F, _F, _F, _F, True]],
     "level_close": [
         [_I, _I, 1, _I, _I, _I, _LONG, _I, True],
         [_I, _I, 1, _I, _I, _I, _I, _I, 1],
@@ -283,7 +362,7 @@ def test_every_smpc_op_refuses_what_a_hostile_peer_sends_and_the_node_keeps_serv
         name for name, reply in zip(named, replies, strict=True) if not isinstance(reply, Failure)
     ]
     assert not ran, ran
-    good = Call(ops.PATHS["zero_shares"], [[3], 2], {}, [1, 2])
+    good = Call(ops.PATHS["split"], [torch.tensor([1, 2, 3]), 2], {}, [1, 2])
     assert isinstance(node.run([good, Get([1])], "mallory").replies[1], Value)
 
 

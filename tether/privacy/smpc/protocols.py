@@ -1,20 +1,25 @@
 """The protocols, run from the scientist's side: each step is a call through the op table on
 every party's node (`tether.smpc.*`, see `ops.py`), and what is opened is only ever masked.
 
-- Multiplication and matmul: Beaver triples dealt by the crypto provider; the parties open
-  delta = x - a and epsilon = y - b (uniform, so they say nothing of x and y).
+- Dealing: each party draws its correlated randomness from a seed it agreed with the crypto
+  provider (`ops.py`); the provider sends only the last party's share of the dependent part.
+- Multiplication and matmul: Beaver triples; the parties open delta = x - a and
+  epsilon = y - b (uniform, so they say nothing of x and y).
 - Fixed-point truncation after a product: local, two parties (SecureML; `ring.truncate`).
 - Comparison: the sign bit of x = x_0 + x_1, from the carry into bit 63: a tree of the
   carry operator over the shares' bits (XOR shares, AND by binary Beaver triples: 7 rounds
   for 64 bits, both ANDs of a level in one word), turned into an additive share with a random
   bit the provider deals in both forms. Exact; two parties.
 
-Openings go through the scientist, which sums the parties' masked shares. The provider's
-triples reach the parties through the scientist as well (see docs/smpc.md, "Security").
+Openings go through the scientist, which sums the parties' masked shares; so does the
+provider's correction (see docs/smpc.md, "Security").
 """
 
 from __future__ import annotations
 
+import itertools
+import secrets
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,16 +125,43 @@ def open_xor(shares: Sequence[Pointer]) -> torch.Tensor:
     return total
 
 
-def deal(parties: Parties, what: str, path: str, per_party: int, *args: Any) -> list[list[Pointer]]:
-    """The provider runs `path` (laid out as groups of n shares); each party gets its share of
-    every group. Returns, per party, its `per_party` pointers in order."""
+# ---- dealing ----------------------------------------------------------------------------------
+
+_NONCES = itertools.count(1)  # one per draw: a key's nonces only go up (ops._seed)
+# Per provider, per party: the handles of the seed they agreed (on the provider, on the party).
+_SEEDS: weakref.WeakKeyDictionary[Client, weakref.WeakKeyDictionary[Client, tuple[int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _handle() -> int:
+    return secrets.randbits(63) or 1
+
+
+def _seeds(parties: Parties, what: str) -> tuple[Client, list[int], list[int]]:
+    """The provider, and the handles of each party's dealing seed on the provider and on the
+    party; a party new to this provider agrees one first (X25519: only public keys pass
+    here, so the seeds are the provider's and the party's alone)."""
     provider = parties.dealer(what)
-    n = len(parties)
-    values = get_all(call_each(provider, path, n * per_party, *args, n))
+    known = _SEEDS.setdefault(provider, weakref.WeakKeyDictionary())
     clients = parties.clients
-    return [
-        [put(clients[i], values[group * n + i]) for group in range(per_party)] for i in range(n)
-    ]
+    new = [c for c in clients if c not in known]
+    if new:
+        key = _handle()
+        [provider_public] = get_all([call(provider, ops.PATHS["seed_key"], key)])
+        for client in new:
+            mine, theirs = _handle(), _handle()
+            [public] = get_all([call(client, ops.PATHS["seed_pair"], theirs, provider_public)])
+            call(provider, ops.PATHS["seed_agree"], mine, key, public)
+            known[client] = (mine, theirs)
+        get_all([call(provider, ops.PATHS["forget_key"], key)])
+    pairs = [known[c] for c in clients]
+    return provider, [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _to_last(parties: Parties, correction: Pointer) -> Pointer:
+    """The provider's correction, fetched and stored on the last party."""
+    return put(parties.clients[-1], get_all([correction])[0])
 
 
 # ---- multiplication ---------------------------------------------------------------------------
@@ -148,24 +180,39 @@ def beaver(
     fixed-point product's scale: two parties, truncated as `truncate` does)."""
     if divisor != 1:
         parties.two("fixed-precision multiplication and division")
-    dealt = deal(
-        parties,
-        f"{op} of two shared tensors",
-        ops.PATHS["triple"],
-        3,
+    provider, provider_seeds, seeds = _seeds(parties, f"{op} of two shared tensors")
+    nonce = next(_NONCES)
+    correction = call(
+        provider,
+        ops.PATHS["triple_correction"],
         op,
         list(shape_x),
         list(shape_y),
+        nonce,
+        *provider_seeds,
     )
-    masked = []
-    for i, (a, b, _) in enumerate(dealt):
-        masked += [call(x[i], "torch.sub", x[i], a), call(y[i], "torch.sub", y[i], b)]
-    fetched = [get_all(masked[2 * i : 2 * i + 2]) for i in range(len(parties))]
+    last = len(parties) - 1
+    dealt = [
+        call_each(
+            parties.clients[i],
+            ops.PATHS["beaver_open"],
+            4 if i == last else 5,
+            seeds[i],
+            x[i],
+            y[i],
+            nonce,
+            op,
+            i == last,
+        )
+        for i in range(len(parties))
+    ]
+    fetched = [get_all(d[:2]) for d in dealt]
     delta = reconstruct([f[0] for f in fetched])
     epsilon = reconstruct([f[1] for f in fetched])
+    c = [d[4] for d in dealt[:last]] + [_to_last(parties, correction)]
     return [
-        call(a, ops.PATHS["beaver"], c, a, b, delta, epsilon, op, i == 0, divisor)
-        for i, (a, b, c) in enumerate(dealt)
+        call(d[2], ops.PATHS["beaver"], c[i], d[2], d[3], delta, epsilon, op, i == 0, divisor)
+        for i, d in enumerate(dealt)
     ]
 
 
@@ -178,9 +225,12 @@ def truncate(parties: Parties, x: Shares, divisor: int) -> Shares:
 
 
 def refresh(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
-    """The same value under fresh shares (shares of zero from the provider added)."""
-    zeros = deal(parties, "refresh()", ops.PATHS["zero_shares"], 1, list(shape))
-    return [call(s, "torch.add", s, z[0]) for s, z in zip(x, zeros, strict=True)]
+    """The same value under fresh shares (shares of zero drawn from the seeds added)."""
+    provider, provider_seeds, seeds = _seeds(parties, "refresh()")
+    nonce = next(_NONCES)
+    correction = call(provider, ops.PATHS["zeros_correction"], list(shape), nonce, *provider_seeds)
+    out = [call(s, ops.PATHS["refresh_share"], seeds[i], s, nonce) for i, s in enumerate(x[:-1])]
+    return [*out, call(x[-1], "torch.add", x[-1], _to_last(parties, correction))]
 
 
 # ---- comparison -------------------------------------------------------------------------------
@@ -203,35 +253,35 @@ def _and_open(
 def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
     """Additive shares (of 0 or 1, unscaled) of [x < 0], x read as a signed 64-bit value."""
     parties.two("comparison")
-    shapes = [list(shape)] * (1 + len(_LEVELS))
-    dealt = deal(parties, "comparison", ops.PATHS["and_triples"], 3 * len(shapes), shapes)
-    bits = deal(parties, "comparison", ops.PATHS["random_bits"], 2, list(shape))
-
-    def triple(i: int, k: int) -> tuple[Pointer, Pointer, Pointer]:
-        return dealt[i][3 * k], dealt[i][3 * k + 1], dealt[i][3 * k + 2]
-
-    masks = []
-    for i in range(2):
-        a, b, _ = triple(i, 0)
-        d_e = call_each(x[i].client, ops.PATHS["msb_masks"], 2, x[i], a, b, i)
-        masks.append((d_e[0], d_e[1]))
-    d, e = _and_open(parties, masks)
-    g = []
-    for i in range(2):
-        a, b, c = triple(i, 0)
-        g.append(call(x[i], ops.PATHS["and_close"], c, a, b, d, e, i == 0))
+    provider, provider_seeds, seeds = _seeds(parties, "comparison")
+    nonce = next(_NONCES)
+    corrections = call_each(
+        provider, ops.PATHS["compare_correction"], 2, list(shape), nonce, *provider_seeds
+    )
+    # Per party: the first AND's masked inputs d, e; AND triples a, b (a word per level) and
+    # the random bit's XOR share r; party 0 also c and the bit's additive share.
+    dealt = [
+        call_each(x[i].client, ops.PATHS["compare_open"], 7 - 2 * i, seeds[i], x[i], nonce, i == 1)
+        for i in range(2)
+    ]
+    d, e = _and_open(parties, [(dd[0], dd[1]) for dd in dealt])
+    c_last, bit_last = get_all(corrections)
+    a, b, r = [dd[2] for dd in dealt], [dd[3] for dd in dealt], [dd[4] for dd in dealt]
+    c = [dealt[0][5], put(parties.clients[1], c_last)]
+    bit = [dealt[0][6], put(parties.clients[1], bit_last)]
+    g = [call(x[i], ops.PATHS["and_close"], c[i], a[i], b[i], d, e, i == 0) for i in range(2)]
     p = list(x)
-    for k, shift in enumerate(_LEVELS, start=1):
-        masks = []
-        for i in range(2):
-            a, b, _ = triple(i, k)
-            d_e = call_each(
-                x[i].client, ops.PATHS["level_masks"], 2, g[i], p[i], shift, a, b, i == 0
+    for shift in _LEVELS:
+        masks = [
+            tuple(
+                call_each(
+                    x[i].client, ops.PATHS["level_masks"], 2, g[i], p[i], shift, a[i], b[i], i == 0
+                )
             )
-            masks.append((d_e[0], d_e[1]))
+            for i in range(2)
+        ]
         d, e = _and_open(parties, masks)
         for i in range(2):
-            a, b, c = triple(i, k)
             g[i], p[i] = call_each(
                 x[i].client,
                 ops.PATHS["level_close"],
@@ -239,15 +289,13 @@ def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
                 g[i],
                 p[i],
                 shift,
-                c,
-                a,
-                b,
+                c[i],
+                a[i],
+                b[i],
                 d,
                 e,
                 i == 0,
             )
-    masked = [call(x[i], ops.PATHS["msb_bit"], x[i], g[i], bits[i][0]) for i in range(2)]
+    masked = [call(x[i], ops.PATHS["msb_bit"], x[i], g[i], r[i]) for i in range(2)]
     opened = open_xor(masked)
-    return [
-        call(bits[i][1], ops.PATHS["bit_to_ring"], bits[i][1], opened, i == 0) for i in range(2)
-    ]
+    return [call(bit[i], ops.PATHS["bit_to_ring"], bit[i], opened, i == 0) for i in range(2)]

@@ -1,10 +1,11 @@
 """The ring every share lives in: Z/2^64Z, held as int64 tensors whose wrap-around arithmetic
 is the ring's (torch's int64 add, sub, mul and matmul wrap silently).
 
-Randomness: a fresh 256-bit ChaCha20 key from `os.urandom` for every draw, expanded by the
-`cryptography` library, so each element is uniform over all 2^64 values (a share alone is then
-independent of the secret). torch's own generators are not used: they are not meant to resist
-an observer who sees their outputs.
+Randomness: ChaCha20's keystream from the `cryptography` library, so each element is uniform
+over all 2^64 values (a share alone is then independent of the secret): under a fresh 256-bit
+key from `os.urandom` for every draw (`random_ring`), or under a seed the crypto provider and a
+party agreed, with a nonce used once (`expand`: both draw the same elements). torch's own
+generators are not used: they are not meant to resist an observer who sees their outputs.
 
 Fixed precision (PySyft's encoding): a real x is the ring element round(x * base^precision).
 """
@@ -30,16 +31,32 @@ class RingError(TetherError, ValueError):
     """A value that cannot be encoded, or a share that is not a ring element."""
 
 
-def random_ring(shape: torch.Size | tuple[int, ...] | list[int]) -> torch.Tensor:
+Shape = torch.Size | tuple[int, ...] | list[int]
+_ZEROS = bytes(1 << 20)  # the plaintext the keystream is read through, for draws up to 1 MB
+
+
+def _keystream(key: bytes, nonce: bytes, n: int) -> torch.Tensor:
+    """n ring elements of ChaCha20's keystream under `key` and `nonce`, written straight into
+    the tensor's memory."""
+    out = torch.empty(n, dtype=DTYPE)
+    if n:
+        zeros = _ZEROS if 8 * n <= len(_ZEROS) else bytes(8 * n)
+        encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+        encryptor.update_into(memoryview(zeros)[: 8 * n], out.numpy().data.cast("B"))
+    return out
+
+
+def random_ring(shape: Shape) -> torch.Tensor:
     """Elements uniform over the 2^64 ring (int64), from a fresh ChaCha20 stream."""
-    n = 1
-    for d in shape:
-        n *= int(d)
-    stream = Cipher(algorithms.ChaCha20(os.urandom(32), bytes(16)), mode=None).encryptor()
-    if n == 0:
-        return torch.zeros(tuple(shape), dtype=DTYPE)
-    raw = bytearray(stream.update(bytes(8 * n)))
-    return torch.frombuffer(raw, dtype=DTYPE).reshape(tuple(shape))
+    return _keystream(os.urandom(32), bytes(16), math.prod(shape)).reshape(tuple(shape))
+
+
+def expand(seed: bytes, nonce: int, shapes: list[torch.Size]) -> list[torch.Tensor]:
+    """Uniform ring elements of each shape in turn, from the stream of a 32-byte `seed` under
+    `nonce` (at most once per seed): whoever holds the seed draws the same elements."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = _keystream(seed, bytes(8) + nonce.to_bytes(8, "little"), sum(sizes))
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
 
 
 def split(secret: torch.Tensor, n: int) -> list[torch.Tensor]:
