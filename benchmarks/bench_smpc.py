@@ -13,6 +13,8 @@ on two VirtualWorkers and a crypto provider, against plain PyTorch in the same r
 - inference: the MLP trained in plain PyTorch (3 epochs on the 5,000-image sample), then
   shared and run encrypted on the first 1,000 test images; the share of its predictions that
   equal plain PyTorch's.
+- wire: the bytes a step's frames and answers take in the wire format, per worker (what a
+  network transport would carry).
 - accuracy (--accuracy): the tutorial's run, 10 epochs on 640 images
   (examples/encrypted_mnist.py does the same, printing as the notebook prints).
 
@@ -114,6 +116,41 @@ def bench_step(repeats: int, workers, provider, data, target) -> None:
         )
 
 
+def bench_wire(workers, provider, data, target, steps: int = 5) -> None:
+    """The bytes a training step puts through the wire format, per worker and direction: every
+    frame a node runs and every answer it gives, as their encoded size (what a network
+    transport would carry)."""
+    shared = Net().fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    opt = optim.SGD(shared.parameters(), lr=LR).fix_precision()
+    x = data.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    y = target.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    step(shared, opt, x, y)
+    counted: dict[str, list[int]] = {}
+    for worker in (*workers, provider):
+        node, run = worker.node, worker.node.run
+        tally = counted[worker.id] = [0, 0]
+
+        def counting(frame, client="local", *, lend=frozenset(), run=run, tally=tally):
+            tally[0] += frame.nbytes
+            answer = run(frame, client, lend=lend)
+            tally[1] += answer.parts().nbytes
+            return answer
+
+        node.run = counting
+    try:
+        for _ in range(steps):
+            step(shared, opt, x, y)
+    finally:
+        for worker in (*workers, provider):
+            del worker.node.run
+    each = ", ".join(
+        f"{name} {sent / steps / 1e6:.2f} MB in, {answered / steps / 1e6:.2f} MB out"
+        for name, (sent, answered) in counted.items()
+    )
+    total = sum(sum(t) for t in counted.values()) / steps / 1e6
+    print(f"wire per training step: {total:.1f} MB ({each})")
+
+
 def bench_inference(workers, provider) -> None:
     data, targets = mnist(train=True)
     torch.manual_seed(0)
@@ -188,9 +225,9 @@ def main() -> None:
     workers = [sy.VirtualWorker(hook, id="worker1"), sy.VirtualWorker(hook, id="worker2")]
     provider = sy.VirtualWorker(hook, id="crypto_provider")
     data, targets = mnist(train=True)
-    bench_step(
-        args.repeats, workers, provider, data[:BATCH], F.one_hot(targets[:BATCH], 10).float()
-    )
+    batch, target = data[:BATCH], F.one_hot(targets[:BATCH], 10).float()
+    bench_step(args.repeats, workers, provider, batch, target)
+    bench_wire(workers, provider, batch, target)
     bench_inference(workers, provider)
     if args.accuracy:
         bench_accuracy(workers, provider)
