@@ -210,10 +210,14 @@ STATEFUL = {
 
 
 @pytest.mark.parametrize("name", STATEFUL)
+@pytest.mark.usefixtures("one_torch_thread")
 def test_a_stateful_strategy_resumes_to_the_same_result(name, parts, tmp_path: Path) -> None:
     """Stopped in round 3 and resumed with a fresh strategy object, a run whose strategy keeps
     state (momentum, moments, control variates, an adaptive clip) ends with exactly the weights
-    and the strategy state of an uninterrupted one."""
+    and the strategy state of an uninterrupted one. On one torch thread: the workers train
+    concurrently, and with two, how a BLAS call splits its sums can change with what else runs
+    at the time, so the last bits of a step could differ (FedAdagrad's division by sqrt(v)
+    then magnified them: a CI run failed so); that is not what resuming is checked for."""
     config = TrainConfig(max_batches=2, seed=4)
 
     def run(checkpoint_dir: Path, **options) -> Coordinator:
