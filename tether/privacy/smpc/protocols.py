@@ -2,14 +2,15 @@
 every party's node (`tether.smpc.*`, see `ops.py`), and what is opened is only ever masked.
 
 - Dealing: each party draws its correlated randomness from a seed it agreed with the crypto
-  provider (`ops.py`); the provider sends only the last party's share of the dependent part.
+  provider (`dealing.py`); the provider sends only the last party's share of the dependent
+  part.
 - Multiplication and matmul: Beaver triples; the parties open delta = x - a and
   epsilon = y - b (uniform, so they say nothing of x and y).
 - Fixed-point truncation after a product: local, two parties (SecureML; `ring.truncate`).
 - Comparison: the sign bit of x = x_0 + x_1, from the carry into bit 63: a tree of the
   carry operator over the shares' bits (XOR shares, AND by binary Beaver triples: 7 rounds
   for 64 bits, both ANDs of a level in one word), turned into an additive share with a random
-  bit the provider deals in both forms. Exact; two parties.
+  bit dealt in both forms. Exact; two parties.
 
 Openings go through the scientist, which sums the parties' masked shares; so does the
 provider's correction (see docs/smpc.md, "Security").
@@ -127,7 +128,7 @@ def open_xor(shares: Sequence[Pointer]) -> torch.Tensor:
 
 # ---- dealing ----------------------------------------------------------------------------------
 
-_NONCES = itertools.count(1)  # one per draw: a key's nonces only go up (ops._seed)
+_NONCES = itertools.count(1)  # one per draw: a key's nonces only go up (dealing.seed_for_draw)
 # Per provider, per party: the handles of the seed they agreed (on the provider, on the party).
 _SEEDS: weakref.WeakKeyDictionary[Client, weakref.WeakKeyDictionary[Client, tuple[int, int]]] = (
     weakref.WeakKeyDictionary()
