@@ -14,7 +14,7 @@ wire, nor pass the scientist who relays. The provider's functions are registered
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,7 +170,7 @@ def compare_shapes(shape: Any) -> list[torch.Size]:
     return [stacked, stacked, shape, stacked, shape]
 
 
-def _draws(seeds: tuple, nonce: Any, shapes: list[torch.Size], free: int) -> list[list]:
+def _draws(seeds: tuple, nonce: Any, shapes: Sequence[torch.Size], free: int) -> list[list]:
     """Every party's draws from its seed (the provider holds them all, by handle): all of
     `shapes` but the last party's, which stops after the first `free`."""
     check_parties(len(seeds))

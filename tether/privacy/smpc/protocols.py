@@ -273,14 +273,12 @@ def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
     g = [call(x[i], ops.PATHS["and_close"], c[i], a[i], b[i], d, e, i == 0) for i in range(2)]
     p = list(x)
     for shift in _LEVELS:
-        masks = [
-            tuple(
-                call_each(
-                    x[i].client, ops.PATHS["level_masks"], 2, g[i], p[i], shift, a[i], b[i], i == 0
-                )
+        masks = []
+        for i in range(2):
+            d_i, e_i = call_each(
+                x[i].client, ops.PATHS["level_masks"], 2, g[i], p[i], shift, a[i], b[i], i == 0
             )
-            for i in range(2)
-        ]
+            masks.append((d_i, e_i))
         d, e = _and_open(parties, masks)
         for i in range(2):
             g[i], p[i] = call_each(

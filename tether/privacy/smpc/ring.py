@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -51,7 +52,7 @@ def random_ring(shape: Shape) -> torch.Tensor:
     return _keystream(os.urandom(32), bytes(16), math.prod(shape)).reshape(tuple(shape))
 
 
-def expand(seed: bytes, nonce: int, shapes: list[torch.Size]) -> list[torch.Tensor]:
+def expand(seed: bytes, nonce: int, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
     """Uniform ring elements of each shape in turn, from the stream of a 32-byte `seed` under
     `nonce` (at most once per seed): whoever holds the seed draws the same elements."""
     sizes = [math.prod(shape) for shape in shapes]
