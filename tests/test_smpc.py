@@ -5,10 +5,12 @@ The tutorials that use them are tests/test_tutorial_part09.py, part10 and part12
 from __future__ import annotations
 
 import math
+import secrets
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import tether as sy
 from tether import errors
@@ -368,20 +370,34 @@ def test_every_smpc_op_refuses_what_a_hostile_peer_sends_and_the_node_keeps_serv
 
 @pytest.mark.parametrize("release", ["open", "training", "strict"])
 def test_smpc_ops_on_published_data_release_only_as_the_policy_allows(release):
-    """Sharing, encoding, truncating or taking a sign bit of the owner's private data makes
-    derived data: it leaves an `open` node, never a `training` one, and only by an accepted
-    request from a `strict` one (a share of it is uniform, but the sum of the shares is it)."""
+    """Sharing, encoding, truncating, masking with a seed's draws or taking a sign bit of the
+    owner's private data makes derived data: it leaves an `open` node, never a `training`
+    one, and only by an accepted request from a `strict` one (a share of it is uniform, but
+    the sum of the shares is it; x - a is uniform, but a is on the node too)."""
     node = Node("owner", release=release)
     node.publish("x", torch.tensor([5, -7]))
     node.publish("f", torch.tensor([1.5, 2.0]))
+    handle = secrets.randbits(62) + 1
+    provider = X25519PrivateKey.generate().public_key().public_bytes_raw()
     derived = [
         Call(ops.PATHS["split"], [1, 2], {}, [10, 11], refs=1),
         Call(ops.PATHS["encode"], [2, 3, 10], {}, 12, refs=1),
         Call(ops.PATHS["truncate"], [1, 2, 0], {}, 13, refs=1),
         Call(ops.PATHS["msb_bit"], [1, 1, 1], {}, 14, refs=7),
+        Call(
+            ops.PATHS["seed_pair"], [handle, torch.tensor(list(provider), dtype=torch.uint8)], {}, 3
+        ),
+        Call(
+            ops.PATHS["beaver_open"],
+            [handle, 1, 1, 1, "mul", False],
+            {},
+            [15, 16, 17, 18, 19],
+            refs=6,
+        ),
+        Call(ops.PATHS["compare_open"], [handle, 1, 2, False], {}, list(range(20, 27)), refs=2),
     ]
     published = [Call(PUBLISHED, ["x"], {}, 1), Call(PUBLISHED, ["f"], {}, 2)]
-    gets = [Get([i]) for i in (10, 11, 12, 13, 14)]
+    gets = [Get([i]) for i in (10, 11, 12, 13, 14, 15, 20)]
     replies = node.run([*published, *derived, *gets], "scientist").replies
     released = replies[-len(gets) :]
     if release == "open":
