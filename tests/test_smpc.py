@@ -5,7 +5,6 @@ The tutorials that use them are tests/test_tutorial_part09.py, part10 and part12
 from __future__ import annotations
 
 import math
-import secrets
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from tether import errors
 from tether.node import Node
 from tether.ops import PUBLISHED
 from tether.privacy.smpc import AdditiveSharingTensor, RingError, ops, protocols, ring
+from tether.privacy.smpc.dealing import DealingKey
 from tether.privacy.smpc.limbs import limb_matmul, ring_matmul
 from tether.wire import Call, Failure, Get, Value
 
@@ -185,24 +185,22 @@ def test_the_provider_sends_only_the_last_partys_correction(parties) -> None:
     assert sent == [torch.Size([2, 4])]
 
 
-def test_a_dealing_nonce_is_drawn_once(parties) -> None:
-    """A party refuses a nonce at or below one its seed has drawn: the same masks twice would
-    open x - x' to whoever sees both openings."""
+def test_a_dealing_key_never_leaves_and_its_nonces_only_go_up(parties) -> None:
+    """A party's dealing key is kept on its worker, out of `_objects`, and a Get of it is
+    refused; a party refuses a nonce at or below one its seed has drawn: the same masks
+    twice would open x - x' to whoever sees both openings."""
     bob, alice, provider = parties
     x = torch.tensor([3]).share(bob, alice, crypto_provider=provider)
     assert int((x * x).get()) == 9
-    _, _, handles = protocols._seeds(protocols.Parties((bob, alice), provider), "test")
+    _, _, keys = protocols._keys(protocols.Parties((bob, alice), provider), "test")
     node = bob.node
+    assert isinstance(bob.store.objects[keys[0].id].value, DealingKey)
+    assert all(not isinstance(v, DealingKey) for v in bob._objects.values())
+    [refused] = node.run([Get([keys[0].id])], "local").replies
+    assert refused.kind == "TypeError" and "cannot leave the node as data" in refused.message
     again = [
-        Call(
-            ops.PATHS["beaver_open"], [handles[0], _I, _I, 2**62, "mul", False], {}, [1, 2, 3, 4, 5]
-        ),
-        Call(
-            ops.PATHS["beaver_open"],
-            [handles[0], _I, _I, 2**62, "mul", False],
-            {},
-            [6, 7, 8, 9, 10],
-        ),
+        Call(ops.PATHS["beaver_open"], [keys[0].id, _I, _I, 2**62, "mul", False], {}, out, refs=1)
+        for out in ([1001, 1002, 1003, 1004, 1005], [1006, 1007, 1008, 1009, 1010])
     ]
     replies = node.run(again, "local").replies
     assert not isinstance(replies[0], Failure)
@@ -259,11 +257,11 @@ def test_a_hostile_triple_request_is_refused_and_the_provider_keeps_serving(part
     huge = Call(path, ["matmul", [2**20, 2**20], [2**20, 2**20], 1, 5, 6], {}, 1, 0, None)
     bad_op = Call(path, ["pow", [2], [2], 1, 5, 6], {}, 2, 0, None)
     many = Call(path, ["mul", [2], [2], 1, *range(1, 18)], {}, 3, 0, None)
-    unknown = Call(path, ["mul", [2], [2], 1, 424242, 434343], {}, 4, 0, None)
-    replies = node.run([huge, bad_op, many, unknown], "mallory").replies
-    assert [r.kind for r in replies] == ["LimitError", "ValueError", "LimitError", "ValueError"]
+    not_keys = Call(path, ["mul", [2], [2], 1, 424242, 434343], {}, 4, 0, None)
+    replies = node.run([huge, bad_op, many, not_keys], "mallory").replies
+    assert [r.kind for r in replies] == ["LimitError", "ValueError", "LimitError", "TypeError"]
     assert "from 2 to 16, got 17" in replies[2].message
-    assert "no dealing key has handle 424242" in replies[3].message
+    assert "a dealing key was expected, got int" in replies[3].message
     x = torch.tensor([6]).share(parties[0], parties[1], crypto_provider=provider)
     assert torch.equal((x * x).get(), torch.tensor([36]))
 
@@ -283,13 +281,12 @@ _I, _F, _LONG = torch.tensor([1, 2]), torch.tensor([1.5, 2.0]), torch.tensor([1,
 # Per op: argument lists a peer could send over the wire, each wrong in one way (shapes, types,
 # dtypes, flags, sizes, costs, NaN).
 _PUBLIC = torch.zeros(32, dtype=torch.uint8)
-_UNKNOWN = 424242  # a handle no worker holds
+_UNKNOWN = 424242  # not a dealing key (only a worker's own ops make those)
 _WORDS = torch.zeros(ops.LEVELS, 2, dtype=torch.int64)  # a comparison's AND triples
 HOSTILE_ARGUMENTS = {
-    "seed_key": [[0], ["k"], [True], [2**63]],
-    "seed_pair": [[5, _I], [5, torch.zeros(31, dtype=torch.uint8)], [0, _PUBLIC]],
-    "seed_agree": [[7, _UNKNOWN, _PUBLIC], [7, "k", _PUBLIC]],
-    "forget_key": [[_UNKNOWN], ["k"]],
+    "seed_key": [[0], ["k"]],
+    "seed_pair": [[_I], [torch.zeros(31, dtype=torch.uint8)], [5], []],
+    "seed_agree": [[_UNKNOWN, _PUBLIC], ["k", _PUBLIC], [_PUBLIC, _PUBLIC]],
     "triple_correction": [
         ["mul", [2], [3], 1, 5, 6],
         ["matmul", [-1], [2], 1, 5, 6],
@@ -377,24 +374,17 @@ def test_smpc_ops_on_published_data_release_only_as_the_policy_allows(release):
     node = Node("owner", release=release)
     node.publish("x", torch.tensor([5, -7]))
     node.publish("f", torch.tensor([1.5, 2.0]))
-    handle = secrets.randbits(62) + 1
     provider = X25519PrivateKey.generate().public_key().public_bytes_raw()
     derived = [
         Call(ops.PATHS["split"], [1, 2], {}, [10, 11], refs=1),
         Call(ops.PATHS["encode"], [2, 3, 10], {}, 12, refs=1),
         Call(ops.PATHS["truncate"], [1, 2, 0], {}, 13, refs=1),
         Call(ops.PATHS["msb_bit"], [1, 1, 1], {}, 14, refs=7),
+        Call(ops.PATHS["seed_pair"], [torch.tensor(list(provider), dtype=torch.uint8)], {}, [3, 4]),
         Call(
-            ops.PATHS["seed_pair"], [handle, torch.tensor(list(provider), dtype=torch.uint8)], {}, 3
+            ops.PATHS["beaver_open"], [3, 1, 1, 1, "mul", False], {}, [15, 16, 17, 18, 19], refs=7
         ),
-        Call(
-            ops.PATHS["beaver_open"],
-            [handle, 1, 1, 1, "mul", False],
-            {},
-            [15, 16, 17, 18, 19],
-            refs=6,
-        ),
-        Call(ops.PATHS["compare_open"], [handle, 1, 2, False], {}, list(range(20, 27)), refs=2),
+        Call(ops.PATHS["compare_open"], [3, 1, 2, False], {}, list(range(20, 27)), refs=3),
     ]
     published = [Call(PUBLISHED, ["x"], {}, 1), Call(PUBLISHED, ["f"], {}, 2)]
     gets = [Get([i]) for i in (10, 11, 12, 13, 14, 15, 20)]

@@ -7,7 +7,7 @@ Features add their own ops with `register`, from above.
 
 from tether.ops.guards import Guard
 from tether.ops.names import PUBLISHED, REQUEST
-from tether.ops.table import ALLOWLIST, PATH_OF, Entry, register, resolve
+from tether.ops.table import ALLOWLIST, PATH_OF, Entry, OpState, register, resolve
 
 __all__ = [
     "ALLOWLIST",
@@ -16,6 +16,7 @@ __all__ = [
     "REQUEST",
     "Entry",
     "Guard",
+    "OpState",
     "register",
     "resolve",
 ]

@@ -47,6 +47,15 @@ class Entry:
     approves: bool = False
 
 
+class OpState:
+    """State a feature's ops keep on a node between calls, in the client's store (secure
+    aggregation's MaskingClient, SMPC's dealing keys): opaque, not data. The node never sends
+    it (a Get is refused: it is not a value the wire carries), and PySyft's view of what a
+    worker holds (`VirtualWorker._objects`) leaves it out."""
+
+    __slots__ = ()
+
+
 # ---- the table ------------------------------------------------------------------------------
 
 _ELEMENTWISE_BINARY = """

@@ -10,7 +10,7 @@ from tether.errors import ConnectionLostError, ObjectNotFoundError
 from tether.node import Limits, Node, Store
 from tether.node.policy import Release, copied
 from tether.node.store import Stored
-from tether.ops import PUBLISHED
+from tether.ops import PUBLISHED, OpState
 from tether.remote.client import Client, Replies
 from tether.remote.pointer import Pointer
 from tether.remote.worker import DatasetPointers, Worker
@@ -110,8 +110,12 @@ class VirtualWorker(Worker):
     @property
     def _objects(self) -> dict[int, Any]:
         """PySyft's view of what the worker holds for us, by id (after running what is
-        queued)."""
-        return {obj_id: stored.value for obj_id, stored in self.store.objects.items()}
+        queued): the data, not the state features keep there (`tether.ops.OpState`)."""
+        return {
+            obj_id: stored.value
+            for obj_id, stored in self.store.objects.items()
+            if not isinstance(stored.value, OpState)
+        }
 
     def search(self, *query: str) -> list[Pointer]:
         """PySyft's `worker.search(...)`: pointers to what this worker's owner published with

@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from tether.ops import OpState
 from tether.privacy.secagg import shamir
 from tether.privacy.secagg.masks import KEY_BYTES, Expander, agree
 from tether.privacy.secagg.ring import Encoding
@@ -114,7 +115,7 @@ def _sign_added(owner: str, peer: str) -> bool:
 # ---- a worker's side ----------------------------------------------------------------------------
 
 
-class MaskingClient:
+class MaskingClient(OpState):
     """One worker's part in one round: its secrets (key pairs, self-mask seed, the shares its
     peers sent) and its quantised update. An opaque object: it has no way to be read, copied
     or sent (its repr names the worker and the step only); its methods are the protocol's

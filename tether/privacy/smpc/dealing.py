@@ -1,26 +1,26 @@
 """Dealing: the correlated randomness the protocols consume, drawn from seeds.
 
 The provider and each party agree a 32-byte seed once (X25519 and HKDF-SHA256 from
-`cryptography`, `seed_*`), which each keeps in its crypto store (`_KEYS`), not among a client's
-objects. Every piece of correlated randomness (a Beaver triple, a comparison's AND triples and
-random bit, shares of zero) is then drawn from the seeds' streams under a nonce the scientist
-names once: each party draws its own shares, and the provider, holding every seed, draws them
-all and computes the one part a party cannot draw, the last party's share of the dependent
-value (c of a triple). Only that correction travels, so the triples' shares never cross the
-wire, nor pass the scientist who relays. The provider's functions are registered as ops in
-`ops.py`, with the parties' steps that draw.
+`cryptography`, `seed_*`), which each keeps as a `DealingKey` in the scientist's store on its
+worker: opaque, never sent. Every piece of correlated randomness (a Beaver triple, a
+comparison's AND triples and random bit, shares of zero) is then drawn from the seeds'
+streams under a nonce the scientist names once: each party draws its own shares, and the
+provider, holding every seed, draws them all and computes the one part a party cannot draw,
+the last party's share of the dependent value (c of a triple). Only that correction travels,
+so the triples' shares never cross the wire, nor pass the scientist who relays. These are
+registered as ops in `ops.py`, with the parties' steps that draw.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from tether.ops import OpState
 from tether.privacy.secagg.masks import agree
 from tether.privacy.smpc import ring
 from tether.privacy.smpc.limbs import ring_matmul
@@ -51,55 +51,46 @@ def product(op: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return found
 
 
-# ---- seeds and the crypto store ----------------------------------------------------------------
+# ---- seeds ---------------------------------------------------------------------------------
 
 LEVELS = 7  # AND triples a comparison uses: its first AND, then the carry tree's six levels
-MAX_KEYS = 65_536  # in the crypto store at once (the oldest goes first)
 _PURPOSE = b"smpc dealing"
 
 
-@dataclass
-class _Key:
-    """A key in the crypto store: a seed (or the provider's private key while it agrees), and
-    the last nonce drawn under it: nonces only go up, so no draw repeats."""
+class DealingKey(OpState):
+    """A seed a party shares with the provider (or the provider's private key while it
+    agrees), kept in the client's store on the worker, as secure aggregation keeps its
+    MaskingClient: opaque (no way to read or send it; the node refuses a Get of it), freed
+    with the client's other objects, and counted against its limits. It remembers the last
+    nonce drawn under it: nonces only go up, so no draw repeats."""
 
-    secret: bytes
-    nonce: int = 0
+    __slots__ = ("_nonce", "_secret")
 
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self._nonce = 0
 
-# The crypto store: keys by handle, apart from the objects clients store (PySyft kept its
-# crypto primitives apart too), so a client can neither fetch nor list them, only name them in
-# a dealing op. The scientist picks each handle at random (63 bits); a handle is a capability.
-# Workers in one process share it, as they share that process's memory.
-_KEYS: dict[int, _Key] = {}
+    def __repr__(self) -> str:
+        return "DealingKey()"
 
+    def private_key(self) -> X25519PrivateKey:
+        return X25519PrivateKey.from_private_bytes(self._secret)
 
-def _new_key(handle: Any, secret: bytes) -> None:
-    if type(handle) is not int or not 0 < handle < 2**63 or handle in _KEYS:
-        raise ValueError(
-            f"a new key's handle must be an unused int from 1 to 2^63 - 1, got {handle!r}"
-        )
-    while len(_KEYS) >= MAX_KEYS:
-        del _KEYS[next(iter(_KEYS))]
-    _KEYS[handle] = _Key(secret)
-
-
-def _key(handle: Any) -> _Key:
-    found = _KEYS.get(handle) if type(handle) is int else None
-    if found is None:
-        raise ValueError(f"no dealing key has handle {handle!r} on this worker")
-    return found
+    def seed_for(self, nonce: Any) -> bytes:
+        """The seed, for one draw under `nonce` (above every nonce drawn before)."""
+        if type(nonce) is not int or not self._nonce < nonce < 2**63:
+            raise ValueError(
+                f"a dealing nonce must be an int above the last one drawn ({self._nonce}), "
+                f"got {nonce!r}"
+            )
+        self._nonce = nonce
+        return self._secret
 
 
-def seed_for_draw(handle: Any, nonce: Any) -> bytes:
-    """The seed under `handle`, for one draw under `nonce` (above every nonce drawn before)."""
-    key = _key(handle)
-    if type(nonce) is not int or not key.nonce < nonce < 2**63:
-        raise ValueError(
-            f"a dealing nonce must be an int above the last one drawn ({key.nonce}), got {nonce!r}"
-        )
-    key.nonce = nonce
-    return key.secret
+def key_of(value: Any) -> DealingKey:
+    if not isinstance(value, DealingKey):
+        raise TypeError(f"a dealing key was expected, got {type(value).__name__}")
+    return value
 
 
 def _public(value: Any) -> bytes:
@@ -112,35 +103,24 @@ def _public_tensor(key: X25519PrivateKey) -> torch.Tensor:
     return torch.frombuffer(bytearray(key.public_key().public_bytes_raw()), dtype=torch.uint8)
 
 
-def seed_key(handle: int) -> torch.Tensor:
-    """The provider's X25519 key pair: the private key kept under `handle`, the public one
-    returned, to agree a seed with each party."""
+def seed_key() -> tuple[DealingKey, torch.Tensor]:
+    """The provider's X25519 key pair: the private key kept, the public one to fetch, to agree
+    a seed with each party."""
     private = X25519PrivateKey.generate()
-    _new_key(handle, private.private_bytes_raw())
-    return _public_tensor(private)
+    return DealingKey(private.private_bytes_raw()), _public_tensor(private)
 
 
-def seed_pair(handle: int, provider_public: torch.Tensor) -> torch.Tensor:
-    """A party's seed, agreed with the provider's public key and kept under `handle`; returns
-    the party's public key (all the provider needs to derive the same seed)."""
+def seed_pair(provider_public: torch.Tensor) -> tuple[DealingKey, torch.Tensor]:
+    """A party's seed, agreed with the provider's public key and kept; and the party's public
+    key, to fetch (all the provider needs to derive the same seed)."""
     private = X25519PrivateKey.generate()
-    _new_key(handle, agree(private, _public(provider_public), _PURPOSE, b""))
-    return _public_tensor(private)
+    seed = agree(private, _public(provider_public), _PURPOSE, b"")
+    return DealingKey(seed), _public_tensor(private)
 
 
-def seed_agree(handle: int, key_handle: int, party_public: torch.Tensor) -> torch.Tensor:
-    """The provider's copy of a party's seed, kept under `handle` (from its private key under
-    `key_handle`). Returns nothing of it: an empty tensor."""
-    private = X25519PrivateKey.from_private_bytes(_key(key_handle).secret)
-    _new_key(handle, agree(private, _public(party_public), _PURPOSE, b""))
-    return torch.empty(0, dtype=torch.uint8)
-
-
-def forget_key(handle: int) -> torch.Tensor:
-    """Drop a key (the provider's private key, once every party has its seed)."""
-    _key(handle)
-    del _KEYS[handle]
-    return torch.empty(0, dtype=torch.uint8)
+def seed_agree(private: DealingKey, party_public: torch.Tensor) -> DealingKey:
+    """The provider's copy of a party's seed, from its private key."""
+    return DealingKey(agree(private.private_key(), _public(party_public), _PURPOSE, b""))
 
 
 # ---- the draws, and the provider's corrections -------------------------------------------------
@@ -170,24 +150,23 @@ def compare_shapes(shape: Any) -> list[torch.Size]:
     return [stacked, stacked, shape, stacked, shape]
 
 
-def _draws(seeds: tuple, nonce: Any, shapes: Sequence[torch.Size], free: int) -> list[list]:
-    """Every party's draws from its seed (the provider holds them all, by handle): all of
-    `shapes` but the last party's, which stops after the first `free`."""
-    check_parties(len(seeds))
+def _draws(keys: tuple, nonce: Any, shapes: Sequence[torch.Size], free: int) -> list[list]:
+    """Every party's draws from its seed (the provider holds them all): all of `shapes` but
+    the last party's, which stops after the first `free`."""
+    check_parties(len(keys))
+    last = len(keys) - 1
     return [
-        ring.expand(
-            seed_for_draw(seed, nonce), nonce, shapes if i < len(seeds) - 1 else shapes[:free]
-        )
-        for i, seed in enumerate(seeds)
+        ring.expand(key_of(key).seed_for(nonce), nonce, shapes if i < last else shapes[:free])
+        for i, key in enumerate(keys)
     ]
 
 
 def triple_correction(
-    op: str, shape_x: list, shape_y: list, nonce: int, *seeds: Any
+    op: str, shape_x: list, shape_y: list, nonce: int, *keys: Any
 ) -> torch.Tensor:
     """The last party's share of a Beaver triple's c = op(a, b), a and b the sums of every
     party's draws: c minus the other parties' drawn shares of it."""
-    draws = _draws(seeds, nonce, triple_shapes(op, shape_x, shape_y), 2)
+    draws = _draws(keys, nonce, triple_shapes(op, shape_x, shape_y), 2)
     a, b = ring.reconstruct([d[0] for d in draws]), ring.reconstruct([d[1] for d in draws])
     c = product(op)(a, b)
     for drawn in draws[:-1]:
@@ -195,17 +174,17 @@ def triple_correction(
     return c
 
 
-def compare_correction(shape: list, nonce: int, *seeds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def compare_correction(shape: list, nonce: int, *keys: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Party 1's shares of a comparison's dependent randomness (two parties): the AND
     triples' c = a & b, and the random bit r = r_0 ^ r_1 as an additive share."""
-    if len(seeds) != 2:
-        raise ValueError(f"a comparison runs between two parties, got {len(seeds)} seeds")
-    first, second = _draws(seeds, nonce, compare_shapes(shape), 3)
+    if len(keys) != 2:
+        raise ValueError(f"a comparison runs between two parties, got {len(keys)} seeds")
+    first, second = _draws(keys, nonce, compare_shapes(shape), 3)
     bit = (first[2] ^ second[2]) & 1
     return (first[0] ^ second[0]) & (first[1] ^ second[1]) ^ first[3], bit - first[4]
 
 
-def zeros_correction(shape: list, nonce: int, *seeds: Any) -> torch.Tensor:
+def zeros_correction(shape: list, nonce: int, *keys: Any) -> torch.Tensor:
     """The last party's share of zero, the others' drawn from their seeds (`refresh()`)."""
-    draws = _draws(seeds, nonce, [check_shape(shape)], 0)
+    draws = _draws(keys, nonce, [check_shape(shape)], 0)
     return -ring.reconstruct([d[0] for d in draws[:-1]])

@@ -1,9 +1,10 @@
 """What the parties and the crypto provider run on their nodes: registered in the op table
 (`tether.smpc.*`) when this module is imported, so the node never imports SMPC.
 
-Every function takes shares as plain int64 tensors, public keys as 32-byte uint8 tensors, and
-only plain values (ints, shape lists, the names "mul" and "matmul") besides, so a peer's
-call is checked like any other. The parties' functions are the local steps of the protocols in
+Every function takes shares as plain int64 tensors, public keys as 32-byte uint8 tensors,
+dealing keys as the opaque objects its worker keeps (`dealing.DealingKey`), and only plain
+values (ints, shape lists, the names "mul" and "matmul") besides, so a peer's call is checked
+like any other. The parties' functions are the local steps of the protocols in
 `tether.privacy.smpc.protocols`.
 
 The dealing ops (seeds, the provider's corrections) live in `dealing.py`; the parties' steps
@@ -23,14 +24,13 @@ from tether.ops import register
 from tether.privacy.smpc import ring
 from tether.privacy.smpc.dealing import (
     LEVELS,
+    DealingKey,
     check_parties,
     check_shape,
     compare_correction,
     compare_shapes,
-    forget_key,
     product,
     seed_agree,
-    seed_for_draw,
     seed_key,
     seed_pair,
     triple_correction,
@@ -54,19 +54,19 @@ def encode(value: torch.Tensor, precision: int, base: int) -> torch.Tensor:
 
 
 def beaver_open(
-    seed: int, x: torch.Tensor, y: torch.Tensor, nonce: int, op: str, last: bool
+    key: DealingKey, x: torch.Tensor, y: torch.Tensor, nonce: int, op: str, last: bool
 ) -> tuple[torch.Tensor, ...]:
     """A party's triple for op(x, y), drawn from its seed (a, b, and c unless it is the last
     party, whose c is the provider's correction), and its masked inputs x - a and y - b, to
     open: (x - a, y - b, a, b[, c])."""
     shapes = triple_shapes(op, list(x.shape), list(y.shape))
-    drawn = ring.expand(seed_for_draw(seed, nonce), nonce, shapes[:2] if last else shapes)
+    drawn = ring.expand(key.seed_for(nonce), nonce, shapes[:2] if last else shapes)
     return (x - drawn[0], y - drawn[1], *drawn)
 
 
-def refresh_share(seed: int, x: torch.Tensor, nonce: int) -> torch.Tensor:
+def refresh_share(key: DealingKey, x: torch.Tensor, nonce: int) -> torch.Tensor:
     """x plus this party's share of zero, drawn from its seed (all parties but the last)."""
-    return x + ring.expand(seed_for_draw(seed, nonce), nonce, [x.shape])[0]
+    return x + ring.expand(key.seed_for(nonce), nonce, [x.shape])[0]
 
 
 def beaver(
@@ -102,7 +102,9 @@ def truncate(share: torch.Tensor, divisor: int, party: int) -> torch.Tensor:
     return ring.truncate(share, divisor, int(party))
 
 
-def compare_open(seed: int, x: torch.Tensor, nonce: int, last: bool) -> tuple[torch.Tensor, ...]:
+def compare_open(
+    key: DealingKey, x: torch.Tensor, nonce: int, last: bool
+) -> tuple[torch.Tensor, ...]:
     """A party's randomness for the sign of x (two parties), drawn from its seed: the AND
     triples' a, b (and c unless last: party 1's is the provider's correction), one word per
     level, and its XOR share r of the random bit (and its additive share unless last); with
@@ -110,7 +112,7 @@ def compare_open(seed: int, x: torch.Tensor, nonce: int, last: bool) -> tuple[to
     XOR shares, each party holds its own and zeros for the other's):
     (d, e, a, b, r[, c, r_additive])."""
     drawn = ring.expand(
-        seed_for_draw(seed, nonce), nonce, compare_shapes(list(x.shape))[: 3 if last else 5]
+        key.seed_for(nonce), nonce, compare_shapes(list(x.shape))[: 3 if last else 5]
     )
     a, b = drawn[0], drawn[1]
     zero = torch.zeros_like(x)
@@ -288,13 +290,15 @@ def _beaver_size(args: tuple, kwargs: dict) -> int:
     return 4 * c.numel() if isinstance(c, torch.Tensor) else 0
 
 
+_KEYED = {"beaver_open", "compare_open", "refresh_share"}  # a party's DealingKey goes first
 PATHS = {
-    name: register(f"tether.smpc.{name}", fn, guard=guard).path
+    name: register(
+        f"tether.smpc.{name}", fn, guard=guard, self_type=DealingKey if name in _KEYED else None
+    ).path
     for name, fn, guard in (
         ("seed_key", seed_key, None),
         ("seed_pair", seed_pair, None),
         ("seed_agree", seed_agree, None),
-        ("forget_key", forget_key, None),
         ("triple_correction", triple_correction, _triple_size),
         ("compare_correction", compare_correction, _compare_size),
         ("zeros_correction", zeros_correction, _zeros_size),

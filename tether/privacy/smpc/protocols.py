@@ -19,7 +19,6 @@ provider's correction (see docs/smpc.md, "Security").
 from __future__ import annotations
 
 import itertools
-import secrets
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,11 +88,19 @@ def call_each(client: Client, path: str, count: int, *args: Any) -> list[Pointer
     return client.call_each(path, wire, None, count, refs=refs)
 
 
+@dataclass(frozen=True)
+class Held:
+    """An object a worker keeps for this session (a dealing key), named by id: unlike a
+    pointer, dropping it frees nothing (the worker frees it with the client's other objects)."""
+
+    id: int
+
+
 def _on_the_wire(args: tuple[Any, ...]) -> tuple[list[Any], int]:
     """The call's arguments with pointers as their ids, and the bit mask saying which are."""
     wire, refs = [], 0
     for i, arg in enumerate(args):
-        if isinstance(arg, Pointer):
+        if isinstance(arg, Pointer | Held):
             wire.append(arg.id)
             refs |= 1 << i
         else:
@@ -128,36 +135,37 @@ def open_xor(shares: Sequence[Pointer]) -> torch.Tensor:
 
 # ---- dealing ----------------------------------------------------------------------------------
 
-_NONCES = itertools.count(1)  # one per draw: a key's nonces only go up (dealing.seed_for_draw)
-# Per provider, per party: the handles of the seed they agreed (on the provider, on the party).
-_SEEDS: weakref.WeakKeyDictionary[Client, weakref.WeakKeyDictionary[Client, tuple[int, int]]] = (
+_NONCES = itertools.count(1)  # one per draw: a key's nonces only go up (DealingKey.seed_for)
+# Per provider, per party: the ids of the dealing key they agreed (on the provider, the party).
+_KEYS: weakref.WeakKeyDictionary[Client, weakref.WeakKeyDictionary[Client, tuple[int, int]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _handle() -> int:
-    return secrets.randbits(63) or 1
-
-
-def _seeds(parties: Parties, what: str) -> tuple[Client, list[int], list[int]]:
-    """The provider, and the handles of each party's dealing seed on the provider and on the
-    party; a party new to this provider agrees one first (X25519: only public keys pass
-    here, so the seeds are the provider's and the party's alone)."""
+def _keys(parties: Parties, what: str) -> tuple[Client, list[Held], list[Held]]:
+    """The provider, and each party's dealing key on the provider and on the party; a party
+    new to this provider agrees one first (X25519: only public keys pass here, so the seeds
+    are the provider's and the party's alone)."""
     provider = parties.dealer(what)
-    known = _SEEDS.setdefault(provider, weakref.WeakKeyDictionary())
+    known = _KEYS.setdefault(provider, weakref.WeakKeyDictionary())
     clients = parties.clients
     new = [c for c in clients if c not in known]
     if new:
-        key = _handle()
-        [provider_public] = get_all([call(provider, ops.PATHS["seed_key"], key)])
+        private, public = call_each(provider, ops.PATHS["seed_key"], 2)
+        [provider_public] = get_all([public])
         for client in new:
-            mine, theirs = _handle(), _handle()
-            [public] = get_all([call(client, ops.PATHS["seed_pair"], theirs, provider_public)])
-            call(provider, ops.PATHS["seed_agree"], mine, key, public)
-            known[client] = (mine, theirs)
-        get_all([call(provider, ops.PATHS["forget_key"], key)])
+            theirs, party_public = call_each(client, ops.PATHS["seed_pair"], 2, provider_public)
+            [public] = get_all([party_public])
+            mine = call(provider, ops.PATHS["seed_agree"], private, public)
+            known[client] = (_keep(mine), _keep(theirs))
     pairs = [known[c] for c in clients]
-    return provider, [p[0] for p in pairs], [p[1] for p in pairs]
+    return provider, [Held(p[0]) for p in pairs], [Held(p[1]) for p in pairs]
+
+
+def _keep(pointer: Pointer) -> int:
+    """The object's id, its pointer let go without freeing it."""
+    pointer._live = False
+    return pointer.id
 
 
 def _to_last(parties: Parties, correction: Pointer) -> Pointer:
@@ -181,7 +189,7 @@ def beaver(
     fixed-point product's scale: two parties, truncated as `truncate` does)."""
     if divisor != 1:
         parties.two("fixed-precision multiplication and division")
-    provider, provider_seeds, seeds = _seeds(parties, f"{op} of two shared tensors")
+    provider, provider_keys, keys = _keys(parties, f"{op} of two shared tensors")
     nonce = next(_NONCES)
     correction = call(
         provider,
@@ -190,7 +198,7 @@ def beaver(
         list(shape_x),
         list(shape_y),
         nonce,
-        *provider_seeds,
+        *provider_keys,
     )
     last = len(parties) - 1
     dealt = [
@@ -198,7 +206,7 @@ def beaver(
             parties.clients[i],
             ops.PATHS["beaver_open"],
             4 if i == last else 5,
-            seeds[i],
+            keys[i],
             x[i],
             y[i],
             nonce,
@@ -227,10 +235,10 @@ def truncate(parties: Parties, x: Shares, divisor: int) -> Shares:
 
 def refresh(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
     """The same value under fresh shares (shares of zero drawn from the seeds added)."""
-    provider, provider_seeds, seeds = _seeds(parties, "refresh()")
+    provider, provider_keys, keys = _keys(parties, "refresh()")
     nonce = next(_NONCES)
-    correction = call(provider, ops.PATHS["zeros_correction"], list(shape), nonce, *provider_seeds)
-    out = [call(s, ops.PATHS["refresh_share"], seeds[i], s, nonce) for i, s in enumerate(x[:-1])]
+    correction = call(provider, ops.PATHS["zeros_correction"], list(shape), nonce, *provider_keys)
+    out = [call(s, ops.PATHS["refresh_share"], keys[i], s, nonce) for i, s in enumerate(x[:-1])]
     return [*out, call(x[-1], "torch.add", x[-1], _to_last(parties, correction))]
 
 
@@ -254,15 +262,15 @@ def _and_open(
 def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
     """Additive shares (of 0 or 1, unscaled) of [x < 0], x read as a signed 64-bit value."""
     parties.two("comparison")
-    provider, provider_seeds, seeds = _seeds(parties, "comparison")
+    provider, provider_keys, keys = _keys(parties, "comparison")
     nonce = next(_NONCES)
     corrections = call_each(
-        provider, ops.PATHS["compare_correction"], 2, list(shape), nonce, *provider_seeds
+        provider, ops.PATHS["compare_correction"], 2, list(shape), nonce, *provider_keys
     )
     # Per party: the first AND's masked inputs d, e; AND triples a, b (a word per level) and
     # the random bit's XOR share r; party 0 also c and the bit's additive share.
     dealt = [
-        call_each(x[i].client, ops.PATHS["compare_open"], 7 - 2 * i, seeds[i], x[i], nonce, i == 1)
+        call_each(x[i].client, ops.PATHS["compare_open"], 7 - 2 * i, keys[i], x[i], nonce, i == 1)
         for i in range(2)
     ]
     d, e = _and_open(parties, [(dd[0], dd[1]) for dd in dealt])
