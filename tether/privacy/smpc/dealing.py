@@ -120,7 +120,7 @@ def seed_pair(provider_public: torch.Tensor) -> tuple[DealingKey, torch.Tensor]:
 
 def seed_agree(private: DealingKey, party_public: torch.Tensor) -> DealingKey:
     """The provider's copy of a party's seed, from its private key."""
-    return DealingKey(agree(private.private_key(), _public(party_public), _PURPOSE, b""))
+    return DealingKey(agree(key_of(private).private_key(), _public(party_public), _PURPOSE, b""))
 
 
 # ---- the draws, and the provider's corrections -------------------------------------------------
