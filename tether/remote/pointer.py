@@ -295,6 +295,12 @@ class Pointer:
             raise RuntimeError("import tether.privacy.dp first: it sets how pointers publish")
         return _publisher(self, *args, **kwargs)
 
+    def detach(self) -> int:
+        """Let this pointer go without freeing its object, which then stays on the worker
+        until the client leaves (state a feature keeps for the session); its id."""
+        self._live = False
+        return self.id
+
     def _check_live(self) -> None:
         if not self._live:
             raise errors.ObjectNotFoundError(

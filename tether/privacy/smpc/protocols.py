@@ -157,15 +157,9 @@ def _keys(parties: Parties, what: str) -> tuple[Client, list[Held], list[Held]]:
             theirs, party_public = call_each(client, ops.PATHS["seed_pair"], 2, provider_public)
             [public] = get_all([party_public])
             mine = call(provider, ops.PATHS["seed_agree"], private, public)
-            known[client] = (_keep(mine), _keep(theirs))
+            known[client] = (mine.detach(), theirs.detach())
     pairs = [known[c] for c in clients]
     return provider, [Held(p[0]) for p in pairs], [Held(p[1]) for p in pairs]
-
-
-def _keep(pointer: Pointer) -> int:
-    """The object's id, its pointer let go without freeing it."""
-    pointer._live = False
-    return pointer.id
 
 
 def _to_last(parties: Parties, correction: Pointer) -> Pointer:
