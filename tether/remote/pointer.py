@@ -295,7 +295,7 @@ class Pointer:
             raise RuntimeError("import tether.privacy.dp first: it sets how pointers publish")
         return _publisher(self, *args, **kwargs)
 
-    def detach(self) -> int:
+    def leave_on_worker(self) -> int:
         """Let this pointer go without freeing its object, which then stays on the worker
         until the client leaves (state a feature keeps for the session); its id."""
         self._live = False

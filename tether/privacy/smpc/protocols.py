@@ -157,7 +157,7 @@ def _keys(parties: Parties, what: str) -> tuple[Client, list[Held], list[Held]]:
             theirs, party_public = call_each(client, ops.PATHS["seed_pair"], 2, provider_public)
             [public] = get_all([party_public])
             mine = call(provider, ops.PATHS["seed_agree"], private, public)
-            known[client] = (mine.detach(), theirs.detach())
+            known[client] = (mine.leave_on_worker(), theirs.leave_on_worker())
     pairs = [known[c] for c in clients]
     return provider, [Held(p[0]) for p in pairs], [Held(p[1]) for p in pairs]
 
