@@ -9,7 +9,9 @@ on two VirtualWorkers and a crypto provider, against plain PyTorch in the same r
   in CPU time: on a shared machine the wall clock of a 200 ms step counts the time other
   processes hold the cores, which a 1 ms step mostly escapes, so CPU time is the steadier
   measure of what a step costs. Both include everything a step does: the
-  provider dealing its triples, every share crossing the real wire format.
+  provider dealing its triples, every command and share sent to a worker through the real
+  wire format (what the scientist fetches to open, a worker in this process lends, as it
+  lends `model.get()` its tensors: see docs/smpc.md, "Speed").
 - inference: the MLP trained in plain PyTorch (3 epochs on the 5,000-image sample), then
   shared and run encrypted on the first 1,000 test images; the share of its predictions that
   equal plain PyTorch's.
@@ -39,6 +41,7 @@ import tether as sy
 from tether.datasets import MNIST, materialize
 from tether.datasets.mnist import MEAN, STD
 from tether.transforms import Compose, Normalize, ToTensor
+from tether.wire import encode_parts
 
 BATCH, LR = 64, 0.02
 
@@ -133,7 +136,9 @@ def bench_wire(workers, provider, data, target, steps: int = 5) -> None:
         def counting(frame, client="local", *, lend=frozenset(), run=run, tally=tally):
             tally[0] += frame.nbytes
             answer = run(frame, client, lend=lend)
-            tally[1] += answer.parts().nbytes
+            # What a network transport carries: a lent value (tether.transports.inprocess)
+            # leaves the encoded replies here, but not there.
+            tally[1] += answer.parts().nbytes + encode_parts(list(answer.lent.values())).nbytes
             return answer
 
         node.run = counting

@@ -333,6 +333,20 @@ def test_a_node_hands_an_in_process_client_only_what_it_lends():
     assert torch.equal(fetched, mine) and fetched.data_ptr() != mine.data_ptr()
 
 
+@pytest.mark.parametrize("release", ["open", "training"])
+def test_get_all_adopting_takes_a_workers_memory_only_where_it_may_lend(release):
+    """`get_all(..., adopt=True)` (what the SMPC protocols fetch openings with) hands over
+    the stored tensor itself on an open worker in this process, a copy elsewhere; either
+    way the value is right and the worker frees it."""
+    worker = sy.VirtualWorker(id=f"lender-{release}", release=release)
+    made = torch.ones(3).send(worker) + 1
+    stored = worker.store.objects[made.id].value
+    [value] = sy.get_all([made], adopt=True)
+    assert torch.equal(value, torch.full((3,), 2.0))
+    assert (value.data_ptr() == stored.data_ptr()) is (release == "open")
+    assert made.id not in worker.store.objects
+
+
 def test_hooks_workers_and_pointers_never_draw_from_the_rng():
     model = nn.Linear(3, 1)  # made before the seed: its init draws from the RNG
     torch.manual_seed(123)

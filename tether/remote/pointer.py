@@ -397,8 +397,10 @@ def remote_call(path: str, args: list, kwargs: dict, client: Client | None = Non
 _IN_PLACE_PATHS: dict[str, bool] = {}
 
 
-def get_all(pointers: list[Pointer]) -> list[Any]:
-    """Fetch several objects of one worker in one round trip; the pointers are spent."""
+def get_all(pointers: list[Pointer], *, adopt: bool = False) -> list[Any]:
+    """Fetch several objects of one worker in one round trip; the pointers are spent.
+    `adopt`: the caller takes the values as its own and never changes them in place, so a
+    worker in this process may hand over its memory rather than copies (`Client.get`)."""
     if not pointers:
         return []
     client = pointers[0].client
@@ -406,7 +408,7 @@ def get_all(pointers: list[Pointer]) -> list[Any]:
         raise errors.WorkerMismatchError("get_all fetches from one worker at a time")
     for p in pointers:
         p._check_live()
-    values = client.get([p.id for p in pointers], delete=True)
+    values = client.get([p.id for p in pointers], delete=True, adopt=adopt)
     for p in pointers:
         p._live = False
     return values

@@ -73,7 +73,7 @@ def split(secret: torch.Tensor, n: int) -> list[torch.Tensor]:
 
 
 def reconstruct(shares: list[torch.Tensor]) -> torch.Tensor:
-    total = shares[0].clone()
+    total = shares[0].clone(memory_format=torch.contiguous_format)  # to send as it is
     for share in shares[1:]:
         total += share
     return total
