@@ -254,28 +254,22 @@ def test_a_stateful_strategy_resumes_to_the_same_result(name, parts, tmp_path: P
 
 
 def test_a_checkpoint_resumes_only_with_its_own_strategy(parts, tmp_path: Path) -> None:
-    config = TrainConfig(max_batches=1)
-    Coordinator(
-        mlp(),
-        virtual_workers(parts),
-        config=config,
-        rounds=1,
-        checkpoint_dir=tmp_path,
-        strategy=strategies.FedAvgM(),
-        log=quiet([]),
-    ).run()
-    other = "made by strategy fedavgm, and this run uses fedadam"
-    with pytest.raises(FederationError, match=other):
+    def run(strategy: strategies.Strategy, rounds: int, resume: bool) -> None:
         Coordinator(
             mlp(),
             virtual_workers(parts),
-            config=config,
-            rounds=2,
+            config=TrainConfig(max_batches=1),
+            rounds=rounds,
             checkpoint_dir=tmp_path,
-            strategy=strategies.FedAdam(),
-            resume=True,
+            strategy=strategy,
+            resume=resume,
             log=quiet([]),
         ).run()
+
+    run(strategies.FedAvgM(), rounds=1, resume=False)
+    other = "made by strategy fedavgm, and this run uses fedadam"
+    with pytest.raises(FederationError, match=other):
+        run(strategies.FedAdam(), rounds=2, resume=True)
 
 
 # ---- the command line -------------------------------------------------------------------------

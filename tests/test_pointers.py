@@ -333,7 +333,7 @@ def test_a_node_hands_an_in_process_client_only_what_it_lends():
     assert torch.equal(fetched, mine) and fetched.data_ptr() != mine.data_ptr()
 
 
-@pytest.mark.parametrize("release", ["open", "training"])
+@pytest.mark.parametrize("release", ["open", "training", "strict"])
 def test_get_all_adopting_takes_a_workers_memory_only_where_it_may_lend(release):
     """`get_all(..., adopt=True)` (what the SMPC protocols fetch openings with) hands over
     the stored tensor itself on an open worker in this process, a copy elsewhere; either

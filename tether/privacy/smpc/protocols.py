@@ -108,18 +108,6 @@ def _on_the_wire(args: tuple[Any, ...]) -> tuple[list[Any], int]:
     return wire, refs
 
 
-def each(parties: Parties, path: str, *shares_or_values: Any) -> Shares:
-    """`path` on every party, with its own share of each shared argument (lists of shares) and
-    the same plain values; a share of the result from each."""
-    out = []
-    for i in range(len(parties)):
-        args = [a[i] if isinstance(a, list) else a for a in shares_or_values]
-        out.append(
-            call(args[0] if isinstance(args[0], Pointer) else parties.clients[i], path, *args)
-        )
-    return out
-
-
 def fetch(pointers: Sequence[Pointer]) -> list[torch.Tensor]:
     """The values of one worker's objects, fetched and freed. The protocols only read them,
     so they adopt them: a worker in this process lends its memory rather than copying it
@@ -133,7 +121,11 @@ def open_(shares: Sequence[Pointer]) -> torch.Tensor:
 
 
 def open_xor(shares: Sequence[Pointer]) -> torch.Tensor:
-    values = [fetch([s])[0] for s in shares]
+    """The value of XOR shares: every share fetched (and freed) and XORed."""
+    return _xor([fetch([s])[0] for s in shares])
+
+
+def _xor(values: Sequence[torch.Tensor]) -> torch.Tensor:
     total = values[0].clone()
     for v in values[1:]:
         total ^= v
@@ -248,16 +240,10 @@ def refresh(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
 _LEVELS = (1, 2, 4, 8, 16, 32)
 
 
-def _and_open(
-    parties: Parties, masks: list[tuple[Pointer, Pointer]]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _and_open(masks: list[tuple[Pointer, Pointer]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """An AND's opened d and e: each party's masked pair fetched, XORed across parties."""
     fetched = [fetch(m) for m in masks]
-    d, e = fetched[0]
-    d, e = d.clone(), e.clone()
-    for other in fetched[1:]:
-        d ^= other[0]
-        e ^= other[1]
-    return d, e
+    return _xor([f[0] for f in fetched]), _xor([f[1] for f in fetched])
 
 
 def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
@@ -274,7 +260,7 @@ def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
         call_each(x[i].client, ops.PATHS["compare_open"], 7 - 2 * i, keys[i], x[i], nonce, i == 1)
         for i in range(2)
     ]
-    d, e = _and_open(parties, [(dd[0], dd[1]) for dd in dealt])
+    d, e = _and_open([(dd[0], dd[1]) for dd in dealt])
     c_last, bit_last = fetch(corrections)
     a, b, r = [dd[2] for dd in dealt], [dd[3] for dd in dealt], [dd[4] for dd in dealt]
     c = [dealt[0][5], put(parties.clients[1], c_last)]
@@ -288,7 +274,7 @@ def sign_bit(parties: Parties, x: Shares, shape: torch.Size) -> Shares:
                 x[i].client, ops.PATHS["level_masks"], 2, g[i], p[i], shift, a[i], b[i], i == 0
             )
             masks.append((d_i, e_i))
-        d, e = _and_open(parties, masks)
+        d, e = _and_open(masks)
         for i in range(2):
             g[i], p[i] = call_each(
                 x[i].client,
