@@ -4,6 +4,7 @@ The tutorials that use them are tests/test_tutorial_part09.py, part10 and part12
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -141,6 +142,71 @@ def test_backward_gives_the_gradients_plain_pytorch_gives(parties) -> None:
     assert (sw.grad.get().float_precision() - w.grad).abs().max() < 0.05
 
 
+def test_a_value_is_opened_once_however_many_products_it_enters(parties) -> None:
+    """Each operand's Beaver mask is kept with its shares (SecureML's reuse of masked
+    matrices): multiplying the same shares again opens nothing, so the parties answer no Get
+    until a result is opened; new shares (an SGD step) are masked afresh; results stay exact."""
+    bob, alice, provider = parties
+    x = torch.arange(6).reshape(2, 3).share(bob, alice, crypto_provider=provider)
+    w = torch.arange(12).reshape(3, 4).share(bob, alice, crypto_provider=provider)
+    plain_x, plain_w = torch.arange(6).reshape(2, 3), torch.arange(12).reshape(3, 4)
+    assert torch.equal((x @ w).get(), plain_x @ plain_w)
+    gets: list[int] = []
+    for worker in (bob, alice):
+        transport = worker.client.transport
+
+        def counting(commands, adopted=frozenset(), exchange=transport.exchange):
+            gets.extend(len(c.ids) for c in commands if isinstance(c, Get))
+            return exchange(commands, adopted)
+
+        transport.exchange = counting
+    again, square, both = x @ w, x * x, (x * x) * x
+    for worker in (bob, alice):
+        worker.client.flush()
+    assert gets == [1, 1]  # only x * x, the new value entering `both`, is opened
+    assert torch.equal(again.get(), plain_x @ plain_w)
+    assert torch.equal(square.get(), plain_x * plain_x)
+    assert torch.equal(both.get(), plain_x**3)
+    x.shares = (x + 1).shares  # new shares: a new value, masked afresh
+    assert torch.equal((x @ w).get(), (plain_x + 1) @ plain_w)
+
+
+def test_two_sgd_steps_of_an_mlp_give_plain_pytorchs_gradients(parties) -> None:
+    """The backward pass opens each activation, weight and gradient once (the forward pass's
+    masks are used again); every parameter's and the input's gradient, over two SGD steps
+    (the input's mask is kept from one to the next, the weights' are not), is plain
+    PyTorch's to within fixed precision."""
+    bob, alice, provider = parties
+    torch.manual_seed(4)
+    plain = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    shared = (
+        copy.deepcopy(plain)
+        .fix_precision()
+        .share(bob, alice, crypto_provider=provider, requires_grad=True)
+    )
+    data, target = torch.randn(4, 6), torch.randn(4, 3)
+    x = data.fix_precision().share(bob, alice, crypto_provider=provider, requires_grad=True)
+    y = target.fix_precision().share(bob, alice, crypto_provider=provider)
+    plain_x = data.clone().requires_grad_(True)
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    shared_opt = torch.optim.SGD(shared.parameters(), lr=0.1).fix_precision()
+    for _ in range(2):
+        plain_opt.zero_grad()
+        plain_x.grad = None
+        ((plain(plain_x) - target) ** 2).sum().backward()
+        plain_opt.step()
+        shared_opt.zero_grad()
+        x.grad = None
+        ((shared(x) - y) ** 2).sum().backward()
+        for got, want in [
+            *zip(shared.parameters(), plain.parameters(), strict=True),
+            (x, plain_x),
+        ]:
+            opened = (got.grad * 1).get()  # a copy: opening frees the shares it fetches
+            assert (opened.float_precision() - want.grad).abs().max() < 0.05
+        shared_opt.step()
+
+
 def test_shares_are_ordinary_objects_on_the_workers(parties) -> None:
     """Each worker stores one int64 tensor per share, and holds nothing else once the value
     is opened; a worker with the training release policy takes part like an open one."""
@@ -199,7 +265,13 @@ def test_a_dealing_key_never_leaves_and_its_nonces_only_go_up(parties) -> None:
     [refused] = node.run([Get([keys[0].id])], "local").replies
     assert refused.kind == "TypeError" and "cannot leave the node as data" in refused.message
     again = [
-        Call(ops.PATHS["beaver_open"], [keys[0].id, _I, _I, 2**62, "mul", False], {}, out, refs=1)
+        Call(
+            ops.PATHS["beaver_open"],
+            [keys[0].id, _I, _I, 2**62, "mul", [2], [2], False, False],
+            {},
+            out,
+            refs=1,
+        )
         for out in ([1001, 1002, 1003, 1004, 1005], [1006, 1007, 1008, 1009, 1010])
     ]
     replies = node.run(again, "local").replies
@@ -207,6 +279,26 @@ def test_a_dealing_key_never_leaves_and_its_nonces_only_go_up(parties) -> None:
     assert replies[1].kind == "ValueError" and "above the last one drawn" in replies[1].message
     with pytest.raises(errors.TetherError, match="above the last one drawn"):
         (x * x).get()  # the scientist's counter is behind the nonce drawn above
+
+
+def test_a_party_refuses_a_triple_whose_operands_are_not_as_stated(parties) -> None:
+    """With its real dealing key, a party refuses operands of another shape than the call
+    states, and `same` (y is x, masked once) with a y given or of another shape."""
+    bob, alice, provider = parties
+    x = torch.tensor([3]).share(bob, alice, crypto_provider=provider)
+    assert int((x * x).get()) == 9
+    _, _, keys = protocols._keys(protocols.Parties((bob, alice), provider), "test")
+    path, key = ops.PATHS["beaver_open"], keys[0].id
+    cases = [
+        [key, _I, _I, 2**40, "mul", [1], [2], False, False],
+        [key, _I, _I, 2**40 + 1, "mul", [2], [2], True, False],
+        [key, _I, None, 2**40 + 2, "mul", [2], [1], True, False],
+    ]
+    replies = [
+        bob.node.run([Call(path, args, {}, [2000 + i, 2100 + i], refs=1)], "local").replies[0]
+        for i, args in enumerate(cases)
+    ]
+    assert [r.kind for r in replies] == ["RingError", "ValueError", "ValueError"], replies
 
 
 def test_bad_input_gets_clear_errors(parties) -> None:
@@ -254,10 +346,11 @@ def test_a_hostile_triple_request_is_refused_and_the_provider_keeps_serving(part
     *_, provider = parties
     node = provider.node
     path = ops.PATHS["triple_correction"]
-    huge = Call(path, ["matmul", [2**20, 2**20], [2**20, 2**20], 1, 5, 6], {}, 1, 0, None)
-    bad_op = Call(path, ["pow", [2], [2], 1, 5, 6], {}, 2, 0, None)
-    many = Call(path, ["mul", [2], [2], 1, *range(1, 18)], {}, 3, 0, None)
-    not_keys = Call(path, ["mul", [2], [2], 1, 424242, 434343], {}, 4, 0, None)
+    fresh = [None, None, False]  # no mask kept from before: both drawn
+    huge = Call(path, ["matmul", [2**20, 2**20], [2**20, 2**20], 1, *fresh, 5, 6], {}, 1, 0, None)
+    bad_op = Call(path, ["pow", [2], [2], 1, *fresh, 5, 6], {}, 2, 0, None)
+    many = Call(path, ["mul", [2], [2], 1, *fresh, *range(1, 18)], {}, 3, 0, None)
+    not_keys = Call(path, ["mul", [2], [2], 1, *fresh, 424242, 434343], {}, 4, 0, None)
     replies = node.run([huge, bad_op, many, not_keys], "mallory").replies
     assert [r.kind for r in replies] == ["LimitError", "ValueError", "LimitError", "TypeError"]
     assert "from 2 to 16, got 17" in replies[2].message
@@ -288,12 +381,18 @@ HOSTILE_ARGUMENTS = {
     "seed_pair": [[_I], [torch.zeros(31, dtype=torch.uint8)], [5], []],
     "seed_agree": [[_UNKNOWN, _PUBLIC], ["k", _PUBLIC], [_PUBLIC, _PUBLIC]],
     "triple_correction": [
-        ["mul", [2], [3], 1, 5, 6],
-        ["matmul", [-1], [2], 1, 5, 6],
-        [True, [2], [2], 1, 5, 6],
-        ["mul", "2", [2], 1, 5, 6],
-        ["mul", [2], [2], 1, 5],
-        ["mul", [2], [2], 1, _UNKNOWN, _UNKNOWN + 1],
+        ["mul", [2], [3], 1, None, None, False, 5, 6],
+        ["matmul", [-1], [2], 1, None, None, False, 5, 6],
+        [True, [2], [2], 1, None, None, False, 5, 6],
+        ["mul", "2", [2], 1, None, None, False, 5, 6],
+        ["mul", [2], [2], 1, None, None, False, 5],
+        ["mul", [2], [2], 1, None, None, False, _UNKNOWN, _UNKNOWN + 1],
+        # kept masks: of another shape, not ring elements, or b given as well as `same`
+        ["mul", [2], [2], 1, _LONG, None, False, _UNKNOWN, _UNKNOWN + 1],
+        ["mul", [2], [2], 1, _F, None, False, _UNKNOWN, _UNKNOWN + 1],
+        ["mul", [2], [2], 1, None, _I, True, _UNKNOWN, _UNKNOWN + 1],
+        ["mul", [2], [3], 1, None, None, True, _UNKNOWN, _UNKNOWN + 1],
+        ["mul", [2], [2], 1, None, None, "yes", _UNKNOWN, _UNKNOWN + 1],
     ],
     "compare_correction": [
         [[2], 1, 5],
@@ -303,11 +402,14 @@ HOSTILE_ARGUMENTS = {
     ],
     "zeros_correction": [[[2**62], 1, 5, 6], [[2], 1, 5], [[2], 1, _UNKNOWN, _UNKNOWN + 1]],
     "beaver_open": [
-        [_UNKNOWN, _I, _I, 1, "mul", False],
-        [_UNKNOWN, _I, _LONG, 1, "mul", False],
-        [_UNKNOWN, _F, _F, 1, "mul", False],
-        [_UNKNOWN, _I, _I, 1, "pow", False],
-        [_UNKNOWN, _I, _I, 1, "mul", "yes"],
+        [_UNKNOWN, _I, _I, 1, "mul", [2], [2], False, False],
+        [_UNKNOWN, _I, _LONG, 1, "mul", [2], [2], False, False],
+        [_UNKNOWN, _F, _F, 1, "mul", [2], [2], False, False],
+        [_UNKNOWN, _I, _I, 1, "pow", [2], [2], False, False],
+        [_UNKNOWN, _I, _I, 1, "mul", [2], [2], False, "yes"],
+        [_UNKNOWN, _I, None, 1, "mul", [2], [2], "yes", False],
+        [_UNKNOWN, _I, _I, 1, "mul", [2], [2], True, False],
+        [_UNKNOWN, None, None, 1, "mul", [2**40], [2**40], False, False],
     ],
     "compare_open": [[_UNKNOWN, _I, 1, True], [_UNKNOWN, _F, 1, False], [_UNKNOWN, _I, 1, "no"]],
     "refresh_share": [[_UNKNOWN, _I, 1], [_UNKNOWN, _F, 1]],
@@ -382,7 +484,11 @@ def test_smpc_ops_on_published_data_release_only_as_the_policy_allows(release):
         Call(ops.PATHS["msb_bit"], [1, 1, 1], {}, 14, refs=7),
         Call(ops.PATHS["seed_pair"], [torch.tensor(list(provider), dtype=torch.uint8)], {}, [3, 4]),
         Call(
-            ops.PATHS["beaver_open"], [3, 1, 1, 1, "mul", False], {}, [15, 16, 17, 18, 19], refs=7
+            ops.PATHS["beaver_open"],
+            [3, 1, 1, 1, "mul", [2], [2], False, False],
+            {},
+            [15, 16, 17, 18, 19],
+            refs=7,
         ),
         Call(ops.PATHS["compare_open"], [3, 1, 2, False], {}, list(range(20, 27)), refs=3),
     ]

@@ -162,16 +162,49 @@ def _draws(keys: tuple, nonce: Any, shapes: Sequence[torch.Size], free: int) -> 
 
 
 def triple_correction(
-    op: str, shape_x: list, shape_y: list, nonce: int, *keys: Any
-) -> torch.Tensor:
-    """The last party's share of a Beaver triple's c = op(a, b), a and b the sums of every
-    party's draws: c minus the other parties' drawn shares of it."""
-    draws = _draws(keys, nonce, triple_shapes(op, shape_x, shape_y), 2)
-    a, b = ring.reconstruct([d[0] for d in draws]), ring.reconstruct([d[1] for d in draws])
+    op: str,
+    shape_x: list,
+    shape_y: list,
+    nonce: int,
+    a: torch.Tensor | None,
+    b: torch.Tensor | None,
+    same: bool,
+    *keys: Any,
+) -> tuple[torch.Tensor, ...]:
+    """The last party's share of a Beaver triple's c = op(a, b): c minus the other parties'
+    drawn shares of it. A mask given (`a`, `b`: kept from an earlier triple, see
+    `beaver_open`) is used again; the others are the sums of every party's draws, and are
+    returned after the correction, for the provider to keep: (correction, a, b), less what
+    was given. `same`: b is a (y = x)."""
+    shapes = triple_shapes(op, shape_x, shape_y)
+    fresh = _fresh(a, b, shapes, same)
+    draws = _draws(keys, nonce, [*fresh, shapes[2]], len(fresh))
+    drawn = [ring.reconstruct([d[k] for d in draws]) for k in range(len(fresh))]
+    masks = iter(drawn)
+    a = next(masks) if a is None else a
+    b = a if same else next(masks) if b is None else b
     c = product(op)(a, b)
-    for drawn in draws[:-1]:
-        c -= drawn[2]
-    return c
+    for party in draws[:-1]:
+        c -= party[-1]
+    return (c, *drawn)
+
+
+def _fresh(
+    a: torch.Tensor | None, b: torch.Tensor | None, shapes: tuple[torch.Size, ...], same: Any
+) -> list[torch.Size]:
+    """The shapes of the masks a triple draws: those not given (b not at all when `same`)."""
+    if type(same) is not bool or (same and (b is not None or shapes[0] != shapes[1])):
+        raise ValueError(
+            f"`same` must be true or false, and true only for b = a (b not given), got {same!r}"
+        )
+    fresh = []
+    for mask, shape, given in ((a, shapes[0], True), (b, shapes[1], not same)):
+        if mask is None:
+            if given:
+                fresh.append(shape)
+        elif not isinstance(mask, torch.Tensor) or mask.dtype != ring.DTYPE or mask.shape != shape:
+            raise ring.RingError(f"a kept mask must be an int64 tensor of shape {list(shape)}")
+    return fresh
 
 
 def compare_correction(shape: list, nonce: int, *keys: Any) -> tuple[torch.Tensor, torch.Tensor]:

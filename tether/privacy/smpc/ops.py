@@ -54,14 +54,47 @@ def encode(value: torch.Tensor, precision: int, base: int) -> torch.Tensor:
 
 
 def beaver_open(
-    key: DealingKey, x: torch.Tensor, y: torch.Tensor, nonce: int, op: str, last: bool
+    key: DealingKey,
+    x: torch.Tensor | None,
+    y: torch.Tensor | None,
+    nonce: int,
+    op: str,
+    shape_x: list,
+    shape_y: list,
+    same: bool,
+    last: bool,
 ) -> tuple[torch.Tensor, ...]:
-    """A party's triple for op(x, y), drawn from its seed (a, b, and c unless it is the last
-    party, whose c is the provider's correction), and its masked inputs x - a and y - b, to
-    open: (x - a, y - b, a, b[, c])."""
-    shapes = triple_shapes(op, list(x.shape), list(y.shape))
-    drawn = ring.expand(key.seed_for(nonce), nonce, shapes[:2] if last else shapes)
-    return (x - drawn[0], y - drawn[1], *drawn)
+    """A party's part of a Beaver triple for op(x, y), drawn from its seed: a mask for each
+    operand given (None: the operand was masked before, and its mask is used again; `same`:
+    y is x, masked once), and c unless it is the last party (whose c is the provider's
+    correction). Returns the masked operands to open, then their masks, then c:
+    (x - a, y - b, a, b, c), less what is not drawn."""
+    shapes = triple_shapes(op, shape_x, shape_y)
+    operands = _operands(x, y, shapes, same)
+    drawn = ring.expand(
+        key.seed_for(nonce), nonce, [s for _, s in operands] + ([] if last else [shapes[2]])
+    )
+    masked = [value - mask for (value, _), mask in zip(operands, drawn, strict=False)]
+    return (*masked, *drawn)
+
+
+def _operands(
+    x: torch.Tensor | None, y: torch.Tensor | None, shapes: tuple[torch.Size, ...], same: Any
+) -> list[tuple[torch.Tensor, torch.Size]]:
+    """The operands a triple masks afresh (those given), with their shapes: a party is
+    given an operand it has not masked before (the provider, in `triple_correction`, is
+    given the masks it kept instead)."""
+    if type(same) is not bool or (same and (y is not None or shapes[0] != shapes[1])):
+        raise ValueError(
+            f"`same` must be true or false, and true only for y = x (y not given), got {same!r}"
+        )
+    fresh = []
+    for value, shape in ((x, shapes[0]), (y, shapes[1])):
+        if value is not None:
+            if value.shape != shape:
+                raise ring.RingError(f"a share of shape {list(value.shape)} is not {list(shape)}")
+            fresh.append((value, shape))
+    return fresh
 
 
 def refresh_share(key: DealingKey, x: torch.Tensor, nonce: int) -> torch.Tensor:
@@ -246,7 +279,7 @@ def _numel(shape: Any) -> int:
 
 
 def _triple_size(args: tuple, kwargs: dict) -> int:
-    op, shape_x, shape_y, _, *seeds = args
+    op, shape_x, shape_y, _, _, _, _, *seeds = args
     n = check_parties(len(seeds))
     return 2 * n * sum(s.numel() for s in _guessed_shapes(op, shape_x, shape_y))
 
@@ -259,10 +292,8 @@ def _guessed_shapes(op: Any, shape_x: Any, shape_y: Any) -> tuple[torch.Size, ..
 
 
 def _open_size(args: tuple, kwargs: dict) -> int:
-    _, x, y, _, op, _ = args
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        return 0
-    return 2 * sum(s.numel() for s in _guessed_shapes(op, list(x.shape), list(y.shape)))
+    _, _, _, _, op, shape_x, shape_y, *_ = args
+    return 2 * sum(s.numel() for s in _guessed_shapes(op, shape_x, shape_y))
 
 
 def _compare_size(args: tuple, kwargs: dict) -> int:

@@ -5,7 +5,8 @@ every party's node (`tether.smpc.*`, see `ops.py`), and what is opened is only e
   provider (`dealing.py`); the provider sends only the last party's share of the dependent
   part.
 - Multiplication and matmul: Beaver triples; the parties open delta = x - a and
-  epsilon = y - b (uniform, so they say nothing of x and y).
+  epsilon = y - b (uniform, so they say nothing of x and y). A value's mask is kept
+  (`Mask`), so a value that enters several products is opened once.
 - Fixed-point truncation after a product: local, two parties (SecureML; `ring.truncate`).
 - Comparison: the sign bit of x = x_0 + x_1, from the carry into bit 63: a tree of the
   carry operator over the shares' bits (XOR shares, AND by binary Beaver triples: 7 rounds
@@ -169,6 +170,19 @@ def _to_last(parties: Parties, correction: Pointer) -> Pointer:
 # ---- multiplication ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Mask:
+    """A shared value's Beaver mask a, kept so that the value is opened once however many
+    products it enters (SecureML's reuse of masked matrices): each party's share of a, the
+    opened x - a stored on every party, and a itself on the provider, which deals later
+    triples on it. x - a is uniform and the same each time, so using it again says nothing
+    new; each fresh triple's c is drawn anew."""
+
+    parts: Shares
+    opened: Shares
+    whole: Pointer
+
+
 def beaver(
     parties: Parties,
     x: Shares,
@@ -177,45 +191,79 @@ def beaver(
     shape_x: torch.Size,
     shape_y: torch.Size,
     divisor: int = 1,
-) -> Shares:
+    masks: tuple[Mask | None, Mask | None] = (None, None),
+) -> tuple[Shares, Mask, Mask]:
     """Shares of op(x, y) ('mul' or 'matmul') for shared x and y, divided by `divisor` (a
-    fixed-point product's scale: two parties, truncated as `truncate` does)."""
+    fixed-point product's scale: two parties, truncated as `truncate` does); and the masks
+    of x and y, to pass back in `masks` while x and y keep these shares. An operand masked
+    before is not opened again; y = x (the same shares) is masked once."""
     if divisor != 1:
         parties.two("fixed-precision multiplication and division")
     provider, provider_keys, keys = _keys(parties, f"{op} of two shared tensors")
     nonce = next(_NONCES)
-    correction = call(
+    kept_x, kept_y = masks
+    same = x is y and kept_x is None
+    fresh = [(kept_x is None, x), (kept_y is None and not same, y)]
+    n = sum(is_fresh for is_fresh, _ in fresh)
+    shapes = [list(shape_x), list(shape_y)]
+    made = call_each(
         provider,
         ops.PATHS["triple_correction"],
+        1 + n,
         op,
-        list(shape_x),
-        list(shape_y),
+        *shapes,
         nonce,
+        None if kept_x is None else kept_x.whole,
+        None if kept_y is None else kept_y.whole,
+        same,
         *provider_keys,
     )
     last = len(parties) - 1
-    dealt = [
-        call_each(
-            parties.clients[i],
+    clients = parties.clients
+    dealt = [  # (the last party draws nothing when both operands were masked before)
+        []
+        if i == last and not n
+        else call_each(
+            clients[i],
             ops.PATHS["beaver_open"],
-            4 if i == last else 5,
+            2 * n + (i != last),
             keys[i],
-            x[i],
-            y[i],
+            *(shares[i] if is_fresh else None for is_fresh, shares in fresh),
             nonce,
             op,
+            *shapes,
+            same,
             i == last,
         )
         for i in range(len(parties))
     ]
-    fetched = [fetch(d[:2]) for d in dealt]
-    delta = reconstruct([f[0] for f in fetched])
-    epsilon = reconstruct([f[1] for f in fetched])
-    c = [d[4] for d in dealt[:last]] + [_to_last(parties, correction)]
-    return [
-        call(d[2], ops.PATHS["beaver"], c[i], d[2], d[3], delta, epsilon, op, i == 0, divisor)
-        for i, d in enumerate(dealt)
+    fetched = [fetch(d[:n]) for d in dealt] if n else []
+    opened = [reconstruct([f[k] for f in fetched]) for k in range(n)]
+    new = iter(
+        [
+            Mask([d[n + k] for d in dealt], [put(c, opened[k]) for c in clients], made[1 + k])
+            for k in range(n)
+        ]
+    )
+    mask_x = next(new) if kept_x is None else kept_x
+    mask_y = mask_x if same else next(new) if kept_y is None else kept_y
+    c = [d[2 * n] for d in dealt[:last]] + [_to_last(parties, made[0])]
+    product = [
+        call(
+            clients[i],
+            ops.PATHS["beaver"],
+            c[i],
+            mask_x.parts[i],
+            mask_y.parts[i],
+            mask_x.opened[i],
+            mask_y.opened[i],
+            op,
+            i == 0,
+            divisor,
+        )
+        for i in range(len(parties))
     ]
+    return product, mask_x, mask_y
 
 
 def truncate(parties: Parties, x: Shares, divisor: int) -> Shares:

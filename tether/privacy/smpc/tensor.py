@@ -148,7 +148,7 @@ class AdditiveSharingTensor:
         base: int = 10,
         requires_grad: bool = False,
     ) -> None:
-        self.shares = shares
+        self.shares = shares  # (also forgets any mask: see `_mask`)
         self.parties = parties
         self.shape = torch.Size(shape)
         self.precision_fractional = precision
@@ -156,6 +156,17 @@ class AdditiveSharingTensor:
         self.requires_grad = requires_grad
         self.grad: AdditiveSharingTensor | None = None
         self._grad_fn: tuple[tuple[Any, ...], Backward] | None = None
+
+    @property
+    def shares(self) -> Shares:
+        return self._shares
+
+    @shares.setter
+    def shares(self, shares: Shares) -> None:
+        self._shares = shares
+        # The Beaver mask of these shares (`_beaver`): new shares (an optimizer's step,
+        # `.get()`) are a new value, masked afresh.
+        self._mask: protocols.Mask | None = None
 
     # ---- making and opening -------------------------------------------------------------------
 
@@ -396,9 +407,7 @@ class AdditiveSharingTensor:
     def mul(self, other: Any) -> AdditiveSharingTensor:
         if isinstance(other, AdditiveSharingTensor):
             parties = self._same_kind(other)
-            product = protocols.beaver(
-                parties, self.shares, other.shares, "mul", self.shape, other.shape, self._scale
-            )
+            product = self._beaver(parties, other, "mul", self._scale)
             shape = torch.broadcast_shapes(self.shape, other.shape)
             out = AdditiveSharingTensor(
                 product,
@@ -421,10 +430,27 @@ class AdditiveSharingTensor:
         out = self._like(protocols.truncate(self.parties, product, self._scale), shape)
         return self._record(out, (self,), lambda g: ((g * other)._sum_to(self.shape),))
 
+    def _beaver(
+        self, parties: Parties, other: AdditiveSharingTensor, op: str, divisor: int
+    ) -> Shares:
+        """Shares of op(self, other) by a Beaver triple, each operand masked once (its mask
+        kept for the next product it enters while its shares stay the same)."""
+        product, mask, other_mask = protocols.beaver(
+            parties,
+            self.shares,
+            other.shares,
+            op,
+            self.shape,
+            other.shape,
+            divisor,
+            (self._mask, other._mask),
+        )
+        self._mask, other._mask = mask, other_mask
+        return product
+
     def _mul_bits(self, bits: AdditiveSharingTensor) -> AdditiveSharingTensor:
         """self * bits, for shared integers bits (0 or 1): no truncation."""
-        parties = self._same_kind_bits(bits)
-        product = protocols.beaver(parties, self.shares, bits.shares, "mul", self.shape, bits.shape)
+        product = self._beaver(self._same_kind_bits(bits), bits, "mul", 1)
         return self._like(product, torch.broadcast_shapes(self.shape, bits.shape))
 
     def _same_kind_bits(self, bits: AdditiveSharingTensor) -> Parties:
@@ -435,9 +461,7 @@ class AdditiveSharingTensor:
     def matmul(self, other: Any) -> AdditiveSharingTensor:
         if isinstance(other, AdditiveSharingTensor):
             parties = self._same_kind(other)
-            product = protocols.beaver(
-                parties, self.shares, other.shares, "matmul", self.shape, other.shape, self._scale
-            )
+            product = self._beaver(parties, other, "matmul", self._scale)
             shape = torch.matmul(_meta(self.shape), _meta(other.shape)).shape
             out = AdditiveSharingTensor(
                 product,
@@ -446,9 +470,15 @@ class AdditiveSharingTensor:
                 self.precision_fractional,
                 self.base,
             )
-            return self._record(
-                out, (self, other), lambda g: (g.matmul(other.t()), self.t().matmul(g))
-            )
+
+            def backward(g: AdditiveSharingTensor) -> tuple[AdditiveSharingTensor, ...]:
+                """g @ other^T and self^T @ g, as (other @ g^T)^T and (g^T @ self)^T: self
+                and other enter as the forward pass masked them, so neither is opened again
+                (`_beaver`), nor is g^T, opened once for both."""
+                gt = g.t()
+                return other.matmul(gt).t(), gt.matmul(self).t()
+
+            return self._record(out, (self, other), backward)
         encoded = self._encode(other)
         shape = torch.matmul(_meta(self.shape), _meta(encoded.shape)).shape
         product = [call(s, "torch.matmul", s, encoded) for s in self.shares]
