@@ -69,6 +69,25 @@ def test_a_beaver_share_is_the_int64_formula_bit_for_bit() -> None:
             assert torch.equal(got, expected), (m, k, n, first)
 
 
+def test_truncation_rounds_as_securemls_bit_for_bit() -> None:
+    """`ring.truncate` (numpy's division by a scalar) against the textbook in torch's int64
+    division: party 0 floor(x / d), party 1 -floor(-x / d), on uniform shares, the ring's
+    edges, a 0-d share and a transposed one (not -2^63, where torch's -x wraps and numpy's
+    floor(x / -d) keeps the integers' value)."""
+    g = torch.Generator().manual_seed(5)
+    edges = torch.tensor([-(2**63) + 1, -1001, -1000, -999, -1, 0, 1, 999, 1000, 2**63 - 1])
+    shares = [
+        torch.randint(-(2**63), 2**63 - 1, (64, 128), generator=g),
+        edges,
+        torch.tensor(-12345),
+        torch.randint(-(2**63), 2**63 - 1, (9, 4), generator=g).t(),
+    ]
+    for x in shares:
+        for d in (1, 3, 64, 1000, 2**40):
+            assert torch.equal(ring.truncate(x, d, 0), torch.div(x, d, rounding_mode="floor"))
+            assert torch.equal(ring.truncate(x, d, 1), -torch.div(-x, d, rounding_mode="floor"))
+
+
 def test_a_single_share_is_uniform_over_the_ring_whatever_the_secret() -> None:
     """Each byte of a share is uniform (chi-square over 256 values), for a secret of zeros and
     for a secret of large values alike, and the two shares' bytes have the same distribution."""

@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
@@ -126,7 +127,18 @@ def truncate(share: torch.Tensor, divisor: int, party: int) -> torch.Tensor:
     truncation): party 0 rounds down, party 1 rounds its negation down. The result is within
     1 of x / divisor unless the shares straddle the ring's wrap, which happens with
     probability about |x| / 2^63: 2^-43 for the product of two values near 1 at precision 3
-    (PySyft's default), 2^-23 for two values near 1000."""
+    (PySyft's default), 2^-23 for two values near 1000.
+
+    Divided by numpy, which divides int64 by a scalar with a multiply and a shift
+    (libdivide): 6-8x torch's integer division alone, 4-5% of a Part 12 bis training step
+    (alternating the two in one process, 10 times each, twice)."""
+    if divisor == 1:
+        return share.clone()
+    values = share.numpy()
+    out = np.empty_like(values)  # (a 0-d result stays an array)
     if party == 0:
-        return torch.div(share, divisor, rounding_mode="floor")
-    return -torch.div(-share, divisor, rounding_mode="floor")
+        np.floor_divide(values, divisor, out=out)
+    else:  # -floor(-x / d), as floor(x / -d) negated: one pass fewer
+        np.floor_divide(values, -divisor, out=out)
+        np.negative(out, out=out)
+    return torch.from_numpy(out)
