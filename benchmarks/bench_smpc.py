@@ -86,17 +86,20 @@ def plain_step(model, optimizer, data, target) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def bench_step(repeats: int, workers, provider, data, target) -> None:
-    plain = Net()
-    shared = (
-        copy.deepcopy(plain)
-        .fix_precision()
-        .share(*workers, crypto_provider=provider, requires_grad=True)
-    )
-    plain_opt = optim.SGD(plain.parameters(), lr=LR)
-    shared_opt = optim.SGD(shared.parameters(), lr=LR).fix_precision()
+def on_shares(model: Net, workers, provider, data, target) -> tuple:
+    """The tutorial's training set-up on shares: the model, its optimizer, the batch, the
+    targets (all shared with requires_grad=True, as the tutorial shares them)."""
+    shared = model.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    opt = optim.SGD(shared.parameters(), lr=LR).fix_precision()
     x = data.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
     y = target.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    return shared, opt, x, y
+
+
+def bench_step(repeats: int, workers, provider, data, target) -> None:
+    plain = Net()
+    shared, shared_opt, x, y = on_shares(copy.deepcopy(plain), workers, provider, data, target)
+    plain_opt = optim.SGD(plain.parameters(), lr=LR)
     plain_x = data.clone().requires_grad_(True)
     step(shared, shared_opt, x, y)  # warm-up
     for _ in range(20):
@@ -123,10 +126,7 @@ def bench_wire(workers, provider, data, target, steps: int = 5) -> None:
     """The bytes a training step puts through the wire format, per worker and direction: every
     frame a node runs and every answer it gives, as their encoded size (what a network
     transport would carry)."""
-    shared = Net().fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
-    opt = optim.SGD(shared.parameters(), lr=LR).fix_precision()
-    x = data.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
-    y = target.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    shared, opt, x, y = on_shares(Net(), workers, provider, data, target)
     step(shared, opt, x, y)
     counted: dict[str, list[int]] = {}
     for worker in (*workers, provider):

@@ -488,10 +488,11 @@ def test_every_smpc_op_refuses_what_a_hostile_peer_sends_and_the_node_keeps_serv
 
 @pytest.mark.parametrize("release", ["open", "training", "strict"])
 def test_smpc_ops_on_published_data_release_only_as_the_policy_allows(release):
-    """Sharing, encoding, truncating, masking with a seed's draws or taking a sign bit of the
-    owner's private data makes derived data: it leaves an `open` node, never a `training`
-    one, and only by an accepted request from a `strict` one (a share of it is uniform, but
-    the sum of the shares is it; x - a is uniform, but a is on the node too)."""
+    """Sharing, encoding, truncating, masking with a seed's draws, dealing a triple on or
+    taking a sign bit of the owner's private data makes derived data: it leaves an `open`
+    node, never a `training` one, and only by an accepted request from a `strict` one (a
+    share of it is uniform, but the sum of the shares is it; x - a is uniform, but a is on
+    the node too)."""
     node = Node("owner", release=release)
     node.publish("x", torch.tensor([5, -7]))
     node.publish("f", torch.tensor([1.5, 2.0]))
@@ -510,9 +511,20 @@ def test_smpc_ops_on_published_data_release_only_as_the_policy_allows(release):
             refs=7,
         ),
         Call(ops.PATHS["compare_open"], [3, 1, 2, False], {}, list(range(20, 27)), refs=3),
+        # a provider dealing on the owner's data as a kept mask (a second seed first)
+        Call(
+            ops.PATHS["seed_pair"], [torch.tensor(list(provider), dtype=torch.uint8)], {}, [30, 31]
+        ),
+        Call(
+            ops.PATHS["triple_correction"],
+            ["mul", [2], [2], 5, 1, None, False, 3, 30],
+            {},
+            [32, 33],
+            refs=(1 << 4) | (1 << 7) | (1 << 8),
+        ),
     ]
     published = [Call(PUBLISHED, ["x"], {}, 1), Call(PUBLISHED, ["f"], {}, 2)]
-    gets = [Get([i]) for i in (10, 11, 12, 13, 14, 15, 20)]
+    gets = [Get([i]) for i in (10, 11, 12, 13, 14, 15, 20, 32)]
     replies = node.run([*published, *derived, *gets], "scientist").replies
     released = replies[-len(gets) :]
     if release == "open":

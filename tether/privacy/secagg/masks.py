@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 KEY_BYTES = 32
 _STREAM = np.dtype("<u4")  # the keystream's bytes read the same way on every machine
 _NONCE = bytes(16)  # ChaCha20's 16 bytes: counter and nonce, zero (each key is used once)
+_ZEROS = bytes(1 << 20)
 
 
 def derive(shared: bytes, purpose: bytes, context: bytes) -> bytes:
@@ -35,12 +36,21 @@ def agree(private: X25519PrivateKey, public: bytes, purpose: bytes, context: byt
     return derive(private.exchange(X25519PublicKey.from_public_bytes(public)), purpose, context)
 
 
+def keystream(key: bytes, nonce: bytes, out: memoryview) -> None:
+    """ChaCha20's keystream under a 32-byte key and 16-byte nonce, written into `out`'s bytes
+    (the zeros it encrypts are read from one buffer for streams up to 1 MB)."""
+    n = out.nbytes
+    zeros = _ZEROS if n <= len(_ZEROS) else bytes(n)
+    encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+    encryptor.update_into(memoryview(zeros)[:n], out)
+
+
 def stream(seed: bytes, length: int, out: np.ndarray | None = None) -> np.ndarray:
     """`length` pseudo-random ring elements from a 32-byte seed (into `out` if given)."""
     if out is None:
         out = np.empty(length, dtype=_STREAM)
-    encryptor = Cipher(algorithms.ChaCha20(seed, _NONCE), mode=None).encryptor()
-    encryptor.update_into(bytes(4 * length), out.data.cast("B"))
+    if length:
+        keystream(seed, _NONCE, out.data.cast("B"))
     return out
 
 

@@ -189,14 +189,21 @@ def triple_correction(
     return (c, *drawn)
 
 
+def check_same(same: Any, second: Any, shapes: tuple[torch.Size, ...]) -> None:
+    """A triple's `same` flag (its second operand is its first, masked once): a bool, and
+    true only with no second operand given and the two shapes alike."""
+    if type(same) is not bool or (same and (second is not None or shapes[0] != shapes[1])):
+        raise ValueError(
+            "`same` must be true or false, and true only for a second operand that is the "
+            f"first (not given), got {same!r}"
+        )
+
+
 def _fresh(
     a: torch.Tensor | None, b: torch.Tensor | None, shapes: tuple[torch.Size, ...], same: Any
 ) -> list[torch.Size]:
     """The shapes of the masks a triple draws: those not given (b not at all when `same`)."""
-    if type(same) is not bool or (same and (b is not None or shapes[0] != shapes[1])):
-        raise ValueError(
-            f"`same` must be true or false, and true only for b = a (b not given), got {same!r}"
-        )
+    check_same(same, b, shapes)
     fresh = []
     for mask, shape, given in ((a, shapes[0], True), (b, shapes[1], not same)):
         if mask is None:

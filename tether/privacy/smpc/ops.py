@@ -26,6 +26,7 @@ from tether.privacy.smpc.dealing import (
     LEVELS,
     DealingKey,
     check_parties,
+    check_same,
     check_shape,
     compare_correction,
     compare_shapes,
@@ -84,10 +85,7 @@ def _operands(
     """The operands a triple masks afresh (those given), with their shapes: a party is
     given an operand it has not masked before (the provider, in `triple_correction`, is
     given the masks it kept instead)."""
-    if type(same) is not bool or (same and (y is not None or shapes[0] != shapes[1])):
-        raise ValueError(
-            f"`same` must be true or false, and true only for y = x (y not given), got {same!r}"
-        )
+    check_same(same, y, shapes)
     fresh = []
     for value, shape in ((x, shapes[0]), (y, shapes[1])):
         if value is not None:

@@ -239,14 +239,12 @@ def beaver(
     ]
     fetched = [fetch(d[:n]) for d in dealt] if n else []
     opened = [reconstruct([f[k] for f in fetched]) for k in range(n)]
-    new = iter(
-        [
-            Mask([d[n + k] for d in dealt], [put(c, opened[k]) for c in clients], made[1 + k])
-            for k in range(n)
-        ]
-    )
-    mask_x = next(new) if kept_x is None else kept_x
-    mask_y = mask_x if same else next(new) if kept_y is None else kept_y
+    new = [
+        Mask([d[n + k] for d in dealt], [put(c, opened[k]) for c in clients], made[1 + k])
+        for k in range(n)
+    ]
+    mask_x = kept_x or new.pop(0)
+    mask_y = mask_x if same else kept_y or new.pop(0)
     c = [d[2 * n] for d in dealt[:last]] + [_to_last(parties, made[0])]
     product = [
         call(

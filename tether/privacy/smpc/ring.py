@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from tether.errors import TetherError
+from tether.privacy.secagg.masks import keystream
 
 RING_BITS = 64
 DTYPE = torch.int64
@@ -34,7 +34,6 @@ class RingError(TetherError, ValueError):
 
 
 Shape = torch.Size | tuple[int, ...] | list[int]
-_ZEROS = bytes(1 << 20)  # the plaintext the keystream is read through, for draws up to 1 MB
 
 
 def _keystream(key: bytes, nonce: bytes, n: int) -> torch.Tensor:
@@ -42,9 +41,7 @@ def _keystream(key: bytes, nonce: bytes, n: int) -> torch.Tensor:
     the tensor's memory."""
     out = torch.empty(n, dtype=DTYPE)
     if n:
-        zeros = _ZEROS if 8 * n <= len(_ZEROS) else bytes(8 * n)
-        encryptor = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
-        encryptor.update_into(memoryview(zeros)[: 8 * n], out.numpy().data.cast("B"))
+        keystream(key, nonce, out.numpy().data.cast("B"))
     return out
 
 
@@ -132,7 +129,7 @@ def truncate(share: torch.Tensor, divisor: int, party: int) -> torch.Tensor:
     Divided by numpy, which divides int64 by a scalar with a multiply and a shift
     (libdivide): 6-8x torch's integer division alone, 4-5% of a Part 12 bis training step
     (alternating the two in one process, 10 times each, twice)."""
-    if divisor == 1:
+    if divisor == 1:  # (numpy's floor(x / -1) overflows at -2^63)
         return share.clone()
     values = share.numpy()
     out = np.empty_like(values)  # (a 0-d result stays an array)
