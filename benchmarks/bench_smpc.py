@@ -19,19 +19,27 @@ on two VirtualWorkers and a crypto provider, against plain PyTorch in the same r
   network transport would carry).
 - accuracy (--accuracy): the tutorial's run, 10 epochs on 640 images
   (examples/encrypted_mnist.py does the same, printing as the notebook prints).
+- breakdown (--breakdown): where a step's CPU time goes. Each op a node runs is timed (its own
+  time, by op-table path); the rest of the step is the round trips and commands themselves
+  (the wire format, the nodes' dispatch and stores, the scientist's Python). The ops alone,
+  against the plain step, are the floor of the ratio before any round trip.
 
 `--threads 1` (the default) runs torch on one thread for both sides: on this shared VM a
 second thread's waits make every elementwise op noisy (docs/smpc.md, "Speed").
 
-Run: python benchmarks/bench_smpc.py [--repeats 5] [--threads 1] [--accuracy]
+Run: python benchmarks/bench_smpc.py [--repeats 5] [--threads 1] [--accuracy] [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import copy
+import dataclasses
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +48,7 @@ from torch import nn, optim
 import tether as sy
 from tether.datasets import MNIST, materialize
 from tether.datasets.mnist import MEAN, STD
+from tether.ops import table
 from tether.transforms import Compose, Normalize, ToTensor
 from tether.wire import encode_parts
 
@@ -156,6 +165,73 @@ def bench_wire(workers, provider, data, target, steps: int = 5) -> None:
     print(f"wire per training step: {total:.1f} MB ({each})")
 
 
+@contextlib.contextmanager
+def timing_ops(spent: collections.Counter, calls: collections.Counter) -> Iterator[None]:
+    """Every op in the op table timed while inside (CPU seconds and calls, by path), then the
+    table as it was."""
+    kept = dict(table.ALLOWLIST)
+
+    def timed(fn, path):
+        def run(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[path] += time.process_time() - start
+                calls[path] += 1
+
+        return run
+
+    for path, entry in kept.items():
+        table.ALLOWLIST[path] = dataclasses.replace(entry, fn=timed(entry.fn, path))
+    try:
+        yield
+    finally:
+        table.ALLOWLIST.update(kept)
+
+
+def bench_breakdown(workers, provider, data, target, steps: int = 30) -> None:
+    """Where an encrypted step's CPU time goes: the ops the nodes run, by op, and the rest (the
+    round trips and commands); and the ops alone against the plain step of the same run."""
+    shared, opt, x, y = on_shares(Net(), workers, provider, data, target)
+    plain = Net()
+    plain_opt, plain_x = optim.SGD(plain.parameters(), lr=LR), data.clone().requires_grad_(True)
+    for _ in range(3):
+        step(shared, opt, x, y)
+    spent: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    frames = [0, 0]  # round trips, commands
+    for worker in (*workers, provider):
+        node, execute = worker.node, worker.node._execute
+
+        def counting(commands, client, execute=execute):
+            frames[0] += 1
+            frames[1] += len(commands)
+            return execute(commands, client)
+
+        node._execute = counting
+    total, plains = 0.0, []
+    try:
+        with timing_ops(spent, calls):
+            for _ in range(steps):  # each step followed by 20 plain ones, as in bench_step
+                total += step(shared, opt, x, y)[1] / steps
+                plains += [plain_step(plain, plain_opt, plain_x, target)[1] for _ in range(20)]
+    finally:
+        for worker in (*workers, provider):
+            del worker.node._execute
+    plain_ms = statistics.median(plains) * 1e3
+    ops = sum(spent.values()) / steps
+    print(
+        f"where a step goes (CPU, {steps} steps, each op timed): {total * 1e3:.1f} ms = "
+        f"the ops on the nodes {ops * 1e3:.1f} ms + the rest {(total - ops) * 1e3:.1f} ms "
+        f"({frames[0] / steps:.0f} round trips, {frames[1] / steps:.0f} commands); the plain "
+        f"step {plain_ms:.2f} ms, so the ops alone are {ops * 1e3 / plain_ms:.0f}x it"
+    )
+    for path, seconds in spent.most_common():
+        if seconds / steps >= 1e-4:
+            print(f"  {seconds / steps * 1e3:5.2f} ms  {calls[path] / steps:3.0f} calls  {path}")
+
+
 def bench_inference(workers, provider) -> None:
     data, targets = mnist(train=True)
     torch.manual_seed(0)
@@ -224,6 +300,7 @@ def main() -> None:
     cli.add_argument("--repeats", type=int, default=5)
     cli.add_argument("--threads", type=int, default=1)
     cli.add_argument("--accuracy", action="store_true", help="also train 10 epochs (minutes)")
+    cli.add_argument("--breakdown", action="store_true", help="also time a step's ops by op")
     args = cli.parse_args()
     torch.set_num_threads(args.threads)
     hook = sy.TorchHook(torch)
@@ -234,6 +311,8 @@ def main() -> None:
     bench_step(args.repeats, workers, provider, batch, target)
     bench_wire(workers, provider, batch, target)
     bench_inference(workers, provider)
+    if args.breakdown:
+        bench_breakdown(workers, provider, batch, target)
     if args.accuracy:
         bench_accuracy(workers, provider)
 
