@@ -177,41 +177,34 @@ def triple_correction(
     returned after the correction, for the provider to keep: (correction, a, b), less what
     was given. `same`: b is a (y = x)."""
     shapes = triple_shapes(op, shape_x, shape_y)
-    fresh = _fresh(a, b, shapes, same)
+    check_operands(a, b, shapes, same)
+    fresh = [shapes[0]] * (a is None) + [shapes[1]] * (b is None and not same)  # to draw
     draws = _draws(keys, nonce, [*fresh, shapes[2]], len(fresh))
     drawn = [ring.reconstruct([d[k] for d in draws]) for k in range(len(fresh))]
-    masks = iter(drawn)
-    a = next(masks) if a is None else a
-    b = a if same else next(masks) if b is None else b
+    a = drawn[0] if a is None else a
+    b = a if same else drawn[-1] if b is None else b
     c = product(op)(a, b)
     for party in draws[:-1]:
         c -= party[-1]
     return (c, *drawn)
 
 
-def check_same(same: Any, second: Any, shapes: tuple[torch.Size, ...]) -> None:
-    """A triple's `same` flag (its second operand is its first, masked once): a bool, and
-    true only with no second operand given and the two shapes alike."""
-    if type(same) is not bool or (same and (second is not None or shapes[0] != shapes[1])):
+def check_operands(x: Any, y: Any, shapes: tuple[torch.Size, ...], same: Any) -> None:
+    """A triple's operands as a peer gives them (a party's shares to mask, or the masks the
+    provider kept): each absent or an int64 tensor of the shape the call states. And its
+    `same` flag (y is x, masked once): a bool, true only with no y given and the shapes alike."""
+    if type(same) is not bool or (same and (y is not None or shapes[0] != shapes[1])):
         raise ValueError(
             "`same` must be true or false, and true only for a second operand that is the "
             f"first (not given), got {same!r}"
         )
-
-
-def _fresh(
-    a: torch.Tensor | None, b: torch.Tensor | None, shapes: tuple[torch.Size, ...], same: Any
-) -> list[torch.Size]:
-    """The shapes of the masks a triple draws: those not given (b not at all when `same`)."""
-    check_same(same, b, shapes)
-    fresh = []
-    for mask, shape, given in ((a, shapes[0], True), (b, shapes[1], not same)):
-        if mask is None:
-            if given:
-                fresh.append(shape)
-        elif not isinstance(mask, torch.Tensor) or mask.dtype != ring.DTYPE or mask.shape != shape:
-            raise ring.RingError(f"a kept mask must be an int64 tensor of shape {list(shape)}")
-    return fresh
+    for value, shape in ((x, shapes[0]), (y, shapes[1])):
+        if value is not None and not (
+            isinstance(value, torch.Tensor) and value.dtype == ring.DTYPE and value.shape == shape
+        ):
+            raise ring.RingError(
+                f"an operand or kept mask must be an int64 tensor of shape {list(shape)}"
+            )
 
 
 def compare_correction(shape: list, nonce: int, *keys: Any) -> tuple[torch.Tensor, torch.Tensor]:

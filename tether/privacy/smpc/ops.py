@@ -25,8 +25,8 @@ from tether.privacy.smpc import ring
 from tether.privacy.smpc.dealing import (
     LEVELS,
     DealingKey,
+    check_operands,
     check_parties,
-    check_same,
     check_shape,
     compare_correction,
     compare_shapes,
@@ -71,28 +71,13 @@ def beaver_open(
     correction). Returns the masked operands to open, then their masks, then c:
     (x - a, y - b, a, b, c), less what is not drawn."""
     shapes = triple_shapes(op, shape_x, shape_y)
-    operands = _operands(x, y, shapes, same)
+    check_operands(x, y, shapes, same)
+    operands = [(v, s) for v, s in ((x, shapes[0]), (y, shapes[1])) if v is not None]
     drawn = ring.expand(
         key.seed_for(nonce), nonce, [s for _, s in operands] + ([] if last else [shapes[2]])
     )
     masked = [value - mask for (value, _), mask in zip(operands, drawn, strict=False)]
     return (*masked, *drawn)
-
-
-def _operands(
-    x: torch.Tensor | None, y: torch.Tensor | None, shapes: tuple[torch.Size, ...], same: Any
-) -> list[tuple[torch.Tensor, torch.Size]]:
-    """The operands a triple masks afresh (those given), with their shapes: a party is
-    given an operand it has not masked before (the provider, in `triple_correction`, is
-    given the masks it kept instead)."""
-    check_same(same, y, shapes)
-    fresh = []
-    for value, shape in ((x, shapes[0]), (y, shapes[1])):
-        if value is not None:
-            if value.shape != shape:
-                raise ring.RingError(f"a share of shape {list(value.shape)} is not {list(shape)}")
-            fresh.append((value, shape))
-    return fresh
 
 
 def refresh_share(key: DealingKey, x: torch.Tensor, nonce: int) -> torch.Tensor:
