@@ -320,6 +320,31 @@ def test_a_party_refuses_a_triple_whose_operands_are_not_as_stated(parties) -> N
     assert [r.kind for r in replies] == ["RingError", "ValueError", "ValueError"], replies
 
 
+def test_a_provider_refuses_kept_masks_not_as_stated(parties) -> None:
+    """With the parties' real dealing keys, the provider refuses a kept mask of another shape
+    or dtype than the call states, and `same` with a second mask given."""
+    bob, alice, provider = parties
+    x = torch.tensor([3]).share(bob, alice, crypto_provider=provider)
+    assert int((x * x).get()) == 9  # the dealing keys agreed
+    provider_keys = protocols._keys(protocols.Parties((bob, alice), provider), "test")[1]
+    path, keys = ops.PATHS["triple_correction"], [k.id for k in provider_keys]
+    cases = [
+        ["mul", [2], [2], 2**41, _LONG, None, False, *keys],
+        ["mul", [2], [2], 2**41 + 1, _F, None, False, *keys],
+        ["mul", [2], [2], 2**41 + 2, None, _I, True, *keys],
+        ["mul", [2], [2], 2**41 + 3, _I, None, False, *keys],  # as stated: dealt
+    ]
+    replies = [
+        provider.node.run(
+            [Call(path, args, {}, [2200 + 2 * i, 2201 + 2 * i], refs=(1 << 7) | (1 << 8))],
+            "local",
+        ).replies[0]
+        for i, args in enumerate(cases)
+    ]
+    kinds = [getattr(r, "kind", type(r).__name__) for r in replies]
+    assert kinds == ["RingError", "RingError", "ValueError", "Done"], replies
+
+
 def test_bad_input_gets_clear_errors(parties) -> None:
     bob, alice, provider = parties
     carol = sy.VirtualWorker(id="carol")
